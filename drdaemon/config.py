@@ -1,0 +1,179 @@
+"""Daemon configuration: one TOML file, overridable by ``DRDAEMON_<TABLE>__<KEY>`` variables.
+
+Environment variables win over the file so that a systemd drop-in or a container can
+change one value without editing the shared file. Relative folder paths resolve against
+the directory of the config file, so a config next to its data folders works wherever
+the tree is copied.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Exit status for a configuration error (sysexits EX_CONFIG); the unit file sets
+#: RestartPreventExitStatus to it so that systemd does not restart a misconfigured daemon.
+EXIT_CONFIG = 78
+
+
+class ConfigError(Exception):
+    """A configuration file that is missing, unreadable or invalid; the message names the key."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Folders(_Table):
+    """The folder lifecycle: inbox -> work -> (outbox + archive) or failed."""
+
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    archive: Path = Path("archive")
+    failed: Path = Path("failed")
+    work: Path = Path("work")
+
+    def resolved(self, base: Path) -> Folders:
+        return Folders(**{name: (base / p) if not p.is_absolute() else p for name, p in self})
+
+    def all(self) -> list[Path]:
+        return [self.inbox, self.outbox, self.archive, self.failed, self.work]
+
+
+class EngineConfig(_Table):
+    """Which enhancer runs, and its parameters.
+
+    ``name = "auto"`` picks the learned engine when ``weights`` is set and the classical
+    CLAHE engine otherwise, so the daemon works out of the box with no weights.
+    """
+
+    name: Literal["auto", "classical", "he", "stretch", "identity", "net"] = "auto"
+    weights: Path | None = None
+    # Percentile window applied to every frame before enhancement.
+    low_percentile: float = Field(0.5, ge=0.0, lt=50.0)
+    high_percentile: float = Field(99.5, gt=50.0, le=100.0)
+    # Classical engine.
+    clahe_clip_limit: float = Field(2.0, gt=0.0)
+    clahe_tile_grid: int = Field(8, ge=1, le=64)
+    gamma: float = Field(1.0, gt=0.0)
+    # Learned engine.
+    devices: list[str] = Field(default_factory=lambda: ["auto"])
+    precision: Literal["float32", "float16", "bfloat16"] = "float16"
+    memory_budget_mb: int = Field(6144, ge=64)
+    compile: bool = False
+    channels_last: bool = True
+    workers_per_device: int = Field(2, ge=1, le=8)
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _net_needs_weights(self) -> EngineConfig:
+        if self.name == "net" and self.weights is None:
+            raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
+        return self
+
+    def effective_name(self) -> str:
+        if self.name == "auto":
+            return "net" if self.weights is not None else "classical"
+        return self.name
+
+
+class WatchConfig(_Table):
+    stability_wait_s: float = Field(1.0, ge=0.0)
+    rescan_interval_s: float = Field(10.0, gt=0.0)
+    polling: bool = False
+    poll_interval_s: float = Field(1.0, gt=0.0)
+    patterns: list[str] = Field(
+        default_factory=lambda: ["*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.png", "*.PNG"]
+    )
+
+
+class InputConfig(_Table):
+    """Guards against frames whose header promises more than a station can hold."""
+
+    max_pixels: int = Field(200_000_000, ge=1)
+    max_bytes: int = Field(2_000_000_000, ge=1)
+
+
+class OutputConfig(_Table):
+    compression: Literal["none", "zstd", "deflate"] = "zstd"
+    preview_png: bool = False
+
+
+class MetricsConfig(_Table):
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class LoggingConfig(_Table):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """The whole daemon configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRDAEMON_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    folders: Folders = Field(default_factory=Folders)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # Earlier sources win: the environment overrides the file's values (passed as init).
+        return (env_settings, init_settings)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = item.get("input")
+        shown = "" if item["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    lines.append(
+        "Every key is documented in config.example.toml; environment variables are "
+        "DRDAEMON_<TABLE>__<KEY>."
+    )
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read ``path`` (or defaults only, when None), apply the environment, resolve folders."""
+    data: dict = {}
+    base = Path.cwd()
+    source = "defaults and environment"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from exc
+        base = path.resolve().parent
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    settings.folders = settings.folders.resolved(base)
+    if settings.engine.weights is not None and not settings.engine.weights.is_absolute():
+        settings.engine.weights = base / settings.engine.weights
+    return settings

@@ -1,0 +1,29 @@
+"""Enhancement engines; :func:`build_engines` turns the ``[engine]`` table into workers' engines."""
+
+from __future__ import annotations
+
+from drdaemon.config import EngineConfig
+from drdaemon.engines.base import Engine, Enhanced
+from drdaemon.engines.classical import ClassicalEngine
+
+
+def build_engines(config: EngineConfig) -> list[Engine]:
+    """One engine per worker: one for the CPU engines, one per device (and worker) for ``net``."""
+    name = config.effective_name()
+    if name == "net":
+        from drdaemon.engines.net import build_net_engines  # torch is imported only when needed
+
+        return build_net_engines(config)
+    return [
+        ClassicalEngine(
+            method=name,
+            low_percentile=config.low_percentile,
+            high_percentile=config.high_percentile,
+            clahe_clip_limit=config.clahe_clip_limit,
+            clahe_tile_grid=config.clahe_tile_grid,
+            gamma=config.gamma,
+        )
+    ]
+
+
+__all__ = ["Engine", "Enhanced", "ClassicalEngine", "build_engines"]

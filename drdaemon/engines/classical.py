@@ -1,0 +1,101 @@
+"""Classical enhancers, the embedded default that needs no GPU and no weights.
+
+All start from the same robust percentile window as the learned engine
+(:mod:`drdaemon.model.normalise`), then:
+
+* ``classical``: CLAHE on the 16-bit windowed frame (OpenCV, tile grid and clip limit from
+  config), then optional gamma;
+* ``he``: global histogram equalisation over 65536 levels;
+* ``stretch``: the percentile stretch alone (with gamma);
+* ``identity``: the frame converted to uint16 untouched (evaluation baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from drdaemon.engines.base import Enhanced
+from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, unit_to_u16
+
+
+def clahe_u16(frame: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a uint16 frame (OpenCV)."""
+    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid))
+    return clahe.apply(np.ascontiguousarray(frame, dtype=np.uint16))
+
+
+def equalise_histogram_u16(frame: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation over all 65536 levels (OpenCV's equalizeHist is 8-bit only)."""
+    counts = np.bincount(frame.ravel(), minlength=U16_MAX + 1)
+    cdf = np.cumsum(counts, dtype=np.float64)
+    first = cdf[np.nonzero(counts)[0][0]]
+    span = max(cdf[-1] - first, 1.0)
+    lut = np.clip(np.round((cdf - first) / span * U16_MAX), 0, U16_MAX).astype(np.uint16)
+    return lut[frame]
+
+
+def apply_gamma_u16(frame: np.ndarray, gamma: float) -> np.ndarray:
+    """Gamma through a 65536-entry lookup table (exact and fast on 16-bit data)."""
+    if gamma == 1.0:
+        return frame
+    lut = unit_to_u16((np.arange(U16_MAX + 1, dtype=np.float64) / U16_MAX) ** gamma)
+    return lut[frame]
+
+
+def to_u16(frame: np.ndarray) -> np.ndarray:
+    """A frame as uint16 without enhancement: 8-bit scaled by 257, float through its own window."""
+    if frame.dtype == np.uint16:
+        return frame
+    if frame.dtype == np.uint8:
+        return frame.astype(np.uint16) * np.uint16(257)
+    window = Window(float(np.nanmin(frame)), float(np.nanmax(frame)))
+    return unit_to_u16(((frame - window.low) / window.span))
+
+
+@dataclass
+class ClassicalEngine:
+    """Percentile window, then one of the classical methods; runs on the CPU."""
+
+    method: str = "classical"  # classical | he | stretch | identity
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+    gamma: float = 1.0
+    device: str = "cpu"
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("classical", "he", "stretch", "identity"):
+            raise ValueError(f"unknown classical method {self.method!r}")
+        self.name = self.method
+
+    def enhance(self, frame: np.ndarray) -> Enhanced:
+        if self.method == "identity":
+            return Enhanced(to_u16(frame), {"method": "identity"})
+        unit, window = frame_to_unit(frame, self.low_percentile, self.high_percentile)
+        windowed = unit_to_u16(unit)
+        parameters: dict[str, object] = {
+            "method": self.method,
+            "window": [window.low, window.high],
+            "low_percentile": self.low_percentile,
+            "high_percentile": self.high_percentile,
+            "gamma": self.gamma,
+        }
+        if self.method == "classical":
+            out = clahe_u16(windowed, self.clahe_clip_limit, self.clahe_tile_grid)
+            parameters |= {"clahe_clip_limit": self.clahe_clip_limit, "clahe_tile_grid": self.clahe_tile_grid}
+        elif self.method == "he":
+            out = equalise_histogram_u16(windowed)
+        else:
+            out = windowed
+        return Enhanced(apply_gamma_u16(out, self.gamma), parameters)
+
+    def warm_up(self) -> None:
+        self.enhance(np.zeros((64, 64), np.uint16))
+
+
+__all__ = ["ClassicalEngine", "clahe_u16", "equalise_histogram_u16", "apply_gamma_u16", "robust_window", "to_u16"]

@@ -1,0 +1,177 @@
+"""Reading DR frames from disk: TIFF (classic, BigTIFF, tiled, compressed) and PNG.
+
+A frame is one 2-D single-channel image. Multi-page and multi-channel files are refused
+with :class:`~drdaemon.errors.Reason.UNSUPPORTED` rather than guessed at: a DR station
+writes one gray frame per file, and anything else needs a human to look at it. Sizes are
+checked from the header before any pixel is decoded, so a corrupt header that claims a
+gigapixel cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from drdaemon.errors import FrameError, Reason, Stage
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+PNG_SUFFIXES = {".png"}
+SUPPORTED_DTYPES = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    max_pixels: int = 200_000_000
+    max_bytes: int = 2_000_000_000
+
+
+@dataclass
+class Frame:
+    """A decoded frame and the metadata worth carrying to its output."""
+
+    pixels: np.ndarray
+    format: str  # "tiff" or "png"
+    #: TIFF tags copied to the output: resolution, resolution unit, description, software.
+    tags: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape)
+
+
+def read_frame(path: Path, limits: ReadLimits = ReadLimits()) -> Frame:
+    """Decode ``path`` into a :class:`Frame`, or raise :class:`FrameError` saying why not."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot stat {path.name}: {exc}") from exc
+    if size == 0:
+        raise FrameError(Stage.READ, Reason.EMPTY, f"{path.name} is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise FrameError(Stage.READ, Reason.TOO_LARGE,
+                         f"{path.name} has {size} bytes, more than input.max_bytes={limits.max_bytes}")
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith(PNG_SIGNATURE):
+        frame = _read_png(path, limits)
+    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        frame = _read_tiff(path, limits)
+    else:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{path.name} is neither a TIFF nor a PNG file")
+    _check_pixels(path, frame.pixels)
+    return frame
+
+
+def _check_shape(path: Path, shape: tuple[int, ...], limits: ReadLimits) -> None:
+    if len(shape) != 2:
+        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
+                         f"{path.name} has shape {shape}; only single-channel 2-D frames are enhanced")
+    if min(shape) == 0:
+        raise FrameError(Stage.READ, Reason.EMPTY, f"{path.name} has zero size {shape}")
+    if shape[0] * shape[1] > limits.max_pixels:
+        raise FrameError(Stage.READ, Reason.TOO_LARGE,
+                         f"{path.name} claims {shape[0]}x{shape[1]} pixels, more than "
+                         f"input.max_pixels={limits.max_pixels}")
+
+
+def _check_pixels(path: Path, pixels: np.ndarray) -> None:
+    if pixels.dtype not in SUPPORTED_DTYPES:
+        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
+                         f"{path.name} has dtype {pixels.dtype}; supported are uint8, uint16, float32")
+
+
+def _read_tiff(path: Path, limits: ReadLimits) -> Frame:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.series) != 1 or len(tif.pages) != 1:
+                raise FrameError(Stage.READ, Reason.UNSUPPORTED,
+                                 f"{path.name} holds {len(tif.pages)} pages; split it into one frame per file")
+            page = tif.pages[0]
+            shape = tuple(int(n) for n in page.shape)
+            _check_shape(path, shape, limits)
+            _check_tiff_complete(path, page)
+            pixels = page.asarray()
+            tags = _carried_tags(page)
+    except FrameError:
+        raise
+    except (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError,
+            RuntimeError, MemoryError) as exc:
+        reason = Reason.TRUNCATED if "truncat" in str(exc).lower() else Reason.UNREADABLE
+        raise FrameError(Stage.READ, reason, f"cannot decode TIFF {path.name}: {exc}") from exc
+    except Exception as exc:  # codec errors from imagecodecs have their own classes
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode TIFF {path.name}: {exc}") from exc
+    return Frame(pixels=np.ascontiguousarray(pixels), format="tiff", tags=tags)
+
+
+def _check_tiff_complete(path: Path, page: tifffile.TiffPage) -> None:
+    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    size = path.stat().st_size
+    if end > size or 0 in page.databytecounts:
+        raise FrameError(Stage.READ, Reason.TRUNCATED,
+                         f"{path.name} is truncated: image data runs to byte {end}, file has {size}")
+
+
+def _carried_tags(page: tifffile.TiffPage) -> dict[str, object]:
+    tags: dict[str, object] = {}
+    for name in ("XResolution", "YResolution", "ResolutionUnit", "ImageDescription", "Software", "DateTime"):
+        tag = page.tags.get(name)
+        if tag is not None:
+            tags[name] = tag.value
+    return tags
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with path.open("rb") as fh:
+        header = fh.read(33)
+    if len(header) < 24 or header[12:16] != b"IHDR":
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{path.name} has no PNG header")
+    width, height = struct.unpack(">II", header[16:24])
+    return height, width
+
+
+def png_complete(path: Path) -> bool:
+    """A PNG is complete when its last chunk, IEND, has been written."""
+    with Path(path).open("rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() < 12:
+            return False
+        fh.seek(-12, 2)
+        return fh.read(12)[4:8] == b"IEND"
+
+
+def _read_png(path: Path, limits: ReadLimits) -> Frame:
+    _check_shape(path, _png_size(path), limits)
+    if not png_complete(path):
+        raise FrameError(Stage.READ, Reason.TRUNCATED, f"{path.name} is truncated: no IEND chunk")
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode PNG {path.name}")
+    _check_shape(path, tuple(pixels.shape), limits)
+    return Frame(pixels=pixels, format="png")
+
+
+def looks_complete(path: Path) -> bool:
+    """Cheap test, without decoding pixels, that a file is a whole image and not one being written.
+
+    Used by the watcher before claiming; a file that fails here stays in the inbox and is
+    looked at again, while a file that is stable but never completes is claimed after all
+    and fails in :func:`read_frame` with a reason file.
+    """
+    try:
+        with Path(path).open("rb") as fh:
+            head = fh.read(8)
+        if head.startswith(PNG_SIGNATURE):
+            return png_complete(path)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+            return 0 < end <= Path(path).stat().st_size
+    except Exception:  # anything unparsable is "not complete yet"
+        return False

@@ -1,0 +1,169 @@
+"""The enhancer: a small fully convolutional Retinex-style network.
+
+It predicts a one-channel illumination map ``L`` and returns ``clamp(I / (L + eps), 0, 1)``.
+The frame is never downsampled inside the network (unless ``illumination_scale > 1`` asks
+for it explicitly), so it runs on a whole DR frame in one pass; the only global operation is
+the pyramid pooling context block, whose pooled averages the exact tiler in
+:mod:`drdaemon.model.tiling` reproduces tile by tile.
+
+Bias choices (not spelled out by the published description) follow the reference code of
+this architecture family: the residual blocks' convolutions and the pyramid pooling's
+convolutions carry no bias. With ``in_ch = 3`` the network then has exactly 278,790
+parameters, the published 0.279 M.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Added to the illumination map before the division, so a dark map cannot divide by zero.
+ILLUMINATION_EPS = 1e-4
+#: The pyramid pooling bins, in output grid cells per side.
+PYRAMID_BINS = (1, 2, 3, 6)
+ALLOWED_SCALES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class EnhancerSpec:
+    """What is needed to rebuild an enhancer; stored in the weights file's metadata."""
+
+    in_ch: int = 1
+    illumination_scale: int = 1
+    architecture: str = "retinex-ppm-v1"
+
+    def __post_init__(self) -> None:
+        if self.in_ch not in (1, 3):
+            raise ValueError(f"in_ch must be 1 or 3, got {self.in_ch}")
+        if self.illumination_scale not in ALLOWED_SCALES:
+            raise ValueError(f"illumination_scale must be one of {ALLOWED_SCALES}")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=bias)
+
+
+class ResidualBlock(nn.Module):
+    """conv - LeakyReLU - conv, plus the input, then LeakyReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels, bias=False)
+        self.conv2 = conv3x3(channels, channels, bias=False)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(x + self.conv2(self.act(self.conv1(x))))
+
+
+class PyramidPooling(nn.Module):
+    """Global context: averages over 1x1, 2x2, 3x3 and 6x6 grids, fused with the input map.
+
+    Split into :meth:`pool` (the only step that sees the whole frame) and :meth:`fuse`
+    (local once the pooled grids are known) so the exact tiler can run them apart.
+    """
+
+    def __init__(self, channels: int = 32, reduced: int = 8, bins: tuple[int, ...] = PYRAMID_BINS):
+        super().__init__()
+        self.bins = bins
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, reduced, kernel_size=1, bias=False), nn.PReLU())
+            for _ in bins
+        )
+        self.fuse_conv = nn.Sequential(conv3x3(channels + reduced * len(bins), channels, bias=False), nn.PReLU())
+
+    def pool(self, x: Tensor) -> list[Tensor]:
+        """Adaptive average of ``x`` over each bin grid: one ``(B, C, b, b)`` tensor per bin."""
+        return [F.adaptive_avg_pool2d(x, b) for b in self.bins]
+
+    def fuse(self, x: Tensor, pooled: list[Tensor], full_size: tuple[int, int] | None = None,
+             offset: tuple[int, int] = (0, 0)) -> Tensor:
+        """Upsample each branch to the frame and fuse it with ``x``.
+
+        ``x`` may be a window of the frame: ``full_size`` is the frame's (H, W) and
+        ``offset`` the window's top-left corner, so the bilinear upsampling is evaluated at
+        the window's true frame coordinates.
+        """
+        h, w = x.shape[-2:]
+        full_size = full_size or (h, w)
+        contexts = [
+            upsample_window(branch(p), full_size, offset, (h, w))
+            for branch, p in zip(self.branches, pooled)
+        ]
+        return self.fuse_conv(torch.cat([x, *contexts], dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fuse(x, self.pool(x))
+
+
+def upsample_window(grid: Tensor, full_size: tuple[int, int], offset: tuple[int, int],
+                    size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=True) upsampling of ``grid`` to ``full_size``, cropped to a window.
+
+    Equals ``F.interpolate(grid, full_size, mode="bilinear", align_corners=True)`` sliced at
+    ``offset`` with ``size``, without materialising the full-size map.
+    """
+    if offset == (0, 0) and tuple(size) == tuple(full_size):
+        return F.interpolate(grid, size=full_size, mode="bilinear", align_corners=True)
+    ys = _align_corners_coords(offset[0], size[0], full_size[0], grid)
+    xs = _align_corners_coords(offset[1], size[1], full_size[1], grid)
+    # grid_sample takes normalised coordinates in [-1, 1] over the source grid's corner pixels.
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    sample_at = torch.stack([gx, gy], dim=-1).unsqueeze(0).expand(grid.shape[0], -1, -1, -1)
+    return F.grid_sample(grid, sample_at.to(grid.dtype), mode="bilinear", align_corners=True)
+
+
+def _align_corners_coords(start: int, count: int, full: int, like: Tensor) -> Tensor:
+    """Frame rows (or columns) ``start .. start+count`` as grid_sample coordinates in [-1, 1]."""
+    index = torch.arange(start, start + count, device=like.device, dtype=torch.float32)
+    if full <= 1:  # a one-pixel frame samples the grid's first cell, as F.interpolate does
+        return torch.full_like(index, -1.0)
+    return index / (full - 1) * 2 - 1
+
+
+class Enhancer(nn.Module):
+    """The illumination-map enhancer; see the module docstring for the structure."""
+
+    def __init__(self, spec: EnhancerSpec = EnhancerSpec()) -> None:
+        super().__init__()
+        self.spec = spec
+        act = nn.LeakyReLU(0.2)
+        self.stem = nn.Sequential(conv3x3(spec.in_ch, 32), act, ResidualBlock(32), ResidualBlock(32))
+        self.context = PyramidPooling(32)
+        self.body = nn.Sequential(
+            conv3x3(32, 64), ResidualBlock(64), ResidualBlock(64),
+            conv3x3(64, 32), ResidualBlock(32), ResidualBlock(32),
+            conv3x3(32, 1), nn.ReLU(),
+        )
+
+    def illumination(self, x: Tensor) -> Tensor:
+        """The illumination map at the input's resolution (before any upsampling)."""
+        return self.body(self.context(self.stem(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return apply_illumination(x, self.full_illumination(x))
+
+    def full_illumination(self, x: Tensor) -> Tensor:
+        """Illumination at full resolution, predicted at 1/s of it when ``illumination_scale`` > 1."""
+        s = self.spec.illumination_scale
+        if s == 1:
+            return self.illumination(x)
+        h, w = x.shape[-2:]
+        small = F.adaptive_avg_pool2d(x, (math.ceil(h / s), math.ceil(w / s)))
+        return F.interpolate(self.illumination(small), size=(h, w), mode="bilinear", align_corners=False)
+
+
+def apply_illumination(x: Tensor, illumination: Tensor) -> Tensor:
+    """Retinex division: the enhanced frame is the input over its illumination, in [0, 1]."""
+    return (x / (illumination + ILLUMINATION_EPS)).clamp(0.0, 1.0)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
