@@ -33,3 +33,8 @@ class FrameError(Exception):
         super().__init__(message)
         self.stage = stage
         self.reason = reason
+
+
+class DeviceLost(Exception):
+    """The configured accelerator is gone (not one frame's fault): the daemon must exit non-zero
+    so the service manager restarts it, and never fall back to the CPU silently."""

@@ -1,0 +1,116 @@
+"""Enhancer weights on disk: safetensors with the architecture in the metadata.
+
+safetensors cannot execute code on load, which matters for a file copied onto a production
+station. Pickle-based checkpoints (``.pt``/``.pth``) are refused unless the caller allows
+them explicitly, and even then are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from drdaemon.model.network import Enhancer, EnhancerSpec
+
+FORMAT_VERSION = "1"
+
+
+class WeightsError(Exception):
+    """Weights that cannot be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    model: Enhancer
+    sha256: str
+    path: Path
+    #: Free-form provenance written by the trainer (run id, data hash, CLIP model, ...).
+    provenance: dict[str, object] = field(default_factory=dict)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | None = None) -> str:
+    """Write ``model`` as safetensors with its spec and provenance; returns the file's sha256."""
+    spec = model.spec
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "architecture": spec.architecture,
+        "in_ch": str(spec.in_ch),
+        "illumination_scale": str(spec.illumination_scale),
+        "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
+    }
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return file_sha256(path)
+
+
+def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
+    """Build an :class:`Enhancer` from a weights file, refusing pickles unless allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        state, metadata = _read_safetensors(path)
+    elif allow_pickle:
+        state, metadata = _read_pickle(path)
+    else:
+        raise WeightsError(
+            f"{path.name} is not a .safetensors file; pickle checkpoints can run code when loaded "
+            "and are refused. Export with `python -m trainer` or set engine.allow_pickle = true "
+            "to read it with torch.load(weights_only=True)."
+        )
+    try:
+        spec = EnhancerSpec(
+            in_ch=int(metadata.get("in_ch", 1)),
+            illumination_scale=int(metadata.get("illumination_scale", 1)),
+            architecture=metadata.get("architecture", EnhancerSpec.architecture),
+        )
+    except ValueError as exc:
+        raise WeightsError(f"{path.name}: bad metadata: {exc}") from exc
+    if spec.architecture != EnhancerSpec.architecture:
+        raise WeightsError(f"{path.name} holds architecture {spec.architecture!r}, "
+                           f"this drdaemon runs {EnhancerSpec.architecture!r}")
+    model = Enhancer(spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path.name} does not match the enhancer: {exc}") from exc
+    provenance = json.loads(metadata.get("provenance", "{}"))
+    return LoadedWeights(model=model.eval(), sha256=file_sha256(path), path=path, provenance=provenance)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorsError, OSError) as exc:
+        raise WeightsError(f"cannot read {path.name} as safetensors: {exc}") from exc
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated classes for bad files
+        raise WeightsError(f"cannot read {path.name} with torch.load(weights_only=True): {exc}") from exc
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        metadata = {k: str(v) for k, v in checkpoint.get("metadata", {}).items()}
+        return checkpoint["state_dict"], metadata
+    return checkpoint, {}
