@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
@@ -101,7 +101,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         with safe_open(str(path), framework="pt") as fh:
             metadata = dict(fh.metadata() or {})
         return load_file(str(path)), metadata
-    except (SafetensorsError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {path.name} as safetensors: {exc}") from exc
 
 
