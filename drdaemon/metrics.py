@@ -1,0 +1,207 @@
+"""Prometheus metrics of the daemon: one prefix, base units, no per-file labels.
+
+Every label value is created at start-up so that each series exists at zero before the
+first frame: an alert such as ``rate(drdaemon_frames_total{result="failed"}[5m])`` then
+has data to evaluate instead of silence. The metrics live in their own registry (not the
+process-wide default one) so that tests and several daemons in one process never collide.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from drdaemon.errors import Reason, Stage
+
+#: The stages a frame passes through, in order; ``drdaemon_stage_duration_seconds{stage}``.
+STAGES: Final = ("wait", "read", "upload", "compute", "download", "write", "sidecar")
+
+#: Histogram buckets from 5 ms (one small frame's stage) to 60 s (a stalled network share);
+#: 2 s is the station's takt, so it is a bucket edge and the latency alert is exact.
+BUCKETS_S: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+
+#: Which reasons a stage can produce; these combinations are pre-created at zero.
+_EXPECTED_ERRORS: Final = {
+    Stage.READ.value: (
+        Reason.UNREADABLE, Reason.TRUNCATED, Reason.UNSUPPORTED, Reason.TOO_LARGE, Reason.EMPTY,
+    ),
+    Stage.ENHANCE.value: (Reason.ENGINE_ERROR, Reason.DEVICE_ERROR),
+    Stage.WRITE.value: (Reason.WRITE_ERROR,),
+}  # fmt: skip
+
+#: Stages accepted in an error label: the coarse failure stages of ``drdaemon.errors.Stage``
+#: plus the fine timing stages, so a failure can be pinned to e.g. ``upload``.
+ERROR_STAGES: Final = tuple(dict.fromkeys([s.value for s in Stage] + list(STAGES)))
+REASONS: Final = tuple(r.value for r in Reason)
+
+#: Characters of the weights' sha256 shown in the build-info label: enough to tell two
+#: weight files apart on a dashboard, short enough to read.
+WEIGHTS_SHA_PREFIX: Final = 12
+
+
+def _label(value: str | Enum, allowed: tuple[str, ...], what: str) -> str:
+    text = value.value if isinstance(value, Enum) else str(value)
+    if text not in allowed:
+        # Labels are a fixed vocabulary; an unknown one is a programming error, not data.
+        raise ValueError(f"unknown {what} {text!r}; expected one of {', '.join(allowed)}")
+    return text
+
+
+class DaemonMetrics:
+    """All metrics one daemon exports, and the HTTP endpoint that serves them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self._server = None
+        self._thread = None
+
+        self.frames = Counter(
+            "drdaemon_frames", "Frames finished, by result.", ["result"], registry=reg
+        )
+        self.errors = Counter(
+            "drdaemon_errors",
+            "Frames that failed, by the stage that failed and a fixed reason.",
+            ["stage", "reason"],
+            registry=reg,
+        )
+        self.pixels = Counter(
+            "drdaemon_pixels", "Pixels of successfully enhanced frames.", registry=reg
+        )
+        self.stage_duration = Histogram(
+            "drdaemon_stage_duration_seconds",
+            "Time a frame spends in each stage.",
+            ["stage"],
+            buckets=BUCKETS_S,
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "drdaemon_frame_latency_seconds",
+            "End-to-end time from a frame's arrival in the inbox to its finished sidecar.",
+            buckets=BUCKETS_S,
+            registry=reg,
+        )
+        self.last_success = Gauge(
+            "drdaemon_last_success_timestamp_seconds",
+            "Unix time of the last frame enhanced successfully (0 before the first).",
+            registry=reg,
+        )
+        self.inbox_depth = Gauge(
+            "drdaemon_inbox_frames", "Candidate frames waiting in the inbox.", registry=reg
+        )
+        self.queue_depth = Gauge(
+            "drdaemon_queue_frames", "Frames claimed and queued for the engine.", registry=reg
+        )
+        self.in_flight = Gauge(
+            "drdaemon_frames_in_flight", "Frames being enhanced right now.", registry=reg
+        )
+        self.watcher_up = Gauge(
+            "drdaemon_watcher_up", "1 while the inbox watcher is alive, else 0.", registry=reg
+        )
+        self.device_memory_in_use = Gauge(
+            "drdaemon_device_memory_in_use_bytes",
+            "Accelerator memory held by live tensors.",
+            ["device"],
+            registry=reg,
+        )
+        self.device_memory_reserved = Gauge(
+            "drdaemon_device_memory_reserved_bytes",
+            "Accelerator memory reserved by the allocator's cache.",
+            ["device"],
+            registry=reg,
+        )
+        self.build_info = Gauge(
+            "drdaemon_build_info",
+            "Always 1; the labels say which software, engine and weights are running.",
+            ["version", "engine", "weights_sha256", "torch", "cuda"],
+            registry=reg,
+        )
+        # Resident memory, CPU time and open files of the daemon process itself.
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+
+        for result in ("ok", "failed"):
+            self.frames.labels(result=result)
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+        for stage, reasons in _EXPECTED_ERRORS.items():
+            for reason in reasons:
+                self.errors.labels(stage=stage, reason=reason.value)
+
+    def serve(self, address: str, port: int) -> int:
+        """Serve ``/metrics`` from a background thread; return the bound port (``port=0`` picks one)."""
+        if self._server is not None:
+            raise RuntimeError("metrics server already running")
+        self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP server (idempotent)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._thread = None
+
+    def set_build_info(
+        self,
+        *,
+        version: str,
+        engine: str,
+        weights_sha256: str | None,
+        torch: str,
+        cuda: str | None,
+    ) -> None:
+        """Publish what is running; replaces any earlier build-info series."""
+        self.build_info.clear()
+        self.build_info.labels(
+            version=version,
+            engine=engine,
+            weights_sha256=(weights_sha256 or "")[:WEIGHTS_SHA_PREFIX],
+            torch=torch,
+            cuda=cuda or "",
+        ).set(1)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_duration.labels(stage=_label(stage, STAGES, "stage")).observe(seconds)
+
+    def frame_succeeded(self, *, pixels: int, latency_s: float) -> None:
+        self.frames.labels(result="ok").inc()
+        self.pixels.inc(pixels)
+        self.latency.observe(latency_s)
+        self.last_success.set(time.time())
+
+    def frame_failed(self, *, stage: str | Stage, reason: str | Reason) -> None:
+        stage_label = _label(stage, ERROR_STAGES, "stage")
+        reason_label = _label(reason, REASONS, "reason")
+        self.frames.labels(result="failed").inc()
+        self.errors.labels(stage=stage_label, reason=reason_label).inc()
+
+    def set_inbox_depth(self, n: int) -> None:
+        self.inbox_depth.set(n)
+
+    def set_queue_depth(self, n: int) -> None:
+        self.queue_depth.set(n)
+
+    def set_in_flight(self, n: int) -> None:
+        self.in_flight.set(n)
+
+    def set_watcher_up(self, up: bool) -> None:
+        self.watcher_up.set(1 if up else 0)
+
+    def set_device_memory(self, device: str, in_use: int, reserved: int) -> None:
+        self.device_memory_in_use.labels(device=device).set(in_use)
+        self.device_memory_reserved.labels(device=device).set(reserved)
