@@ -9,6 +9,7 @@ gigapixel cannot exhaust memory.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,56 +48,77 @@ class Frame:
 
 def read_frame(path: Path, limits: ReadLimits = ReadLimits()) -> Frame:
     """Decode ``path`` into a :class:`Frame`, or raise :class:`FrameError` saying why not."""
+    return read_frame_bytes(path, limits)[0]
+
+
+def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Frame, bytes]:
+    """Read ``path`` once and decode it from memory; the bytes come back for hashing.
+
+    The daemon hashes exactly the bytes it decoded, so a frame is never read twice.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot stat {path.name}: {exc}") from exc
-    if size == 0:
-        raise FrameError(Stage.READ, Reason.EMPTY, f"{path.name} is empty (0 bytes)")
-    if size > limits.max_bytes:
-        raise FrameError(Stage.READ, Reason.TOO_LARGE,
-                         f"{path.name} has {size} bytes, more than input.max_bytes={limits.max_bytes}")
-    with path.open("rb") as fh:
-        head = fh.read(8)
+    _check_size(path.name, size, limits)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {path.name}: {exc}") from exc
+    return decode_frame(data, path.name, limits), data
+
+
+def decode_frame(data: bytes, name: str, limits: ReadLimits = ReadLimits()) -> Frame:
+    """Decode a whole file held in memory; ``name`` is only used in messages."""
+    _check_size(name, len(data), limits)
+    head = data[:8]
     if head.startswith(PNG_SIGNATURE):
-        frame = _read_png(path, limits)
+        frame = _read_png(data, name, limits)
     elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        frame = _read_tiff(path, limits)
+        frame = _read_tiff(data, name, limits)
     else:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{path.name} is neither a TIFF nor a PNG file")
-    _check_pixels(path, frame.pixels)
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} is neither a TIFF nor a PNG file")
+    _check_pixels(name, frame.pixels)
     return frame
 
 
-def _check_shape(path: Path, shape: tuple[int, ...], limits: ReadLimits) -> None:
+def _check_size(name: str, size: int, limits: ReadLimits) -> None:
+    if size == 0:
+        raise FrameError(Stage.READ, Reason.EMPTY, f"{name} is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise FrameError(Stage.READ, Reason.TOO_LARGE,
+                         f"{name} has {size} bytes, more than input.max_bytes={limits.max_bytes}")
+
+
+def _check_shape(name: str, shape: tuple[int, ...], limits: ReadLimits) -> None:
     if len(shape) != 2:
         raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{path.name} has shape {shape}; only single-channel 2-D frames are enhanced")
+                         f"{name} has shape {shape}; only single-channel 2-D frames are enhanced")
     if min(shape) == 0:
-        raise FrameError(Stage.READ, Reason.EMPTY, f"{path.name} has zero size {shape}")
+        raise FrameError(Stage.READ, Reason.EMPTY, f"{name} has zero size {shape}")
     if shape[0] * shape[1] > limits.max_pixels:
         raise FrameError(Stage.READ, Reason.TOO_LARGE,
-                         f"{path.name} claims {shape[0]}x{shape[1]} pixels, more than "
+                         f"{name} claims {shape[0]}x{shape[1]} pixels, more than "
                          f"input.max_pixels={limits.max_pixels}")
 
 
-def _check_pixels(path: Path, pixels: np.ndarray) -> None:
+def _check_pixels(name: str, pixels: np.ndarray) -> None:
     if pixels.dtype not in SUPPORTED_DTYPES:
         raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{path.name} has dtype {pixels.dtype}; supported are uint8, uint16, float32")
+                         f"{name} has dtype {pixels.dtype}; supported are uint8, uint16, float32")
 
 
-def _read_tiff(path: Path, limits: ReadLimits) -> Frame:
+def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if len(tif.series) != 1 or len(tif.pages) != 1:
                 raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                                 f"{path.name} holds {len(tif.pages)} pages; split it into one frame per file")
+                                 f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
             page = tif.pages[0]
             shape = tuple(int(n) for n in page.shape)
-            _check_shape(path, shape, limits)
-            _check_tiff_complete(path, page)
+            _check_shape(name, shape, limits)
+            _check_tiff_complete(name, page, len(data))
             pixels = page.asarray()
             tags = _carried_tags(page)
     except FrameError:
@@ -104,18 +126,17 @@ def _read_tiff(path: Path, limits: ReadLimits) -> Frame:
     except (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError,
             RuntimeError, MemoryError) as exc:
         reason = Reason.TRUNCATED if "truncat" in str(exc).lower() else Reason.UNREADABLE
-        raise FrameError(Stage.READ, reason, f"cannot decode TIFF {path.name}: {exc}") from exc
+        raise FrameError(Stage.READ, reason, f"cannot decode TIFF {name}: {exc}") from exc
     except Exception as exc:  # codec errors from imagecodecs have their own classes
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode TIFF {path.name}: {exc}") from exc
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode TIFF {name}: {exc}") from exc
     return Frame(pixels=np.ascontiguousarray(pixels), format="tiff", tags=tags)
 
 
-def _check_tiff_complete(path: Path, page: tifffile.TiffPage) -> None:
+def _check_tiff_complete(name: str, page: tifffile.TiffPage, size: int) -> None:
     end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
-    size = path.stat().st_size
     if end > size or 0 in page.databytecounts:
         raise FrameError(Stage.READ, Reason.TRUNCATED,
-                         f"{path.name} is truncated: image data runs to byte {end}, file has {size}")
+                         f"{name} is truncated: image data runs to byte {end}, file has {size}")
 
 
 def _carried_tags(page: tifffile.TiffPage) -> dict[str, object]:
@@ -127,13 +148,15 @@ def _carried_tags(page: tifffile.TiffPage) -> dict[str, object]:
     return tags
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    with path.open("rb") as fh:
-        header = fh.read(33)
-    if len(header) < 24 or header[12:16] != b"IHDR":
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{path.name} has no PNG header")
-    width, height = struct.unpack(">II", header[16:24])
+def _png_size(data: bytes, name: str) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has no PNG header")
+    width, height = struct.unpack(">II", data[16:24])
     return height, width
+
+
+def _ends_with_iend(tail: bytes) -> bool:
+    return len(tail) >= 12 and tail[-12:][4:8] == b"IEND"
 
 
 def png_complete(path: Path) -> bool:
@@ -143,17 +166,17 @@ def png_complete(path: Path) -> bool:
         if fh.tell() < 12:
             return False
         fh.seek(-12, 2)
-        return fh.read(12)[4:8] == b"IEND"
+        return _ends_with_iend(fh.read(12))
 
 
-def _read_png(path: Path, limits: ReadLimits) -> Frame:
-    _check_shape(path, _png_size(path), limits)
-    if not png_complete(path):
-        raise FrameError(Stage.READ, Reason.TRUNCATED, f"{path.name} is truncated: no IEND chunk")
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+def _read_png(data: bytes, name: str, limits: ReadLimits) -> Frame:
+    _check_shape(name, _png_size(data, name), limits)
+    if not _ends_with_iend(data):
+        raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: no IEND chunk")
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode PNG {path.name}")
-    _check_shape(path, tuple(pixels.shape), limits)
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode PNG {name}")
+    _check_shape(name, tuple(pixels.shape), limits)
     return Frame(pixels=pixels, format="png")
 
 
