@@ -83,6 +83,9 @@ class EngineConfig(_Table):
 
 class WatchConfig(_Table):
     stability_wait_s: float = Field(1.0, ge=0.0)
+    # A file unchanged this long that still does not parse as a whole image is taken anyway
+    # and fails with a reason file, instead of waiting in the inbox forever.
+    incomplete_grace_s: float = Field(30.0, ge=0.0)
     rescan_interval_s: float = Field(10.0, gt=0.0)
     polling: bool = False
     poll_interval_s: float = Field(1.0, gt=0.0)
