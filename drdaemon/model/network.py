@@ -93,8 +93,10 @@ class PyramidPooling(nn.Module):
         """
         h, w = x.shape[-2:]
         full_size = full_size or (h, w)
+        # grid_sample (window path) may answer in float32 under autocast; keep x's dtype so the
+        # 64-channel concatenation costs what it costs in the whole-frame pass.
         contexts = [
-            upsample_window(branch(p), full_size, offset, (h, w))
+            upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
             for branch, p in zip(self.branches, pooled)
         ]
         return self.fuse_conv(torch.cat([x, *contexts], dim=1))
@@ -155,9 +157,27 @@ class Enhancer(nn.Module):
         s = self.spec.illumination_scale
         if s == 1:
             return self.illumination(x)
-        h, w = x.shape[-2:]
-        small = F.adaptive_avg_pool2d(x, (math.ceil(h / s), math.ceil(w / s)))
-        return F.interpolate(self.illumination(small), size=(h, w), mode="bilinear", align_corners=False)
+        return expand_illumination(self.illumination(shrink_for_illumination(x, s)), x.shape[-2:])
+
+
+def shrink_for_illumination(x: Tensor, scale: int) -> Tensor:
+    """The frame the illumination is predicted from when ``illumination_scale`` > 1.
+
+    Area averaging to ``ceil(H/s) x ceil(W/s)`` (adaptive average pooling, so sizes that are
+    not multiples of s still work); the division itself always uses the full-resolution frame.
+    """
+    h, w = x.shape[-2:]
+    return F.adaptive_avg_pool2d(x, (math.ceil(h / scale), math.ceil(w / scale)))
+
+
+def expand_illumination(illumination: Tensor, size: tuple[int, int]) -> Tensor:
+    """Plain bilinear upsampling of a low-resolution illumination map back to the frame.
+
+    Bilinear, not guided: the illumination is smooth by construction, the upsampling stays
+    local (each output pixel reads a 2 x 2 neighbourhood), and trainer and daemon use this
+    same function. Edges sharper than s pixels in the illumination are softened.
+    """
+    return F.interpolate(illumination, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def apply_illumination(x: Tensor, illumination: Tensor) -> Tensor:

@@ -1,0 +1,192 @@
+"""Exact tiled inference: the enhancer on frames larger than the memory budget, without seams.
+
+The pyramid pooling makes every output pixel depend on averages over the whole frame, so
+cutting the frame into independent tiles would change the result and leave seams. Two
+passes reproduce the whole-frame result instead:
+
+1. **Pool pass.** Each tile runs through the stem (the convolutions before the pooling)
+   with a halo wide enough that its core is exact. The core's values are summed into the
+   regions of the 1/2/3/6 bin grids, using adaptive average pooling's own region bounds
+   (``floor(i*H/b)`` to ``ceil((i+1)*H/b)``; for sizes that are not multiples of the bin
+   count neighbouring regions overlap, and a pixel counts in each region it lies in).
+   Sums are kept in float64, then divided by the region areas.
+2. **Output pass.** Each tile runs again, with the halo of the whole network, and the
+   context block is fused with the global averages from pass 1 at the tile's true frame
+   coordinates (:meth:`PyramidPooling.fuse` with ``full_size`` and ``offset``). The tile's
+   core is exact and is written into the output.
+
+Zero padding at the frame's border is the same as in the whole-frame pass because tiles are
+clipped to the frame; inside the frame the halo absorbs the padding of the tile's edge.
+The stem runs twice (about 15 % more compute), the price of a fixed memory ceiling.
+With ``illumination_scale`` s > 1 the tiles cover the downsampled frame; the bilinear
+upsampling of the illumination map back to full size is a one-channel operation done once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from drdaemon.model.network import Enhancer, apply_illumination, shrink_for_illumination, expand_illumination
+
+#: Peak live activations of a whole-frame forward pass, in channel maps of the compute dtype.
+#: Three 64-channel maps are alive inside a residual block of the body (192); the rest covers
+#: backend reorder buffers. Measured on the CPU (peak RSS of a 1024 x 1024 forward pass:
+#: 227 maps with channels_last, 290 without); CUDA engines calibrate it in their warm-up.
+CPU_ACTIVATION_MAPS = 300
+#: Per-pixel bytes of the frame-sized buffers outside the network: raw upload, float input,
+#: illumination map, float and uint16 output.
+FRAME_BYTES_PER_PIXEL = 24
+#: Smallest tile core side the planner will use, whatever the budget says.
+MIN_TILE = 64
+
+
+def conv_halo(module: nn.Module) -> int:
+    """Pixels of context each side that a stack of convolutions needs: one per 3x3 layer."""
+    halo = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            halo += (layer.kernel_size[0] // 2) * layer.dilation[0]
+    return halo
+
+
+def stem_halo(model: Enhancer) -> int:
+    """Halo of the convolutions before the pooling (5 for the published network)."""
+    return conv_halo(model.stem)
+
+
+def head_halo(model: Enhancer) -> int:
+    """Halo of the convolutions after the pooling: the fuse conv and the body (12)."""
+    return conv_halo(model.context.fuse_conv) + conv_halo(model.body)
+
+
+@dataclass(frozen=True)
+class TileSize:
+    """Core size of the output tiles (the halo comes on top), in pixels of the network input."""
+
+    height: int
+    width: int
+
+
+def spans(length: int, tile: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``0..length`` with near-equal parts of at most ``tile``."""
+    count = max(1, math.ceil(length / max(tile, 1)))
+    cuts = [length * i // count for i in range(count + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def bin_bounds(length: int, bins: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` rows (or columns) adaptive average pooling averages for each bin."""
+    return [((i * length) // bins, -((-(i + 1) * length) // bins)) for i in range(bins)]
+
+
+def _grow(span: tuple[int, int], halo: int, length: int) -> tuple[int, int]:
+    return max(0, span[0] - halo), min(length, span[1] + halo)
+
+
+def _tiles(height: int, width: int, tile: TileSize):
+    for rows in spans(height, tile.height):
+        for cols in spans(width, tile.width):
+            yield rows, cols
+
+
+def pooled_context(model: Enhancer, x: Tensor, tile: TileSize) -> list[Tensor]:
+    """Pass 1: the adaptive averages of the stem's output for every bin, computed tile by tile.
+
+    Equals ``model.context.pool(model.stem(x))`` without holding the stem's output for the
+    whole frame.
+    """
+    height, width = x.shape[-2:]
+    halo = stem_halo(model)
+    bins = model.context.bins
+    bounds = [(bin_bounds(height, b), bin_bounds(width, b)) for b in bins]
+    sums: list[Tensor] | None = None
+    feature_dtype = x.dtype
+    for rows, cols in _tiles(height, width, tile):
+        wr, wc = _grow(rows, halo, height), _grow(cols, halo, width)
+        feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
+        core = feature[..., rows[0] - wr[0]:rows[1] - wr[0], cols[0] - wc[0]:cols[1] - wc[0]]
+        feature_dtype = core.dtype
+        if sums is None:
+            sums = [core.new_zeros((*core.shape[:2], b, b), dtype=torch.float64) for b in bins]
+        for total, (row_bins, col_bins) in zip(sums, bounds):
+            _add_region_sums(total, core, rows, cols, row_bins, col_bins)
+    assert sums is not None  # a frame has at least one pixel, hence one tile
+    pooled = []
+    for total, (row_bins, col_bins) in zip(sums, bounds):
+        areas = torch.tensor([[(r1 - r0) * (c1 - c0) for c0, c1 in col_bins] for r0, r1 in row_bins],
+                             dtype=torch.float64, device=total.device)
+        pooled.append((total / areas).to(feature_dtype))
+    return pooled
+
+
+def _add_region_sums(total: Tensor, core: Tensor, rows: tuple[int, int], cols: tuple[int, int],
+                     row_bins: list[tuple[int, int]], col_bins: list[tuple[int, int]]) -> None:
+    """Add the part of each bin region that falls inside this tile's core to ``total``."""
+    for i, (r0, r1) in enumerate(row_bins):
+        top, bottom = max(r0, rows[0]), min(r1, rows[1])
+        if top >= bottom:
+            continue
+        row_sum = core[..., top - rows[0]:bottom - rows[0], :].sum(dim=-2, dtype=torch.float64)
+        for j, (c0, c1) in enumerate(col_bins):
+            left, right = max(c0, cols[0]), min(c1, cols[1])
+            if left < right:
+                total[..., i, j] += row_sum[..., left - cols[0]:right - cols[0]].sum(dim=-1)
+
+
+def tiled_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
+    """Pass 1 then pass 2: ``model.illumination(x)`` computed tile by tile, exactly."""
+    height, width = x.shape[-2:]
+    pooled = pooled_context(model, x, tile)
+    inner, outer = head_halo(model), head_halo(model) + stem_halo(model)
+    out: Tensor | None = None
+    for rows, cols in _tiles(height, width, tile):
+        wr, wc = _grow(rows, outer, height), _grow(cols, outer, width)
+        fr, fc = _grow(rows, inner, height), _grow(cols, inner, width)
+        feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
+        # Keep only the stem output the rest of the network needs (exact up to its halo).
+        feature = feature[..., fr[0] - wr[0]:fr[1] - wr[0], fc[0] - wc[0]:fc[1] - wc[0]]
+        fused = model.context.fuse(feature, pooled, full_size=(height, width), offset=(fr[0], fc[0]))
+        illumination = model.body(fused)
+        core = illumination[..., rows[0] - fr[0]:rows[1] - fr[0], cols[0] - fc[0]:cols[1] - fc[0]]
+        if out is None:
+            out = core.new_empty((*core.shape[:2], height, width))
+        out[..., rows[0]:rows[1], cols[0]:cols[1]] = core
+    assert out is not None
+    return out
+
+
+def tiled_full_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
+    """``model.full_illumination(x)`` within a memory budget; tiles cover the network's input."""
+    s = model.spec.illumination_scale
+    if s == 1:
+        return tiled_illumination(model, x, tile)
+    small = shrink_for_illumination(x, s)
+    return expand_illumination(tiled_illumination(model, small, tile), x.shape[-2:])
+
+
+def tiled_forward(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
+    """``model(x)`` within a memory budget: the enhanced frame, equal to the whole-frame pass."""
+    return apply_illumination(x, tiled_full_illumination(model, x, tile))
+
+
+def plan_tiles(height: int, width: int, illumination_scale: int, budget_bytes: int,
+               activation_bytes_per_pixel: float, halo: int) -> TileSize | None:
+    """The tile size that keeps a frame within ``budget_bytes``, or None when it fits whole.
+
+    ``activation_bytes_per_pixel`` is the network's peak per input pixel (activation maps
+    times the compute dtype's size); frame-sized buffers are charged at full resolution.
+    A budget too small for even :data:`MIN_TILE` tiles still gets them: the frame runs,
+    above budget, rather than fail.
+    """
+    small_h, small_w = math.ceil(height / illumination_scale), math.ceil(width / illumination_scale)
+    available = budget_bytes - height * width * FRAME_BYTES_PER_PIXEL
+    if small_h * small_w * activation_bytes_per_pixel <= available:
+        return None
+    tile_pixels = max(available, 0) / activation_bytes_per_pixel
+    side = max(MIN_TILE, math.isqrt(int(tile_pixels)) - 2 * halo)
+    rows, cols = spans(small_h, side), spans(small_w, side)
+    return TileSize(height=max(b - a for a, b in rows), width=max(b - a for a, b in cols))
