@@ -1,0 +1,416 @@
+"""The learned engine: the enhancer on a GPU (or the CPU), whole frame by default.
+
+Design of the GPU path, per device:
+
+* one copy of the model, shared by the device's workers, in eval mode, optionally
+  channels_last and compiled;
+* one **compute stream** and a lock, shared by the device's workers: the forward passes of
+  two frames never interleave, so the activations of only one frame are alive and the peak
+  memory is that of one frame (the caching allocator reuses the same blocks frame after
+  frame because they all belong to that stream);
+* per worker, a **copy stream** and reusable pinned host buffers: worker A uploads its next
+  frame and downloads its last result while worker B's frame computes, which keeps the GPU
+  busy while the daemon reads and writes files.
+
+The raw frame goes up as it is (uint16 is half the bytes of float32) and is normalised on
+the device with :func:`drdaemon.model.normalise.to_unit`, the function the trainer uses.
+Stage times come from CUDA events on the streams, not from CPU clocks; on the CPU the same
+code runs with wall-clock marks instead.
+
+Failures: CUDA out of memory and other device errors fail the frame
+(:class:`FrameError` with ``Reason.DEVICE_ERROR``); when the device no longer answers a
+trivial operation it is gone and :class:`DeviceLost` tells the daemon to exit so the service
+manager restarts it. A configured GPU that is missing is an error at start-up: the engine
+never moves to the CPU on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor, nn
+
+from drdaemon.config import ConfigError, EngineConfig
+from drdaemon.engines.base import Enhanced
+from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.model.network import Enhancer, apply_illumination
+from drdaemon.model.normalise import U16_MAX, Window, robust_window, to_unit
+from drdaemon.model.tiling import (
+    CPU_ACTIVATION_MAPS,
+    TileSize,
+    head_halo,
+    plan_tiles,
+    stem_halo,
+    tiled_full_illumination,
+)
+from drdaemon.model.weights import WeightsError, load_weights
+
+log = structlog.get_logger(__name__)
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+#: Side of the square frame the CUDA warm-up measures the activation memory on.
+CALIBRATION_SIDE = 1024
+
+
+class GrayEnhancer(nn.Module):
+    """The enhancer applied to a one-channel frame, whatever the weights' ``in_ch``.
+
+    Three-channel weights see the gray frame replicated (as CLIP saw it in training); the
+    division always uses the gray frame itself, so the output has one channel.
+    """
+
+    def __init__(self, model: Enhancer) -> None:
+        super().__init__()
+        self.model = model
+
+    def network_input(self, gray: Tensor) -> Tensor:
+        return gray.expand(-1, self.model.spec.in_ch, -1, -1)
+
+    def forward(self, gray: Tensor) -> Tensor:
+        return apply_illumination(gray, self.model.full_illumination(self.network_input(gray)))
+
+    def tiled(self, gray: Tensor, tile: TileSize) -> Tensor:
+        return apply_illumination(gray, tiled_full_illumination(self.model, self.network_input(gray), tile))
+
+
+@dataclass
+class DeviceRuntime:
+    """What the workers of one device share: the model, its compute stream and lock."""
+
+    device: torch.device
+    model: GrayEnhancer
+    forward: Callable[[Tensor], Tensor]
+    compute_stream: torch.cuda.Stream | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Peak activation bytes per input pixel per byte of dtype; calibrated on CUDA in warm-up.
+    activation_maps: float = CPU_ACTIVATION_MAPS
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+class PinnedBuffer:
+    """A host buffer reused across frames: page-locked on CUDA so copies can be asynchronous."""
+
+    def __init__(self, pinned: bool) -> None:
+        self.pinned = pinned
+        self._storage = torch.empty(0, dtype=torch.uint8)
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A tensor of ``shape`` and ``dtype`` over the buffer, growing it when needed."""
+        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        if self._storage.numel() < nbytes:
+            self._storage = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
+        return self._storage[:nbytes].view(dtype).view(shape)
+
+
+class StageClock:
+    """Marks between stages: CUDA events on the given stream, or wall clock on the CPU."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self._marks: dict[str, Any] = {}
+
+    def mark(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(stream)
+            self._marks[name] = event
+        else:
+            self._marks[name] = time.perf_counter()
+
+    def event(self, name: str) -> torch.cuda.Event:
+        """The CUDA event of a mark, for another stream to wait on."""
+        return self._marks[name]
+
+    def wait(self, name: str) -> None:
+        if self.cuda:
+            self._marks[name].synchronize()
+
+    def seconds(self, start: str, end: str) -> float:
+        a, b = self._marks[start], self._marks[end]
+        return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
+
+
+def unit_to_u16_tensor(unit: Tensor) -> Tensor:
+    """:func:`drdaemon.model.normalise.unit_to_u16` on a tensor (on the device before download)."""
+    return (unit.float().clamp(0.0, 1.0) * U16_MAX + 0.5).to(torch.uint16)
+
+
+def _upload_dtype(frame: np.ndarray) -> torch.dtype:
+    """Integer frames travel as they are (fewer bytes over the bus); anything else as float32."""
+    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}.get(frame.dtype, torch.float32)
+
+
+class NetEngine:
+    """One worker's view of a device: its own copy stream and pinned buffers."""
+
+    name = "net"
+
+    def __init__(self, runtime: DeviceRuntime, weights_sha256: str, precision: str = "float16",
+                 memory_budget_mb: int = 6144, low_percentile: float = 0.5,
+                 high_percentile: float = 99.5) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
+        self.runtime = runtime
+        self.device = str(runtime.device)
+        self.weights_sha256 = weights_sha256
+        self.precision = precision
+        self.memory_budget_mb = memory_budget_mb
+        self.low_percentile = low_percentile
+        self.high_percentile = high_percentile
+        cuda = runtime.is_cuda
+        self.copy_stream = torch.cuda.Stream(runtime.device) if cuda else None
+        self._host_in = PinnedBuffer(pinned=cuda)
+        self._host_out = PinnedBuffer(pinned=cuda)
+
+    # -- the Engine interface -------------------------------------------------------------
+
+    def enhance(self, frame: np.ndarray) -> Enhanced:
+        if frame.ndim != 2:
+            raise FrameError(Stage.ENHANCE, Reason.UNSUPPORTED, f"expected a 2-D frame, got shape {frame.shape}")
+        try:
+            return self._enhance(frame)
+        except (FrameError, DeviceLost):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is mapped to a frame or device error
+            raise self._classify(exc) from exc
+
+    def warm_up(self) -> None:
+        """Run small frames through every code path (and calibrate memory on CUDA)."""
+        if self.runtime.is_cuda:
+            self._calibrate_memory()
+        self.enhance(np.random.default_rng(0).integers(0, U16_MAX, (96, 80), dtype=np.uint16))
+
+    # -- internals ------------------------------------------------------------------------
+
+    @property
+    def spec(self):
+        return self.runtime.model.model.spec
+
+    def tile_for(self, height: int, width: int) -> TileSize | None:
+        """The tile size this frame needs under the memory budget, or None to run it whole."""
+        model = self.runtime.model.model
+        element = torch.empty(0, dtype=PRECISIONS[self.precision]).element_size()
+        return plan_tiles(height, width, self.spec.illumination_scale, self.memory_budget_mb << 20,
+                          self.runtime.activation_maps * element, stem_halo(model) + head_halo(model))
+
+    def _enhance(self, frame: np.ndarray) -> Enhanced:
+        runtime = self.runtime
+        window = robust_window(frame, self.low_percentile, self.high_percentile)
+        tile = self.tile_for(*frame.shape)
+        clock = StageClock(runtime.is_cuda)
+        host_in = self._host_in.take(frame.shape, _upload_dtype(frame))
+        host_in.numpy()[...] = frame
+
+        with self._on(self.copy_stream):
+            clock.mark("upload_start", self.copy_stream)
+            raw = host_in.to(runtime.device, non_blocking=True)
+            clock.mark("upload_end", self.copy_stream)
+
+        with runtime.lock, self._on(runtime.compute_stream):
+            if runtime.compute_stream is not None:
+                runtime.compute_stream.wait_event(clock.event("upload_end"))
+                raw.record_stream(runtime.compute_stream)
+            clock.mark("compute_start", runtime.compute_stream)
+            enhanced = self._compute(raw, window, tile)
+            clock.mark("compute_end", runtime.compute_stream)
+
+        host_out = self._host_out.take(frame.shape, torch.uint16)
+        with self._on(self.copy_stream):
+            if self.copy_stream is not None:
+                self.copy_stream.wait_event(clock.event("compute_end"))
+                enhanced.record_stream(self.copy_stream)
+            clock.mark("download_start", self.copy_stream)
+            host_out.copy_(enhanced, non_blocking=True)
+            clock.mark("download_end", self.copy_stream)
+        clock.wait("download_end")
+        pixels = host_out.numpy().copy()  # the pinned buffer is reused by the next frame
+
+        return Enhanced(
+            pixels=pixels,
+            parameters=self._parameters(window, tile),
+            timings={
+                "upload": clock.seconds("upload_start", "upload_end"),
+                "compute": clock.seconds("compute_start", "compute_end"),
+                "download": clock.seconds("download_start", "download_end"),
+            },
+        )
+
+    def _compute(self, raw: Tensor, window: Window, tile: TileSize | None) -> Tensor:
+        """Normalise on the device, run the network, map back to uint16 (still on the device)."""
+        runtime = self.runtime
+        gray = to_unit(raw.to(torch.float32), window)[None, None]
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype,
+                                                    enabled=dtype != torch.float32):
+            out = runtime.forward(gray) if tile is None else runtime.model.tiled(gray, tile)
+        return unit_to_u16_tensor(out[0, 0])
+
+    def _parameters(self, window: Window, tile: TileSize | None) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "architecture": spec.architecture,
+            "in_ch": spec.in_ch,
+            "illumination_scale": spec.illumination_scale,
+            "precision": self.precision,
+            "window": [window.low, window.high],
+            "low_percentile": self.low_percentile,
+            "high_percentile": self.high_percentile,
+            "device": self.device,
+            "tiled": tile is not None,
+            "tile": None if tile is None else [tile.height, tile.width],
+            "memory_budget_mb": self.memory_budget_mb,
+        }
+
+    @staticmethod
+    def _on(stream: torch.cuda.Stream | None):
+        return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+    def _calibrate_memory(self) -> None:
+        """Measure the peak activation bytes per pixel of a whole-frame pass on this device."""
+        device = self.runtime.device
+        side = CALIBRATION_SIDE
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        saved, self.memory_budget_mb = self.memory_budget_mb, 1 << 30  # force the whole-frame pass
+        try:
+            self.enhance(np.zeros((side, side), np.uint16))
+        finally:
+            self.memory_budget_mb = saved
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        element = torch.empty(0, dtype=PRECISIONS[self.precision]).element_size()
+        # 10 % margin for the allocator's rounding on frames of other sizes.
+        self.runtime.activation_maps = 1.1 * peak / (side * side * element)
+        log.info("net_memory_calibrated", device=self.device, precision=self.precision,
+                 bytes_per_pixel=round(peak / (side * side), 1))
+
+    def _classify(self, exc: Exception) -> Exception:
+        """Map an exception from the device to what the daemon does about it."""
+        message = f"{type(exc).__name__}: {exc}".strip()
+        out_of_memory = (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+                         or "out of memory" in message or "can't allocate memory" in message)
+        device_error = out_of_memory or _looks_like_device_error(message)
+        if self.runtime.is_cuda and device_error:
+            if out_of_memory:
+                torch.cuda.empty_cache()
+            if not self._device_alive():
+                return DeviceLost(f"{self.device} stopped answering: {message}")
+        if device_error:
+            return FrameError(Stage.ENHANCE, Reason.DEVICE_ERROR, f"{self.device}: {message}")
+        return FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR, message)
+
+    def _device_alive(self) -> bool:
+        """True when the device still runs a trivial kernel (a sticky CUDA error fails this)."""
+        if not self.runtime.is_cuda:
+            return True
+        try:
+            probe = torch.ones(1, device=self.runtime.device)
+            return float((probe + 1).item()) == 2.0
+        except Exception:  # noqa: BLE001 - any failure here means the device is unusable
+            return False
+
+
+def _looks_like_device_error(message: str) -> bool:
+    markers = ("CUDA", "cuda", "CUBLAS", "cuDNN", "CUDNN", "AcceleratorError", "device-side", "NCCL")
+    return any(marker in message for marker in markers)
+
+
+# -- building the workers ---------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """A configured device name to a torch device; a configured GPU that is missing raises."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda", 0)
+            log.info("net_device_selected", device=str(device), gpu=torch.cuda.get_device_name(device),
+                     reason="devices = ['auto'] and CUDA is available")
+        else:
+            device = torch.device("cpu")
+            log.warning("net_device_selected", device="cpu",
+                        reason="devices = ['auto'] and no CUDA device is visible: the learned engine runs on the CPU")
+        return device
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"engine.devices: {name!r} is not a device name (use 'auto', 'cpu' or 'cuda:N')") from exc
+    if device.type == "cpu":
+        log.info("net_device_selected", device="cpu", reason="configured")
+        return device
+    if device.type != "cuda":
+        raise ConfigError(f"engine.devices: {name!r}: only 'cpu' and CUDA devices are supported")
+    index = device.index or 0
+    if not torch.cuda.is_available():
+        raise DeviceLost(f"engine.devices names {name!r} but no CUDA device is visible to this process "
+                         "(driver, CUDA_VISIBLE_DEVICES, container runtime); refusing to run on the CPU instead")
+    if index >= torch.cuda.device_count():
+        raise DeviceLost(f"engine.devices names {name!r} but only {torch.cuda.device_count()} CUDA device(s) "
+                         "are visible; refusing to run elsewhere")
+    device = torch.device("cuda", index)
+    log.info("net_device_selected", device=str(device), gpu=torch.cuda.get_device_name(device), reason="configured")
+    return device
+
+
+def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool = True,
+                    compile_model: bool = False) -> DeviceRuntime:
+    """Place a copy of the model on ``device`` and set up what its workers share."""
+    gray = GrayEnhancer(copy.deepcopy(model)).to(device).eval().requires_grad_(False)
+    if channels_last:
+        gray = gray.to(memory_format=torch.channels_last)
+    forward: Callable[[Tensor], Tensor] = gray
+    if compile_model:
+        forward = torch.compile(gray, dynamic=True)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    return DeviceRuntime(device=device, model=gray, forward=forward, compute_stream=stream)
+
+
+def build_net_engines(config: EngineConfig) -> list[NetEngine]:
+    """The learned engine's workers: ``workers_per_device`` per configured CUDA device, one on the CPU.
+
+    On the CPU a second worker would only compete for the same cores (torch already uses all
+    of them inside one forward pass), so the CPU gets one.
+    """
+    if config.weights is None:
+        raise ConfigError("engine.weights: the learned engine needs a weights file")
+    try:
+        loaded = load_weights(config.weights, allow_pickle=config.allow_pickle)
+    except WeightsError as exc:
+        raise ConfigError(f"engine.weights: {exc}") from exc
+    devices: list[torch.device] = []
+    for name in config.devices:
+        device = resolve_device(name)
+        if device not in devices:
+            devices.append(device)
+    engines: list[NetEngine] = []
+    for device in devices:
+        runtime = prepare_runtime(loaded.model, device, config.channels_last, config.compile)
+        workers = config.workers_per_device if device.type == "cuda" else 1
+        engines += [
+            NetEngine(runtime, loaded.sha256, config.precision, config.memory_budget_mb,
+                      config.low_percentile, config.high_percentile)
+            for _ in range(workers)
+        ]
+        log.info("net_engine_ready", device=str(device), workers=workers, precision=config.precision,
+                 illumination_scale=loaded.model.spec.illumination_scale, in_ch=loaded.model.spec.in_ch,
+                 weights_sha256=loaded.sha256, compiled=config.compile)
+    return engines
+
+
+__all__ = ["NetEngine", "GrayEnhancer", "build_net_engines", "resolve_device", "prepare_runtime",
+           "unit_to_u16_tensor"]

@@ -1,0 +1,185 @@
+import numpy as np
+import pytest
+import torch
+
+from drdaemon.config import ConfigError, EngineConfig
+from drdaemon.engines import build_engines
+from drdaemon.engines.base import Engine
+from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
+from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.normalise import frame_to_unit, unit_to_u16
+from drdaemon.model.weights import file_sha256, save_weights
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
+
+
+def lit_enhancer(in_ch=1, scale=1):
+    torch.manual_seed(0)
+    net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
+    with torch.no_grad():
+        net.body[-2].bias.fill_(0.3)  # an illumination map that is not all zero
+    return net
+
+
+def xray_like(shape, seed=0):
+    """A smooth 16-bit frame with structure, so the enhancement is not trivially flat."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    base = 20000 + 15000 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 500, shape)
+    return np.clip(base, 0, 65535).astype(np.uint16)
+
+
+def cpu_engine(net, precision="float32", budget_mb=4096):
+    return NetEngine(prepare_runtime(net, torch.device("cpu")), "f" * 64, precision, budget_mb)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 1), (1, 7), (101, 66)])
+def test_engine_keeps_odd_shapes_and_writes_uint16(shape):
+    result = cpu_engine(lit_enhancer()).enhance(xray_like(shape))
+    assert result.pixels.shape == shape and result.pixels.dtype == np.uint16
+
+
+def test_engine_equals_normalise_network_and_map_back_on_the_host():
+    """The device-side normalisation is the trainer's: same window, same mapping to 16 bits."""
+    net = lit_enhancer(in_ch=3)
+    frame = xray_like((45, 70))
+    unit, window = frame_to_unit(frame)
+    with torch.no_grad():
+        gray = torch.from_numpy(unit)[None, None]
+        reference = unit_to_u16(net(gray.expand(-1, 3, -1, -1))[0, 0].numpy())
+    result = cpu_engine(net).enhance(frame)
+    assert result.parameters["window"] == [window.low, window.high]
+    assert np.abs(result.pixels.astype(int) - reference).max() <= 1
+    assert len(np.unique(result.pixels)) > 100  # a real image, not a clamped one
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_engine_tiles_only_over_budget_and_tiles_change_nothing(scale):
+    net = lit_enhancer(scale=scale)
+    frame = xray_like((300, 211))
+    whole = cpu_engine(net, budget_mb=4096).enhance(frame)
+    small_budget = cpu_engine(net, budget_mb=64)
+    small_budget.memory_budget_mb = 2  # below the config minimum, to force tiles on a small frame
+    tiled = small_budget.enhance(frame)
+    assert whole.parameters["tiled"] is False and whole.parameters["tile"] is None
+    assert tiled.parameters["tiled"] is True
+    assert np.abs(whole.pixels.astype(int) - tiled.pixels).max() <= 1  # 1e-4 in float is 6.5 levels
+
+
+def psnr_u16(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(65535.0**2 / mse)
+
+
+def test_bfloat16_on_cpu_is_close_to_float32():
+    net = lit_enhancer()
+    frame = xray_like((96, 120))
+    full = cpu_engine(net, "float32").enhance(frame)
+    half = cpu_engine(net, "bfloat16").enhance(frame)
+    assert half.parameters["precision"] == "bfloat16"
+    assert psnr_u16(full.pixels, half.pixels) >= 50.0  # the issue's target for half precision
+    assert not np.array_equal(full.pixels, half.pixels)  # it really ran in bfloat16
+
+
+def test_timings_and_parameters_for_the_sidecar():
+    result = cpu_engine(lit_enhancer(scale=2)).enhance(xray_like((40, 40)))
+    assert set(result.timings) == {"upload", "compute", "download"}
+    assert all(t >= 0 for t in result.timings.values()) and result.timings["compute"] > 0
+    assert result.parameters["illumination_scale"] == 2
+    assert result.parameters["device"] == "cpu"
+
+
+def test_other_input_dtypes_are_accepted():
+    engine = cpu_engine(lit_enhancer())
+    for frame in (xray_like((30, 31)).astype(np.float32) / 7, (xray_like((30, 31)) >> 8).astype(np.uint8)):
+        assert engine.enhance(frame).pixels.shape == (30, 31)
+    with pytest.raises(FrameError) as info:
+        engine.enhance(np.zeros((4, 5, 3), np.uint16))
+    assert info.value.reason is Reason.UNSUPPORTED
+
+
+def write_weights(tmp_path, in_ch=1, scale=1):
+    path = tmp_path / "enhancer.safetensors"
+    save_weights(path, lit_enhancer(in_ch, scale), {"run": "test"})
+    return path
+
+
+def test_build_from_config_gives_engines_of_the_daemon_interface(tmp_path):
+    weights = write_weights(tmp_path, in_ch=3, scale=4)
+    engines = build_engines(EngineConfig(name="net", weights=weights, devices=["cpu"], precision="float32",
+                                         workers_per_device=2))
+    assert len(engines) == 1  # the CPU gets one worker: two would share the same cores
+    engine = engines[0]
+    assert isinstance(engine, Engine)
+    assert (engine.name, engine.device, engine.weights_sha256) == ("net", "cpu", file_sha256(weights))
+    engine.warm_up()
+    result = engine.enhance(xray_like((50, 77)))
+    assert result.pixels.shape == (50, 77) and result.parameters["illumination_scale"] == 4
+
+
+def test_missing_or_pickled_weights_are_configuration_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        build_engines(EngineConfig(name="net", weights=tmp_path / "none.safetensors", devices=["cpu"]))
+    pickled = tmp_path / "w.pt"
+    torch.save(lit_enhancer().state_dict(), pickled)
+    with pytest.raises(ConfigError, match="refused"):
+        build_engines(EngineConfig(name="net", weights=pickled, devices=["cpu"]))
+
+
+@no_cuda
+def test_a_configured_gpu_that_is_missing_stops_the_start_instead_of_using_the_cpu(tmp_path):
+    weights = write_weights(tmp_path)
+    with pytest.raises(DeviceLost, match="cuda:1"):
+        build_engines(EngineConfig(name="net", weights=weights, devices=["cpu", "cuda:1"]))
+
+
+@no_cuda
+def test_auto_device_runs_on_the_cpu_without_a_gpu():
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_unknown_device_names_are_configuration_errors():
+    with pytest.raises(ConfigError, match="engine.devices"):
+        resolve_device("gpu0")
+
+
+class Failing(torch.nn.Module):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        raise self.error
+
+
+def failing_engine(error):
+    engine = cpu_engine(lit_enhancer())
+    engine.runtime.forward = Failing(error)
+    return engine
+
+
+def test_out_of_memory_fails_only_the_frame_with_a_device_reason():
+    engine = failing_engine(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.00 GiB"))
+    with pytest.raises(FrameError) as info:
+        engine.enhance(xray_like((20, 20)))
+    assert (info.value.stage, info.value.reason) == (Stage.ENHANCE, Reason.DEVICE_ERROR)
+    assert "out of memory" in str(info.value)
+
+
+def test_other_engine_failures_are_engine_errors():
+    with pytest.raises(FrameError) as info:
+        failing_engine(ValueError("nan in weights")).enhance(xray_like((20, 20)))
+    assert info.value.reason is Reason.ENGINE_ERROR
+
+
+def test_a_device_that_stops_answering_is_lost_not_a_frame_failure(monkeypatch):
+    engine = failing_engine(RuntimeError("CUDA error: unspecified launch failure"))
+    with pytest.raises(FrameError) as info:  # the device still answers: only this frame fails
+        engine.enhance(xray_like((20, 20)))
+    assert info.value.reason is Reason.DEVICE_ERROR
+    monkeypatch.setattr(engine.runtime, "device", torch.device("cuda", 0))  # as seen by the classifier
+    monkeypatch.setattr(NetEngine, "_device_alive", lambda self: False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    with pytest.raises(DeviceLost):
+        raise engine._classify(RuntimeError("CUDA error: unspecified launch failure"))
