@@ -1,0 +1,7 @@
+"""``python -m drdaemon`` is the ``drdaemon`` command."""
+
+import sys
+
+from drdaemon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""The ``drdaemon`` command: run the service, check a configuration, enhance files, benchmark.
+
+Exit statuses follow sysexits so that systemd can tell them apart: 0 done, 1 some files
+failed (``enhance``), 70 the accelerator was lost (restart me), 75 another daemon holds the
+work folder, 78 bad configuration (do not restart me).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from drdaemon import __version__
+from drdaemon.config import EXIT_CONFIG, ConfigError, Settings, load_settings
+
+EXIT_SOME_FAILED = 1
+EXIT_BUSY = 75
+
+_DESCRIPTION = """\
+Whole-frame enhancement of 16-bit DR X-ray frames.
+
+The daemon watches an inbox folder, enhances every new frame, writes the result and a JSON
+sidecar into the outbox, and moves the raw frame, byte-identical, into the archive. Frames
+that cannot be processed go to the failed folder beside a <name>.reason.json."""
+
+_EPILOG = """\
+Configuration: a TOML file (see config.example.toml); any key can be overridden by an
+environment variable DRDAEMON_<TABLE>__<KEY>, e.g. DRDAEMON_FOLDERS__INBOX=/data/in.
+Exit statuses: 0 ok, 1 some files failed (enhance), 70 device lost, 75 work folder busy,
+78 configuration error."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drdaemon", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"drdaemon {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser(
+        "run", help="run the daemon on the configured folders until SIGTERM/SIGINT",
+        description="Watch the inbox and enhance every frame that arrives. Stops on SIGTERM or "
+        "SIGINT after finishing the frames already taken (exit 0); exits 70 when the GPU is lost "
+        "and 78 on a configuration error. Frames left in the work folder by a crash are finished "
+        "or redone at start.",
+    )
+    _add_config_argument(run, required=False)
+
+    check = verbs.add_parser(
+        "check-config", help="validate a configuration file and print the effective configuration",
+        description="Validate FILE (and the DRDAEMON_* environment), then print the effective "
+        "configuration as TOML with folders resolved. Exit 78 naming the key on any error.",
+    )
+    _add_config_argument(check, required=True)
+
+    enhance = verbs.add_parser(
+        "enhance", help="enhance files once with the configured engine, without the daemon",
+        description="Enhance each FILE with the configured engine and write <stem>.tif plus its "
+        "sidecar <stem>.tif.json into --out (existing names get a ~N suffix). The input files are "
+        "only read. Exit 1 if any file failed.",
+    )
+    enhance.add_argument("files", nargs="+", type=Path, metavar="FILE", help="16-bit TIFF or PNG frames")
+    enhance.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the outputs")
+    _add_config_argument(enhance, required=False)
+
+    bench = verbs.add_parser(
+        "bench", help="benchmark the engine and the daemon on synthetic frames",
+        description="Measure compute time, throughput and memory of the engines and the daemon.",
+    )
+    try:
+        from drdaemon.bench import add_bench_arguments
+    except ImportError:
+        pass  # the benchmark module is optional; `drdaemon bench` then says so
+    else:
+        add_bench_arguments(bench)
+    return parser
+
+
+def _add_config_argument(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--config", type=Path, required=required, metavar="FILE",
+        help="TOML configuration (see config.example.toml)"
+        + ("" if required else "; without it, defaults and DRDAEMON_* variables only"),
+    )
+
+
+def _load(path: Path | None) -> Settings:
+    return load_settings(path)
+
+
+def _config_error(error: ConfigError) -> int:
+    print(f"drdaemon: configuration error\n{error}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print(f"# effective configuration of {args.config} (environment applied)")
+    print(settings_to_toml(settings), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from drdaemon.daemon import Daemon
+    from drdaemon.logs import configure_logging
+    from drdaemon.watch.claim import WorkFolderBusy
+
+    settings = _load(args.config)
+    configure_logging(settings.logging)
+    try:
+        return Daemon(settings).run()
+    except WorkFolderBusy as exc:
+        print(f"drdaemon: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except _device_lost() as exc:
+        print(f"drdaemon: device lost during start-up: {exc}", file=sys.stderr)
+        from drdaemon.daemon import EXIT_DEVICE_LOST
+
+        return EXIT_DEVICE_LOST
+
+
+def _device_lost() -> type[Exception]:
+    from drdaemon.errors import DeviceLost
+
+    return DeviceLost
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from drdaemon.engines import build_engines
+    from drdaemon.errors import FrameError, Stage
+    from drdaemon.io.readers import ReadLimits
+    from drdaemon.logs import configure_logging
+    from drdaemon.processing import commit_frame, enhance_frame, load_frame, unexpected_error
+    from drdaemon.watch.claim import WorkItem
+    from drdaemon.watch.finish import Finisher
+
+    settings = _load(args.config)
+    configure_logging(settings.logging)
+    try:
+        engine = build_engines(settings.engine)[0]
+    except (ConfigError, _device_lost()):
+        raise
+    except Exception as exc:
+        raise ConfigError(f"engine: cannot build the engine: {type(exc).__name__}: {exc}") from exc
+    args.out.mkdir(parents=True, exist_ok=True)
+    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png)
+    limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
+    failures = 0
+    for path in tqdm(args.files, desc="enhance", unit="frame"):
+        item = WorkItem(path=path, original=path)
+        try:
+            done = enhance_frame(load_frame(item, limits), engine)
+            commit_frame(done, finisher, settings.output.compression, retire_input=False)
+        except FrameError as error:
+            failures += 1
+            tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
+        except Exception as exc:
+            failures += 1
+            tqdm.write(f"{path}: {unexpected_error(Stage.ENHANCE, exc)}", file=sys.stderr)
+    print(f"{len(args.files) - failures} of {len(args.files)} frames enhanced into {args.out}")
+    return EXIT_SOME_FAILED if failures else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from drdaemon.bench import run_bench
+    except ImportError as exc:
+        print(f"drdaemon: the benchmark is not available in this installation ({exc})", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return run_bench(args)
+
+
+_COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "enhance": cmd_enhance, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.verb](args)
+    except ConfigError as error:
+        return _config_error(error)
+
+
+# -- printing the effective configuration ---------------------------------------------------
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """The settings as TOML that :func:`drdaemon.config.load_settings` reads back."""
+    lines: list[str] = []
+    for table, values in settings.model_dump().items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            lines.append(f"# {key} is unset" if value is None else f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""The service: claim frames from the inbox, enhance them, commit results, and keep going.
+
+Threads and the hand-offs between them (each hand-off is a small bounded :class:`Pipe`)::
+
+    intake ──claimed──> readers ──loaded──> workers (one per engine) ──enhanced──> writers
+
+* *intake* watches the inbox and claims a ready frame only when the next stage has room,
+  so unclaimed frames wait in the inbox (where the station can still see them) and a stop
+  leaves little to finish;
+* *readers* read, hash and decode, so a frame's I/O overlaps the previous frame's enhancement;
+* *workers*, one per engine from :func:`drdaemon.engines.build_engines`, all take from the
+  same pipe, so the least busy engine (device) gets the next frame;
+* *writers* encode, write and commit (:mod:`drdaemon.watch.finish`).
+
+A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
+daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
+with :data:`EXIT_DEVICE_LOST`, leaving unfinished frames in ``work/`` for the next start.
+SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import structlog
+
+from drdaemon import __version__
+from drdaemon.config import ConfigError, Settings
+from drdaemon.engines import Engine, build_engines
+from drdaemon.errors import DeviceLost, FrameError, Stage
+from drdaemon.io.readers import ReadLimits
+from drdaemon.metrics import DaemonMetrics
+from drdaemon.notify import SystemdNotifier
+from drdaemon.processing import (
+    EnhancedFrame,
+    LoadedFrame,
+    commit_frame,
+    enhance_frame,
+    fail_frame,
+    load_frame,
+    unexpected_error,
+)
+from drdaemon.watch.claim import WorkItem, WorkLock, claim
+from drdaemon.watch.finish import Finisher
+from drdaemon.watch.watcher import InboxWatcher
+
+log = structlog.get_logger(__name__)
+
+#: Exit status when the accelerator is gone (sysexits EX_SOFTWARE): the service manager restarts.
+EXIT_DEVICE_LOST = 70
+EXIT_OK = 0
+
+T = TypeVar("T")
+
+
+class Pipe(Generic[T]):
+    """A bounded hand-off between two pipeline stages.
+
+    ``get`` returns None once every producer has called :meth:`producer_done` and the pipe is
+    empty (a graceful drain), or at once after :meth:`abort` (items left behind stay in
+    ``work/`` and are redone at the next start).
+    """
+
+    def __init__(self, capacity: int, producers: int) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._capacity = max(1, capacity)
+        self._producers = producers
+        self._aborted = False
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Block until an item would fit (True) or ``timeout`` passes or the pipe is aborted (False)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._items) < self._capacity or self._aborted, timeout)
+            return len(self._items) < self._capacity and not self._aborted
+
+    def put(self, item: T) -> bool:
+        with self._cond:
+            while len(self._items) >= self._capacity and not self._aborted:
+                self._cond.wait()
+            if self._aborted:
+                return False
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> T | None:
+        with self._cond:
+            while not self._items and self._producers > 0 and not self._aborted:
+                self._cond.wait()
+            if self._aborted or not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def producer_done(self) -> None:
+        with self._cond:
+            self._producers -= 1
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+
+class Progress:
+    """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.last_progress_mono = time.monotonic()
+
+    def claimed(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.last_progress_mono = time.monotonic()
+
+    def moved(self) -> None:
+        self.last_progress_mono = time.monotonic()
+
+    def finished(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.last_progress_mono = time.monotonic()
+
+
+class Daemon:
+    """One running daemon over one set of folders; :meth:`run` returns the exit status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engines: list[Engine] | None = None,
+        metrics: DaemonMetrics | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.folders = settings.folders
+        self._engines = engines
+        self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self.notifier = notifier if notifier is not None else SystemdNotifier()
+        self.limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
+        self.finisher = Finisher.for_folders(self.folders, preview=settings.output.preview_png)
+        self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
+        self.progress = Progress()
+        self.stop_requested = threading.Event()
+        self.exit_status = EXIT_OK
+        self._fatal_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.metrics_port: int | None = None
+
+    # -- start-up -------------------------------------------------------------------------
+    def prepare_folders(self) -> None:
+        """Create missing folders; refuse folders that cannot share atomic renames."""
+        for name, path in self.folders:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"folders.{name}: cannot create {path}: {exc}") from exc
+        devices = {name: os.stat(path).st_dev for name, path in self.folders if name != "outbox"}
+        if len(set(devices.values())) > 1:
+            raise ConfigError(
+                "folders.inbox, folders.work, folders.archive and folders.failed must be on one "
+                f"filesystem (frames move between them by rename); found devices {devices}"
+            )
+
+    def load_engines(self) -> list[Engine]:
+        """Build the engines; a failure other than a lost device is a configuration problem."""
+        if self._engines is None:
+            try:
+                self._engines = build_engines(self.settings.engine)
+            except (DeviceLost, ConfigError):
+                raise
+            except Exception as exc:
+                raise ConfigError(f"engine: cannot build the {self.settings.engine.effective_name()!r} "
+                                  f"engine: {type(exc).__name__}: {exc}") from exc
+        if not self._engines:
+            raise ConfigError("engine: the configuration yields no engine to run")
+        return self._engines
+
+    def _publish_build_info(self, engines: list[Engine]) -> None:
+        torch_module = sys.modules.get("torch")
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = ""
+        cuda = getattr(getattr(torch_module, "version", None), "cuda", None) if torch_module else None
+        self.metrics.set_build_info(
+            version=__version__,
+            engine=engines[0].name,
+            weights_sha256=engines[0].weights_sha256,
+            torch=torch_version,
+            cuda=cuda,
+        )
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until a stop signal (exit 0) or a lost device (exit 70)."""
+        self.prepare_folders()
+        with WorkLock(self.folders.work):
+            engines = self.load_engines()
+            for engine in engines:
+                engine.warm_up()
+            log.info("engines_ready", engines=[e.name for e in engines], devices=[e.device for e in engines])
+            self._publish_build_info(engines)
+            if self.settings.metrics.enabled:
+                self.metrics_port = self.metrics.serve(self.settings.metrics.address, self.settings.metrics.port)
+                log.info("metrics_serving", address=self.settings.metrics.address, port=self.metrics_port)
+            recovered = self.finisher.recover(self.folders.work)
+            if recovered:
+                log.info("work_recovered", frames=len(recovered))
+            if install_signal_handlers:
+                self._install_signal_handlers()
+            self.watcher.start()
+            self._start_pipeline(engines, recovered)
+            self.notifier.ready(f"watching {self.folders.inbox} with {len(engines)} engine(s)")
+            log.info("daemon_ready", inbox=str(self.folders.inbox), engine=engines[0].name)
+            try:
+                self._supervise(engines)
+            finally:
+                for thread in self._threads:
+                    thread.join()
+                self.watcher.stop()
+                self.metrics.close()
+            log.info("daemon_stopped", exit_status=self.exit_status)
+            return self.exit_status
+
+    def request_stop(self) -> None:
+        """Stop claiming; frames already claimed are finished (graceful)."""
+        if not self.stop_requested.is_set():
+            self.stop_requested.set()
+            self.notifier.stopping()
+            log.info("stop_requested")
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _fatal(self, status: int) -> None:
+        """Stop fast: unstarted frames stay in work/ and are redone at the next start."""
+        with self._fatal_lock:
+            self.exit_status = status
+        self.request_stop()
+        self._claimed.abort()
+        self._loaded.abort()
+
+    def _start_pipeline(self, engines: list[Engine], recovered: list[Path]) -> None:
+        lanes = max(1, len(engines))
+        self._claimed: Pipe[WorkItem] = Pipe(capacity=lanes, producers=1)
+        self._loaded: Pipe[LoadedFrame] = Pipe(capacity=lanes, producers=lanes)
+        self._enhanced: Pipe[EnhancedFrame] = Pipe(capacity=lanes, producers=len(engines))
+        self._spawn("intake", self._intake_loop, recovered)
+        for index in range(lanes):
+            self._spawn(f"reader-{index}", self._reader_loop)
+        for index, engine in enumerate(engines):
+            self._spawn(f"worker-{index}", self._worker_loop, engine)
+        for index in range(lanes):
+            self._spawn(f"writer-{index}", self._writer_loop)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception:
+                log.exception("thread_crashed", thread=name)
+                self._fatal(EXIT_DEVICE_LOST)
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _supervise(self, engines: list[Engine]) -> None:
+        """Main thread: gauges, the systemd watchdog, and waiting for the pipeline to drain."""
+        ping_every = self.notifier.watchdog_interval_s
+        tick = min(1.0, ping_every) if ping_every else 1.0
+        last_ping_mono = time.monotonic()
+        last_ping_progress = self.progress.last_progress_mono
+        while any(t.is_alive() for t in self._threads):
+            self._update_gauges(engines)
+            now = time.monotonic()
+            if ping_every and now - last_ping_mono >= ping_every:
+                moved = self.progress.last_progress_mono != last_ping_progress
+                if self.watcher.alive and (moved or self.progress.in_flight == 0):
+                    self.notifier.watchdog()
+                    last_ping_mono = now
+                    last_ping_progress = self.progress.last_progress_mono
+                else:
+                    log.warning("watchdog_withheld", watcher_alive=self.watcher.alive,
+                                in_flight=self.progress.in_flight)
+            if self.stop_requested.is_set():
+                time.sleep(0.05)  # draining: just wait for the threads to finish
+            else:
+                self.stop_requested.wait(tick)
+        self._update_gauges(engines)
+
+    def _update_gauges(self, engines: list[Engine]) -> None:
+        self.metrics.set_inbox_depth(self.watcher.depth)
+        self.metrics.set_queue_depth(len(self._claimed) + len(self._loaded) + len(self._enhanced))
+        self.metrics.set_in_flight(self.progress.in_flight)
+        self.metrics.set_watcher_up(self.watcher.alive)
+        torch_module = sys.modules.get("torch")
+        if torch_module is None or not torch_module.cuda.is_initialized():
+            return
+        for device in {e.device for e in engines if e.device.startswith("cuda")}:
+            try:
+                self.metrics.set_device_memory(
+                    device, torch_module.cuda.memory_allocated(device), torch_module.cuda.memory_reserved(device)
+                )
+            except RuntimeError:  # the device vanished; the worker reports it
+                pass
+
+    # -- the stages -----------------------------------------------------------------------
+    def _intake_loop(self, recovered: list[Path]) -> None:
+        try:
+            for path in recovered:
+                if self.stop_requested.is_set():
+                    break
+                self.progress.claimed()
+                if not self._claimed.put(WorkItem(path=path, original=path)):
+                    self.progress.finished()
+            tick = self.watcher.tick_s()
+            while not self.stop_requested.is_set():
+                self.watcher.ensure_observer()
+                for candidate in self.watcher.poll():
+                    # Claim only when a reader can take the frame soon: the rest wait in the inbox.
+                    if not self._claimed.wait_for_room(timeout=tick) or self.stop_requested.is_set():
+                        break
+                    if not self.watcher.still_ready(candidate):
+                        continue
+                    item = claim(candidate.path, self.folders.work,
+                                 candidate.first_seen_wall, candidate.first_seen_mono)
+                    self.watcher.forget(candidate.path)
+                    if item is None:
+                        continue
+                    self.progress.claimed()
+                    if not self._claimed.put(item):
+                        self.progress.finished()  # aborted: it stays in work/ for the next start
+                self.stop_requested.wait(tick)
+        finally:
+            self._claimed.producer_done()
+
+    def _reader_loop(self) -> None:
+        try:
+            while (item := self._claimed.get()) is not None:
+                try:
+                    loaded = load_frame(item, self.limits)
+                except FrameError as error:
+                    self._fail(item, error)
+                    continue
+                except Exception as exc:
+                    self._fail(item, unexpected_error(Stage.READ, exc))
+                    continue
+                self.progress.moved()
+                if not self._loaded.put(loaded):
+                    self.progress.finished()
+        finally:
+            self._loaded.producer_done()
+
+    def _worker_loop(self, engine: Engine) -> None:
+        try:
+            while (loaded := self._loaded.get()) is not None:
+                try:
+                    done = enhance_frame(loaded, engine)
+                except FrameError as error:
+                    self._fail(loaded.item, error)
+                    continue
+                except DeviceLost as exc:
+                    log.error("device_lost", device=engine.device, frame=loaded.item.original.name,
+                              error=str(exc), note="frame stays in work/ and is redone at the next start")
+                    self.progress.finished()
+                    self._fatal(EXIT_DEVICE_LOST)
+                    return
+                self.progress.moved()
+                if not self._enhanced.put(done):
+                    self.progress.finished()
+        finally:
+            self._enhanced.producer_done()
+
+    def _writer_loop(self) -> None:
+        while (done := self._enhanced.get()) is not None:
+            item = done.loaded.item
+            try:
+                committed = commit_frame(done, self.finisher, self.settings.output.compression)
+            except FrameError as error:
+                self._fail(item, error)
+                continue
+            except Exception as exc:
+                self._fail(item, unexpected_error(Stage.WRITE, exc))
+                continue
+            latency = max(0.0, time.monotonic() - item.arrived_mono)
+            for stage, seconds in committed.stage_timings.items():
+                self.metrics.observe_stage(stage, seconds)
+            self.metrics.frame_succeeded(pixels=int(done.result.pixels.size), latency_s=latency)
+            sidecar = committed.sidecar
+            log.info(
+                "frame_done",
+                frame=item.original.name,
+                id=sidecar.input.sha256[:16],
+                input_bytes=sidecar.input.bytes,
+                output_bytes=sidecar.output.bytes,
+                shape=sidecar.input.shape,
+                dtype=sidecar.input.dtype,
+                output=sidecar.output.path,
+                device=sidecar.software.device,
+                latency_s=round(latency, 4),
+                timings=sidecar.timings | {"sidecar": round(committed.sidecar_s, 6)},
+            )
+            self.progress.finished()
+
+    def _fail(self, item: WorkItem, error: FrameError) -> None:
+        """Record a failed frame and move it to failed/; the daemon carries on."""
+        self.metrics.frame_failed(stage=error.stage, reason=error.reason)
+        try:
+            destination = fail_frame(item, error, self.finisher)
+        except OSError as exc:
+            log.error("frame_fail_unrecorded", frame=item.original.name, error=str(exc),
+                      note="frame stays in work/ and is retried at the next start")
+        else:
+            log.warning("frame_failed", frame=item.original.name, stage=error.stage.value,
+                        reason=error.reason.value, message=str(error), moved_to=str(destination))
+        self.progress.finished()
+
+
+def run_daemon(settings: Settings) -> int:
+    """Entry point for ``drdaemon run``: build, run, and return the exit status."""
+    return Daemon(settings).run()
+
+
+__all__ = ["Daemon", "Pipe", "EXIT_DEVICE_LOST", "run_daemon"]

@@ -1,0 +1,123 @@
+"""The provenance sidecar ``<output>.json``: what was enhanced, how, by what, and how long it took.
+
+A sidecar is the commit record of a frame: it is written last, after the output, so an
+output with a sidecar is complete. Its keys are a contract with whoever reads the outbox
+(``input.sha256`` and ``output.sha256`` in particular); a change to them bumps
+:data:`SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputRecord(_Record):
+    path: str  # where the raw frame rests now (the archive), byte-identical to what arrived
+    original_path: str  # where it arrived (the inbox)
+    sha256: str
+    bytes: int
+    shape: list[int]
+    dtype: str
+
+
+class OutputRecord(_Record):
+    path: str
+    sha256: str
+    bytes: int
+    shape: list[int]
+    dtype: str
+    compression: str
+    preview: str | None = None
+
+
+class EngineRecord(_Record):
+    name: str
+    parameters: dict[str, Any]
+    weights_sha256: str | None
+
+
+class SoftwareRecord(_Record):
+    drdaemon: str
+    python: str
+    numpy: str | None
+    opencv: str | None
+    tifffile: str | None
+    torch: str | None
+    device: str
+
+
+class Sidecar(_Record):
+    schema_version: int = SCHEMA_VERSION
+    input: InputRecord
+    output: OutputRecord
+    engine: EngineRecord
+    software: SoftwareRecord
+    #: Seconds per stage: wait (arrival to claim), read, enhance, write, and any sub-stages the
+    #: engine measured itself (e.g. upload, compute, download on a GPU).
+    timings: dict[str, float]
+    started_utc: str
+    finished_utc: str
+
+    def to_bytes(self) -> bytes:
+        return (self.model_dump_json(indent=2) + "\n").encode("utf-8")
+
+
+def utc_iso(timestamp: float) -> str:
+    """A POSIX timestamp as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T01:02:03.456Z``."""
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=None)
+def _library_versions() -> tuple[tuple[str, str | None], ...]:
+    # Read from package metadata, so that recording torch's version does not import torch.
+    import cv2
+    import numpy
+    import tifffile
+
+    from drdaemon import __version__
+
+    return (
+        ("drdaemon", __version__),
+        ("python", platform.python_version()),
+        ("numpy", numpy.__version__),
+        ("opencv", cv2.__version__),
+        ("tifffile", tifffile.__version__),
+        ("torch", _package_version("torch")),
+    )
+
+
+def software_record(device: str) -> SoftwareRecord:
+    """The versions of everything that shaped the output, and the device that ran the engine."""
+    return SoftwareRecord(**dict(_library_versions()), device=device)
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EngineRecord",
+    "InputRecord",
+    "OutputRecord",
+    "Sidecar",
+    "SoftwareRecord",
+    "software_record",
+    "utc_iso",
+]

@@ -1,0 +1,222 @@
+"""Committing a frame's result so that a crash at any instant loses nothing and doubles nothing.
+
+The protocol for one claimed frame ``work/N``:
+
+1. choose the final names (output, sidecar, preview, archive; or failed + reason) and write
+   them to a *plan* ``work/.N.plan.json``. The plan is what lets a restart tell its own
+   half-committed files from anybody else's;
+2. write the output under a temporary dot-name, fsync, and link it to its final name; the
+   preview likewise; the sidecar last, the same way (for a failure: the reason file);
+3. rename ``work/N`` into ``archive/`` (or ``failed/``), then delete the plan.
+
+On start-up, :meth:`Finisher.recover` looks at every plan: a sidecar (or reason file) on
+disk means step 2 completed, so only step 3 is redone; otherwise the output files named in
+the plan, which no sidecar vouches for, are removed and the frame is enhanced again. A frame
+in ``work/`` without a plan had nothing under a final name yet and is simply redone.
+
+Names are never reused: when ``frame.tif`` exists in the outbox, the next frame with that
+stem is written as ``frame~1.tif`` (then ``~2`` ...), with ``frame~1.tif.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from drdaemon.config import Folders
+from drdaemon.io.writers import TEMP_SUFFIX, atomic_write
+from drdaemon.watch.claim import distinct_name, is_hidden_or_temporary
+
+PLAN_SUFFIX = ".plan.json"
+REASON_SUFFIX = ".reason.json"
+OUTPUT_SUFFIX = ".tif"
+SIDECAR_SUFFIX = ".json"
+PREVIEW_SUFFIX = ".preview.png"
+
+
+@dataclass
+class Plan:
+    """The final names chosen for one work item, written down before any of them is used."""
+
+    kind: Literal["ok", "failed"]
+    work: str  # the frame's name in work/
+    output: str | None = None
+    sidecar: str | None = None
+    preview: str | None = None
+    archive: str | None = None  # None: leave the input where it is (``drdaemon enhance``)
+    failed: str | None = None
+    reason: str | None = None
+
+    def final_paths(self) -> list[Path]:
+        names = (self.output, self.sidecar, self.preview, self.archive, self.failed, self.reason)
+        return [Path(n) for n in names if n is not None]
+
+
+def plan_path(work_file: Path) -> Path:
+    return work_file.with_name(f".{work_file.name}{PLAN_SUFFIX}")
+
+
+def output_names(stem: str, outbox: Path, index: int) -> tuple[Path, Path, Path]:
+    """Output, sidecar and preview paths for ``stem`` with collision index ``index``."""
+    base = stem if index == 0 else f"{stem}~{index}"
+    output = outbox / f"{base}{OUTPUT_SUFFIX}"
+    return output, output.with_name(output.name + SIDECAR_SUFFIX), outbox / f"{base}{PREVIEW_SUFFIX}"
+
+
+def output_stem(name: str) -> str:
+    """``frame.tiff`` and ``frame.png`` both become ``frame``; the output is always ``.tif``."""
+    return Path(name).stem or name
+
+
+class Finisher:
+    """Chooses collision-free final names and carries out the commit steps for frames.
+
+    One instance serves all writer threads; choosing names is serialised so two frames with
+    the same stem in flight at once never pick the same name.
+    """
+
+    def __init__(self, outbox: Path, archive: Path | None, failed: Path | None, preview: bool) -> None:
+        self.outbox = Path(outbox)
+        self.archive = Path(archive) if archive is not None else None
+        self.failed = Path(failed) if failed is not None else None
+        self.preview = preview
+        self._lock = threading.Lock()
+        self._reserved: set[Path] = set()
+
+    @classmethod
+    def for_folders(cls, folders: Folders, preview: bool) -> Finisher:
+        return cls(folders.outbox, folders.archive, folders.failed, preview)
+
+    # -- choosing names -------------------------------------------------------------------
+    def _free(self, *paths: Path) -> bool:
+        return all(p not in self._reserved and not os.path.lexists(p) for p in paths)
+
+    def _distinct(self, directory: Path, name: str) -> Path:
+        index = 0
+        while not self._free(path := directory / distinct_name(name, index)):
+            index += 1
+        return path
+
+    def plan_success(self, work_file: Path, original_name: str, write_plan: bool = True) -> Plan:
+        """Reserve output, sidecar, preview and archive names for a frame, and write the plan."""
+        stem = output_stem(original_name)
+        with self._lock:
+            index = 0
+            while not self._free(*(names := output_names(stem, self.outbox, index))):
+                index += 1
+            output, sidecar, preview = names
+            archive = self._distinct(self.archive, original_name) if self.archive is not None else None
+            plan = Plan(
+                kind="ok",
+                work=work_file.name,
+                output=str(output),
+                sidecar=str(sidecar),
+                preview=str(preview) if self.preview else None,
+                archive=str(archive) if archive is not None else None,
+            )
+            self._reserved.update(plan.final_paths())
+        if write_plan:
+            self._write_plan(work_file, plan)
+        return plan
+
+    def plan_failure(self, work_file: Path, original_name: str) -> Plan:
+        """Reserve ``failed/<name>`` and ``failed/<name>.reason.json`` for a frame, and write the plan."""
+        if self.failed is None:
+            raise RuntimeError("this finisher has no failed folder")
+        with self._lock:
+            index = 0
+            while True:
+                failed = self.failed / distinct_name(original_name, index)
+                reason = failed.with_name(failed.name + REASON_SUFFIX)
+                if self._free(failed, reason):
+                    break
+                index += 1
+            plan = Plan(kind="failed", work=work_file.name, failed=str(failed), reason=str(reason))
+            self._reserved.update(plan.final_paths())
+        self._write_plan(work_file, plan)
+        return plan
+
+    def _write_plan(self, work_file: Path, plan: Plan) -> None:
+        atomic_write(plan_path(work_file), json.dumps(asdict(plan)).encode(), replace=True)
+
+    def release(self, plan: Plan) -> None:
+        with self._lock:
+            self._reserved.difference_update(plan.final_paths())
+
+    # -- the commit steps -----------------------------------------------------------------
+    def write_output(self, plan: Plan, data: bytes, preview: bytes | None = None) -> None:
+        atomic_write(Path(plan.output), data)
+        if plan.preview is not None and preview is not None:
+            atomic_write(Path(plan.preview), preview)
+
+    def write_sidecar(self, plan: Plan, data: bytes) -> None:
+        atomic_write(Path(plan.sidecar), data)
+
+    def write_reason(self, plan: Plan, data: bytes) -> None:
+        atomic_write(Path(plan.reason), data)
+
+    def retire_input(self, work_file: Path, plan: Plan) -> None:
+        """Move the raw frame to its final folder (archive or failed) and drop the plan."""
+        destination = plan.archive if plan.kind == "ok" else plan.failed
+        if destination is not None:
+            _move_no_replace(work_file, Path(destination))
+        plan_path(work_file).unlink(missing_ok=True)
+        self.release(plan)
+
+    # -- crash recovery -------------------------------------------------------------------
+    def recover(self, work: Path) -> list[Path]:
+        """Finish or undo what an interrupted run left; return the work items to enhance again."""
+        work = Path(work)
+        for folder in (work, self.outbox, self.archive, self.failed):
+            if folder is not None:
+                remove_temporaries(folder)
+        for plan_file in sorted(work.glob(f".*{PLAN_SUFFIX}")):
+            self._recover_plan(work, plan_file)
+        return [p for p in work.iterdir() if p.is_file() and not is_hidden_or_temporary(p.name)]
+
+    def _recover_plan(self, work: Path, plan_file: Path) -> None:
+        try:
+            plan = Plan(**json.loads(plan_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            # A plan is written atomically, so this is not ours to interpret; the frame is redone.
+            plan_file.unlink(missing_ok=True)
+            return
+        work_file = work / plan.work
+        if not work_file.exists():  # the input was retired; only the plan's removal was missing
+            plan_file.unlink(missing_ok=True)
+            return
+        committed = Path(plan.sidecar if plan.kind == "ok" else plan.reason)
+        if committed.exists():
+            self._reserved.update(plan.final_paths())
+            self.retire_input(work_file, plan)
+            return
+        # Nothing vouches for the outputs named in the plan: they go, and the frame is redone.
+        for name in (plan.output, plan.preview):
+            if name is not None:
+                Path(name).unlink(missing_ok=True)
+        plan_file.unlink(missing_ok=True)
+
+
+def _move_no_replace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; if a stranger's file took the name meanwhile, add ``~N``."""
+    index = 0
+    candidate = target
+    while os.path.lexists(candidate):
+        index += 1
+        candidate = target.with_name(distinct_name(target.name, index))
+    os.rename(source, candidate)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete this program's temporary files (``.*.drdaemon.tmp``) left by a crash."""
+    if not folder.is_dir():
+        return
+    for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+
+
+__all__ = ["Finisher", "Plan", "plan_path", "output_stem", "remove_temporaries", "PLAN_SUFFIX", "REASON_SUFFIX"]
