@@ -40,8 +40,8 @@ CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safe
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-#: Keys of an OpenAI JIT archive that are not parameters.
-JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+#: Keys of JIT archives that are not parameters of the open_clip model (attn_mask is rebuilt).
+JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 class ClipUnavailable(Exception):

@@ -1,0 +1,75 @@
+"""Training samples: daemon reader and window, keyed determinism, CLAHE prior, rank slices."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer.config import DataConfig
+from trainer.data import DataError, IterationBatches, SampleKey, TrainingSamples, folder_summary, list_frames
+from trainer_testkit import make_data
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    return make_data(tmp_path)
+
+
+def samples(folders, **kw):
+    abnormal, normal = folders
+    cfg = DataConfig(crop_size=32, workers=0, **kw)
+    return TrainingSamples(list_frames(abnormal), list_frames(normal), cfg, seed=7, with_normal=True, with_clahe=True)
+
+
+def test_sample_is_a_unit_range_crop_of_the_right_size(folders):
+    item = samples(folders)[SampleKey(3, 1).encode()]
+    assert set(item) == {"abnormal", "normal", "clahe"}
+    for tensor in item.values():
+        assert tensor.shape == (1, 32, 32) and tensor.dtype == torch.float32
+        assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+    # The dark, low-contrast abnormal frames are stretched by the percentile window.
+    assert float(item["abnormal"].max() - item["abnormal"].min()) > 0.5
+
+
+def test_same_key_same_sample_other_key_other_sample(folders):
+    ds = samples(folders)
+    a, b = ds[SampleKey(5, 0).encode()], ds[SampleKey(5, 0).encode()]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = ds[SampleKey(5, 1).encode()]
+    assert not torch.equal(a["abnormal"], c["abnormal"])
+
+
+def test_clahe_prior_raises_local_contrast(folders):
+    item = samples(folders, max_rotation_deg=0.0)[SampleKey(0, 0).encode()]
+    grad = lambda t: float(t[0].diff(dim=0).abs().mean() + t[0].diff(dim=1).abs().mean())  # noqa: E731
+    assert not torch.equal(item["clahe"], item["abnormal"])
+    assert grad(item["clahe"]) > grad(item["abnormal"])
+
+
+def test_eight_bit_png_frames_are_read_too(tmp_path, folders):
+    png = tmp_path / "png"
+    png.mkdir()
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(png / "a.png")
+    cfg = DataConfig(crop_size=16, workers=0)
+    ds = TrainingSamples(list_frames(png), list_frames(folders[1]), cfg, 0, with_normal=False, with_clahe=False)
+    assert ds[0]["abnormal"].shape == (1, 16, 16)
+
+
+def test_ranks_split_the_global_batch_without_overlap():
+    single = list(IterationBatches(10, 12, global_batch=8))
+    halves = [list(IterationBatches(10, 12, 8, rank=r, world=2)) for r in range(2)]
+    for it in range(2):
+        assert halves[0][it] + halves[1][it] == single[it]
+    with pytest.raises(DataError, match="divisible"):
+        IterationBatches(0, 1, 6, rank=0, world=4)
+
+
+def test_empty_folder_and_summary(tmp_path, folders):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no frames"):
+        list_frames(tmp_path / "empty")
+    files = list_frames(folders[0])
+    summary = folder_summary(folders[0], files)
+    assert summary["files"] == 3 and len(summary["file_list_sha256"]) == 64
+    (folders[0] / "frame_00.tif").write_bytes(b"II*\x00changed")
+    assert folder_summary(folders[0], files)["file_list_sha256"] != summary["file_list_sha256"]
