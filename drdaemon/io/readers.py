@@ -112,6 +112,8 @@ def _check_pixels(name: str, pixels: np.ndarray) -> None:
 def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            if len(tif.pages) == 0:
+                raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has a TIFF header but no readable page")
             if len(tif.series) != 1 or len(tif.pages) != 1:
                 raise FrameError(Stage.READ, Reason.UNSUPPORTED,
                                  f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
