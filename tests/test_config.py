@@ -1,0 +1,99 @@
+"""Configuration: the example file, environment overrides, and errors a user can act on."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from drdaemon.cli import main, settings_to_toml
+from drdaemon.config import EXIT_CONFIG, ConfigError, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "config.example.toml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_documents_every_key_and_loads() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for table, field in Settings.model_fields.items():
+        assert f"[{table}]" in text, table
+        for key in field.annotation.model_fields:
+            # Each key appears as an assignment (possibly commented out) with a comment nearby.
+            assert re.search(rf"^#?\s*{key} = ", text, re.MULTILINE), f"{table}.{key} undocumented"
+    settings = load_settings(EXAMPLE)
+    assert settings.engine.effective_name() == "classical"  # runs with no weights and no GPU
+    assert settings.folders.inbox == REPO / "example" / "inbox"
+
+
+def test_relative_folders_resolve_against_the_config_file(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "conf").mkdir()
+    config = write(tmp_path / "conf" / "d.toml", '[folders]\ninbox = "in"\noutbox = "/abs/out"\n')
+    monkeypatch.chdir("/")
+    settings = load_settings(config)
+    assert settings.folders.inbox == tmp_path / "conf" / "in"
+    assert settings.folders.outbox == Path("/abs/out")
+    assert settings.folders.work == tmp_path / "conf" / "work"
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
+    config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\n[watch]\nstability_wait_s = 3.0\n')
+    monkeypatch.setenv("DRDAEMON_FOLDERS__INBOX", "/data/in")
+    monkeypatch.setenv("DRDAEMON_WATCH__STABILITY_WAIT_S", "0.5")
+    settings = load_settings(config)
+    assert settings.folders.inbox == Path("/data/in")
+    assert settings.watch.stability_wait_s == 0.5
+
+
+@pytest.mark.parametrize(
+    "text, key, hint",
+    [
+        ("[watch]\nstabilty_wait_s = 1\n", "watch.stabilty_wait_s", "unknown key"),
+        ("[colour]\nx = 1\n", "colour", "unknown key"),
+        ("[engine]\nclahe_tile_grid = 0\n", "engine.clahe_tile_grid", "greater than or equal to 1"),
+        ("[output]\ncompression = \"lzw\"\n", "output.compression", "zstd"),
+        ("[engine]\nname = \"net\"\n", "engine", "needs engine.weights"),
+        ("[metrics\nport = 1\n", "cannot parse", "d.toml"),
+    ],
+    ids=["misspelt-key", "unknown-table", "out-of-range", "bad-choice", "net-without-weights", "bad-toml"],
+)
+def test_config_errors_exit_78_naming_the_key(tmp_path: Path, capsys, text: str, key: str, hint: str) -> None:
+    config = write(tmp_path / "d.toml", text)
+    with pytest.raises(ConfigError):
+        load_settings(config)
+    assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert key in err and hint in err
+    assert len(err.splitlines()) < 25  # one screen
+
+
+def test_missing_config_file_exits_78_from_a_real_process(tmp_path: Path) -> None:
+    for verb in ("run", "check-config"):
+        result = subprocess.run(
+            [sys.executable, "-m", "drdaemon", verb, "--config", str(tmp_path / "absent.toml")],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == EXIT_CONFIG
+        assert "not found" in result.stderr and "absent.toml" in result.stderr
+
+
+def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys, monkeypatch) -> None:
+    config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\n[output]\npreview_png = true\n')
+    monkeypatch.setenv("DRDAEMON_METRICS__PORT", "9999")
+    assert main(["check-config", "--config", str(config)]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["folders"]["inbox"] == str(tmp_path / "in")
+    assert printed["output"]["preview_png"] is True
+    assert printed["metrics"]["port"] == 9999
+    assert printed["engine"]["name"] == "auto"
+    # What it prints is itself a valid configuration that means the same thing.
+    again = write(tmp_path / "again.toml", settings_to_toml(load_settings(config)))
+    assert load_settings(again) == load_settings(config)
