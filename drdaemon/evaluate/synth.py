@@ -14,17 +14,19 @@ The model, per part:
    material), inclusions (ellipsoids of a denser material, as extra equivalent thickness)
    and cracks (thin polylines of missing material). Their boxes are written to JSON.
 3. **Exposure.** Beer-Lambert transmission ``exp(-mu * thickness)``, detector blur,
-   scatter as a low-pass copy of the primary times a scatter-to-primary ratio, Poisson
-   photon noise (a random number of digital levels per photon) plus Gaussian read noise,
-   and saturation at 65535.
+   scatter (a wide low-pass of what the part scatters, see :func:`expected_transmission`),
+   Poisson photon noise (a random number of digital levels per photon) plus Gaussian read
+   noise, and saturation at 65535.
 4. **The abnormal frame** is one exposure whose dose saturates the detector below a random
    thickness percentile of the part: thin regions clip, thick regions get a few tens of
    photons per pixel.
 5. **The label** fuses a bracket of exposures (factors of 4 apart, from one that saturates
    nowhere up to 64 times the abnormal dose): per pixel, the photon-weighted mean of every
    unsaturated reading estimates transmission with high SNR everywhere. Its logarithm is
-   linear in thickness and is windowed over the part (0.5 to 99.5 percentile), so thin and
-   thick material are both exposed, as a well exposed DR frame of the same part would be.
+   linear in thickness; 60 % of its large-scale trend (a Gaussian of 3 % of the short side) is
+   subtracted, the dynamic-range compression of DR post-processing, and the result is
+   windowed over the part (0.5 to 99.5 percentile): thin and thick sections are both
+   mid-scale with their local detail, as a well exposed, well processed frame would show.
 
 Each part draws its randomness from ``SeedSequence([seed, set, index])``: a part does not
 change when the number of parts asked for does.
@@ -46,6 +48,10 @@ from drdaemon.model.normalise import U16_MAX, unit_to_u16
 FRAME_SPAN_MM = 200.0  # physical length of the frame's short side
 MU_PER_MM = 0.07  # effective linear attenuation of a light alloy (aluminium near 60 keV)
 SATURATION = float(U16_MAX)
+#: The label removes this share of the large-scale (Gaussian, this fraction of the short side)
+#: log-transmission trend.
+LABEL_TREND_WEIGHT = 0.6
+LABEL_TREND_SIGMA = 0.03
 MAX_PIXELS = 5732 * 2333
 TEST_SET, TRAIN_ABNORMAL_SET, TRAIN_NORMAL_SET = 0, 1, 2
 
@@ -361,7 +367,12 @@ def fused_label(rng: np.random.Generator, transmission: np.ndarray, material: np
         signal += np.where(usable, reading, 0.0)
         exposure += np.where(usable, dose, 0.0)
     estimate = signal / np.maximum(exposure, 1e-9)
-    log_t = np.log(np.maximum(estimate, 1e-6))
+    log_t = np.log(np.maximum(estimate, 1e-6)).astype(np.float32)
+    inside = log_t[material] if material.any() else log_t.ravel()
+    # Dynamic-range compression as DR post-processing does it: subtract part of the large-scale
+    # thickness trend, so thick and thin sections both sit mid-scale and keep their local detail.
+    trend = cv2.GaussianBlur(log_t, (0, 0), LABEL_TREND_SIGMA * min(log_t.shape))
+    log_t = log_t - LABEL_TREND_WEIGHT * (trend - float(np.median(inside)))
     inside = log_t[material] if material.any() else log_t.ravel()
     low, high = np.percentile(inside[:: max(1, inside.size // 1_000_000)], [0.5, 99.5])
     return unit_to_u16((log_t - low) / max(high - low, 1e-9))

@@ -1,0 +1,137 @@
+"""The evaluation's outputs: a markdown table in the published layout and a comparison figure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drdaemon.evaluate.metrics import FrameScores, display_u8
+
+#: Columns of the table: metric field, header, decimals. The published layout plus noise gain.
+COLUMNS: list[tuple[str, str, int]] = [
+    ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("lpips", "LPIPS ↓", 3), ("ag", "AG ↑", 2),
+    ("ie", "IE ↑", 2), ("sd", "SD ↑", 1), ("sf", "SF ↑", 2), ("nrss", "NRSS ↑", 3),
+    ("noise_gain", "noise gain ↓", 2),
+]
+
+
+@dataclass
+class MethodSummary:
+    """Means over the evaluated frames of one method."""
+
+    label: str
+    means: dict[str, float | None]
+    frames: int
+    seconds_per_frame: float | None = None
+
+
+def summarise(label: str, scores: list[FrameScores], seconds: list[float] | None = None) -> MethodSummary:
+    """Mean of each metric over the frames that have it (None when no frame has it)."""
+    means: dict[str, float | None] = {}
+    for name in FrameScores.names():
+        values = [getattr(s, name) for s in scores]
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        means[name] = float(np.mean(values)) if values else None
+    timing = float(np.mean(seconds)) if seconds else None
+    return MethodSummary(label, means, len(scores), timing)
+
+
+def _cell(value: float | None, decimals: int) -> str:
+    if value is None:
+        return "—"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.{decimals}f}"
+
+
+def markdown_table(summaries: list[MethodSummary], notes: list[str] = ()) -> str:
+    """The table, one row per method, followed by its notes as a bullet list."""
+    header = "| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    rule = "|---|" + "---:|" * len(COLUMNS)
+    rows = [f"| {s.label} | " + " | ".join(_cell(s.means[f], d) for f, _, d in COLUMNS) + " |" for s in summaries]
+    text = "\n".join([header, rule, *rows])
+    if notes:
+        text += "\n\n" + "\n".join(f"- {note}" for note in notes)
+    return text + "\n"
+
+
+def pick_crop(shape: tuple[int, int], defects: list[dict], frame: np.ndarray, side: int | None = None
+              ) -> tuple[int, int, int, int]:
+    """A square (x0, y0, x1, y1) to zoom into: around the defect in the thickest material
+    (the one a bad exposure hides best), else around the darkest smooth region of the input."""
+    height, width = shape
+    side = min(side or max(96, min(height, width) // 6), height, width)
+    if defects:
+        defect = max(defects, key=lambda d: d.get("thickness_mm", 0.0))
+        x0, y0, x1, y1 = defect["box"]
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    else:
+        import cv2
+
+        small = cv2.resize(frame.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA)
+        row, col = np.unravel_index(np.argmin(cv2.GaussianBlur(small, (0, 0), 2)), small.shape)
+        cx, cy = int((col + 0.5) * width / 64), int((row + 0.5) * height / 64)
+    left = int(np.clip(cx - side // 2, 0, width - side))
+    top = int(np.clip(cy - side // 2, 0, height - side))
+    return left, top, left + side, top + side
+
+
+def _thumbnail(frame: np.ndarray, max_side: int = 384) -> np.ndarray:
+    import cv2
+
+    shown = display_u8(frame)
+    scale = max_side / max(shown.shape)
+    return cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else shown
+
+
+def comparison_figure(path: Path, panels: list[tuple[str, np.ndarray]], crop: tuple[int, int, int, int],
+                      title: str = "") -> Path:
+    """Each panel's frame, a zoom on ``crop`` and its 8-bit histogram, in columns.
+
+    ``panels`` are (title, uint16 frame) in column order: input, methods, label.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    columns = len(panels)
+    fig, axes = plt.subplots(3, columns, figsize=(1.75 * columns, 5.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1, 0.6]})
+    x0, y0, x1, y1 = crop
+    for col, (name, frame) in enumerate(panels):
+        thumb = _thumbnail(frame)
+        scale = thumb.shape[1] / frame.shape[1]
+        ax = axes[0, col]
+        ax.imshow(thumb, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.add_patch(Rectangle((x0 * scale, y0 * scale), (x1 - x0) * scale, (y1 - y0) * scale,
+                               fill=False, edgecolor="tab:orange", linewidth=1))
+        ax.set_title(name, fontsize=8)
+        axes[1, col].imshow(display_u8(frame[y0:y1, x0:x1]), cmap="gray", vmin=0, vmax=255,
+                            interpolation="nearest")
+        for ax in axes[:2, col]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        counts = np.bincount(display_u8(frame).ravel(), minlength=256)
+        hist = axes[2, col]
+        hist.fill_between(np.arange(256), counts / counts.sum(), step="mid", color="0.3", linewidth=0)
+        hist.set_yscale("log")
+        hist.set_ylim(1e-6, 1)
+        hist.set_xlim(0, 255)
+        hist.tick_params(labelsize=6)
+        if col:
+            hist.set_yticklabels([])
+    axes[1, 0].set_ylabel("zoom", fontsize=8)
+    axes[2, 0].set_ylabel("histogram (8-bit)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
