@@ -1,0 +1,255 @@
+"""The folder lifecycle without a daemon process: watching, claiming, committing, recovering."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from drdaemon.cli import main
+from drdaemon.config import Folders, WatchConfig
+from drdaemon.engines import ClassicalEngine
+from drdaemon.errors import FrameError, Reason, Stage
+from drdaemon.io.readers import ReadLimits
+from drdaemon.io.sidecar import Sidecar
+from drdaemon.io.writers import TEMP_SUFFIX, encode_tiff_u16, temp_path_for
+from drdaemon.processing import commit_frame, enhance_frame, fail_frame, load_frame
+from drdaemon.watch.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
+from drdaemon.watch.finish import Finisher, plan_path
+from drdaemon.watch.watcher import InboxWatcher
+
+
+def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(100, 4000, shape).astype(np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    f = Folders().resolved(tmp_path)
+    for path in f.all():
+        path.mkdir()
+    return f
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- claiming -----------------------------------------------------------------------------------
+def test_claim_moves_the_file_and_never_replaces_a_work_item(folders: Folders) -> None:
+    for content in (b"first", b"second"):
+        (folders.inbox / "a.tif").write_bytes(content)
+        item = claim(folders.inbox / "a.tif", folders.work, time.time(), time.monotonic())
+        assert item is not None and not (folders.inbox / "a.tif").exists()
+    assert (folders.work / "a.tif").read_bytes() == b"first"
+    assert (folders.work / "a~1.tif").read_bytes() == b"second"
+    assert claim(folders.inbox / "gone.tif", folders.work, 0.0, 0.0) is None
+    assert [p.name for p in pending_work(folders.work)] == ["a.tif", "a~1.tif"]
+
+
+def test_only_one_daemon_owns_a_work_folder(folders: Folders) -> None:
+    with WorkLock(folders.work):
+        with pytest.raises(WorkFolderBusy):
+            WorkLock(folders.work).acquire()
+    with WorkLock(folders.work):  # released with the first holder
+        pass
+
+
+# -- committing and recovering ------------------------------------------------------------------
+ENGINE = ClassicalEngine()
+
+
+def process(item: WorkItem, finisher: Finisher) -> None:
+    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher, "zstd")
+
+
+def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
+    """Every input has one output and one sidecar, its raw bytes in the archive, nothing else."""
+    sidecars = sorted(folders.outbox.glob("*.tif.json"))
+    outputs = sorted(folders.outbox.glob("*.tif"))
+    assert len(sidecars) == len(outputs) == len(inputs)
+    seen = {}
+    for path in sidecars:
+        record = Sidecar.model_validate_json(path.read_bytes())
+        output = Path(record.output.path)
+        assert output == path.with_name(path.name[: -len(".json")])
+        assert sha(output.read_bytes()) == record.output.sha256
+        name = Path(record.input.original_path).name
+        assert name not in seen, f"{name} processed twice"
+        seen[name] = record
+        assert Path(record.input.path).read_bytes() == inputs[name]
+        assert record.input.sha256 == sha(inputs[name])
+    assert set(seen) == set(inputs)
+    assert sorted(p.read_bytes() for p in folders.archive.iterdir()) == sorted(inputs.values())
+    leftovers = [p.name for folder in folders.all() for p in folder.iterdir() if p.name != ".drdaemon.lock"
+                 and folder not in (folders.outbox, folders.archive)]
+    assert leftovers == []
+    assert not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
+
+
+def crash_at(step: int, folders: Folders, finisher: Finisher, item: WorkItem) -> None:
+    """Carry the commit protocol of ``item`` up to ``step`` and stop as kill -9 would."""
+    done = enhance_frame(load_frame(item, ReadLimits()), ENGINE)
+    if step == 0:
+        return  # claimed, nothing written
+    plan = finisher.plan_success(item.path, item.original.name)
+    if step == 1:
+        return
+    data = encode_tiff_u16(done.result.pixels, {}, "zstd")
+    if step == 2:  # half an output under its temporary name
+        temp_path_for(Path(plan.output)).write_bytes(data[: len(data) // 2])
+        return
+    finisher.write_output(plan, data)
+    if step == 3:
+        return
+    finisher.write_sidecar(plan, b'{"not": "checked by recovery"}')
+    if step == 4:
+        return
+    os.rename(item.path, plan.archive)  # step 5: archived, plan not yet removed
+    assert plan_path(item.path).exists()
+
+
+@pytest.mark.parametrize("step", range(6), ids=["claimed", "planned", "temp-output", "output",
+                                                 "sidecar", "archived"])
+def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Folders, step: int) -> None:
+    inputs = {"a.tif": frame_bytes(1), "b.tif": frame_bytes(2)}
+    for name, data in inputs.items():
+        (folders.inbox / name).write_bytes(data)
+    crashed = claim(folders.inbox / "a.tif", folders.work, time.time(), time.monotonic())
+    crash_at(step, folders, Finisher.for_folders(folders, preview=False), crashed)
+
+    restarted = Finisher.for_folders(folders, preview=False)
+    redo = restarted.recover(folders.work)
+    assert [p.name for p in redo] == (["a.tif"] if step < 4 else [])
+    for path in redo:
+        process(WorkItem(path=path, original=path), restarted)
+    process(claim(folders.inbox / "b.tif", folders.work, time.time(), time.monotonic()), restarted)
+    if step >= 4:  # the sidecar written before the crash is the one that stays
+        inputs_with_fake = {k: v for k, v in inputs.items() if k != "a.tif"}
+        assert json.loads((folders.outbox / "a.tif.json").read_bytes()) == {"not": "checked by recovery"}
+        (folders.outbox / "a.tif.json").unlink()
+        (folders.outbox / "a.tif").unlink()
+        (folders.archive / "a.tif").unlink()
+        assert_exactly_once(folders, inputs_with_fake)
+    else:
+        assert_exactly_once(folders, inputs)
+
+
+def test_name_collisions_get_distinct_documented_names(folders: Folders) -> None:
+    (folders.outbox / "x.tif").write_bytes(b"someone else's")
+    (folders.archive / "x.png").write_bytes(b"an earlier frame")
+    finisher = Finisher.for_folders(folders, preview=True)
+    first = finisher.plan_success(folders.work / "x.png", "x.png", write_plan=False)
+    second = finisher.plan_success(folders.work / "x.tiff", "x.tiff", write_plan=False)
+    assert Path(first.output).name == "x~1.tif" and Path(first.sidecar).name == "x~1.tif.json"
+    assert Path(first.preview).name == "x~1.preview.png"
+    assert Path(first.archive).name == "x~1.png"
+    assert Path(second.output).name == "x~2.tif"  # reserved while the first is in flight
+    assert Path(second.archive).name == "x.tiff"
+    assert (folders.outbox / "x.tif").read_bytes() == b"someone else's"
+
+
+def test_failed_frame_moves_with_a_reason_file(folders: Folders) -> None:
+    (folders.inbox / "bad.tif").write_bytes(b"garbage" * 10)
+    item = claim(folders.inbox / "bad.tif", folders.work, time.time(), time.monotonic())
+    with pytest.raises(FrameError) as error:
+        load_frame(item, ReadLimits())
+    destination = fail_frame(item, error.value, Finisher.for_folders(folders, preview=False))
+    assert destination == folders.failed / "bad.tif"
+    assert destination.read_bytes() == b"garbage" * 10
+    reason = json.loads((folders.failed / "bad.tif.reason.json").read_text())
+    assert reason["stage"] == Stage.READ.value and reason["reason"] == Reason.UNREADABLE.value
+    assert reason["error_class"] == "FrameError" and "neither a TIFF nor a PNG" in reason["message"]
+    assert list(folders.work.iterdir()) == []
+
+
+# -- watching -----------------------------------------------------------------------------------
+def poll_until(watcher: InboxWatcher, seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    ready: list[str] = []
+    while time.monotonic() < deadline:
+        ready = [c.path.name for c in watcher.poll()]
+        time.sleep(0.02)
+    return ready
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_watcher_takes_only_stable_complete_frames(folders: Folders, polling: bool) -> None:
+    config = WatchConfig(stability_wait_s=0.1, incomplete_grace_s=60, polling=polling, poll_interval_s=0.05)
+    watcher = InboxWatcher(folders.inbox, config)
+    watcher.start()
+    try:
+        data = frame_bytes(3)
+        (folders.inbox / "whole.tif").write_bytes(data)
+        (folders.inbox / "half.tif").write_bytes(data[: len(data) // 2])
+        for ignored in ("x.tif.part", "x.tmp", ".hidden.tif", "notes.txt"):
+            (folders.inbox / ignored).write_bytes(data)
+        assert poll_until(watcher, 0.05) == []  # nothing is ready before the stability wait
+        assert poll_until(watcher, 0.4) == ["whole.tif"]
+        assert watcher.depth == 2
+        with (folders.inbox / "half.tif").open("ab") as fh:
+            fh.write(data[len(data) // 2:])
+        assert sorted(poll_until(watcher, 0.8)) == ["half.tif", "whole.tif"]
+        assert watcher.alive
+    finally:
+        watcher.stop()
+
+
+def test_stable_but_never_complete_file_is_released_after_the_grace(folders: Folders) -> None:
+    watcher = InboxWatcher(folders.inbox, WatchConfig(stability_wait_s=0.05, incomplete_grace_s=0.3))
+    (folders.inbox / "junk.tif").write_bytes(b"not an image")
+    watcher.start()
+    try:
+        assert poll_until(watcher, 0.15) == []
+        assert poll_until(watcher, 0.5) == ["junk.tif"]
+    finally:
+        watcher.stop()
+
+
+def test_dead_observer_is_restarted(folders: Folders) -> None:
+    watcher = InboxWatcher(folders.inbox, WatchConfig(stability_wait_s=0.05, rescan_interval_s=3600))
+    watcher.start()
+    try:
+        watcher.poll()  # the start-up scan
+        watcher._observer.stop()
+        watcher._observer.join()
+        assert not watcher.alive
+        assert watcher.ensure_observer() and watcher.alive
+        (folders.inbox / "after.tif").write_bytes(frame_bytes(4))
+        assert poll_until(watcher, 0.5) == ["after.tif"]
+    finally:
+        watcher.stop()
+
+
+# -- drdaemon enhance ---------------------------------------------------------------------------
+def test_enhance_command_writes_outputs_and_never_touches_inputs(tmp_path: Path, capsys) -> None:
+    inputs = []
+    for index in range(3):
+        path = tmp_path / f"f{index}.tif"
+        path.write_bytes(frame_bytes(index))
+        inputs.append(path)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"oops")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in [*inputs, bad]}
+    out = tmp_path / "out"
+    assert main(["enhance", *map(str, inputs), "--out", str(out)]) == 0
+    assert main(["enhance", str(inputs[0]), str(bad), "--out", str(out)]) == 1
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["f0.tif", "f0.tif.json", "f0~1.tif", "f0~1.tif.json", "f1.tif", "f1.tif.json",
+                     "f2.tif", "f2.tif.json"]
+    record = Sidecar.model_validate_json((out / "f1.tif.json").read_bytes())
+    assert record.input.path == str(inputs[1]) and record.input.sha256 == sha(inputs[1].read_bytes())
+    with tifffile.TiffFile(out / "f1.tif") as tif:
+        assert tif.pages[0].shape == (48, 64) and tif.pages[0].dtype == np.uint16
+    assert "bad.tif" in capsys.readouterr().err
