@@ -183,3 +183,13 @@ def test_a_device_that_stops_answering_is_lost_not_a_frame_failure(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with pytest.raises(DeviceLost):
         raise engine._classify(RuntimeError("CUDA error: unspecified launch failure"))
+
+
+def test_sixteen_bit_pixels_survive_the_int16_carrier_both_ways():
+    from drdaemon.engines.net import host_upload_view, unit_to_u16_bits, uploaded_to_float
+
+    values = np.array([[0, 1, 32767, 32768, 40000, 65535]], dtype=np.uint16)
+    assert np.array_equal(uploaded_to_float(torch.from_numpy(host_upload_view(values))).numpy(), values)
+    unit = np.array([[0.0, 0.25, 0.5, 0.500008, 0.75, 1.0, 1.5, -0.2]], dtype=np.float32)
+    bits = unit_to_u16_bits(torch.from_numpy(unit)).numpy().view(np.uint16)
+    assert np.array_equal(bits, unit_to_u16(unit))

@@ -145,14 +145,33 @@ class StageClock:
         return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
 
 
-def unit_to_u16_tensor(unit: Tensor) -> Tensor:
-    """:func:`drdaemon.model.normalise.unit_to_u16` on a tensor (on the device before download)."""
-    return (unit.float().clamp(0.0, 1.0) * U16_MAX + 0.5).to(torch.uint16)
+# torch's uint16 support is thin (few kernels, least of all on CUDA), so 16-bit pixels cross
+# the bus as int16 tensors holding the same bits; int16 and int32 work everywhere.
 
 
-def _upload_dtype(frame: np.ndarray) -> torch.dtype:
-    """Integer frames travel as they are (fewer bytes over the bus); anything else as float32."""
-    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}.get(frame.dtype, torch.float32)
+UPLOAD_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int16): torch.int16,
+                 np.dtype(np.float32): torch.float32}
+
+
+def host_upload_view(frame: np.ndarray) -> np.ndarray:
+    """The frame as it is uploaded: uint8 as is, uint16 as int16 bits, anything else as float32."""
+    if frame.dtype == np.uint8:
+        return frame
+    if frame.dtype == np.uint16:
+        return frame.view(np.int16)
+    return frame.astype(np.float32, copy=False)
+
+
+def uploaded_to_float(raw: Tensor) -> Tensor:
+    """Raw pixel values as float32 on the device (undoing the int16 carrier of uint16 frames)."""
+    if raw.dtype == torch.int16:
+        return raw.to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+    return raw.to(torch.float32)
+
+
+def unit_to_u16_bits(unit: Tensor) -> Tensor:
+    """:func:`drdaemon.model.normalise.unit_to_u16` on the device, as int16 holding the uint16 bits."""
+    return (unit.float().clamp(0.0, 1.0) * U16_MAX + 0.5).to(torch.int32).to(torch.int16)
 
 
 class NetEngine:
@@ -213,8 +232,9 @@ class NetEngine:
         window = robust_window(frame, self.low_percentile, self.high_percentile)
         tile = self.tile_for(*frame.shape)
         clock = StageClock(runtime.is_cuda)
-        host_in = self._host_in.take(frame.shape, _upload_dtype(frame))
-        host_in.numpy()[...] = frame
+        upload = host_upload_view(frame)
+        host_in = self._host_in.take(frame.shape, UPLOAD_DTYPES[upload.dtype])
+        host_in.numpy()[...] = upload
 
         with self._on(self.copy_stream):
             clock.mark("upload_start", self.copy_stream)
@@ -229,7 +249,7 @@ class NetEngine:
             enhanced = self._compute(raw, window, tile)
             clock.mark("compute_end", runtime.compute_stream)
 
-        host_out = self._host_out.take(frame.shape, torch.uint16)
+        host_out = self._host_out.take(frame.shape, torch.int16)
         with self._on(self.copy_stream):
             if self.copy_stream is not None:
                 self.copy_stream.wait_event(clock.event("compute_end"))
@@ -238,7 +258,7 @@ class NetEngine:
             host_out.copy_(enhanced, non_blocking=True)
             clock.mark("download_end", self.copy_stream)
         clock.wait("download_end")
-        pixels = host_out.numpy().copy()  # the pinned buffer is reused by the next frame
+        pixels = host_out.numpy().view(np.uint16).copy()  # the pinned buffer serves the next frame too
 
         return Enhanced(
             pixels=pixels,
@@ -253,12 +273,12 @@ class NetEngine:
     def _compute(self, raw: Tensor, window: Window, tile: TileSize | None) -> Tensor:
         """Normalise on the device, run the network, map back to uint16 (still on the device)."""
         runtime = self.runtime
-        gray = to_unit(raw.to(torch.float32), window)[None, None]
+        gray = to_unit(uploaded_to_float(raw), window)[None, None]
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype,
                                                     enabled=dtype != torch.float32):
             out = runtime.forward(gray) if tile is None else runtime.model.tiled(gray, tile)
-        return unit_to_u16_tensor(out[0, 0])
+        return unit_to_u16_bits(out[0, 0])
 
     def _parameters(self, window: Window, tile: TileSize | None) -> dict[str, Any]:
         spec = self.spec
@@ -399,6 +419,9 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
             devices.append(device)
     engines: list[NetEngine] = []
     for device in devices:
+        if device.type == "cpu" and config.precision == "float16":
+            log.warning("net_precision_on_cpu", precision="float16",
+                        note="float16 is not faster than float32 on a CPU; bfloat16 is its fast half precision")
         runtime = prepare_runtime(loaded.model, device, config.channels_last, config.compile)
         workers = config.workers_per_device if device.type == "cuda" else 1
         engines += [
@@ -413,4 +436,4 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
 
 
 __all__ = ["NetEngine", "GrayEnhancer", "build_net_engines", "resolve_device", "prepare_runtime",
-           "unit_to_u16_tensor"]
+           "unit_to_u16_bits", "uploaded_to_float", "host_upload_view"]
