@@ -1,0 +1,259 @@
+"""End to end: a real ``drdaemon run`` process on temporary folders, as a station would use it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from drdaemon.config import EXIT_CONFIG
+from drdaemon.io.sidecar import Sidecar
+
+pytestmark = pytest.mark.slow
+
+FOLDERS = ("inbox", "outbox", "archive", "failed", "work")
+
+
+def frame_bytes(seed: int, shape=(64, 80), **kwargs) -> bytes:
+    pixels = np.random.default_rng(seed).integers(200, 5000, shape).astype(np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, **kwargs)
+    return buffer.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Station:
+    """A temporary set of folders, a config file, and the daemon process running on them."""
+
+    def __init__(self, root: Path, extra: str = "") -> None:
+        self.root = root
+        self.dirs = {name: root / name for name in FOLDERS}
+        self.config = root / "drdaemon.toml"
+        self.config.write_text(
+            "[folders]\n" + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
+            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 1.5\nrescan_interval_s = 1.0\n"
+            + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
+        )
+        self.process: subprocess.Popen | None = None
+        self.log = root / "daemon.log"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "drdaemon", "run", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            )
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=60)
+        self.process = None
+        return status
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()  # SIGKILL: no clean-up of any kind
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def drop(self, name: str, data: bytes) -> None:
+        """Write a frame the way a careful station does: a temporary name, then a rename."""
+        self.dirs["inbox"].mkdir(parents=True, exist_ok=True)
+        temp = self.dirs["inbox"] / f"{name}.part"
+        temp.write_bytes(data)
+        os.rename(temp, self.dirs["inbox"] / name)
+
+    def names(self, folder: str) -> list[str]:
+        return sorted(p.name for p in self.dirs[folder].iterdir()) if self.dirs[folder].exists() else []
+
+    def sidecars(self) -> list[Sidecar]:
+        return [Sidecar.model_validate_json(p.read_bytes()) for p in sorted(self.dirs["outbox"].glob("*.tif.json"))]
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out; folders: { {f: self.names(f) for f in FOLDERS} }\n{self.log.read_text()}")
+
+    def assert_exactly_once(self, inputs: dict[str, bytes]) -> None:
+        """One output and one sidecar per input, raw bytes archived unchanged, nothing left over."""
+        records = self.sidecars()
+        originals = [Path(r.input.original_path).name for r in records]
+        assert sorted(originals) == sorted(inputs), "inputs lost or processed twice"
+        for record in records:
+            data = inputs[Path(record.input.original_path).name]
+            assert record.input.sha256 == sha(data)
+            assert Path(record.input.path).read_bytes() == data
+            assert sha(Path(record.output.path).read_bytes()) == record.output.sha256
+        outputs = [n for n in self.names("outbox") if n.endswith(".tif")]
+        assert len(outputs) == len(inputs), "an output without a sidecar"
+        assert sorted(sha(p.read_bytes()) for p in self.dirs["archive"].iterdir()) == sorted(map(sha, inputs.values()))
+        assert [n for n in self.names("work") if n != ".drdaemon.lock"] == []
+        assert self.names("inbox") == [] and self.names("failed") == []
+        assert not [n for f in FOLDERS for n in self.names(f) if n.endswith(".tmp")]
+
+
+@pytest.fixture
+def station(tmp_path: Path):
+    s = Station(tmp_path)
+    yield s
+    if s.process is not None:
+        s.kill()
+
+
+def test_frames_become_enhanced_outputs_with_sidecars_and_stop_is_graceful(station: Station) -> None:
+    source = frame_bytes(1, (90, 70), resolution=((300, 1), (300, 1)), description="line 3", metadata=None)
+    station.start()
+    station.drop("plate.tif", source)
+    station.wait_for(lambda: "plate.tif.json" in station.names("outbox"))
+    assert station.stop() == 0
+    station.assert_exactly_once({"plate.tif": source})
+    with tifffile.TiffFile(station.dirs["outbox"] / "plate.tif") as tif:  # 16-bit round trip
+        page = tif.pages[0]
+        assert page.shape == (90, 70) and page.dtype == np.uint16
+        assert page.tags["XResolution"].value == (300, 1)
+        assert page.tags["ImageDescription"].value == "line 3"
+    record = station.sidecars()[0]
+    assert record.engine.name == "classical" and record.software.device == "cpu"
+    assert set(record.timings) >= {"wait", "read", "enhance", "write"}
+    events = [json.loads(line) for line in station.log.read_text().splitlines() if line.startswith("{")]
+    done = [e for e in events if e["event"] == "frame_done"]
+    assert len(done) == 1 and done[0]["frame"] == "plate.tif" and done[0]["input_bytes"] == len(source)
+
+
+def test_slow_writer_is_never_read_early(station: Station) -> None:
+    """A file written in place, in chunks, with pauses longer than the stability wait."""
+    data = frame_bytes(2, (256, 256))
+    station.start()
+    station.wait_for(lambda: (station.dirs["work"] / ".drdaemon.lock").exists())
+    target = station.dirs["inbox"] / "slow.tif"
+    chunks = 8
+    step = -(-len(data) // chunks)
+    with target.open("wb") as fh:
+        for start in range(0, len(data), step):
+            # The part written so far has been stable for longer than the stability wait.
+            assert station.names("outbox") == [] and station.names("failed") == []
+            fh.write(data[start:start + step])
+            fh.flush()
+            time.sleep(0.45)  # > stability_wait_s, < incomplete_grace_s
+    station.wait_for(lambda: "slow.tif.json" in station.names("outbox"))
+    assert station.stop() == 0
+    station.assert_exactly_once({"slow.tif": data})
+
+
+def test_burst_of_200_frames_is_processed_exactly_once(station: Station) -> None:
+    inputs = {f"b{index:03d}.tif": frame_bytes(index, (32, 48)) for index in range(200)}
+    station.start()
+    for name, data in inputs.items():
+        station.drop(name, data)
+    station.wait_for(lambda: len(station.names("archive")) == 200, timeout=120)
+    assert station.stop() == 0
+    station.assert_exactly_once(inputs)
+
+
+def test_kill_9_at_random_moments_then_restart_gives_exactly_one_result_per_input(station: Station) -> None:
+    rng = random.Random(7)
+    inputs = {f"k{index:02d}.tif": frame_bytes(index, (512, 640)) for index in range(40)}
+    for name, data in inputs.items():
+        station.drop(name, data)
+    hits_mid_frame = 0
+    lock = station.dirs["work"] / ".drdaemon.lock"
+    for _ in range(8):
+        station.start()
+        # Once this process holds the work folder it recovers, claims and commits frames;
+        # it is killed at a random moment of that.
+        station.wait_for(lambda: lock.exists() and lock.read_text().strip() == str(station.process.pid))
+        time.sleep(rng.uniform(0.05, 0.5))
+        station.kill()
+        hits_mid_frame += any(n != ".drdaemon.lock" for n in station.names("work"))
+    station.start()
+    station.wait_for(lambda: len(station.names("archive")) == len(inputs), timeout=120)
+    assert station.stop() == 0
+    assert hits_mid_frame >= 1, "no kill landed while a frame was in progress"
+    station.assert_exactly_once(inputs)
+
+
+def oversized_header(path: Path) -> bytes:
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(100000)
+        tif.pages[0].tags["ImageLength"].overwrite(100000)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def test_bad_files_land_in_failed_with_a_reason_while_good_frames_pass(station: Station, tmp_path: Path) -> None:
+    good = frame_bytes(5, (120, 100))
+    bad = {
+        "corrupt.tif": b"II*\x00" + bytes(range(256)) * 40,
+        "truncated.tif": good[: len(good) // 2],
+        "zero.tif": b"",
+        "notes.tif": b"this is not an image\n" * 50,
+        "huge.tif": oversized_header(tmp_path / "h.tif"),
+        "truncated.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 200,
+    }
+    expected = {"corrupt.tif": {"unreadable", "truncated"}, "truncated.tif": {"truncated"}, "zero.tif": {"empty"},
+                "notes.tif": {"unreadable"}, "huge.tif": {"too_large"}, "truncated.png": {"unreadable", "truncated"}}
+    goods = {f"good{index}.tif": frame_bytes(10 + index, (120, 100)) for index in range(4)}
+    station.start()
+    order = list(bad.items())
+    for index, (name, data) in enumerate(order):
+        station.drop(f"good{index}.tif", goods[f"good{index}.tif"]) if index < len(goods) else None
+        station.drop(name, data)
+    station.wait_for(lambda: len(station.names("archive")) == len(goods)
+                     and len(station.names("failed")) == 2 * len(bad), timeout=60)
+    assert station.stop() == 0
+    for name, data in bad.items():
+        assert (station.dirs["failed"] / name).read_bytes() == data  # never modified
+        reason = json.loads((station.dirs["failed"] / f"{name}.reason.json").read_text())
+        assert reason["reason"] in expected[name], (name, reason)
+        assert reason["stage"] == "read" and reason["error_class"] and reason["message"]
+    assert sorted(Path(r.input.original_path).name for r in station.sidecars()) == sorted(goods)
+    events = [json.loads(line) for line in station.log.read_text().splitlines() if line.startswith("{")]
+    assert sorted(e["frame"] for e in events if e["event"] == "frame_failed") == sorted(bad)
+
+
+def test_config_errors_exit_78_before_touching_anything(tmp_path: Path) -> None:
+    station = Station(tmp_path, extra="[output]\ncompresion = \"zstd\"\n")
+    station.start()
+    assert station.process.wait(timeout=60) == EXIT_CONFIG
+    station.process = None
+    assert "output.compresion" in station.log.read_text() and "unknown key" in station.log.read_text()
+    assert not station.dirs["inbox"].exists()
+
+
+def test_frames_left_in_the_inbox_while_stopped_are_taken_at_start(station: Station) -> None:
+    inputs = {"early.tif": frame_bytes(20), "early.png": None}
+    import cv2
+
+    pixels = np.random.default_rng(21).integers(0, 65535, (50, 60)).astype(np.uint16)
+    inputs["early.png"] = cv2.imencode(".png", pixels)[1].tobytes()
+    for name, data in inputs.items():
+        station.drop(name, data)
+    station.start()
+    station.wait_for(lambda: len(station.names("archive")) == 2)
+    assert station.stop() == 0
+    station.assert_exactly_once(inputs)
+    # Both have the stem "early": the second one gets the documented collision name.
+    assert sorted(n for n in station.names("outbox") if n.endswith(".tif")) == ["early.tif", "early~1.tif"]
