@@ -24,8 +24,19 @@ def use_json(config: LoggingConfig, stream: TextIO) -> bool:
     return not stream.isatty()
 
 
+class _StreamLoggerFactory:
+    """Print loggers on a given stream, or on whatever ``sys.stderr`` is when a logger is made."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: object) -> structlog.PrintLogger:
+        return structlog.PrintLogger(self._stream if self._stream is not None else sys.stderr)
+
+
 def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:
     """Set up structlog for the whole process (logging configuration is process-wide by nature)."""
+    explicit = stream is not None
     stream = stream if stream is not None else sys.stderr
     processors: list = [
         structlog.contextvars.merge_contextvars,
@@ -39,8 +50,9 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, config.level)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=True,
+        logger_factory=_StreamLoggerFactory(stream if explicit else None),
+        # Not cached, so that a logger made before a test swapped sys.stderr writes to the new one.
+        cache_logger_on_first_use=False,
     )
 
 

@@ -257,3 +257,39 @@ def test_frames_left_in_the_inbox_while_stopped_are_taken_at_start(station: Stat
     station.assert_exactly_once(inputs)
     # Both have the stem "early": the second one gets the documented collision name.
     assert sorted(n for n in station.names("outbox") if n.endswith(".tif")) == ["early.tif", "early~1.tif"]
+
+
+def test_systemd_hears_ready_then_watchdog_then_stopping(tmp_path: Path) -> None:
+    import socket
+
+    station = Station(tmp_path)
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}
+    with station.log.open("ab") as log:
+        station.process = subprocess.Popen(
+            [sys.executable, "-m", "drdaemon", "run", "--config", str(station.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+        )
+    try:
+        messages: list[str] = []
+        while sum("WATCHDOG=1" in m for m in messages) < 3:
+            messages.append(listener.recv(4096).decode())
+        assert (station.dirs["work"] / ".drdaemon.lock").exists()  # READY came after start-up
+        station.drop("during.tif", frame_bytes(30))
+        station.wait_for(lambda: "during.tif.json" in station.names("outbox"))
+        station.process.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        assert station.process.wait(timeout=60) == 0
+        station.process = None
+    finally:
+        listener.close()
+        if station.process is not None:
+            station.kill()
+    kinds = [next(k for k in ("READY=1", "WATCHDOG=1", "STOPPING=1") if k in m) for m in messages
+             if any(k in m for k in ("READY=1", "WATCHDOG=1", "STOPPING=1"))]
+    assert kinds[0] == "READY=1" and kinds[-1] == "STOPPING=1"
+    assert set(kinds[1:-1]) == {"WATCHDOG=1"}

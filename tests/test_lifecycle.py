@@ -253,3 +253,90 @@ def test_enhance_command_writes_outputs_and_never_touches_inputs(tmp_path: Path,
     with tifffile.TiffFile(out / "f1.tif") as tif:
         assert tif.pages[0].shape == (48, 64) and tif.pages[0].dtype == np.uint16
     assert "bad.tif" in capsys.readouterr().err
+
+
+# -- the daemon in-process: engines that misbehave ----------------------------------------------
+class ScriptedEngine:
+    """An engine whose answer per frame is scripted by the test (no real enhancement needed)."""
+
+    name = "scripted"
+    device = "cuda:7"
+    weights_sha256 = "ab" * 32
+
+    def __init__(self, behaviour) -> None:
+        self.behaviour = behaviour
+        self.calls = 0
+
+    def warm_up(self) -> None:
+        pass
+
+    def enhance(self, frame):
+        from drdaemon.engines import Enhanced
+
+        self.calls += 1
+        self.behaviour(self.calls)
+        return Enhanced(frame.astype(np.uint16), {"scripted": True}, {"upload": 0.001, "compute": 0.002})
+
+
+def daemon_settings(tmp_path: Path):
+    from drdaemon.config import Settings
+
+    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
+    settings.folders = settings.folders.resolved(tmp_path)
+    return settings
+
+
+def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
+    import threading
+
+    def stop_when_done() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.02)
+        daemon.request_stop()
+
+    threading.Thread(target=stop_when_done, daemon=True).start()
+    return daemon.run(install_signal_handlers=False)
+
+
+def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
+    from drdaemon.daemon import Daemon
+
+    def behaviour(call: int) -> None:
+        if call == 2:
+            raise FrameError(Stage.ENHANCE, Reason.DEVICE_ERROR, "CUDA out of memory")
+        if call == 3:
+            raise RuntimeError("kernel exploded")
+
+    settings = daemon_settings(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    for index in range(4):
+        (settings.folders.inbox / f"f{index}.tif").write_bytes(frame_bytes(index))
+        os.utime(settings.folders.inbox / f"f{index}.tif", (index, index))
+    daemon = Daemon(settings, engines=[ScriptedEngine(behaviour)])
+    status = run_daemon_until(daemon, lambda: len(list(settings.folders.archive.glob("*.tif"))) == 2
+                              and len(list(settings.folders.failed.glob("*.reason.json"))) == 2)
+    assert status == 0
+    reasons = sorted(json.loads(p.read_text())["reason"] for p in settings.folders.failed.glob("*.reason.json"))
+    assert reasons == ["device_error", "engine_error"]
+    records = [Sidecar.model_validate_json(p.read_bytes()) for p in settings.folders.outbox.glob("*.json")]
+    assert {r.software.device for r in records} == {"cuda:7"}
+    assert {r.engine.weights_sha256 for r in records} == {"ab" * 32}
+    assert all(r.timings["upload"] == 0.001 for r in records)
+
+
+def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
+    from drdaemon.daemon import EXIT_DEVICE_LOST, Daemon
+    from drdaemon.errors import DeviceLost
+
+    def behaviour(call: int) -> None:
+        raise DeviceLost("cuda:7 fell off the bus")
+
+    settings = daemon_settings(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    data = frame_bytes(9)
+    (settings.folders.inbox / "victim.tif").write_bytes(data)
+    daemon = Daemon(settings, engines=[ScriptedEngine(behaviour)])
+    assert daemon.run(install_signal_handlers=False) == EXIT_DEVICE_LOST
+    assert (settings.folders.work / "victim.tif").read_bytes() == data  # redone at the next start
+    assert list(settings.folders.failed.iterdir()) == [] and list(settings.folders.outbox.iterdir()) == []
