@@ -117,6 +117,22 @@ def default_run_dir(out: Path) -> Path:
     return out.parent / f"{out.stem}.run"
 
 
+def start_near_identity(enhancer: Enhancer, weight_scale: float = 0.1) -> Enhancer:
+    """Initialise the illumination head so that L is about 1 and the first output is the input.
+
+    With PyTorch's default initialisation the head's final ReLU gives L close to 0 on much of
+    the frame, so ``x / (L + eps)`` saturates, the clamp to [0, 1] passes no gradient and the
+    enhancer never starts learning. A bias of 1 on the last convolution (its weights scaled
+    down) starts from the identity, which the self-reconstruction warm-up then refines.
+    """
+    head = [m for m in enhancer.body.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():
+        head.weight.mul_(weight_scale)
+        if head.bias is not None:
+            head.bias.fill_(1.0)
+    return enhancer
+
+
 def clone_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -136,8 +152,8 @@ class Trainer:
         seed_everything(cfg.run.seed)  # a randomly initialised CLIP is the same in every process
         self.backbone: ClipBackbone = load_backbone(cfg.clip.model, cfg.clip.weights, cfg.clip.cache_dir).to(self.device)
         torch.manual_seed(cfg.run.seed + 1)
-        self.enhancer = Enhancer(EnhancerSpec(in_ch=cfg.enhancer.in_ch,
-                                              illumination_scale=cfg.enhancer.illumination_scale)).to(self.device)
+        self.enhancer = start_near_identity(Enhancer(EnhancerSpec(
+            in_ch=cfg.enhancer.in_ch, illumination_scale=cfg.enhancer.illumination_scale))).to(self.device)
         self.prompts = PromptPair(self.backbone, cfg.prompts.n_tokens, cfg.prompts.init_std).to(self.device)
         self.previous_enhancer = copy.deepcopy(self.enhancer).requires_grad_(False).eval()
         self.snapshots: dict[str, dict[str, Tensor] | None] = {"latest": None, "previous": None}
