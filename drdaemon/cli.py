@@ -114,10 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except WorkFolderBusy as exc:
         print(f"drdaemon: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except _device_lost() as exc:
-        print(f"drdaemon: device lost during start-up: {exc}", file=sys.stderr)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a lost device at warm-up, or a bug: let the service manager restart
+        import structlog
+
         from drdaemon.daemon import EXIT_DEVICE_LOST
 
+        structlog.get_logger("drdaemon").exception("daemon_failed", error=f"{type(exc).__name__}: {exc}")
         return EXIT_DEVICE_LOST
 
 

@@ -219,7 +219,7 @@ class Daemon:
             log.info("engines_ready", engines=[e.name for e in engines], devices=[e.device for e in engines])
             self._publish_build_info(engines)
             if self.settings.metrics.enabled:
-                self.metrics_port = self.metrics.serve(self.settings.metrics.address, self.settings.metrics.port)
+                self.metrics_port = self._serve_metrics()
                 log.info("metrics_serving", address=self.settings.metrics.address, port=self.metrics_port)
             recovered = self.finisher.recover(self.folders.work)
             if recovered:
@@ -239,6 +239,13 @@ class Daemon:
                 self.metrics.close()
             log.info("daemon_stopped", exit_status=self.exit_status)
             return self.exit_status
+
+    def _serve_metrics(self) -> int:
+        address, port = self.settings.metrics.address, self.settings.metrics.port
+        try:
+            return self.metrics.serve(address, port)
+        except OSError as exc:
+            raise ConfigError(f"metrics.port: cannot serve metrics on {address}:{port}: {exc}") from exc
 
     def request_stop(self) -> None:
         """Stop claiming; frames already claimed are finished (graceful)."""
@@ -335,7 +342,9 @@ class Daemon:
                 if self.stop_requested.is_set():
                     break
                 self.progress.claimed()
-                if not self._claimed.put(WorkItem(path=path, original=path)):
+                # Recorded as arriving now, from the inbox it was claimed from.
+                item = WorkItem(path=path, original=self.folders.inbox / path.name)
+                if not self._claimed.put(item):
                     self.progress.finished()
             tick = self.watcher.tick_s()
             while not self.stop_requested.is_set():

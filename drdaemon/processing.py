@@ -115,13 +115,16 @@ def commit_frame(
         preview = encode_preview_png(done.result.pixels) if plan.preview is not None else None
         finisher.write_output(plan, data, preview)
         write_s = time.perf_counter() - start
-
+    except (OSError, ValueError) as exc:
+        finisher.release(plan)
+        raise FrameError(Stage.WRITE, Reason.WRITE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    try:
         start = time.perf_counter()
         sidecar = _sidecar(done, plan, data, output_sha, compression, write_s)
         finisher.write_sidecar(plan, sidecar.to_bytes())
         sidecar_s = time.perf_counter() - start
     except (OSError, ValueError) as exc:
-        _undo_outputs(plan)
+        finisher.undo_output(plan)  # an output without its sidecar must not stay
         finisher.release(plan)
         raise FrameError(Stage.WRITE, Reason.WRITE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     if retire_input:
@@ -131,16 +134,6 @@ def commit_frame(
     stages = {"wait": item.wait_s, "read": loaded.read_s, **engine_stage_timings(done),
               "write": write_s, "sidecar": sidecar_s}
     return CommittedFrame(sidecar, Path(plan.output), write_s, sidecar_s, stages)
-
-
-def _undo_outputs(plan: Plan) -> None:
-    # Outputs no sidecar vouches for must not stay under a final name.
-    for name in (plan.output, plan.preview, plan.sidecar):
-        if name is not None:
-            try:
-                Path(name).unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
 def _sidecar(

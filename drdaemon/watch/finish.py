@@ -149,9 +149,20 @@ class Finisher:
 
     # -- the commit steps -----------------------------------------------------------------
     def write_output(self, plan: Plan, data: bytes, preview: bytes | None = None) -> None:
+        """Output, then preview; on failure nothing of this frame stays under a final name."""
         atomic_write(Path(plan.output), data)
         if plan.preview is not None and preview is not None:
-            atomic_write(Path(plan.preview), preview)
+            try:
+                atomic_write(Path(plan.preview), preview)
+            except BaseException:
+                Path(plan.output).unlink(missing_ok=True)
+                raise
+
+    def undo_output(self, plan: Plan) -> None:
+        """Remove an output and preview that this process wrote but no sidecar vouches for."""
+        for name in (plan.output, plan.preview):
+            if name is not None:
+                Path(name).unlink(missing_ok=True)
 
     def write_sidecar(self, plan: Plan, data: bytes) -> None:
         atomic_write(Path(plan.sidecar), data)
