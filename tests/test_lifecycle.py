@@ -340,3 +340,24 @@ def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: 
     assert daemon.run(install_signal_handlers=False) == EXIT_DEVICE_LOST
     assert (settings.folders.work / "victim.tif").read_bytes() == data  # redone at the next start
     assert list(settings.folders.failed.iterdir()) == [] and list(settings.folders.outbox.iterdir()) == []
+
+
+def test_write_failure_fails_the_frame_and_spares_a_strangers_file(folders: Folders, monkeypatch) -> None:
+    (folders.inbox / "w.tif").write_bytes(frame_bytes(11))
+    item = claim(folders.inbox / "w.tif", folders.work, time.time(), time.monotonic())
+    finisher = Finisher.for_folders(folders, preview=False)
+    plan_success = finisher.plan_success
+
+    def plan_then_someone_writes(*args, **kwargs):
+        plan = plan_success(*args, **kwargs)
+        Path(plan.output).write_bytes(b"a stranger's file, created after the name was chosen")
+        return plan
+
+    monkeypatch.setattr(finisher, "plan_success", plan_then_someone_writes)
+    with pytest.raises(FrameError) as error:
+        process(item, finisher)
+    assert error.value.stage is Stage.WRITE and error.value.reason is Reason.WRITE_ERROR
+    assert (folders.outbox / "w.tif").read_bytes().startswith(b"a stranger's file")
+    assert not (folders.outbox / "w.tif.json").exists()
+    fail_frame(item, error.value, finisher)
+    assert json.loads((folders.failed / "w.tif.reason.json").read_text())["error_class"] == "FileExistsError"
