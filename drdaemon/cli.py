@@ -31,7 +31,8 @@ Exit statuses: 0 ok, 1 some files failed (enhance), 70 device lost, 75 work fold
 78 configuration error."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; ``with_bench=False`` skips importing the benchmark module."""
     parser = argparse.ArgumentParser(
         prog="drdaemon", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,12 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmark the engine and the daemon on synthetic frames",
         description="Measure compute time, throughput and memory of the engines and the daemon.",
     )
-    try:
-        from drdaemon.bench import add_bench_arguments
-    except ImportError:
-        pass  # the benchmark module is optional; `drdaemon bench` then says so
-    else:
-        add_bench_arguments(bench)
+    if with_bench:
+        try:
+            from drdaemon.bench import add_bench_arguments
+        except ImportError:
+            pass  # the benchmark module is optional; `drdaemon bench` then says so
+        else:
+            add_bench_arguments(bench)
     return parser
 
 
@@ -182,7 +184,9 @@ _COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "enhance": cmd_en
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The benchmark's options are only needed (and its module only imported) for `bench`.
+    args = build_parser(with_bench="bench" in argv or "-h" in argv or "--help" in argv).parse_args(argv)
     try:
         return _COMMANDS[args.verb](args)
     except ConfigError as error:
