@@ -44,8 +44,8 @@ def make_data(root: Path) -> tuple[Path, Path]:
             write_frames(root / "normal", 3, level=0.5, spread=0.35, seed=2))
 
 
-def tiny_config(clip_json: Path, run_dir: Path, **schedule: int) -> TrainConfig:
-    """Every phase a few iterations long, small crops, batch 4, no worker processes."""
+def tiny_overrides(clip_json: Path, run_dir: Path, **schedule: int) -> list[str]:
+    """``--set`` values: every phase a few iterations long, small crops, batch 4, no worker processes."""
     lengths = {"total_iters": 14, "prompt_init_iters": 3, "warmup_iters": 2, "enhancer_iters": 3,
                "prompt_round_iters": 1, "enhancer_round_iters": 2} | schedule
     overrides = [f"schedule.{k}={v}" for k, v in lengths.items()] + [
@@ -54,4 +54,8 @@ def tiny_config(clip_json: Path, run_dir: Path, **schedule: int) -> TrainConfig:
         "optim.prompt_lr=1e-2", "optim.enhancer_lr=1e-3", "run.device=\"cpu\"", "run.precision=\"fp32\"",
         "run.deterministic=true", "run.progress=false", "run.checkpoint_every=1000", "run.preview_every=1000",
     ]
-    return load_config(None, overrides)
+    return overrides
+
+
+def tiny_config(clip_json: Path, run_dir: Path, **schedule: int) -> TrainConfig:
+    return load_config(None, tiny_overrides(clip_json, run_dir, **schedule))
