@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between two completeness checks of a file that is stable but not yet whole.
 _COMPLETENESS_RECHECK_S = 0.5
+#: Seconds between attempts to restart a dead observer (an unmounted inbox fails each time).
+_RESTART_BACKOFF_S = 5.0
 
 
 @dataclass
@@ -86,6 +88,7 @@ class InboxWatcher:
         self._observer: Observer | None = None
         self._next_scan_mono = 0.0  # scan at the first poll
         self._patterns = tuple(config.patterns)
+        self._next_restart_mono = 0.0
 
     # -- which names count --------------------------------------------------------------------
     def accepts(self, name: str) -> bool:
@@ -122,6 +125,10 @@ class InboxWatcher:
         """Restart a dead observer (e.g. the inbox was unmounted and came back); True if restarted."""
         if self.config.polling or self.alive:
             return False
+        now = time.monotonic()
+        if now < self._next_restart_mono:
+            return False
+        self._next_restart_mono = now + _RESTART_BACKOFF_S
         log.warning("watcher_restart", inbox=str(self.inbox))
         if self._observer is not None:
             self._observer.stop()
