@@ -163,6 +163,8 @@ class Daemon:
         self._fatal_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.metrics_port: int | None = None
+        self._stop_signal: str | None = None
+        self._stop_announced = False
 
     # -- start-up -------------------------------------------------------------------------
     def prepare_folders(self) -> None:
@@ -248,15 +250,16 @@ class Daemon:
             raise ConfigError(f"metrics.port: cannot serve metrics on {address}:{port}: {exc}") from exc
 
     def request_stop(self) -> None:
-        """Stop claiming; frames already claimed are finished (graceful)."""
-        if not self.stop_requested.is_set():
-            self.stop_requested.set()
-            self.notifier.stopping()
-            log.info("stop_requested")
+        """Stop claiming; frames already claimed are finished (graceful).
+
+        Only sets an event, so it is safe from a signal handler; the main thread announces
+        the stop (log, systemd STOPPING=1) when it wakes up.
+        """
+        self.stop_requested.set()
 
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: object) -> None:
-            log.info("signal_received", signal=signal.Signals(signum).name)
+            self._stop_signal = signal.Signals(signum).name
             self.request_stop()
 
         signal.signal(signal.SIGTERM, handler)
@@ -302,6 +305,7 @@ class Daemon:
         last_ping_mono = time.monotonic()
         last_ping_progress = self.progress.last_progress_mono
         while any(t.is_alive() for t in self._threads):
+            self._announce_stop()
             self._update_gauges(engines)
             now = time.monotonic()
             if ping_every and now - last_ping_mono >= ping_every:
@@ -317,7 +321,15 @@ class Daemon:
                 time.sleep(0.05)  # draining: just wait for the threads to finish
             else:
                 self.stop_requested.wait(tick)
+        self._announce_stop()
         self._update_gauges(engines)
+
+    def _announce_stop(self) -> None:
+        if self.stop_requested.is_set() and not self._stop_announced:
+            self._stop_announced = True
+            self.notifier.stopping()
+            log.info("stopping", signal=self._stop_signal, exit_status=self.exit_status,
+                     in_flight=self.progress.in_flight)
 
     def _update_gauges(self, engines: list[Engine]) -> None:
         self.metrics.set_inbox_depth(self.watcher.depth)
