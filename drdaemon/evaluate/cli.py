@@ -26,7 +26,8 @@ from drdaemon.engines.classical import to_u16
 from drdaemon.evaluate.baselines import Method, MethodError, build_methods
 from drdaemon.evaluate.dicom import DicomError, is_dicom, read_dicom
 from drdaemon.evaluate.metrics import FrameScores, load_lpips, noise_sigma, score_frame
-from drdaemon.evaluate.report import MethodSummary, comparison_figure, markdown_table, pick_crop, summarise
+from drdaemon.evaluate.report import (MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect,
+                                      summarise)
 from drdaemon.errors import FrameError
 from drdaemon.io.readers import read_frame
 
@@ -106,7 +107,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     label_scores: list[FrameScores] = []
     per_frame: dict[str, dict[str, dict]] = {}
     panels: list[tuple[str, np.ndarray]] = []
-    crop = None
+    crop = defect = None
     bar = tqdm(total=len(inputs) * len(methods), desc="evaluate", unit="run", disable=not progress)
     for index, path in enumerate(inputs):
         frame = load_frame(path)
@@ -133,7 +134,8 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
             if keep:
                 panels.append(("label", label))
         if keep:
-            crop = pick_crop(frame.shape, dataset.defects.get(path.name, {}).get("defects", []), to_u16(frame))
+            defect = pick_defect(dataset.defects.get(path.name, {}).get("defects", []), to_u16(frame))
+            crop = pick_crop(frame.shape, defect, to_u16(frame))
     bar.close()
 
     summaries = [summarise(m.label, per_method[m.label], seconds[m.label]) for m in methods]
@@ -150,7 +152,8 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
                                       indent=1))
     figure_path = None
     if panels and crop is not None:
-        figure_path = comparison_figure(out / "figure.png", panels, crop, title=f"{figure_name}: zoom box in orange")
+        title = f"{figure_name}: zoom box in orange" + (", defect box dotted" if defect else "")
+        figure_path = comparison_figure(out / "figure.png", panels, crop, title=title, defect=defect)
     return EvaluationResult(summaries, table, table_path, figure_path, scores_path)
 
 

@@ -58,15 +58,34 @@ def markdown_table(summaries: list[MethodSummary], notes: list[str] = ()) -> str
     return text + "\n"
 
 
-def pick_crop(shape: tuple[int, int], defects: list[dict], frame: np.ndarray, side: int | None = None
-              ) -> tuple[int, int, int, int]:
-    """A square (x0, y0, x1, y1) to zoom into: around the defect in the thickest material
-    (the one a bad exposure hides best), else around the darkest smooth region of the input."""
-    height, width = shape
-    side = min(side or max(96, min(height, width) // 6), height, width)
-    if defects:
-        defect = max(defects, key=lambda d: d.get("thickness_mm", 0.0))
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1
+
+
+def pick_defect(defects: list[dict], frame: np.ndarray) -> Box | None:
+    """The defect that best shows what a bad exposure hides: a compact one (pore or
+    inclusion; a one-pixel crack is hard to see at figure scale), large, and lying where the
+    input is dark or saturated."""
+    if not defects:
+        return None
+
+    def hidden_and_large(defect: dict) -> float:
         x0, y0, x1, y1 = defect["box"]
+        shown = display_u8(frame[y0:y1, x0:x1])
+        badly_exposed = float(np.mean((shown < 40) | (shown > 250)))
+        compact = 1.0 if defect.get("kind") != "crack" else 0.1
+        return compact * np.sqrt((x1 - x0) * (y1 - y0)) * (0.1 + badly_exposed)
+
+    return tuple(max(defects, key=hidden_and_large)["box"])
+
+
+def pick_crop(shape: tuple[int, int], defect: Box | None, frame: np.ndarray) -> Box:
+    """A square (x0, y0, x1, y1) to zoom into: around ``defect`` (a few times its size),
+    else around the darkest smooth region of the input."""
+    height, width = shape
+    side = max(64, min(height, width) // 10)
+    if defect is not None:
+        x0, y0, x1, y1 = defect
+        side = int(np.clip(6 * max(x1 - x0, y1 - y0), 64, max(64, min(height, width) // 5)))
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     else:
         import cv2
@@ -74,6 +93,7 @@ def pick_crop(shape: tuple[int, int], defects: list[dict], frame: np.ndarray, si
         small = cv2.resize(frame.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA)
         row, col = np.unravel_index(np.argmin(cv2.GaussianBlur(small, (0, 0), 2)), small.shape)
         cx, cy = int((col + 0.5) * width / 64), int((row + 0.5) * height / 64)
+    side = min(side, height, width)
     left = int(np.clip(cx - side // 2, 0, width - side))
     top = int(np.clip(cy - side // 2, 0, height - side))
     return left, top, left + side, top + side
@@ -87,9 +107,9 @@ def _thumbnail(frame: np.ndarray, max_side: int = 384) -> np.ndarray:
     return cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else shown
 
 
-def comparison_figure(path: Path, panels: list[tuple[str, np.ndarray]], crop: tuple[int, int, int, int],
-                      title: str = "") -> Path:
-    """Each panel's frame, a zoom on ``crop`` and its 8-bit histogram, in columns.
+def comparison_figure(path: Path, panels: list[tuple[str, np.ndarray]], crop: Box,
+                      title: str = "", defect: Box | None = None) -> Path:
+    """Each panel's frame, a zoom on ``crop`` (``defect`` outlined) and its 8-bit histogram, in columns.
 
     ``panels`` are (title, uint16 frame) in column order: input, methods, label.
     """
@@ -113,15 +133,19 @@ def comparison_figure(path: Path, panels: list[tuple[str, np.ndarray]], crop: tu
         ax.set_title(name, fontsize=8)
         axes[1, col].imshow(display_u8(frame[y0:y1, x0:x1]), cmap="gray", vmin=0, vmax=255,
                             interpolation="nearest")
+        if defect is not None:
+            dx0, dy0, dx1, dy1 = defect
+            axes[1, col].add_patch(Rectangle((dx0 - x0 - 0.5, dy0 - y0 - 0.5), dx1 - dx0, dy1 - dy0, fill=False,
+                                             edgecolor="tab:orange", linewidth=0.8, linestyle=":"))
         for ax in axes[:2, col]:
             ax.set_xticks([])
             ax.set_yticks([])
         counts = np.bincount(display_u8(frame).ravel(), minlength=256)
         hist = axes[2, col]
-        hist.fill_between(np.arange(256), counts / counts.sum(), step="mid", color="0.3", linewidth=0)
+        hist.stairs(counts / counts.sum(), np.arange(257) - 0.5, fill=True, color="0.3")
         hist.set_yscale("log")
         hist.set_ylim(1e-6, 1)
-        hist.set_xlim(0, 255)
+        hist.set_xlim(-2, 258)
         hist.tick_params(labelsize=6)
         if col:
             hist.set_yticklabels([])

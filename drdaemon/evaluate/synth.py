@@ -46,7 +46,7 @@ from tqdm import tqdm
 from drdaemon.model.normalise import U16_MAX, unit_to_u16
 
 FRAME_SPAN_MM = 200.0  # physical length of the frame's short side
-MU_PER_MM = 0.07  # effective linear attenuation of a light alloy (aluminium near 60 keV)
+MU_PER_MM = 0.05  # effective linear attenuation of a light alloy (aluminium near 100 keV)
 SATURATION = float(U16_MAX)
 #: The label removes this share of the large-scale (Gaussian, this fraction of the short side)
 #: log-transmission trend.
@@ -249,7 +249,7 @@ def _add_defects(rng: np.random.Generator, canvas: _Canvas) -> list[Defect]:
         defects.append(Defect(kind, box, round(float(base[cy, cx]), 2)))
 
     for cx, cy in _defect_sites(rng, base, int(rng.integers(2, 7)), 12.0):
-        r = rng.uniform(0.4, 1.5) * mm
+        r = rng.uniform(0.5, 2.0) * mm
         canvas.ellipsoid(cx, cy, r, r, 0.0, -1.0)
         record("pore", cx - r, cy - r, cx + r, cy + r, cx, cy)
     for cx, cy in _defect_sites(rng, base, int(rng.integers(1, 4)), 12.0):
@@ -312,7 +312,7 @@ def make_part(rng: np.random.Generator, height: int, width: int) -> Part:
 def sample_physics(rng: np.random.Generator, thickness: np.ndarray) -> Physics:
     """Detector and scatter for a part; the dose is set later from the transmission."""
     short = min(thickness.shape)
-    return Physics(scatter_fraction=rng.uniform(0.02, 0.08), scatter_sigma_px=0.05 * short,
+    return Physics(scatter_fraction=rng.uniform(0.005, 0.03), scatter_sigma_px=0.05 * short,
                    blur_sigma_px=0.8 * short / 1024 + 0.3, levels_per_photon=rng.uniform(2.0, 8.0),
                    read_noise=rng.uniform(10.0, 40.0), dose=1.0, clipped_percent=rng.uniform(25.0, 50.0))
 
