@@ -448,8 +448,7 @@ class Daemon:
             self.progress.finished()
 
     def _fail(self, item: WorkItem, error: FrameError) -> None:
-        """Record a failed frame and move it to failed/; the daemon carries on."""
-        self.metrics.frame_failed(stage=error.stage, reason=error.reason)
+        """Move a failed frame to failed/ with its reason, then count it; the daemon carries on."""
         try:
             destination = fail_frame(item, error, self.finisher)
         except OSError as exc:
@@ -458,6 +457,7 @@ class Daemon:
         else:
             log.warning("frame_failed", frame=item.original.name, stage=error.stage.value,
                         reason=error.reason.value, message=str(error), moved_to=str(destination))
+        self.metrics.frame_failed(stage=error.stage, reason=error.reason)
         self.progress.finished()
 
 
