@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -86,6 +87,7 @@ class Finisher:
         self.preview = preview
         self._lock = threading.Lock()
         self._reserved: set[Path] = set()
+        self._next_index: dict[tuple[str, str], int] = {}
 
     @classmethod
     def for_folders(cls, folders: Folders, preview: bool) -> Finisher:
@@ -95,20 +97,28 @@ class Finisher:
     def _free(self, *paths: Path) -> bool:
         return all(p not in self._reserved and not os.path.lexists(p) for p in paths)
 
-    def _distinct(self, directory: Path, name: str) -> Path:
-        index = 0
-        while not self._free(path := directory / distinct_name(name, index)):
+    def _first_free(self, key: tuple[str, str], make: Callable[[int], tuple[Path, ...]]) -> tuple[Path, ...]:
+        """The first free set of names ``make(index)``, searching on from the last index used.
+
+        Starting from the last index keeps a station that reuses one name for every frame from
+        paying one more ``stat`` per frame it ever sent.
+        """
+        index = self._next_index.get(key, 0)
+        while not self._free(*(paths := make(index))):
             index += 1
-        return path
+        self._next_index[key] = index
+        return paths
+
+    def _distinct(self, directory: Path, name: str) -> Path:
+        return self._first_free((str(directory), name), lambda i: (directory / distinct_name(name, i),))[0]
 
     def plan_success(self, work_file: Path, original_name: str, write_plan: bool = True) -> Plan:
         """Reserve output, sidecar, preview and archive names for a frame, and write the plan."""
         stem = output_stem(original_name)
         with self._lock:
-            index = 0
-            while not self._free(*(names := output_names(stem, self.outbox, index))):
-                index += 1
-            output, sidecar, preview = names
+            output, sidecar, preview = self._first_free(
+                (str(self.outbox), stem), lambda i: output_names(stem, self.outbox, i)
+            )
             archive = self._distinct(self.archive, original_name) if self.archive is not None else None
             plan = Plan(
                 kind="ok",
@@ -128,13 +138,11 @@ class Finisher:
         if self.failed is None:
             raise RuntimeError("this finisher has no failed folder")
         with self._lock:
-            index = 0
-            while True:
+            def names(index: int) -> tuple[Path, Path]:
                 failed = self.failed / distinct_name(original_name, index)
-                reason = failed.with_name(failed.name + REASON_SUFFIX)
-                if self._free(failed, reason):
-                    break
-                index += 1
+                return failed, failed.with_name(failed.name + REASON_SUFFIX)
+
+            failed, reason = self._first_free((str(self.failed), original_name), names)
             plan = Plan(kind="failed", work=work_file.name, failed=str(failed), reason=str(reason))
             self._reserved.update(plan.final_paths())
         self._write_plan(work_file, plan)
