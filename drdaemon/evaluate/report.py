@@ -63,8 +63,8 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 
 def pick_defect(defects: list[dict], frame: np.ndarray) -> Box | None:
     """The defect that best shows what a bad exposure hides: a compact one (pore or
-    inclusion; a one-pixel crack is hard to see at figure scale), large, and lying where the
-    input is dark or saturated."""
+    inclusion; a one-pixel crack is hard to see at figure scale), large, of high contrast
+    (``depth_mm`` when the annotations have it) and lying where the input is dark or saturated."""
     if not defects:
         return None
 
@@ -73,7 +73,8 @@ def pick_defect(defects: list[dict], frame: np.ndarray) -> Box | None:
         shown = display_u8(frame[y0:y1, x0:x1])
         badly_exposed = float(np.mean((shown < 40) | (shown > 250)))
         compact = 1.0 if defect.get("kind") != "crack" else 0.1
-        return compact * np.sqrt((x1 - x0) * (y1 - y0)) * (0.1 + badly_exposed)
+        contrast = defect.get("depth_mm", 1.0)
+        return compact * contrast * np.sqrt((x1 - x0) * (y1 - y0)) * (0.1 + badly_exposed)
 
     return tuple(max(defects, key=hidden_and_large)["box"])
 

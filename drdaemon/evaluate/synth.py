@@ -17,9 +17,9 @@ The model, per part:
    scatter (a wide low-pass of what the part scatters, see :func:`expected_transmission`),
    Poisson photon noise (a random number of digital levels per photon) plus Gaussian read
    noise, and saturation at 65535.
-4. **The abnormal frame** is one exposure whose dose saturates the detector below a random
-   thickness percentile of the part: thin regions clip, thick regions get a few tens of
-   photons per pixel.
+4. **The abnormal frame** is one exposure whose dose saturates a random 25 to 50 % of the
+   part's pixels: thin sections clip, while the thickest get a few hundred photons per
+   pixel and sit in the bottom few percent of the scale.
 5. **The label** fuses a bracket of exposures (factors of 4 apart, from one that saturates
    nowhere up to 64 times the abnormal dose): per pixel, the photon-weighted mean of every
    unsaturated reading estimates transmission with high SNR everywhere. Its logarithm is
@@ -61,6 +61,9 @@ class Defect:
     kind: str  # pore | inclusion | crack
     box: list[int]  # x0, y0, x1, y1 in pixels, inclusive-exclusive
     thickness_mm: float  # part thickness around the defect (thick = starved in the bad exposure)
+    #: Change of the material's equivalent thickness at the defect's centre: its contrast in a
+    #: log-transmission image is about ``mu * depth_mm`` whatever the thickness around it.
+    depth_mm: float = 0.0
 
 
 @dataclass
@@ -246,16 +249,17 @@ def _add_defects(rng: np.random.Generator, canvas: _Canvas) -> list[Defect]:
     def record(kind: str, x0: float, y0: float, x1: float, y1: float, cx: int, cy: int) -> None:
         box = [max(int(x0) - 2, 0), max(int(y0) - 2, 0),
                min(int(np.ceil(x1)) + 3, canvas.width), min(int(np.ceil(y1)) + 3, canvas.height)]
-        defects.append(Defect(kind, box, round(float(base[cy, cx]), 2)))
+        depth = abs(float(canvas.thickness[cy, cx]) - float(base[cy, cx]))
+        defects.append(Defect(kind, box, round(float(base[cy, cx]), 2), round(depth, 2)))
 
     for cx, cy in _defect_sites(rng, base, int(rng.integers(2, 7)), 12.0):
-        r = rng.uniform(0.5, 2.0) * mm
+        r = rng.uniform(1.0, 3.0) * mm
         canvas.ellipsoid(cx, cy, r, r, 0.0, -1.0)
         record("pore", cx - r, cy - r, cx + r, cy + r, cx, cy)
     for cx, cy in _defect_sites(rng, base, int(rng.integers(1, 4)), 12.0):
-        a = rng.uniform(0.5, 1.5) * mm
+        a = rng.uniform(0.8, 2.0) * mm
         b = a / rng.uniform(1.0, 2.5)
-        canvas.ellipsoid(cx, cy, a, b, rng.uniform(0, np.pi), rng.uniform(1.0, 3.0))  # denser than the alloy
+        canvas.ellipsoid(cx, cy, a, b, rng.uniform(0, np.pi), rng.uniform(1.5, 4.0))  # denser than the alloy
         record("inclusion", cx - a, cy - a, cx + a, cy + a, cx, cy)
     for cx, cy in _defect_sites(rng, base, int(rng.integers(0, 3)), 15.0):
         length = rng.uniform(8, 25) * mm
@@ -472,5 +476,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 0 or args.train < 0:
         parser.error("--pairs and --train must not be negative")
     generate(args.out, args.pairs, args.train, size, args.seed, progress=not args.no_progress)
-    print(f"wrote {args.pairs} pairs and 2 x {args.train} training frames under {args.out}")
+    print(f"wrote {args.pairs} test pairs (test/input, test/label, test/defects.json) and {args.train} "
+          f"frames in each of train/abnormal and train/normal under {args.out}")
     return 0
