@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
@@ -29,6 +30,8 @@ from drdaemon.io.sidecar import (
 from drdaemon.io.writers import encode_preview_png, encode_tiff_u16
 from drdaemon.watch.claim import WorkItem
 from drdaemon.watch.finish import Finisher, Plan
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -128,7 +131,12 @@ def commit_frame(
         finisher.release(plan)
         raise FrameError(Stage.WRITE, Reason.WRITE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     if retire_input:
-        finisher.retire_input(item.path, plan)
+        try:
+            finisher.retire_input(item.path, plan)
+        except OSError as exc:
+            # The result is committed; the next start sees the sidecar and finishes the move.
+            log.error("archive_move_failed", frame=item.original.name, error=str(exc),
+                      note="raw frame stays in work/ until the next start")
     else:
         finisher.release(plan)
     stages = {"wait": item.wait_s, "read": loaded.read_s, **engine_stage_timings(done),
