@@ -9,7 +9,8 @@ passes reproduce the whole-frame result instead:
    regions of the 1/2/3/6 bin grids, using adaptive average pooling's own region bounds
    (``floor(i*H/b)`` to ``ceil((i+1)*H/b)``; for sizes that are not multiples of the bin
    count neighbouring regions overlap, and a pixel counts in each region it lies in).
-   Sums are kept in float64, then divided by the region areas.
+   Each piece between region boundaries is summed once (float32 accumulation), the
+   region totals in float64, then divided by the region areas.
 2. **Output pass.** Each tile runs again, with the halo of the whole network, and the
    context block is fused with the global averages from pass 1 at the tile's true frame
    coordinates (:meth:`PyramidPooling.fuse` with ``full_size`` and ``offset``). The tile's
@@ -110,10 +111,8 @@ def pooled_context(model: Enhancer, x: Tensor, tile: TileSize) -> list[Tensor]:
         feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
         core = feature[..., rows[0] - wr[0]:rows[1] - wr[0], cols[0] - wc[0]:cols[1] - wc[0]]
         feature_dtype = core.dtype
-        if sums is None:
-            sums = [core.new_zeros((*core.shape[:2], b, b), dtype=torch.float64) for b in bins]
-        for total, (row_bins, col_bins) in zip(sums, bounds):
-            _add_region_sums(total, core, rows, cols, row_bins, col_bins)
+        tile_sums = _region_sums(core, rows, cols, bounds)
+        sums = tile_sums if sums is None else [a + b for a, b in zip(sums, tile_sums)]
     assert sums is not None  # a frame has at least one pixel, hence one tile
     pooled = []
     for total, (row_bins, col_bins) in zip(sums, bounds):
@@ -123,18 +122,37 @@ def pooled_context(model: Enhancer, x: Tensor, tile: TileSize) -> list[Tensor]:
     return pooled
 
 
-def _add_region_sums(total: Tensor, core: Tensor, rows: tuple[int, int], cols: tuple[int, int],
-                     row_bins: list[tuple[int, int]], col_bins: list[tuple[int, int]]) -> None:
-    """Add the part of each bin region that falls inside this tile's core to ``total``."""
-    for i, (r0, r1) in enumerate(row_bins):
-        top, bottom = max(r0, rows[0]), min(r1, rows[1])
-        if top >= bottom:
-            continue
-        row_sum = core[..., top - rows[0]:bottom - rows[0], :].sum(dim=-2, dtype=torch.float64)
-        for j, (c0, c1) in enumerate(col_bins):
-            left, right = max(c0, cols[0]), min(c1, cols[1])
-            if left < right:
-                total[..., i, j] += row_sum[..., left - cols[0]:right - cols[0]].sum(dim=-1)
+def _region_sums(core: Tensor, rows: tuple[int, int], cols: tuple[int, int],
+                 bounds: list[tuple[list[tuple[int, int]], list[tuple[int, int]]]]) -> list[Tensor]:
+    """The tile core's contribution to every bin region of every grid, as float64 ``(B, C, b, b)``.
+
+    The core is cut at every region boundary of every grid, each piece is summed once, and
+    each region adds up the pieces it contains: one pass over the data for all four grids.
+    """
+    row_cuts = _cuts(rows, [b for row_bins, _ in bounds for b in row_bins])
+    col_cuts = _cuts(cols, [b for _, col_bins in bounds for b in col_bins])
+    by_rows = torch.stack([core[..., a - rows[0]:b - rows[0], :].sum(dim=-2, dtype=torch.float32)
+                           for a, b in zip(row_cuts[:-1], row_cuts[1:])], dim=-2)
+    pieces = torch.stack([by_rows[..., a - cols[0]:b - cols[0]].sum(dim=-1)
+                          for a, b in zip(col_cuts[:-1], col_cuts[1:])], dim=-1).to(torch.float64)
+    sums = []
+    for row_bins, col_bins in bounds:
+        in_row = _membership(row_cuts, row_bins, pieces)
+        in_col = _membership(col_cuts, col_bins, pieces)
+        sums.append(in_row @ pieces @ in_col.transpose(0, 1))
+    return sums
+
+
+def _cuts(span: tuple[int, int], regions: list[tuple[int, int]]) -> list[int]:
+    """``span``'s ends and every region boundary strictly inside it, sorted."""
+    inner = {edge for region in regions for edge in region if span[0] < edge < span[1]}
+    return sorted({span[0], span[1], *inner})
+
+
+def _membership(cuts: list[int], regions: list[tuple[int, int]], like: Tensor) -> Tensor:
+    """``(regions, pieces)`` matrix: 1 where the piece between two cuts lies inside the region."""
+    rows = [[1.0 if r0 <= a and b <= r1 else 0.0 for a, b in zip(cuts[:-1], cuts[1:])] for r0, r1 in regions]
+    return torch.tensor(rows, dtype=torch.float64, device=like.device)
 
 
 def tiled_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
