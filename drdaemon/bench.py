@@ -266,11 +266,15 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace,
                       label: str) -> None:
-    """Daemon end-to-end against the bare engine loop on the same ``args.frames`` frames."""
+    """Daemon end-to-end against the bare engine loop on the same ``args.frames`` frames.
+
+    The bare loop runs before and after the daemon and the ratio uses their mean, so a
+    machine whose load drifts during the benchmark biases neither side.
+    """
     with tempfile.TemporaryDirectory(prefix="drdaemon-bench-") as tmp:
         root = Path(tmp)
         staged = write_frames(root / "staging", frame, args.frames)
-        bare = bare_loop(engine, staged, root / "bare-out", args.compression)
+        before = bare_loop(engine, staged, root / "bare-out", args.compression)
         shutil.rmtree(root / "bare-out")
         try:
             daemon = run_daemon_on_folder(root, staged, engine_table, args.compression,
@@ -278,9 +282,11 @@ def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray
         except (RuntimeError, OSError) as exc:
             print(f"  {label}: daemon end-to-end FAILED: {exc}")
             return
-    print(f"  {label}: bare engine loop {bare.rate:.3f} frames/s ({bare.seconds / bare.frames:.3f} s/frame), "
+        after = bare_loop(engine, sorted((root / "archive").glob("*.tif")), root / "bare-out", args.compression)
+    bare_rate = (before.rate + after.rate) / 2
+    print(f"  {label}: bare engine loop {bare_rate:.3f} frames/s (before {before.rate:.3f}, after {after.rate:.3f}), "
           f"daemon end-to-end {daemon.rate:.3f} frames/s over {daemon.frames} frames, "
-          f"ratio {daemon.rate / bare.rate:.2f}")
+          f"ratio {daemon.rate / bare_rate:.2f}", flush=True)
 
 
 # -- the engines ----------------------------------------------------------------------------
