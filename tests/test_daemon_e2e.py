@@ -46,7 +46,7 @@ class Station:
         self.config = root / "drdaemon.toml"
         self.config.write_text(
             "[folders]\n" + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
-            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 1.5\nrescan_interval_s = 1.0\n"
+            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
             + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
         )
         self.process: subprocess.Popen | None = None

@@ -174,18 +174,21 @@ def test_failed_frame_moves_with_a_reason_file(folders: Folders) -> None:
 
 
 # -- watching -----------------------------------------------------------------------------------
-def poll_until(watcher: InboxWatcher, seconds: float) -> list[str]:
+def ready_names(watcher: InboxWatcher, now: float) -> list[str]:
+    """Names ready at the (synthetic) monotonic time ``now``; makes stability tests deterministic."""
+    return sorted(c.path.name for c in watcher.poll(now))
+
+
+def wait_until_ready(watcher: InboxWatcher, expected: list[str], seconds: float = 10.0) -> list[str]:
     deadline = time.monotonic() + seconds
-    ready: list[str] = []
-    while time.monotonic() < deadline:
-        ready = [c.path.name for c in watcher.poll()]
+    while (ready := sorted(c.path.name for c in watcher.poll())) != expected and time.monotonic() < deadline:
         time.sleep(0.02)
     return ready
 
 
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_watcher_takes_only_stable_complete_frames(folders: Folders, polling: bool) -> None:
-    config = WatchConfig(stability_wait_s=0.1, incomplete_grace_s=60, polling=polling, poll_interval_s=0.05)
+    config = WatchConfig(stability_wait_s=1.0, incomplete_grace_s=60, polling=polling, poll_interval_s=0.01)
     watcher = InboxWatcher(folders.inbox, config)
     watcher.start()
     try:
@@ -194,39 +197,40 @@ def test_watcher_takes_only_stable_complete_frames(folders: Folders, polling: bo
         (folders.inbox / "half.tif").write_bytes(data[: len(data) // 2])
         for ignored in ("x.tif.part", "x.tmp", ".hidden.tif", "notes.txt"):
             (folders.inbox / ignored).write_bytes(data)
-        assert poll_until(watcher, 0.05) == []  # nothing is ready before the stability wait
-        assert poll_until(watcher, 0.4) == ["whole.tif"]
+        t0 = time.monotonic()
+        assert ready_names(watcher, t0) == []  # first sight
+        assert ready_names(watcher, t0 + 0.5) == []  # not yet stable for the wait
+        assert ready_names(watcher, t0 + 1.1) == ["whole.tif"]  # the half file is not whole
         assert watcher.depth == 2
         with (folders.inbox / "half.tif").open("ab") as fh:
             fh.write(data[len(data) // 2:])
-        assert sorted(poll_until(watcher, 0.8)) == ["half.tif", "whole.tif"]
+        assert ready_names(watcher, t0 + 1.2) == ["whole.tif"]  # it changed: the wait starts again
+        assert ready_names(watcher, t0 + 2.3) == ["half.tif", "whole.tif"]
         assert watcher.alive
     finally:
         watcher.stop()
 
 
 def test_stable_but_never_complete_file_is_released_after_the_grace(folders: Folders) -> None:
-    watcher = InboxWatcher(folders.inbox, WatchConfig(stability_wait_s=0.05, incomplete_grace_s=0.3))
+    watcher = InboxWatcher(folders.inbox, WatchConfig(stability_wait_s=0.5, incomplete_grace_s=5.0))
     (folders.inbox / "junk.tif").write_bytes(b"not an image")
-    watcher.start()
-    try:
-        assert poll_until(watcher, 0.15) == []
-        assert poll_until(watcher, 0.5) == ["junk.tif"]
-    finally:
-        watcher.stop()
+    t0 = time.monotonic()
+    assert ready_names(watcher, t0) == []
+    assert ready_names(watcher, t0 + 1.0) == []  # stable, but not an image: it waits
+    assert ready_names(watcher, t0 + 5.1) == ["junk.tif"]  # ... until the grace is over
 
 
 def test_dead_observer_is_restarted(folders: Folders) -> None:
     watcher = InboxWatcher(folders.inbox, WatchConfig(stability_wait_s=0.05, rescan_interval_s=3600))
     watcher.start()
     try:
-        watcher.poll()  # the start-up scan
+        watcher.poll()  # the start-up scan; from now on only events can reveal a file
         watcher._observer.stop()
         watcher._observer.join()
         assert not watcher.alive
         assert watcher.ensure_observer() and watcher.alive
         (folders.inbox / "after.tif").write_bytes(frame_bytes(4))
-        assert poll_until(watcher, 0.5) == ["after.tif"]
+        assert wait_until_ready(watcher, ["after.tif"]) == ["after.tif"]
     finally:
         watcher.stop()
 
