@@ -365,3 +365,15 @@ def test_write_failure_fails_the_frame_and_spares_a_strangers_file(folders: Fold
     assert not (folders.outbox / "w.tif.json").exists()
     fail_frame(item, error.value, finisher)
     assert json.loads((folders.failed / "w.tif.reason.json").read_text())["error_class"] == "FileExistsError"
+
+
+def test_preview_is_written_before_the_sidecar_and_named_in_it(folders: Folders) -> None:
+    import cv2
+
+    (folders.inbox / "p.tif").write_bytes(frame_bytes(12, (300, 2400)))
+    item = claim(folders.inbox / "p.tif", folders.work, time.time(), time.monotonic())
+    process(item, Finisher.for_folders(folders, preview=True))
+    record = Sidecar.model_validate_json((folders.outbox / "p.tif.json").read_bytes())
+    assert record.output.preview == str(folders.outbox / "p.preview.png")
+    preview = cv2.imread(record.output.preview, cv2.IMREAD_UNCHANGED)
+    assert preview.dtype == np.uint8 and preview.shape == (128, 1024)
