@@ -87,6 +87,8 @@ def test_bad_data_and_methods_are_clear_errors(bench, tmp_path, capsys):
         build_methods(["clahe", "classical"])
     assert main(["--data", str(bench), "--methods", "sharpen", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+    with pytest.raises(DataError, match="figure-frame"):
+        evaluate(bench, ["identity"], tmp_path, figure_frame="absent.tif", progress=False)
 
 
 def test_filtered_pipeline_denoises_before_equalising():

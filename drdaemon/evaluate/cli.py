@@ -101,6 +101,8 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     inputs = dataset.inputs[:limit] if limit else dataset.inputs
     labels = dataset.labels[: len(inputs)] if dataset.labels else None
     figure_name = figure_frame or _default_figure_frame(inputs, dataset.defects)
+    if figure_name not in {p.name for p in inputs}:
+        raise DataError(f"--figure-frame {figure_name}: not among the evaluated frames")
 
     per_method: dict[str, list[FrameScores]] = {m.label: [] for m in methods}
     seconds: dict[str, list[float]] = {m.label: [] for m in methods}
