@@ -1,9 +1,9 @@
 """Training samples: daemon reader and window, keyed determinism, CLAHE prior, rank slices."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from trainer.config import DataConfig
 from trainer.data import DataError, IterationBatches, SampleKey, TrainingSamples, folder_summary, list_frames
@@ -18,7 +18,7 @@ def folders(tmp_path):
 def samples(folders, **kw):
     abnormal, normal = folders
     cfg = DataConfig(crop_size=32, workers=0, **kw)
-    return TrainingSamples(list_frames(abnormal), list_frames(normal), cfg, seed=7, with_normal=True, with_clahe=True)
+    return TrainingSamples(list_frames(abnormal), list_frames(normal), cfg, seed=7)
 
 
 def test_sample_is_a_unit_range_crop_of_the_right_size(folders):
@@ -49,19 +49,29 @@ def test_clahe_prior_raises_local_contrast(folders):
 def test_eight_bit_png_frames_are_read_too(tmp_path, folders):
     png = tmp_path / "png"
     png.mkdir()
-    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(png / "a.png")
+    cv2.imwrite(str(png / "a.png"), (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8))
     cfg = DataConfig(crop_size=16, workers=0)
-    ds = TrainingSamples(list_frames(png), list_frames(folders[1]), cfg, 0, with_normal=False, with_clahe=False)
+    ds = TrainingSamples(list_frames(png), list_frames(folders[1]), cfg, 0)
     assert ds[0]["abnormal"].shape == (1, 16, 16)
 
 
+def test_the_schedule_decides_what_a_sample_carries(folders):
+    from trainer.config import ScheduleConfig
+
+    schedule = ScheduleConfig(total_iters=10, prompt_init_iters=2, warmup_iters=1, enhancer_iters=3)
+    abnormal, normal = folders
+    ds = TrainingSamples(list_frames(abnormal), list_frames(normal), DataConfig(crop_size=16), 0, schedule)
+    assert set(ds[SampleKey(1, 0).encode()]) == {"abnormal", "normal"}  # prompt initialisation
+    assert set(ds[SampleKey(2, 0).encode()]) == {"abnormal", "clahe"}   # warm-up
+
+
 def test_ranks_split_the_global_batch_without_overlap():
-    single = list(IterationBatches(10, 12, global_batch=8))
-    halves = [list(IterationBatches(10, 12, 8, rank=r, world=2)) for r in range(2)]
+    single = list(IterationBatches(10, [8, 8]))
+    halves = [list(IterationBatches(10, [8, 8], rank=r, world=2)) for r in range(2)]
     for it in range(2):
         assert halves[0][it] + halves[1][it] == single[it]
     with pytest.raises(DataError, match="divisible"):
-        IterationBatches(0, 1, 6, rank=0, world=4)
+        IterationBatches(0, [8, 6], rank=0, world=4)
 
 
 def test_empty_folder_and_summary(tmp_path, folders):
@@ -73,3 +83,14 @@ def test_empty_folder_and_summary(tmp_path, folders):
     assert summary["files"] == 3 and len(summary["file_list_sha256"]) == 64
     (folders[0] / "frame_00.tif").write_bytes(b"II*\x00changed")
     assert folder_summary(folders[0], files)["file_list_sha256"] != summary["file_list_sha256"]
+
+
+def test_worker_processes_deliver_the_same_batches(folders):
+    from trainer.data import make_loader
+
+    ds = samples(folders)
+    inline = list(make_loader(ds, IterationBatches(4, [2, 3, 2]), workers=0, pin_memory=False))
+    parallel = list(make_loader(ds, IterationBatches(4, [2, 3, 2]), workers=2, pin_memory=False))
+    assert len(inline) == len(parallel) == 3
+    for a, b in zip(inline, parallel):
+        assert all(torch.equal(a[k], b[k]) for k in a)

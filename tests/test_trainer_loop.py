@@ -64,7 +64,7 @@ def test_prompt_initialisation_loss_falls(setup, tmp_path):
     cfg = tiny_config(clip_json, tmp_path / "run", prompt_init_iters=40, total_iters=50)
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
     phase = phase_at(0, cfg.schedule)
-    history = [float(trainer.step(phase, batch)["prompt_init"]) for batch in trainer._loader(phase, 0, 40)]
+    history = [float(trainer.step(phase, batch)["prompt_init"]) for batch in trainer._loader(0, 40)]
     assert np.mean(history[-5:]) < np.mean(history[:5]) - 0.01, history
 
 
@@ -133,3 +133,16 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
     with torch.no_grad():
         expected = unit_to_u16(loaded.model(torch.from_numpy(unit)[None, None])[0, 0].numpy())
     assert np.abs(enhanced.pixels.astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_mixed_precision_run_keeps_losses_finite(setup, tmp_path):
+    """bf16 autocast (what a GPU run uses by default) through every phase, here on the CPU."""
+    root, abnormal, normal, clip_json = setup
+    cfg = tiny_config(clip_json, tmp_path / "run", total_iters=10)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"precision": "bf16", "deterministic": False})})
+    trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
+    assert trainer.amp_dtype == torch.bfloat16
+    for stop in range(2, 11, 2):
+        trainer.run(until=stop)
+        assert all(math.isfinite(v) for v in trainer.loss_values().values())
+    assert load_weights(tmp_path / "w.safetensors").model.spec.in_ch == 1

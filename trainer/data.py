@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -28,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from drdaemon.engines.classical import clahe_u16
 from drdaemon.io.readers import PNG_SUFFIXES, TIFF_SUFFIXES, read_frame
 from drdaemon.model.normalise import U16_MAX, frame_to_unit, unit_to_u16
-from trainer.config import DataConfig
+from trainer.config import DataConfig, ScheduleConfig
+from trainer.schedule import phase_at
 
 FRAME_SUFFIXES = TIFF_SUFFIXES | PNG_SUFFIXES
 #: Slots per iteration in a sample key; the global batch must stay below it.
@@ -103,24 +105,36 @@ def load_unit(path: Path, cfg: DataConfig) -> np.ndarray:
 
 
 class TrainingSamples(Dataset):
-    """Maps sample keys to ``{"abnormal", "clahe"?, "normal"?}`` tensors of shape (1, S, S)."""
+    """Maps sample keys to ``{"abnormal", "clahe" | "normal"}`` tensors of shape (1, S, S).
+
+    With a schedule, the key's iteration decides the content: prompt phases need abnormal
+    and normal samples, enhancer phases abnormal samples and their CLAHE prior. Without one
+    (tests, tools) every sample carries all three.
+    """
 
     def __init__(self, abnormal: list[Path], normal: list[Path], cfg: DataConfig, seed: int,
-                 with_normal: bool, with_clahe: bool) -> None:
-        self.abnormal, self.normal, self.cfg, self.seed = abnormal, normal, cfg, seed
-        self.with_normal, self.with_clahe = with_normal, with_clahe
+                 schedule: ScheduleConfig | None = None) -> None:
+        self.abnormal, self.normal, self.cfg, self.seed, self.schedule = abnormal, normal, cfg, seed, schedule
 
     def _view(self, files: list[Path], stream: int, key: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, stream, key])
         path = files[int(rng.integers(0, len(files)))]
         return random_view(load_unit(path, self.cfg), rng, self.cfg)
 
+    def _content(self, key: int) -> tuple[bool, bool]:
+        """(with normal, with CLAHE prior) for the iteration the key belongs to."""
+        if self.schedule is None:
+            return True, True
+        prompts = phase_at(key // KEY_STRIDE, self.schedule).trains_prompts
+        return prompts, not prompts
+
     def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        with_normal, with_clahe = self._content(key)
         view = self._view(self.abnormal, ABNORMAL_STREAM, key)
         sample = {"abnormal": torch.from_numpy(view)[None]}
-        if self.with_clahe:
+        if with_clahe:
             sample["clahe"] = torch.from_numpy(clahe_prior(view, self.cfg))[None]
-        if self.with_normal:
+        if with_normal:
             sample["normal"] = torch.from_numpy(self._view(self.normal, NORMAL_STREAM, key))[None]
         return sample
 
@@ -129,23 +143,29 @@ class TrainingSamples(Dataset):
 
 
 class IterationBatches(Sampler[list[int]]):
-    """One batch of keys per iteration ``start .. end-1``: this rank's share of the global batch."""
+    """One batch of keys per iteration from ``start`` on: this rank's share of each global batch.
 
-    def __init__(self, start: int, end: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
-        if global_batch % world:
-            raise DataError(f"batch size {global_batch} is not divisible by {world} processes")
-        if global_batch > KEY_STRIDE:
-            raise DataError(f"batch size {global_batch} exceeds {KEY_STRIDE}")
-        self.start, self.end, self.world, self.rank = start, end, world, rank
-        self.per_rank = global_batch // world
+    ``global_batches[i]`` is the global batch size of iteration ``start + i`` (the prompt and
+    enhancer phases use different sizes), so one loader, and one set of worker processes,
+    serves the whole run.
+    """
+
+    def __init__(self, start: int, global_batches: Sequence[int], rank: int = 0, world: int = 1) -> None:
+        for size in set(global_batches):
+            if size % world:
+                raise DataError(f"batch size {size} is not divisible by {world} processes")
+            if size > KEY_STRIDE:
+                raise DataError(f"batch size {size} exceeds {KEY_STRIDE}")
+        self.start, self.sizes, self.rank, self.world = start, list(global_batches), rank, world
 
     def __iter__(self):
-        first = self.rank * self.per_rank
-        for iteration in range(self.start, self.end):
-            yield [SampleKey(iteration, first + j).encode() for j in range(self.per_rank)]
+        for offset, size in enumerate(self.sizes):
+            per_rank = size // self.world
+            first = self.rank * per_rank
+            yield [SampleKey(self.start + offset, first + j).encode() for j in range(per_rank)]
 
     def __len__(self) -> int:
-        return max(0, self.end - self.start)
+        return len(self.sizes)
 
 
 def _quiet_worker(_: int) -> None:
@@ -153,9 +173,12 @@ def _quiet_worker(_: int) -> None:
 
 
 def make_loader(samples: TrainingSamples, batches: IterationBatches, workers: int, pin_memory: bool) -> DataLoader:
+    """Worker processes are spawned, not forked: a fork after OpenCV or torch started their
+    thread pools in the parent can deadlock the child."""
+    if not workers:
+        return DataLoader(samples, batch_sampler=batches, num_workers=0, pin_memory=pin_memory)
     return DataLoader(samples, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      worker_init_fn=_quiet_worker if workers else None,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      worker_init_fn=_quiet_worker, multiprocessing_context="spawn", prefetch_factor=4)
 
 
 def preview_samples(files: list[Path], cfg: DataConfig) -> torch.Tensor:

@@ -187,13 +187,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loader(self, phase: Phase, start: int, end: int):
-        o = self.cfg.optim
-        prompt_phase = phase.trains_prompts
-        samples = TrainingSamples(self.abnormal_files, self.normal_files, self.cfg.data, self.cfg.run.seed,
-                                  with_normal=prompt_phase, with_clahe=not prompt_phase)
-        batches = IterationBatches(start, end, o.prompt_batch if prompt_phase else o.enhancer_batch,
-                                   self.ctx.rank, self.ctx.world)
+    def _loader(self, start: int, end: int):
+        """One loader for iterations ``start .. end-1``; each batch's content follows its phase."""
+        o, schedule = self.cfg.optim, self.cfg.schedule
+        sizes = [o.prompt_batch if phase_at(i, schedule).trains_prompts else o.enhancer_batch
+                 for i in range(start, end)]
+        samples = TrainingSamples(self.abnormal_files, self.normal_files, self.cfg.data, self.cfg.run.seed, schedule)
+        batches = IterationBatches(start, sizes, self.ctx.rank, self.ctx.world)
         return make_loader(samples, batches, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     # -- steps -------------------------------------------------------------------------
@@ -298,15 +298,15 @@ class Trainer:
                    dynamic_ncols=True, unit="it")
         writer = self._writer() if main else None
         try:
-            while self.iteration < end:
+            for batch in self._loader(self.iteration, end):
                 phase = phase_at(self.iteration, self.cfg.schedule)
                 if phase.kind is PhaseKind.PROMPT_RANK and self.iteration == phase.start:
                     self.enter_prompt_round(phase)
-                bar.set_description(phase.label)
-                for batch in self._loader(phase, self.iteration, min(phase.end, end)):
-                    self.losses = self.step(phase, batch)
-                    self.iteration += 1
-                    self._after_step(bar, writer, started)
+                if self.iteration == phase.start or not bar.desc:
+                    bar.set_description(phase.label)
+                self.losses = self.step(phase, batch)
+                self.iteration += 1
+                self._after_step(bar, writer, started)
         except KeyboardInterrupt:
             self.save_checkpoint(started)
             raise
