@@ -5,13 +5,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from trainer.loop import Trainer
-from trainer_testkit import make_data, tiny_config, tiny_overrides, write_tiny_clip_config
+from trainer_testkit import one_torch_thread, make_data, tiny_config, tiny_overrides, write_tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
 def test_two_process_ddp_run_matches_one_process(tmp_path):

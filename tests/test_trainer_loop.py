@@ -13,7 +13,10 @@ from drdaemon.model.weights import load_weights
 from trainer.config import load_config
 from trainer.loop import Trainer, TrainerError
 from trainer.schedule import PhaseKind, phase_at
-from trainer_testkit import make_data, tiny_config, write_tiny_clip_config
+from trainer_testkit import one_torch_thread, make_data, tiny_config, write_tiny_clip_config
+
+
+single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

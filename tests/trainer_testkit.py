@@ -59,3 +59,16 @@ def tiny_overrides(clip_json: Path, run_dir: Path, **schedule: int) -> list[str]
 
 def tiny_config(clip_json: Path, run_dir: Path, **schedule: int) -> TrainConfig:
     return load_config(None, tiny_overrides(clip_json, run_dir, **schedule))
+
+
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy CI runner their spin-waiting
+    makes a run several times slower; restore the caller's setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

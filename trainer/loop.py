@@ -297,13 +297,15 @@ class Trainer:
         bar = tqdm(total=total, initial=self.iteration, disable=not (main and self.cfg.run.progress),
                    dynamic_ncols=True, unit="it")
         writer = self._writer() if main else None
+        label = ""
         try:
             for batch in self._loader(self.iteration, end):
                 phase = phase_at(self.iteration, self.cfg.schedule)
                 if phase.kind is PhaseKind.PROMPT_RANK and self.iteration == phase.start:
                     self.enter_prompt_round(phase)
-                if self.iteration == phase.start or not bar.desc:
-                    bar.set_description(phase.label)
+                if phase.label != label:
+                    label = phase.label
+                    bar.set_description(label)
                 self.losses = self.step(phase, batch)
                 self.iteration += 1
                 self._after_step(bar, writer, started)
