@@ -50,9 +50,9 @@ def test_eight_bit_png_frames_are_read_too(tmp_path, folders):
     png = tmp_path / "png"
     png.mkdir()
     cv2.imwrite(str(png / "a.png"), (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8))
-    cfg = DataConfig(crop_size=16, workers=0)
+    cfg = DataConfig(crop_size=32, workers=0)
     ds = TrainingSamples(list_frames(png), list_frames(folders[1]), cfg, 0)
-    assert ds[0]["abnormal"].shape == (1, 16, 16)
+    assert ds[0]["abnormal"].shape == (1, 32, 32)
 
 
 def test_the_schedule_decides_what_a_sample_carries(folders):
@@ -60,7 +60,7 @@ def test_the_schedule_decides_what_a_sample_carries(folders):
 
     schedule = ScheduleConfig(total_iters=10, prompt_init_iters=2, warmup_iters=1, enhancer_iters=3)
     abnormal, normal = folders
-    ds = TrainingSamples(list_frames(abnormal), list_frames(normal), DataConfig(crop_size=16), 0, schedule)
+    ds = TrainingSamples(list_frames(abnormal), list_frames(normal), DataConfig(crop_size=32), 0, schedule)
     assert set(ds[SampleKey(1, 0).encode()]) == {"abnormal", "normal"}  # prompt initialisation
     assert set(ds[SampleKey(2, 0).encode()]) == {"abnormal", "clahe"}   # warm-up
 
@@ -94,3 +94,12 @@ def test_worker_processes_deliver_the_same_batches(folders):
     assert len(inline) == len(parallel) == 3
     for a, b in zip(inline, parallel):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unreadable_frame_is_reported_by_name(tmp_path, folders):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cut.tif").write_bytes(b"II*\x00" + b"\x00" * 12)
+    ds = TrainingSamples(list_frames(broken), list_frames(folders[1]), DataConfig(crop_size=32), 0)
+    with pytest.raises(DataError, match="cut.tif"):
+        ds[0]

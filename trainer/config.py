@@ -37,7 +37,7 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    crop_size: int = Field(512, ge=16, description="side of the square training sample, pixels")
+    crop_size: int = Field(512, ge=32, description="side of the square training sample, pixels (>= 32: layer4 is 1/32 of it)")
     scale_min: float = Field(0.5, gt=0, le=1, description="smallest crop side, as a fraction of the frame's short side")
     hflip: bool = True
     vflip: bool = True

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from drdaemon.engines.classical import clahe_u16
+from drdaemon.errors import FrameError
 from drdaemon.io.readers import PNG_SUFFIXES, TIFF_SUFFIXES, read_frame
 from drdaemon.model.normalise import U16_MAX, frame_to_unit, unit_to_u16
 from trainer.config import DataConfig, ScheduleConfig
@@ -99,7 +100,11 @@ def clahe_prior(view: np.ndarray, cfg: DataConfig) -> np.ndarray:
 
 
 def load_unit(path: Path, cfg: DataConfig) -> np.ndarray:
-    frame = read_frame(path).pixels
+    """A frame read by the daemon's reader and normalised by the daemon's window."""
+    try:
+        frame = read_frame(path).pixels
+    except FrameError as exc:  # re-raised as DataError so it crosses the worker boundary intact
+        raise DataError(f"cannot train on {path}: {exc}") from exc
     unit, _ = frame_to_unit(frame, cfg.low_percentile, cfg.high_percentile)
     return unit
 
