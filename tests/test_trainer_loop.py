@@ -149,3 +149,33 @@ def test_mixed_precision_run_keeps_losses_finite(setup, tmp_path):
         trainer.run(until=stop)
         assert all(math.isfinite(v) for v in trainer.loss_values().values())
     assert load_weights(tmp_path / "w.safetensors").model.spec.in_ch == 1
+
+
+def test_ctrl_c_finishes_the_iteration_checkpoints_and_resumes_exactly(setup, tmp_path):
+    import os
+    import signal
+
+    root, abnormal, normal, clip_json = setup
+    straight = tmp_path / "straight.safetensors"
+    Trainer(tiny_config(clip_json, tmp_path / "a"), abnormal, normal, straight).run()
+
+    cfg = tiny_config(clip_json, tmp_path / "b")
+    out = tmp_path / "interrupted.safetensors"
+    trainer = Trainer(cfg, abnormal, normal, out)
+    step = trainer.step
+
+    def step_then_interrupt(phase, batch):
+        losses = step(phase, batch)
+        if trainer.iteration == 9:  # inside the first stage-2 round's enhancer phase
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    trainer.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert not out.exists()
+    resumed = Trainer(cfg, abnormal, normal, out, resume=True)
+    assert resumed.iteration == 10  # the interrupted iteration was completed and checkpointed
+    resumed.run()
+    a, b = load_file(str(straight)), load_file(str(out))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,6 @@
 """``python -m trainer``: parse the command line, build the config, run, report.
 
-Exit codes: 0 done (or checkpointed after Ctrl-C: 130), 2 bad command line or config,
+Exit codes: 0 done, 130 stopped by Ctrl-C or SIGTERM (after checkpointing), 2 bad command line or config,
 3 CLIP unavailable (offline without a local checkpoint), 4 unusable data or checkpoint.
 """
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DATA
     except KeyboardInterrupt:
         if ctx.is_main:
-            print("trainer: interrupted; checkpoint saved, continue with --resume", file=sys.stderr)
+            print("trainer: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         shutdown(ctx)

@@ -26,6 +26,8 @@ import contextlib
 import copy
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +112,36 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during a run: finish the current iteration, checkpoint, then stop.
+
+    Stopping between iterations keeps the checkpoint consistent (an interrupt in the middle of
+    an optimiser step would leave half the parameters updated). A second signal stops at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 def default_run_dir(out: Path) -> Path:
@@ -298,7 +330,9 @@ class Trainer:
                    dynamic_ncols=True, unit="it")
         writer = self._writer() if main else None
         label = ""
+        stop = StopRequest()
         try:
+            stop.install()
             for batch in self._loader(self.iteration, end):
                 phase = phase_at(self.iteration, self.cfg.schedule)
                 if phase.kind is PhaseKind.PROMPT_RANK and self.iteration == phase.start:
@@ -309,12 +343,14 @@ class Trainer:
                 self.losses = self.step(phase, batch)
                 self.iteration += 1
                 self._after_step(bar, writer, started)
-        except KeyboardInterrupt:
-            self.save_checkpoint(started)
-            raise
+                if stop.requested:
+                    self.save_checkpoint(started)
+                    raise KeyboardInterrupt
         finally:
+            stop.uninstall()
             bar.close()
         duration = self.elapsed_before + time.monotonic() - started
+        self.elapsed_before, started = duration, time.monotonic()
         result = TrainResult(iterations=self.iteration, finished=self.iteration >= total,
                              final_losses=self.loss_values(), duration_s=duration)
         if main:
