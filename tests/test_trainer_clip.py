@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainer.clip_backbone import ClipBackbone, ClipUnavailable, build_clip, load_backbone
+from trainer.clip_backbone import ClipUnavailable, build_clip, load_backbone
 from trainer.prompts import PromptPair
 from trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 

@@ -42,8 +42,8 @@ from drdaemon.model.network import Enhancer, EnhancerSpec
 from trainer import losses as L
 from trainer.clip_backbone import ClipBackbone, load_backbone
 from trainer.config import TrainConfig
-from trainer.data import IterationBatches, TrainingSamples, clahe_prior, folder_summary, list_frames, make_loader
-from trainer.data import preview_samples
+from trainer.data import (IterationBatches, TrainingSamples, clahe_prior, folder_summary, list_frames, make_loader,
+                          preview_samples)
 from trainer.distributed import DistContext, pick_device
 from trainer.export import export_weights
 from trainer.preview import preview_grid, write_preview
