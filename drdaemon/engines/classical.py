@@ -21,10 +21,27 @@ from drdaemon.engines.base import Enhanced
 from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, unit_to_u16
 
 
-def clahe_u16(frame: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation of a uint16 frame (OpenCV)."""
-    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid))
-    return clahe.apply(np.ascontiguousarray(frame, dtype=np.uint16))
+#: Gray levels the 16-bit CLAHE tells apart in its tile histograms (12 bits).
+CLAHE_LEVELS = 4096
+
+
+def clahe_u16(frame: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8,
+              levels: int = CLAHE_LEVELS) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a uint16 frame (OpenCV), full range out.
+
+    OpenCV's 16-bit CLAHE clips each of its 65536 bins at ``int(clip_limit * tile_pixels /
+    65536)`` counts, at least one: on tiles of some ten thousand pixels that is one count for
+    every clip limit below 4, so the limit does nothing and the clipping acts on count noise.
+    Rounding the frame down to ``levels`` gray levels (kept spread over the 16-bit range) and
+    scaling the limit by ``65536 / levels`` gives ``clip_limit`` its usual meaning, a
+    multiple of the mean height of a ``levels``-bin histogram. On a windowed frame the
+    dropped low bits are finer than one raw detector level unless the raw window spans more
+    than ``levels`` values.
+    """
+    step = (U16_MAX + 1) // levels
+    coarse = np.ascontiguousarray(frame, dtype=np.uint16) & np.uint16(U16_MAX - step + 1)
+    clahe = cv2.createCLAHE(clipLimit=clip_limit * step, tileGridSize=(tile_grid, tile_grid))
+    return clahe.apply(coarse)
 
 
 def equalise_histogram_u16(frame: np.ndarray) -> np.ndarray:
