@@ -132,6 +132,24 @@ def test_noise_gain_is_one_for_the_input_and_two_for_doubled_noise():
     assert math.isnan(m.noise_gain(frame, 0.0))
 
 
+def test_noise_gain_ignores_clipped_input_that_the_output_turns_into_a_smooth_gray():
+    # Regression: the demo network maps a saturated background to a smooth, noise-free gray
+    # just below white; measured on its own non-flat coefficients that background filled the
+    # median with near-zero values and the noise gain read 0.03 for an output as noisy as the input.
+    rng = np.random.default_rng(5)
+    frame = np.full((256, 256), 65535, np.uint16)
+    frame[:, :96] = np.clip(rng.normal(20000, 400, (256, 96)), 0, 65535).astype(np.uint16)
+    output = frame.astype(np.float64)
+    output[:, 96:] = 60000 + 50 * np.linspace(0, 1, 160)[None, :] + 20 * np.linspace(0, 1, 256)[:, None]
+    output = output.round().astype(np.uint16)
+    sigma, measured = m.noise_sigma(frame), m.measured_coefficients(frame)
+    assert m.noise_gain(output, sigma) < 0.2  # the artefact, without the input's mask
+    assert m.noise_gain(output, sigma, measured) == pytest.approx(1.0, abs=0.05)
+    assert m.score_frame(output, sigma, input_measured=measured).noise_gain == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="noise mask"):
+        m.noise_gain(output[:128], sigma, measured)
+
+
 def test_score_frame_has_reference_metrics_only_with_a_label():
     rng = np.random.default_rng(4)
     frame = rng.integers(1000, 60000, (48, 48), dtype=np.uint16)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from drdaemon.engines.classical import to_u16
 from drdaemon.evaluate.baselines import Method, MethodError, build_methods
 from drdaemon.evaluate.dicom import DicomError, is_dicom, read_dicom
-from drdaemon.evaluate.metrics import FrameScores, load_lpips, noise_sigma, score_frame
+from drdaemon.evaluate.metrics import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
 from drdaemon.evaluate.report import (MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect,
                                       summarise)
 from drdaemon.errors import FrameError
@@ -114,7 +114,8 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     for index, path in enumerate(inputs):
         frame = load_frame(path)
         label = to_u16(load_frame(labels[index])) if labels else None
-        input_sigma = noise_sigma(to_u16(frame))
+        input_u16 = to_u16(frame)
+        input_sigma, input_measured = noise_sigma(input_u16), measured_coefficients(input_u16)
         keep = path.name == figure_name
         per_frame[path.name] = {}
         if keep and not any(m.label == "identity" for m in methods):
@@ -123,14 +124,14 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
             start = time.perf_counter()
             output = method.engine.enhance(frame).pixels
             seconds[method.label].append(time.perf_counter() - start)
-            scores = score_frame(output, input_sigma, label, lpips_metric)
+            scores = score_frame(output, input_sigma, label, lpips_metric, input_measured)
             per_method[method.label].append(scores)
             per_frame[path.name][method.label] = asdict(scores)
             if keep:
                 panels.append(("input (identity)" if method.label == "identity" else method.label, output))
             bar.update()
         if label is not None:
-            scores = score_frame(label, input_sigma)
+            scores = score_frame(label, input_sigma, input_measured=input_measured)
             label_scores.append(scores)
             per_frame[path.name]["label"] = asdict(scores)
             if keep:

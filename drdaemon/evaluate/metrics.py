@@ -36,7 +36,11 @@ With F the rendition as float64, M x N pixels:
 * Noise gain: sigma(output) / sigma(input), sigma from the wavelet median-absolute-deviation
   estimator of :func:`skimage.restoration.estimate_sigma` (Donoho & Johnstone, Biometrika
   81(3), 1994) on the finest diagonal db2 coefficients, leaving out those of flat (clipped)
-  regions. Lower is better; 1 means the method added no noise.
+  regions. Lower is better; 1 means the method added no noise. Given the input's
+  coefficient mask (:func:`measured_coefficients`), the output is measured where the
+  *input* is not flat: a method that maps the clipped background to a smooth, noise-free
+  gray below white would otherwise fill the median with near-zero coefficients there and
+  report a noise gain near 0 without removing any noise.
 * PSNR and SSIM: scikit-image (Wang et al., IEEE TIP 13(4), 2004, default 7 x 7 window).
 * LPIPS (Zhang et al., CVPR 2018): only when the ``lpips`` package and its AlexNet
   backbone weights are already on disk; this tool never downloads weights.
@@ -172,20 +176,44 @@ def noise_sigma(frame: np.ndarray) -> float:
     order 1e-17 instead of exact zeros, and when such regions cover half the frame (a
     saturated background) the median would otherwise measure rounding, not noise.
     """
+    return sigma_of(finest_diagonal(frame), measured_coefficients(frame))
+
+
+def finest_diagonal(frame: np.ndarray) -> np.ndarray:
+    """The finest diagonal db2 wavelet coefficients of the unit rendition."""
     import pywt
 
-    diagonal = pywt.dwt2(unit_rendition(frame), "db2")[1][2]
-    magnitudes = np.abs(diagonal[np.abs(diagonal) > FLAT_COEFFICIENT])
+    return pywt.dwt2(unit_rendition(frame), "db2")[1][2]
+
+
+def measured_coefficients(frame: np.ndarray) -> np.ndarray:
+    """Mask of the finest diagonal coefficients that are not flat image (clipped regions)."""
+    return np.abs(finest_diagonal(frame)) > FLAT_COEFFICIENT
+
+
+def sigma_of(diagonal: np.ndarray, measured: np.ndarray) -> float:
+    """MAD noise sigma of the ``measured`` coefficients; 0 when there are none."""
+    magnitudes = np.abs(diagonal[measured])
     if magnitudes.size == 0:
         return 0.0
     return float(np.median(magnitudes) / MAD_TO_SIGMA)
 
 
-def noise_gain(output: np.ndarray, input_sigma: float) -> float:
-    """sigma(output) / sigma(input); NaN when the input shows no measurable noise."""
+def noise_gain(output: np.ndarray, input_sigma: float, input_measured: np.ndarray | None = None) -> float:
+    """sigma(output) / sigma(input); NaN when the input shows no measurable noise.
+
+    With ``input_measured`` (the input's :func:`measured_coefficients`), the output is
+    measured on the same coefficients as the input, so regions that were clipped in the
+    input count for neither.
+    """
     if not input_sigma > 0:
         return float("nan")
-    return noise_sigma(output) / input_sigma
+    if input_measured is None:
+        return noise_sigma(output) / input_sigma
+    diagonal = finest_diagonal(output)
+    if diagonal.shape != input_measured.shape:
+        raise ValueError(f"output shape {output.shape} does not match the input's noise mask")
+    return sigma_of(diagonal, input_measured) / input_sigma
 
 
 @dataclass
@@ -207,7 +235,8 @@ class FrameScores:
         return [f.name for f in fields(cls)]
 
 
-def no_reference_scores(output: np.ndarray, input_sigma: float) -> FrameScores:
+def no_reference_scores(output: np.ndarray, input_sigma: float,
+                        input_measured: np.ndarray | None = None) -> FrameScores:
     shown = display_u8(output)
     return FrameScores(
         ag=average_gradient(shown),
@@ -215,14 +244,17 @@ def no_reference_scores(output: np.ndarray, input_sigma: float) -> FrameScores:
         sd=standard_deviation(shown),
         sf=spatial_frequency(shown),
         nrss=nrss(shown),
-        noise_gain=noise_gain(output, input_sigma),
+        noise_gain=noise_gain(output, input_sigma, input_measured),
     )
 
 
 def score_frame(output: np.ndarray, input_sigma: float, label: np.ndarray | None = None,
-                lpips: LpipsMetric | None = None) -> FrameScores:
-    """Every metric that applies: no-reference always, reference ones when there is a label."""
-    scores = no_reference_scores(output, input_sigma)
+                lpips: LpipsMetric | None = None, input_measured: np.ndarray | None = None) -> FrameScores:
+    """Every metric that applies: no-reference always, reference ones when there is a label.
+
+    ``input_measured``: the input's :func:`measured_coefficients`, for :func:`noise_gain`.
+    """
+    scores = no_reference_scores(output, input_sigma, input_measured)
     if label is not None:
         if label.shape != output.shape:
             raise ValueError(f"label shape {label.shape} differs from output shape {output.shape}")
