@@ -67,6 +67,16 @@ def test_engine_tiles_only_over_budget_and_tiles_change_nothing(scale):
     assert np.abs(whole.pixels.astype(int) - tiled.pixels).max() <= 1  # 1e-4 in float is 6.5 levels
 
 
+def test_compiled_model_gives_the_pixels_of_the_eager_model():
+    """``engine.compile = true`` (torch.compile) changes the speed, never the output."""
+    net = lit_enhancer(in_ch=3)
+    frame = xray_like((70, 53))
+    eager = cpu_engine(net).enhance(frame)
+    compiled = NetEngine(prepare_runtime(net, torch.device("cpu"), compile_model=True), "f" * 64, "float32")
+    assert compiled.runtime.forward is not compiled.runtime.model  # the compiled module runs
+    assert np.abs(compiled.enhance(frame).pixels.astype(int) - eager.pixels).max() <= 1
+
+
 def psnr_u16(a, b):
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(65535.0**2 / mse)
