@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.pooling import bin_bounds, region_average_pool
 from drdaemon.model.tiling import (
     FRAME_BYTES_PER_PIXEL,
     TileSize,
-    bin_bounds,
     head_halo,
     plan_tiles,
     pooled_context,
@@ -43,6 +43,31 @@ def test_bin_bounds_reproduce_adaptive_average_pooling(length, bins):
         for r0, r1 in rows
     ], dim=-2)
     assert torch.allclose(manual, F.adaptive_avg_pool2d(x, bins))
+
+
+@pytest.mark.parametrize("size", [(7, 13), (53, 71), (1, 5), (36, 36)])
+def test_region_pooling_equals_adaptive_average_pooling_forward_and_backward(size):
+    """The pyramid pooling's fast GPU form is the same function as the published pooling."""
+    bins = (1, 2, 3, 6)
+    x = torch.rand(2, 3, *size, dtype=torch.float32, requires_grad=True)
+    weights = [torch.rand(2, 3, b, b) for b in bins]
+    ours = region_average_pool(x, bins)
+    reference = [F.adaptive_avg_pool2d(x, b) for b in bins]
+    for a, b in zip(ours, reference):
+        assert a.dtype == x.dtype and a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-6)
+    grad_ours, = torch.autograd.grad(sum((w * a).sum() for w, a in zip(weights, ours)), x)
+    grad_ref, = torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, reference)), x)
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-6)
+
+
+def test_region_pooling_keeps_half_precision_maps_in_their_dtype_and_accurate():
+    x = torch.rand(1, 4, 301, 203)
+    for dtype in (torch.bfloat16, torch.float16):
+        pooled = region_average_pool(x.to(dtype), (1, 6))
+        assert all(p.dtype == dtype for p in pooled)
+        exact = [F.adaptive_avg_pool2d(x.to(dtype).double(), b) for b in (1, 6)]
+        assert all((p.double() - e).abs().max() < 1e-2 for p, e in zip(pooled, exact))
 
 
 def test_spans_cover_the_length_once_within_the_tile():

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from drdaemon.model.pooling import region_average_pool
+
 #: Added to the illumination map before the division, so a dark map cannot divide by zero.
 ILLUMINATION_EPS = 1e-4
 #: The pyramid pooling bins, in output grid cells per side.
@@ -81,7 +83,7 @@ class PyramidPooling(nn.Module):
 
     def pool(self, x: Tensor) -> list[Tensor]:
         """Adaptive average of ``x`` over each bin grid: one ``(B, C, b, b)`` tensor per bin."""
-        return [F.adaptive_avg_pool2d(x, b) for b in self.bins]
+        return region_average_pool(x, self.bins)
 
     def fuse(self, x: Tensor, pooled: list[Tensor], full_size: tuple[int, int] | None = None,
              offset: tuple[int, int] = (0, 0)) -> Tensor:
@@ -93,8 +95,8 @@ class PyramidPooling(nn.Module):
         """
         h, w = x.shape[-2:]
         full_size = full_size or (h, w)
-        # grid_sample (window path) may answer in float32 under autocast; keep x's dtype so the
-        # 64-channel concatenation costs what it costs in the whole-frame pass.
+        # The window path answers in float32; keep x's dtype so the 64-channel concatenation
+        # costs what it costs in the whole-frame pass.
         contexts = [
             upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
             for branch, p in zip(self.branches, pooled)
@@ -119,7 +121,9 @@ def upsample_window(grid: Tensor, full_size: tuple[int, int], offset: tuple[int,
     # grid_sample takes normalised coordinates in [-1, 1] over the source grid's corner pixels.
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     sample_at = torch.stack([gx, gy], dim=-1).unsqueeze(0).expand(grid.shape[0], -1, -1, -1)
-    return F.grid_sample(grid, sample_at.to(grid.dtype), mode="bilinear", align_corners=True)
+    # In float32 whatever the compute dtype: half precision would misplace samples by up to a
+    # pixel (float16) or several (bfloat16) on a 5000-pixel-wide frame. The grid is tiny.
+    return F.grid_sample(grid.float(), sample_at, mode="bilinear", align_corners=True)
 
 
 def _align_corners_coords(start: int, count: int, full: int, like: Tensor) -> Tensor:

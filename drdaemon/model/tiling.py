@@ -5,12 +5,10 @@ cutting the frame into independent tiles would change the result and leave seams
 passes reproduce the whole-frame result instead:
 
 1. **Pool pass.** Each tile runs through the stem (the convolutions before the pooling)
-   with a halo wide enough that its core is exact. The core's values are summed into the
-   regions of the 1/2/3/6 bin grids, using adaptive average pooling's own region bounds
-   (``floor(i*H/b)`` to ``ceil((i+1)*H/b)``; for sizes that are not multiples of the bin
-   count neighbouring regions overlap, and a pixel counts in each region it lies in).
-   Each piece between region boundaries is summed once (float32 accumulation), the
-   region totals in float64, then divided by the region areas.
+   with a halo wide enough that its core is exact. The core's values are added to the
+   region sums of the 1/2/3/6 bin grids (:class:`drdaemon.model.pooling.RegionSums`, the
+   same code the whole-frame pass pools with), which follow adaptive average pooling's own
+   region bounds.
 2. **Output pass.** Each tile runs again, with the halo of the whole network, and the
    context block is fused with the global averages from pass 1 at the tile's true frame
    coordinates (:meth:`PyramidPooling.fuse` with ``full_size`` and ``offset``). The tile's
@@ -28,10 +26,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from drdaemon.model.network import Enhancer, apply_illumination, shrink_for_illumination, expand_illumination
+from drdaemon.model.network import Enhancer, apply_illumination, expand_illumination, shrink_for_illumination
+from drdaemon.model.pooling import RegionSums
 
 #: Peak live activations of a whole-frame forward pass, in channel maps of the compute dtype.
 #: Three 64-channel maps are alive inside a residual block of the body (192); the rest covers
@@ -79,11 +77,6 @@ def spans(length: int, tile: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def bin_bounds(length: int, bins: int) -> list[tuple[int, int]]:
-    """The ``[start, end)`` rows (or columns) adaptive average pooling averages for each bin."""
-    return [((i * length) // bins, -((-(i + 1) * length) // bins)) for i in range(bins)]
-
-
 def _grow(span: tuple[int, int], halo: int, length: int) -> tuple[int, int]:
     return max(0, span[0] - halo), min(length, span[1] + halo)
 
@@ -102,57 +95,15 @@ def pooled_context(model: Enhancer, x: Tensor, tile: TileSize) -> list[Tensor]:
     """
     height, width = x.shape[-2:]
     halo = stem_halo(model)
-    bins = model.context.bins
-    bounds = [(bin_bounds(height, b), bin_bounds(width, b)) for b in bins]
-    sums: list[Tensor] | None = None
+    sums = RegionSums(height, width, model.context.bins)
     feature_dtype = x.dtype
     for rows, cols in _tiles(height, width, tile):
         wr, wc = _grow(rows, halo, height), _grow(cols, halo, width)
         feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
         core = feature[..., rows[0] - wr[0]:rows[1] - wr[0], cols[0] - wc[0]:cols[1] - wc[0]]
         feature_dtype = core.dtype
-        tile_sums = _region_sums(core, rows, cols, bounds)
-        sums = tile_sums if sums is None else [a + b for a, b in zip(sums, tile_sums)]
-    assert sums is not None  # a frame has at least one pixel, hence one tile
-    pooled = []
-    for total, (row_bins, col_bins) in zip(sums, bounds):
-        areas = torch.tensor([[(r1 - r0) * (c1 - c0) for c0, c1 in col_bins] for r0, r1 in row_bins],
-                             dtype=torch.float64, device=total.device)
-        pooled.append((total / areas).to(feature_dtype))
-    return pooled
-
-
-def _region_sums(core: Tensor, rows: tuple[int, int], cols: tuple[int, int],
-                 bounds: list[tuple[list[tuple[int, int]], list[tuple[int, int]]]]) -> list[Tensor]:
-    """The tile core's contribution to every bin region of every grid, as float64 ``(B, C, b, b)``.
-
-    The core is cut at every region boundary of every grid, each piece is summed once, and
-    each region adds up the pieces it contains: one pass over the data for all four grids.
-    """
-    row_cuts = _cuts(rows, [b for row_bins, _ in bounds for b in row_bins])
-    col_cuts = _cuts(cols, [b for _, col_bins in bounds for b in col_bins])
-    by_rows = torch.stack([core[..., a - rows[0]:b - rows[0], :].sum(dim=-2, dtype=torch.float32)
-                           for a, b in zip(row_cuts[:-1], row_cuts[1:])], dim=-2)
-    pieces = torch.stack([by_rows[..., a - cols[0]:b - cols[0]].sum(dim=-1)
-                          for a, b in zip(col_cuts[:-1], col_cuts[1:])], dim=-1).to(torch.float64)
-    sums = []
-    for row_bins, col_bins in bounds:
-        in_row = _membership(row_cuts, row_bins, pieces)
-        in_col = _membership(col_cuts, col_bins, pieces)
-        sums.append(in_row @ pieces @ in_col.transpose(0, 1))
-    return sums
-
-
-def _cuts(span: tuple[int, int], regions: list[tuple[int, int]]) -> list[int]:
-    """``span``'s ends and every region boundary strictly inside it, sorted."""
-    inner = {edge for region in regions for edge in region if span[0] < edge < span[1]}
-    return sorted({span[0], span[1], *inner})
-
-
-def _membership(cuts: list[int], regions: list[tuple[int, int]], like: Tensor) -> Tensor:
-    """``(regions, pieces)`` matrix: 1 where the piece between two cuts lies inside the region."""
-    rows = [[1.0 if r0 <= a and b <= r1 else 0.0 for a, b in zip(cuts[:-1], cuts[1:])] for r0, r1 in regions]
-    return torch.tensor(rows, dtype=torch.float64, device=like.device)
+        sums.add(core, rows, cols)
+    return sums.averages(feature_dtype)
 
 
 def tiled_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
