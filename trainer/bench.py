@@ -46,7 +46,11 @@ def schedule_counts(cfg) -> dict[str, int]:
 
 def seconds_per_iteration(trainer: Trainer, start: int, iters: int, warmup: int) -> float:
     phase = phase_at(start, trainer.cfg.schedule)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+
+    def sync() -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+
     began = None
     for n, batch in enumerate(trainer._loader(start, start + warmup + iters)):
         if n == warmup:

@@ -80,7 +80,9 @@ def seed_everything(seed: int) -> None:
 def configure_determinism(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # warn_only: the backward passes of bilinear upsampling have no deterministic CUDA
+        # kernel; they warn instead of stopping the run, and everything else is deterministic.
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
@@ -437,7 +439,9 @@ class Trainer:
         path = self.checkpoint_path
         if not path.is_file():
             raise TrainerError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        # On the CPU first: the numpy RNG keys must stay host tensors; load_state_dict moves
+        # the weights and optimiser state to their parameters' device.
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise TrainerError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
         if state["clip"] != self._clip_identity():
