@@ -381,7 +381,11 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
                 results.append((result, time.perf_counter() - start))
             if cuda:
                 peak = torch.cuda.max_memory_allocated(device) - base
-                peak_text = f"peak device memory {peak / 2**30:.2f} GiB"
+                reserved = torch.cuda.max_memory_reserved(device)
+                free, total = torch.cuda.mem_get_info(device)
+                peak_text = (f"peak device memory {peak / 2**30:.2f} GiB for the frame (allocator reserved "
+                             f"{reserved / 2**30:.2f} GiB; device in use {(total - free) / 2**30:.2f} GiB "
+                             "incl. the CUDA context, as nvidia-smi counts)")
             else:
                 peak = resident.peak_above_base()
                 peak_text = "peak memory n/a" if peak is None else f"peak resident memory +{peak / 2**30:.2f} GiB"

@@ -66,6 +66,7 @@ class EngineConfig(_Table):
     memory_budget_mb: int = Field(6144, ge=64)
     compile: bool = False
     channels_last: bool = True
+    cudnn_benchmark: bool = True
     workers_per_device: int = Field(2, ge=1, le=8)
     allow_pickle: bool = False
 

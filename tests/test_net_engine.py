@@ -195,6 +195,19 @@ def test_a_device_that_stops_answering_is_lost_not_a_frame_failure(monkeypatch):
         raise engine._classify(RuntimeError("CUDA error: unspecified launch failure"))
 
 
+def test_warm_up_tries_the_exact_tiler_before_the_first_frame(monkeypatch):
+    """A broken tiled path stops the daemon at start-up, not at the first oversized frame."""
+    engine = cpu_engine(lit_enhancer())
+    engine.warm_up()
+    def broken_tiler(gray, tile):
+        raise ValueError("tiling is broken")
+
+    monkeypatch.setattr(engine.runtime.model, "tiled", broken_tiler)
+    engine.enhance(xray_like((40, 40)))  # a frame that fits runs whole and never meets the tiler
+    with pytest.raises(FrameError, match="tiling is broken"):
+        engine.warm_up()
+
+
 def test_sixteen_bit_pixels_survive_the_int16_carrier_both_ways():
     from drdaemon.engines.net import host_upload_view, unit_to_u16_bits, uploaded_to_float
 

@@ -9,6 +9,7 @@ from drdaemon.model.pooling import bin_bounds, region_average_pool
 from drdaemon.model.tiling import (
     FRAME_BYTES_PER_PIXEL,
     TileSize,
+    activation_maps_from_peak,
     head_halo,
     plan_tiles,
     pooled_context,
@@ -133,3 +134,13 @@ def test_plan_runs_whole_frames_that_fit_and_tiles_the_rest_within_budget():
                       bytes_per_pixel, halo) is None
     bigger = plan_tiles(h, w, 1, 2 * budget, bytes_per_pixel, halo)
     assert bigger.height * bigger.width > tile.height * tile.width
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_calibrated_peak_plans_the_calibration_frame_whole_only_when_it_fits(scale):
+    """What the CUDA warm-up measures and what the planner charges agree, at every scale."""
+    side, element, halo = 1024, 2, 17
+    peak = side * side * (FRAME_BYTES_PER_PIXEL + 384 // scale**2)  # frame buffers + activations
+    maps = activation_maps_from_peak(peak, side, scale, element)
+    assert plan_tiles(side, side, scale, int(peak * 1.15), maps * element, halo) is None
+    assert plan_tiles(side, side, scale, int(peak * 0.9), maps * element, halo) is not None

@@ -46,6 +46,7 @@ from drdaemon.model.normalise import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.tiling import (
     CPU_ACTIVATION_MAPS,
     TileSize,
+    activation_maps_from_peak,
     head_halo,
     plan_tiles,
     stem_halo,
@@ -62,6 +63,8 @@ PRECISIONS: dict[str, torch.dtype] = {
 }
 #: Side of the square frame the CUDA warm-up measures the activation memory on.
 CALIBRATION_SIDE = 1024
+#: Tile core the warm-up runs the exact tiler with, so its code path is tried before the first frame.
+WARM_UP_TILE = TileSize(40, 32)
 
 
 class GrayEnhancer(nn.Module):
@@ -201,18 +204,15 @@ class NetEngine:
     def enhance(self, frame: np.ndarray) -> Enhanced:
         if frame.ndim != 2:
             raise FrameError(Stage.ENHANCE, Reason.UNSUPPORTED, f"expected a 2-D frame, got shape {frame.shape}")
-        try:
-            return self._enhance(frame)
-        except (FrameError, DeviceLost):
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped to a frame or device error
-            raise self._classify(exc) from exc
+        return self._run(frame, self.tile_for(*frame.shape))
 
     def warm_up(self) -> None:
-        """Run small frames through every code path (and calibrate memory on CUDA)."""
+        """Run a small frame whole and in tiles (and calibrate memory on CUDA) before the daemon is ready."""
         if self.runtime.is_cuda:
             self._calibrate_memory()
-        self.enhance(np.random.default_rng(0).integers(0, U16_MAX, (96, 80), dtype=np.uint16))
+        frame = np.random.default_rng(0).integers(0, U16_MAX, (96, 80), dtype=np.uint16)
+        self._run(frame, None)
+        self._run(frame, WARM_UP_TILE)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -227,10 +227,18 @@ class NetEngine:
         return plan_tiles(height, width, self.spec.illumination_scale, self.memory_budget_mb << 20,
                           self.runtime.activation_maps * element, stem_halo(model) + head_halo(model))
 
-    def _enhance(self, frame: np.ndarray) -> Enhanced:
+    def _run(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
+        """:meth:`_enhance`, with every failure mapped to a frame error or a lost device."""
+        try:
+            return self._enhance(frame, tile)
+        except (FrameError, DeviceLost):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is mapped to a frame or device error
+            raise self._classify(exc) from exc
+
+    def _enhance(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
         runtime = self.runtime
         window = robust_window(frame, self.low_percentile, self.high_percentile)
-        tile = self.tile_for(*frame.shape)
         clock = StageClock(runtime.is_cuda)
         upload = host_upload_view(frame)
         host_in = self._host_in.take(frame.shape, UPLOAD_DTYPES[upload.dtype])
@@ -301,24 +309,26 @@ class NetEngine:
         return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
     def _calibrate_memory(self) -> None:
-        """Measure the peak activation bytes per pixel of a whole-frame pass on this device."""
+        """Measure the network's peak activation bytes per pixel of a whole-frame pass on this device.
+
+        The first pass lets cuDNN's benchmark mode try its algorithms (their trial workspaces
+        would inflate the peak); the second is measured.
+        """
         device = self.runtime.device
         side = CALIBRATION_SIDE
+        frame = np.zeros((side, side), np.uint16)
+        self._run(frame, None)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        saved, self.memory_budget_mb = self.memory_budget_mb, 1 << 30  # force the whole-frame pass
-        try:
-            self.enhance(np.zeros((side, side), np.uint16))
-        finally:
-            self.memory_budget_mb = saved
+        self._run(frame, None)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
         element = torch.empty(0, dtype=PRECISIONS[self.precision]).element_size()
-        # 10 % margin for the allocator's rounding on frames of other sizes.
-        self.runtime.activation_maps = 1.1 * peak / (side * side * element)
+        self.runtime.activation_maps = activation_maps_from_peak(peak, side, self.spec.illumination_scale, element)
         log.info("net_memory_calibrated", device=self.device, precision=self.precision,
-                 bytes_per_pixel=round(peak / (side * side), 1))
+                 frame_bytes_per_pixel=round(peak / (side * side), 1),
+                 activation_maps=round(self.runtime.activation_maps, 1))
 
     def _classify(self, exc: Exception) -> Exception:
         """Map an exception from the device to what the daemon does about it."""
@@ -387,9 +397,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def configure_cudnn(benchmark: bool) -> None:
+    """The learned engine's cuDNN settings (process-wide flags of torch).
+
+    ``float32`` means IEEE float32: torch's default TF32 convolutions would round the
+    float32 reference that half precision is compared against. Benchmark mode times cuDNN's
+    algorithms on the first frame of each size and keeps the fastest; a line's frames all
+    have the same size, so only the first one pays.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = benchmark
+
+
 def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool = True,
-                    compile_model: bool = False) -> DeviceRuntime:
+                    compile_model: bool = False, cudnn_benchmark: bool = True) -> DeviceRuntime:
     """Place a copy of the model on ``device`` and set up what its workers share."""
+    if device.type == "cuda":
+        configure_cudnn(cudnn_benchmark)
     gray = GrayEnhancer(copy.deepcopy(model)).to(device).eval().requires_grad_(False)
     if channels_last:
         gray = gray.to(memory_format=torch.channels_last)
@@ -422,7 +446,8 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
         if device.type == "cpu" and config.precision == "float16":
             log.warning("net_precision_on_cpu", precision="float16",
                         note="float16 is not faster than float32 on a CPU; bfloat16 is its fast half precision")
-        runtime = prepare_runtime(loaded.model, device, config.channels_last, config.compile)
+        runtime = prepare_runtime(loaded.model, device, config.channels_last, config.compile,
+                                  config.cudnn_benchmark)
         workers = config.workers_per_device if device.type == "cuda" else 1
         engines += [
             NetEngine(runtime, loaded.sha256, config.precision, config.memory_budget_mb,

@@ -142,6 +142,18 @@ def tiled_forward(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
     return apply_illumination(x, tiled_full_illumination(model, x, tile))
 
 
+def activation_maps_from_peak(peak_bytes: int, side: int, illumination_scale: int, element_size: int) -> float:
+    """The planner's activation maps from the measured peak of a whole ``side`` x ``side`` frame.
+
+    :func:`plan_tiles` charges frame-sized buffers separately, so they are taken out; the
+    rest is per pixel of the network's input (the frame shrunk by the illumination scale),
+    with 10 % margin for the allocator's rounding on frames of other sizes.
+    """
+    network_peak = max(peak_bytes - FRAME_BYTES_PER_PIXEL * side * side, 0)
+    network_pixels = math.ceil(side / illumination_scale) ** 2
+    return 1.1 * network_peak / (network_pixels * element_size)
+
+
 def plan_tiles(height: int, width: int, illumination_scale: int, budget_bytes: int,
                activation_bytes_per_pixel: float, halo: int) -> TileSize | None:
     """The tile size that keeps a frame within ``budget_bytes``, or None when it fits whole.
