@@ -410,7 +410,7 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
                     save_weights(weights, model, {"bench": True})
                     table = {"name": "net", "weights": str(weights), "devices": [str(device)],
                              "precision": precision, "memory_budget_mb": args.memory_budget_mb,
-                             "compile": args.compile}
+                             "compile": args.compile, "warm_up_frame_size": list(frame.shape)}
                     folder_comparison(engine, table, frame, args, f"s={scale} {precision}")
     for precision in _precision_names(args.precisions, cuda):
         if (1, precision) in compute_by_scale and (4, precision) in compute_by_scale:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Exit status for a configuration error (sysexits EX_CONFIG); the unit file sets
@@ -67,6 +67,9 @@ class EngineConfig(_Table):
     compile: bool = False
     channels_last: bool = True
     cudnn_benchmark: bool = True
+    # The detector's frame size (height, width): warm-up runs one frame of it, so the first
+    # real frame pays no first-pass costs (allocation, cuDNN's algorithm search).
+    warm_up_frame_size: tuple[PositiveInt, PositiveInt] | None = None
     workers_per_device: int = Field(2, ge=1, le=8)
     allow_pickle: bool = False
 

@@ -48,9 +48,11 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
     config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\n[watch]\nstability_wait_s = 3.0\n')
     monkeypatch.setenv("DRDAEMON_FOLDERS__INBOX", "/data/in")
     monkeypatch.setenv("DRDAEMON_WATCH__STABILITY_WAIT_S", "0.5")
+    monkeypatch.setenv("DRDAEMON_ENGINE__WARM_UP_FRAME_SIZE", "[2333, 5732]")
     settings = load_settings(config)
     assert settings.folders.inbox == Path("/data/in")
     assert settings.watch.stability_wait_s == 0.5
+    assert settings.engine.warm_up_frame_size == (2333, 5732)
 
 
 @pytest.mark.parametrize(
@@ -59,11 +61,12 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
         ("[watch]\nstabilty_wait_s = 1\n", "watch.stabilty_wait_s", "unknown key"),
         ("[colour]\nx = 1\n", "colour", "unknown key"),
         ("[engine]\nclahe_tile_grid = 0\n", "engine.clahe_tile_grid", "greater than or equal to 1"),
+        ("[engine]\nwarm_up_frame_size = [2333]\n", "engine.warm_up_frame_size", "2333"),
         ("[output]\ncompression = \"lzw\"\n", "output.compression", "zstd"),
         ("[engine]\nname = \"net\"\n", "engine", "needs engine.weights"),
         ("[metrics\nport = 1\n", "cannot parse", "d.toml"),
     ],
-    ids=["misspelt-key", "unknown-table", "out-of-range", "bad-choice", "net-without-weights", "bad-toml"],
+    ids=["misspelt-key", "unknown-table", "out-of-range", "half-a-size", "bad-choice", "net-without-weights", "bad-toml"],
 )
 def test_config_errors_exit_78_naming_the_key(tmp_path: Path, capsys, text: str, key: str, hint: str) -> None:
     config = write(tmp_path / "d.toml", text)

@@ -16,7 +16,7 @@ import tifffile
 import torch
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from drdaemon.model.weights import file_sha256, save_weights
+from drdaemon.model.weights import file_sha256, load_weights, save_weights
 
 
 def write_config(root: Path, weights: Path) -> Path:
@@ -75,6 +75,8 @@ def test_daemon_runs_the_learned_engine_and_records_the_weights_hash(tmp_path: P
         assert sidecar["engine"]["name"] == "net"
         assert sidecar["engine"]["weights_sha256"] == digest == file_sha256(weights)
         assert sidecar["engine"]["parameters"]["illumination_scale"] == 2
+        provenance = sidecar["engine"]["parameters"]["weights_provenance_sha256"]
+        assert provenance == load_weights(weights).provenance_sha256 and len(provenance) == 64
         assert sidecar["software"]["device"] == "cpu"
         assert {"upload", "compute", "download"} <= set(sidecar["timings"])
         enhanced = tifffile.imread(outbox / f"f{i}.tif")

@@ -118,11 +118,12 @@ def write_weights(tmp_path, in_ch=1, scale=1):
 def test_build_from_config_gives_engines_of_the_daemon_interface(tmp_path):
     weights = write_weights(tmp_path, in_ch=3, scale=4)
     engines = build_engines(EngineConfig(name="net", weights=weights, devices=["cpu"], precision="float32",
-                                         workers_per_device=2))
+                                         workers_per_device=2, warm_up_frame_size=(50, 77)))
     assert len(engines) == 1  # the CPU gets one worker: two would share the same cores
     engine = engines[0]
     assert isinstance(engine, Engine)
     assert (engine.name, engine.device, engine.weights_sha256) == ("net", "cpu", file_sha256(weights))
+    assert engine.warm_up_shape == (50, 77)
     engine.warm_up()
     result = engine.enhance(xray_like((50, 77)))
     assert result.pixels.shape == (50, 77) and result.parameters["illumination_scale"] == 4
@@ -206,6 +207,19 @@ def test_warm_up_tries_the_exact_tiler_before_the_first_frame(monkeypatch):
     engine.enhance(xray_like((40, 40)))  # a frame that fits runs whole and never meets the tiler
     with pytest.raises(FrameError, match="tiling is broken"):
         engine.warm_up()
+
+
+def test_warm_up_runs_the_detector_frame_size_when_configured():
+    """The first real frame then finds its allocations and kernels ready."""
+    seen = []
+    engine = cpu_engine(lit_enhancer())
+    network = engine.runtime.forward
+    engine.runtime.forward = lambda gray: seen.append(tuple(gray.shape[-2:])) or network(gray)
+    engine.warm_up()
+    assert (123, 77) not in seen
+    engine.warm_up_shape = (123, 77)
+    engine.warm_up()
+    assert seen[-1] == (123, 77)
 
 
 def test_sixteen_bit_pixels_survive_the_int16_carrier_both_ways():

@@ -25,3 +25,23 @@ def test_pickle_checkpoint_is_refused_unless_allowed(tmp_path):
     with pytest.raises(WeightsError, match="refused"):
         load_weights(path)
     assert load_weights(path, allow_pickle=True).model.spec.in_ch == 1
+
+
+def test_provenance_hash_names_the_training_run_and_catches_edited_metadata(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    net = Enhancer(EnhancerSpec(in_ch=1))
+    path = tmp_path / "w.safetensors"
+    save_weights(path, net, {"run": "a"})
+    other = tmp_path / "other.safetensors"
+    save_weights(other, net, {"run": "b"})
+    first = load_weights(path).provenance_sha256
+    assert len(first) == 64 and first != load_weights(other).provenance_sha256
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = dict(fh.metadata())
+    metadata["provenance"] = '{"run": "forged"}'
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    with pytest.raises(WeightsError, match="provenance"):
+        load_weights(path)

@@ -184,12 +184,15 @@ class NetEngine:
 
     def __init__(self, runtime: DeviceRuntime, weights_sha256: str, precision: str = "float16",
                  memory_budget_mb: int = 6144, low_percentile: float = 0.5,
-                 high_percentile: float = 99.5) -> None:
+                 high_percentile: float = 99.5, provenance_sha256: str = "",
+                 warm_up_shape: tuple[int, int] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
         self.runtime = runtime
         self.device = str(runtime.device)
         self.weights_sha256 = weights_sha256
+        self.provenance_sha256 = provenance_sha256
+        self.warm_up_shape = warm_up_shape
         self.precision = precision
         self.memory_budget_mb = memory_budget_mb
         self.low_percentile = low_percentile
@@ -207,12 +210,19 @@ class NetEngine:
         return self._run(frame, self.tile_for(*frame.shape))
 
     def warm_up(self) -> None:
-        """Run a small frame whole and in tiles (and calibrate memory on CUDA) before the daemon is ready."""
+        """Before the daemon is ready: calibrate memory (CUDA), run a small frame whole and in
+        tiles, then one frame of the detector's size when it is configured."""
         if self.runtime.is_cuda:
             self._calibrate_memory()
-        frame = np.random.default_rng(0).integers(0, U16_MAX, (96, 80), dtype=np.uint16)
+        rng = np.random.default_rng(0)
+        frame = rng.integers(0, U16_MAX, (96, 80), dtype=np.uint16)
         self._run(frame, None)
         self._run(frame, WARM_UP_TILE)
+        if self.warm_up_shape is not None:
+            started = time.perf_counter()
+            result = self.enhance(rng.integers(0, U16_MAX, self.warm_up_shape, dtype=np.uint16))
+            log.info("net_warmed_up", device=self.device, frame_size=list(self.warm_up_shape),
+                     tiled=result.parameters["tiled"], seconds=round(time.perf_counter() - started, 3))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -292,6 +302,7 @@ class NetEngine:
         spec = self.spec
         return {
             "architecture": spec.architecture,
+            "weights_provenance_sha256": self.provenance_sha256,
             "in_ch": spec.in_ch,
             "illumination_scale": spec.illumination_scale,
             "precision": self.precision,
@@ -451,7 +462,8 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
         workers = config.workers_per_device if device.type == "cuda" else 1
         engines += [
             NetEngine(runtime, loaded.sha256, config.precision, config.memory_budget_mb,
-                      config.low_percentile, config.high_percentile)
+                      config.low_percentile, config.high_percentile, loaded.provenance_sha256,
+                      config.warm_up_frame_size)
             for _ in range(workers)
         ]
         log.info("net_engine_ready", device=str(device), workers=workers, precision=config.precision,

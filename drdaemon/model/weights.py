@@ -32,6 +32,8 @@ class LoadedWeights:
     path: Path
     #: Free-form provenance written by the trainer (run id, data hash, CLIP model, ...).
     provenance: dict[str, object] = field(default_factory=dict)
+    #: sha256 of the provenance record as stored: names the training run in every sidecar.
+    provenance_sha256: str = ""
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -45,12 +47,14 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | None = None) -> str:
     """Write ``model`` as safetensors with its spec and provenance; returns the file's sha256."""
     spec = model.spec
+    record = json.dumps(provenance or {}, sort_keys=True, default=str)
     metadata = {
         "format_version": FORMAT_VERSION,
         "architecture": spec.architecture,
         "in_ch": str(spec.in_ch),
         "illumination_scale": str(spec.illumination_scale),
-        "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
+        "provenance": record,
+        "provenance_sha256": _text_sha256(record),
     }
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     path = Path(path)
@@ -90,8 +94,16 @@ def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise WeightsError(f"{path.name} does not match the enhancer: {exc}") from exc
-    provenance = json.loads(metadata.get("provenance", "{}"))
-    return LoadedWeights(model=model.eval(), sha256=file_sha256(path), path=path, provenance=provenance)
+    record = metadata.get("provenance", "{}")
+    if metadata.get("provenance_sha256", _text_sha256(record)) != _text_sha256(record):
+        raise WeightsError(f"{path.name}: the provenance record does not match its provenance_sha256 "
+                           "(the metadata was edited after export)")
+    return LoadedWeights(model=model.eval(), sha256=file_sha256(path), path=path,
+                         provenance=json.loads(record), provenance_sha256=_text_sha256(record))
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
