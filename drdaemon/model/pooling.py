@@ -48,6 +48,8 @@ class RegionSums:
         self.height, self.width, self.bins = height, width, bins
         self.row_cuts, self.col_cuts = _cuts(height, bins), _cuts(width, bins)
         self.total: Tensor | None = None
+        #: The dtype of the map, which the averages are answered in.
+        self.dtype: torch.dtype | None = None
 
     def add(self, window: Tensor, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> None:
         """Add a window of the map whose frame rows and columns are ``rows`` and ``cols`` (default: all)."""
@@ -68,11 +70,12 @@ class RegionSums:
             block = block.movedim(-1, 1)
         block = block.to(torch.float64)
         if self.total is None:
+            self.dtype = window.dtype
             self.total = block.new_zeros((*block.shape[:2], len(self.row_cuts) - 1, len(self.col_cuts) - 1))
         self.total[..., first_row:first_row + len(row_parts), first_col:first_col + len(col_parts)] += block
 
-    def averages(self, dtype: torch.dtype) -> list[Tensor]:
-        """The adaptive average of everything added, one ``(B, C, b, b)`` tensor per bin grid."""
+    def averages(self) -> list[Tensor]:
+        """The adaptive average of everything added, one ``(B, C, b, b)`` tensor per bin grid, in the map's dtype."""
         if self.total is None:
             raise ValueError("no window was added")
         grids = []
@@ -80,7 +83,7 @@ class RegionSums:
             rows = torch.stack([self._span(self.total, self.row_cuts, r, dim=-2) for r in bin_bounds(self.height, b)],
                                dim=-2)
             grids.append(torch.stack([self._span(rows, self.col_cuts, c, dim=-1) for c in bin_bounds(self.width, b)],
-                                     dim=-1).to(dtype))
+                                     dim=-1).to(self.dtype))
         return grids
 
     @staticmethod
@@ -94,4 +97,4 @@ def region_average_pool(x: Tensor, bins: tuple[int, ...]) -> list[Tensor]:
     """``[F.adaptive_avg_pool2d(x, b) for b in bins]``, computed as region sums (see the module)."""
     sums = RegionSums(x.shape[-2], x.shape[-1], bins)
     sums.add(x)
-    return sums.averages(x.dtype)
+    return sums.averages()

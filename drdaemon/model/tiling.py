@@ -96,14 +96,12 @@ def pooled_context(model: Enhancer, x: Tensor, tile: TileSize) -> list[Tensor]:
     height, width = x.shape[-2:]
     halo = stem_halo(model)
     sums = RegionSums(height, width, model.context.bins)
-    feature_dtype = x.dtype
     for rows, cols in _tiles(height, width, tile):
         wr, wc = _grow(rows, halo, height), _grow(cols, halo, width)
         feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
         core = feature[..., rows[0] - wr[0]:rows[1] - wr[0], cols[0] - wc[0]:cols[1] - wc[0]]
-        feature_dtype = core.dtype
         sums.add(core, rows, cols)
-    return sums.averages(feature_dtype)
+    return sums.averages()
 
 
 def tiled_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:

@@ -95,11 +95,12 @@ def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
     except RuntimeError as exc:
         raise WeightsError(f"{path.name} does not match the enhancer: {exc}") from exc
     record = metadata.get("provenance", "{}")
-    if metadata.get("provenance_sha256", _text_sha256(record)) != _text_sha256(record):
+    record_sha256 = _text_sha256(record)
+    if metadata.get("provenance_sha256", record_sha256) != record_sha256:
         raise WeightsError(f"{path.name}: the provenance record does not match its provenance_sha256 "
                            "(the metadata was edited after export)")
     return LoadedWeights(model=model.eval(), sha256=file_sha256(path), path=path,
-                         provenance=json.loads(record), provenance_sha256=_text_sha256(record))
+                         provenance=json.loads(record), provenance_sha256=record_sha256)
 
 
 def _text_sha256(text: str) -> str:
