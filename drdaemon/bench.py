@@ -349,7 +349,7 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
         torch.manual_seed(0)
         random_net = Enhancer(EnhancerSpec(in_ch=args.in_ch))
         with torch.no_grad():
-            random_net.body[-2].bias.fill_(0.3)  # an illumination map that is not all zero
+            random_net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
         state, in_ch = random_net.state_dict(), args.in_ch
         print("weights: random (speed does not depend on the values; PSNR is indicative only)")
     print(f"enhancer: {count_parameters(Enhancer(EnhancerSpec(in_ch=in_ch))):,} parameters with in_ch {in_ch} "

@@ -18,7 +18,7 @@ def lit_enhancer(in_ch=1, scale=1):
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
     with torch.no_grad():
-        net.body[-2].bias.fill_(0.3)  # an illumination map that is not all zero
+        net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
     return net
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.network import Enhancer, EnhancerSpec, upgrade_state_dict
 
 FORMAT_VERSION = "1"
 
@@ -91,7 +91,7 @@ def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
                            f"this drdaemon runs {EnhancerSpec.architecture!r}")
     model = Enhancer(spec)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_state_dict(state))
     except RuntimeError as exc:
         raise WeightsError(f"{path.name} does not match the enhancer: {exc}") from exc
     record = metadata.get("provenance", "{}")
