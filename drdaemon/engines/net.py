@@ -210,6 +210,11 @@ class NetEngine:
             raise FrameError(Stage.ENHANCE, Reason.UNSUPPORTED, f"expected a 2-D frame, got shape {frame.shape}")
         return self._run(frame, self.tile_for(*frame.shape))
 
+    def enhance_in_tiles(self, frame: np.ndarray, tile: TileSize) -> Enhanced:
+        """The frame through the exact tiler with a given tile size, whatever the budget
+        (benchmarks and checks compare it with the whole-frame pass)."""
+        return self._run(frame, tile)
+
     def warm_up(self) -> None:
         """Before the daemon is ready: calibrate memory (CUDA), run a small frame whole and in
         tiles, then one frame of the detector's size when it is configured."""
