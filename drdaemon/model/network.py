@@ -12,7 +12,8 @@ pooling), ``body`` (the residual trunk) and ``head`` (the 32 -> 1 convolution th
 Precision. Under float16/bfloat16 autocast the head, the upsampling of L and the division
 run in float32: near L = 1 one float16 step of L is 2^-10 (64 of 65535 output levels), a
 bfloat16 step eight times coarser, which shows as contour steps under an inspector's narrow
-window. The trunk stays in the fast half precision.
+window. The trunk stays in the fast half precision; its rounding still shows where L is
+close to 0 (a high gain on nearly black input), where any error of L is multiplied.
 
 Memory. Without autograd (inference, or the trainer's no-grad passes) the residual blocks
 add in place and compute their second convolution in bands of rows, and the trunk runs
