@@ -166,7 +166,7 @@ def write_frames(folder: Path, frame: np.ndarray, count: int) -> list[Path]:
 def bare_loop(engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
     """What the daemon's pipeline adds to: read, enhance and write each frame in turn."""
     from drdaemon.io.readers import read_frame
-    from drdaemon.io.writers import write_tiff_u16
+    from drdaemon.io.formats import write_tiff_u16
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -295,7 +295,7 @@ def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray
 def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
     from drdaemon.engines.classical import ClassicalEngine
     from drdaemon.io.readers import read_frame
-    from drdaemon.io.writers import encode_tiff_u16
+    from drdaemon.io.formats import encode_tiff_u16
 
     engine = ClassicalEngine()
     engine.warm_up()

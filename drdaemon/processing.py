@@ -27,7 +27,7 @@ from drdaemon.io.sidecar import (
     software_record,
     utc_iso,
 )
-from drdaemon.io.writers import encode_preview_png, encode_tiff_u16
+from drdaemon.io.formats import encode_preview_png, encode_tiff_u16
 from drdaemon.watch.claim import WorkItem
 from drdaemon.watch.finish import Finisher, Plan
 

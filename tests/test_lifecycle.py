@@ -19,7 +19,7 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.writers import TEMP_SUFFIX, encode_tiff_u16, temp_path_for
+from drdaemon.io.formats import TEMP_SUFFIX, encode_tiff_u16, temp_path_for
 from drdaemon.processing import commit_frame, enhance_frame, fail_frame, load_frame
 from drdaemon.watch.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
 from drdaemon.watch.finish import Finisher, plan_path

@@ -14,7 +14,7 @@ import tifffile
 from drdaemon.errors import FrameError, Reason
 from drdaemon.io.readers import ReadLimits, decode_frame, looks_complete, read_frame, read_frame_bytes
 from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
-from drdaemon.io.writers import (
+from drdaemon.io.formats import (
     TEMP_SUFFIX,
     atomic_write,
     encode_preview_png,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from drdaemon.config import Folders
-from drdaemon.io.writers import TEMP_SUFFIX, atomic_write
+from drdaemon.io.formats import TEMP_SUFFIX, atomic_write
 from drdaemon.watch.claim import distinct_name, is_hidden_or_temporary
 
 PLAN_SUFFIX = ".plan.json"
