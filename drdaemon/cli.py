@@ -138,6 +138,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     from drdaemon.engines import build_engines
     from drdaemon.errors import FrameError, Stage
+    from drdaemon.io.formats import output_format
     from drdaemon.io.readers import ReadLimits
     from drdaemon.logs import configure_logging
     from drdaemon.processing import commit_frame, enhance_frame, load_frame, unexpected_error
@@ -153,14 +154,15 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise ConfigError(f"engine: cannot build the engine: {type(exc).__name__}: {exc}") from exc
     args.out.mkdir(parents=True, exist_ok=True)
-    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png)
+    output = output_format(settings.output.format, settings.output.compression)
+    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
     limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
     failures = 0
     for path in tqdm(args.files, desc="enhance", unit="frame"):
         item = WorkItem(path=path, original=path)
         try:
             done = enhance_frame(load_frame(item, limits), engine)
-            commit_frame(done, finisher, settings.output.compression, retire_input=False)
+            commit_frame(done, finisher, retire_input=False)
         except FrameError as error:
             failures += 1
             tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)

@@ -37,6 +37,7 @@ from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
+from drdaemon.io.formats import output_format
 from drdaemon.io.readers import ReadLimits
 from drdaemon.metrics import DaemonMetrics
 from drdaemon.notify import SystemdNotifier
@@ -155,7 +156,11 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         self.limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
-        self.finisher = Finisher.for_folders(self.folders, preview=settings.output.preview_png)
+        self.finisher = Finisher.for_folders(
+            self.folders,
+            preview=settings.output.preview_png,
+            output_format=output_format(settings.output.format, settings.output.compression),
+        )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.progress = Progress()
         self.stop_requested = threading.Event()
@@ -420,7 +425,7 @@ class Daemon:
         while (done := self._enhanced.get()) is not None:
             item = done.loaded.item
             try:
-                committed = commit_frame(done, self.finisher, self.settings.output.compression)
+                committed = commit_frame(done, self.finisher)
             except FrameError as error:
                 self._fail(item, error)
                 continue

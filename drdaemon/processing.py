@@ -27,7 +27,6 @@ from drdaemon.io.sidecar import (
     software_record,
     utc_iso,
 )
-from drdaemon.io.formats import encode_preview_png, encode_tiff_u16
 from drdaemon.watch.claim import WorkItem
 from drdaemon.watch.finish import Finisher, Plan
 
@@ -100,9 +99,7 @@ def engine_stage_timings(done: EnhancedFrame) -> dict[str, float]:
     return own or {"compute": done.enhance_s}
 
 
-def commit_frame(
-    done: EnhancedFrame, finisher: Finisher, compression: str, *, retire_input: bool = True
-) -> CommittedFrame:
+def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> CommittedFrame:
     """Write output, preview and sidecar under their planned names, then archive the raw frame.
 
     With ``retire_input=False`` (``drdaemon enhance``) no plan file is written and the input
@@ -113,9 +110,10 @@ def commit_frame(
     plan = finisher.plan_success(item.path, item.original.name, write_plan=retire_input)
     try:
         start = time.perf_counter()
-        data = encode_tiff_u16(done.result.pixels, loaded.frame.tags, compression)
+        output_format = finisher.output_format
+        data = output_format.encode(done.result.pixels, loaded.frame.tags)
         output_sha = hashlib.sha256(data).hexdigest()
-        preview = encode_preview_png(done.result.pixels) if plan.preview is not None else None
+        preview = output_format.preview(done.result.pixels) if plan.preview is not None else None
         finisher.write_output(plan, data, preview)
         write_s = time.perf_counter() - start
     except (OSError, ValueError) as exc:
@@ -123,7 +121,7 @@ def commit_frame(
         raise FrameError(Stage.WRITE, Reason.WRITE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     try:
         start = time.perf_counter()
-        sidecar = _sidecar(done, plan, data, output_sha, compression, write_s)
+        sidecar = _sidecar(done, plan, data, output_sha, output_format.compression, write_s)
         finisher.write_sidecar(plan, sidecar.to_bytes())
         sidecar_s = time.perf_counter() - start
     except (OSError, ValueError) as exc:

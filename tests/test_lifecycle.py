@@ -19,7 +19,8 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.formats import TEMP_SUFFIX, encode_tiff_u16, temp_path_for
+from drdaemon.io.durable import TEMP_SUFFIX, temp_path_for
+from drdaemon.io.formats import encode_tiff_u16
 from drdaemon.processing import commit_frame, enhance_frame, fail_frame, load_frame
 from drdaemon.watch.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
 from drdaemon.watch.finish import Finisher, plan_path
@@ -70,7 +71,7 @@ ENGINE = ClassicalEngine()
 
 
 def process(item: WorkItem, finisher: Finisher) -> None:
-    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher, "zstd")
+    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher)
 
 
 def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:

@@ -1,29 +1,91 @@
-"""Writing enhanced frames: 16-bit TIFF bytes, an optional 8-bit PNG preview, and atomic files.
+"""Output formats: how an enhanced frame becomes the bytes of its output file and its preview.
 
-Outputs are encoded in memory first so that the bytes written are the bytes hashed for the
-sidecar, without reading the file back. Every file under a final name appears in one
-``rename``: it is written under a temporary dot-name in the same folder, flushed to disk
-with ``fsync``, then renamed, so a reader (or a crash) never sees half a file.
+An :class:`OutputFormat` is everything the commit needs to know about a format, and the only
+place that knows it:
+
+* ``name``: the value of ``output.format`` in the config that selects it;
+* ``suffix``: the output's file suffix (``.tif``), which also names the sidecar
+  (``<output>.json``);
+* ``compression``: what the sidecar records as ``output.compression``;
+* ``kept_tags``: the input tags (as :mod:`drdaemon.io.readers` reads them) it carries over;
+* ``encode(pixels, tags) -> bytes``: the whole output file, in memory, so that the bytes
+  written are the bytes hashed for the sidecar without reading the file back;
+* ``preview(pixels) -> bytes``: the 8-bit PNG preview (``preview_suffix``), the same for
+  every format unless a format has a better one.
+
+A second format is one new class here and one new name in :func:`output_format` and in the
+``output.format`` choices of :class:`drdaemon.config.OutputConfig`.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import cv2
 import numpy as np
 import tifffile
 
-#: Every temporary file the daemon writes ends with this suffix, so that start-up can remove
-#: the leftovers of a crash without touching anybody else's files.
-TEMP_SUFFIX = ".drdaemon.tmp"
 #: Long side of the PNG preview in pixels; a preview is for a glance, not for diagnosis.
 PREVIEW_MAX_SIDE = 1024
+#: The preview's suffix, the same for every output format (``frame.preview.png``).
+PREVIEW_SUFFIX = ".preview.png"
 
-_COMPRESSION = {"none": None, "zstd": "zstd", "deflate": "deflate"}
+_COMPRESSION: dict[str, str | None] = {"none": None, "zstd": "zstd", "deflate": "deflate"}
+
+
+class OutputFormat(Protocol):
+    """What the commit and ``drdaemon enhance`` use to turn an enhanced frame into files."""
+
+    name: str
+    suffix: str
+    preview_suffix: str
+    compression: str
+    kept_tags: tuple[str, ...]
+
+    def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
+        """The whole output file for a uint16 frame; ``tags`` are the input's (only ``kept_tags`` count)."""
+        ...
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        """An 8-bit preview image of the enhanced frame."""
+        ...
+
+
+@dataclass(frozen=True)
+class TiffOutput:
+    """A single-page uint16 TIFF with the input's resolution, description and software tags."""
+
+    compression: str = "zstd"
+    name: ClassVar[str] = "tiff"
+    suffix: ClassVar[str] = ".tif"
+    preview_suffix: ClassVar[str] = PREVIEW_SUFFIX
+    kept_tags: ClassVar[tuple[str, ...]] = (
+        "XResolution",
+        "YResolution",
+        "ResolutionUnit",
+        "ImageDescription",
+        "Software",
+    )
+
+    def __post_init__(self) -> None:
+        if self.compression not in _COMPRESSION:
+            raise ValueError(f"unknown compression {self.compression!r}; expected one of {', '.join(_COMPRESSION)}")
+
+    def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
+        return encode_tiff_u16(pixels, tags, self.compression)
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        return encode_preview_png(pixels)
+
+
+def output_format(name: str = "tiff", compression: str = "zstd") -> OutputFormat:
+    """The format that ``output.format`` names, with ``output.compression``."""
+    if name == "tiff":
+        return TiffOutput(compression)
+    raise ValueError(f"unknown output format {name!r}; expected tiff")
 
 
 def encode_tiff_u16(
@@ -60,12 +122,10 @@ def _tiff_tag_arguments(tags: Mapping[str, object]) -> dict[str, object]:
         arguments["resolution"] = (tags["XResolution"], tags["YResolution"])
         if "ResolutionUnit" in tags:
             arguments["resolutionunit"] = tags["ResolutionUnit"]
-    description = tags.get("ImageDescription")
-    if isinstance(description, str) and description:
-        arguments["description"] = description
-    software = tags.get("Software")
-    if isinstance(software, str) and software:
-        arguments["software"] = software
+    for tag, argument in (("ImageDescription", "description"), ("Software", "software")):
+        value = tags.get(tag)
+        if isinstance(value, str) and value:
+            arguments[argument] = value
     return arguments
 
 
@@ -80,81 +140,15 @@ def encode_preview_png(pixels: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> 
     ok, encoded = cv2.imencode(".png", (small >> 8).astype(np.uint8))
     if not ok:
         raise ValueError("PNG encoder refused the preview")
-    return encoded.tobytes()
-
-
-def temp_path_for(final: Path, tag: str = "") -> Path:
-    """The temporary dot-name next to ``final`` under which its content is written first."""
-    return final.with_name(f".{final.name}.{os.getpid()}{tag}{TEMP_SUFFIX}")
-
-
-def atomic_write(final: Path, data: bytes, *, replace: bool = False) -> None:
-    """Write ``data`` to ``final`` so that the name appears only with the whole content.
-
-    Without ``replace`` an existing file is never overwritten (``FileExistsError``): outputs
-    are immutable once committed. The check and the rename are one step (a hard link), so a
-    file that appears between them is not clobbered either.
-    """
-    final = Path(final)
-    temp = temp_path_for(final)
-    try:
-        with open(temp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(temp, final)
-        else:
-            _rename_no_replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def _rename_no_replace(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)  # fails with FileExistsError instead of replacing
-    except FileExistsError:
-        raise
-    except OSError:
-        # Shares without hard links (SMB, FAT): the daemon is the only writer of its
-        # folders (the work-folder lock), so checking first is enough there.
-        if target.exists():
-            raise FileExistsError(target) from None
-        os.rename(source, target)
-        return
-    os.unlink(source)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_tiff_u16(
-    path: Path, pixels: np.ndarray, tags: Mapping[str, object] | None = None, compression: str = "zstd"
-) -> bytes:
-    """Encode and atomically write a 16-bit TIFF; returns the bytes written (for hashing)."""
-    data = encode_tiff_u16(pixels, tags, compression)
-    atomic_write(Path(path), data)
-    return data
+    return bytes(encoded.tobytes())
 
 
 __all__ = [
-    "TEMP_SUFFIX",
-    "atomic_write",
+    "PREVIEW_MAX_SIDE",
+    "PREVIEW_SUFFIX",
+    "OutputFormat",
+    "TiffOutput",
     "encode_preview_png",
     "encode_tiff_u16",
-    "fsync_directory",
-    "temp_path_for",
-    "write_tiff_u16",
+    "output_format",
 ]

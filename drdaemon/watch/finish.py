@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Literal
 
 from drdaemon.config import Folders
-from drdaemon.io.formats import TEMP_SUFFIX, atomic_write
+from drdaemon.io.durable import atomic_write, remove_temporaries
+from drdaemon.io.formats import OutputFormat, TiffOutput
 from drdaemon.watch.claim import distinct_name, is_hidden_or_temporary
 
 PLAN_SUFFIX = ".plan.json"
 REASON_SUFFIX = ".reason.json"
-OUTPUT_SUFFIX = ".tif"
 SIDECAR_SUFFIX = ".json"
-PREVIEW_SUFFIX = ".preview.png"
 
 
 @dataclass
@@ -61,15 +60,16 @@ def plan_path(work_file: Path) -> Path:
     return work_file.with_name(f".{work_file.name}{PLAN_SUFFIX}")
 
 
-def output_names(stem: str, outbox: Path, index: int) -> tuple[Path, Path, Path]:
+def output_names(stem: str, outbox: Path, index: int, output_format: OutputFormat) -> tuple[Path, Path, Path]:
     """Output, sidecar and preview paths for ``stem`` with collision index ``index``."""
     base = stem if index == 0 else f"{stem}~{index}"
-    output = outbox / f"{base}{OUTPUT_SUFFIX}"
-    return output, output.with_name(output.name + SIDECAR_SUFFIX), outbox / f"{base}{PREVIEW_SUFFIX}"
+    output = outbox / f"{base}{output_format.suffix}"
+    preview = outbox / f"{base}{output_format.preview_suffix}"
+    return output, output.with_name(output.name + SIDECAR_SUFFIX), preview
 
 
 def output_stem(name: str) -> str:
-    """``frame.tiff`` and ``frame.png`` both become ``frame``; the output is always ``.tif``."""
+    """``frame.tiff`` and ``frame.png`` both become ``frame``; the output takes its format's suffix."""
     return Path(name).stem or name
 
 
@@ -80,8 +80,16 @@ class Finisher:
     the same stem in flight at once never pick the same name.
     """
 
-    def __init__(self, outbox: Path, archive: Path | None, failed: Path | None, preview: bool) -> None:
+    def __init__(
+        self,
+        outbox: Path,
+        archive: Path | None,
+        failed: Path | None,
+        preview: bool,
+        output_format: OutputFormat | None = None,
+    ) -> None:
         self.outbox = Path(outbox)
+        self.output_format: OutputFormat = output_format if output_format is not None else TiffOutput()
         self.archive = Path(archive) if archive is not None else None
         self.failed = Path(failed) if failed is not None else None
         self.preview = preview
@@ -90,8 +98,8 @@ class Finisher:
         self._next_index: dict[tuple[str, str], int] = {}
 
     @classmethod
-    def for_folders(cls, folders: Folders, preview: bool) -> Finisher:
-        return cls(folders.outbox, folders.archive, folders.failed, preview)
+    def for_folders(cls, folders: Folders, preview: bool, output_format: OutputFormat | None = None) -> Finisher:
+        return cls(folders.outbox, folders.archive, folders.failed, preview, output_format)
 
     # -- choosing names -------------------------------------------------------------------
     def _free(self, *paths: Path) -> bool:
@@ -117,7 +125,7 @@ class Finisher:
         stem = output_stem(original_name)
         with self._lock:
             output, sidecar, preview = self._first_free(
-                (str(self.outbox), stem), lambda i: output_names(stem, self.outbox, i)
+                (str(self.outbox), stem), lambda i: output_names(stem, self.outbox, i, self.output_format)
             )
             archive = self._distinct(self.archive, original_name) if self.archive is not None else None
             plan = Plan(
@@ -228,14 +236,6 @@ def _move_no_replace(source: Path, target: Path) -> None:
         index += 1
         candidate = target.with_name(distinct_name(target.name, index))
     os.rename(source, candidate)
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Delete this program's temporary files (``.*.drdaemon.tmp``) left by a crash."""
-    if not folder.is_dir():
-        return
-    for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
 
 
 __all__ = ["Finisher", "Plan", "plan_path", "output_stem", "remove_temporaries", "PLAN_SUFFIX", "REASON_SUFFIX"]
