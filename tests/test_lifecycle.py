@@ -21,10 +21,10 @@ from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.io.durable import TEMP_SUFFIX, temp_path_for
 from drdaemon.io.formats import encode_tiff_u16
-from drdaemon.processing import commit_frame, enhance_frame, fail_frame, load_frame
-from drdaemon.watch.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
-from drdaemon.watch.finish import Finisher, plan_path
-from drdaemon.watch.watcher import InboxWatcher
+from drdaemon.service.frame import commit_frame, enhance_frame, fail_frame, load_frame
+from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
+from drdaemon.folders.commit import Finisher, plan_path
+from drdaemon.folders.watcher import InboxWatcher
 
 
 def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
@@ -305,7 +305,7 @@ def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
 
 
 def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
-    from drdaemon.daemon import Daemon
+    from drdaemon.service.daemon import Daemon
 
     def behaviour(call: int) -> None:
         if call == 2:
@@ -331,7 +331,7 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
 
 
 def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
-    from drdaemon.daemon import EXIT_DEVICE_LOST, Daemon
+    from drdaemon.service.daemon import EXIT_DEVICE_LOST, Daemon
     from drdaemon.errors import DeviceLost
 
     def behaviour(call: int) -> None:

@@ -27,8 +27,8 @@ from drdaemon.io.sidecar import (
     software_record,
     utc_iso,
 )
-from drdaemon.watch.claim import WorkItem
-from drdaemon.watch.finish import Finisher, Plan
+from drdaemon.folders.claim import WorkItem
+from drdaemon.folders.commit import Finisher, Plan
 
 log = structlog.get_logger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Literal
 from drdaemon.config import Folders
 from drdaemon.io.durable import atomic_write, remove_temporaries
 from drdaemon.io.formats import OutputFormat, TiffOutput
-from drdaemon.watch.claim import distinct_name, is_hidden_or_temporary
+from drdaemon.folders.claim import distinct_name, is_hidden_or_temporary
 
 PLAN_SUFFIX = ".plan.json"
 REASON_SUFFIX = ".reason.json"

@@ -10,7 +10,7 @@ Threads and the hand-offs between them (each hand-off is a small bounded :class:
 * *readers* read, hash and decode, so a frame's I/O overlaps the previous frame's enhancement;
 * *workers*, one per engine from :func:`drdaemon.engines.build_engines`, all take from the
   same pipe, so the least busy engine (device) gets the next frame;
-* *writers* encode, write and commit (:mod:`drdaemon.watch.finish`).
+* *writers* encode, write and commit (:mod:`drdaemon.folders.commit`).
 
 A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
 daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
@@ -39,9 +39,9 @@ from drdaemon.engines import Engine, build_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
 from drdaemon.io.formats import output_format
 from drdaemon.io.readers import ReadLimits
-from drdaemon.metrics import DaemonMetrics
-from drdaemon.notify import SystemdNotifier
-from drdaemon.processing import (
+from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.frame import (
     EnhancedFrame,
     LoadedFrame,
     commit_frame,
@@ -50,9 +50,9 @@ from drdaemon.processing import (
     load_frame,
     unexpected_error,
 )
-from drdaemon.watch.claim import WorkItem, WorkLock, claim
-from drdaemon.watch.finish import Finisher
-from drdaemon.watch.watcher import InboxWatcher
+from drdaemon.folders.claim import WorkItem, WorkLock, claim
+from drdaemon.folders.commit import Finisher
+from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
 
