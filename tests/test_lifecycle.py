@@ -21,9 +21,9 @@ from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.io.durable import TEMP_SUFFIX, temp_path_for
 from drdaemon.io.formats import encode_tiff_u16
-from drdaemon.service.frame import commit_frame, enhance_frame, fail_frame, load_frame
+from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
-from drdaemon.folders.commit import Finisher, plan_path
+from drdaemon.folders.commit import Finisher, fail_frame, plan_path
 from drdaemon.folders.watcher import InboxWatcher
 
 

@@ -46,12 +46,12 @@ from drdaemon.service.frame import (
     LoadedFrame,
     commit_frame,
     enhance_frame,
-    fail_frame,
     load_frame,
+    stage_timings,
     unexpected_error,
 )
 from drdaemon.folders.claim import WorkItem, WorkLock, claim
-from drdaemon.folders.commit import Finisher
+from drdaemon.folders.commit import Finisher, fail_frame
 from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
@@ -433,7 +433,7 @@ class Daemon:
                 self._fail(item, unexpected_error(Stage.WRITE, exc))
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
-            for stage, seconds in committed.stage_timings.items():
+            for stage, seconds in stage_timings(done, committed).items():
                 self.metrics.observe_stage(stage, seconds)
             self.metrics.frame_succeeded(pixels=int(done.result.pixels.size), latency_s=latency)
             sidecar = committed.sidecar

@@ -8,29 +8,17 @@ step measures itself; the timings end up in the sidecar, the log and the metrics
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-import structlog
 
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
-from drdaemon.io.sidecar import (
-    EngineRecord,
-    InputRecord,
-    OutputRecord,
-    Sidecar,
-    software_record,
-    utc_iso,
-)
 from drdaemon.folders.claim import WorkItem
-from drdaemon.folders.commit import Finisher, Plan
-
-log = structlog.get_logger(__name__)
+from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
+from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
 
 
 @dataclass
@@ -53,17 +41,6 @@ class EnhancedFrame:
     device: str
     weights_sha256: str | None
     enhance_s: float
-
-
-@dataclass
-class CommittedFrame:
-    """What a successful frame left behind, for the log and the metrics."""
-
-    sidecar: Sidecar
-    output: Path
-    write_s: float
-    sidecar_s: float
-    stage_timings: dict[str, float] = field(default_factory=dict)  # metric stage -> seconds
 
 
 def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
@@ -99,99 +76,36 @@ def engine_stage_timings(done: EnhancedFrame) -> dict[str, float]:
     return own or {"compute": done.enhance_s}
 
 
-def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> CommittedFrame:
-    """Write output, preview and sidecar under their planned names, then archive the raw frame.
-
-    With ``retire_input=False`` (``drdaemon enhance``) no plan file is written and the input
-    stays where it is. Raises :class:`FrameError` (stage write) when the outbox refuses.
-    """
+def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
+    """Everything the sidecar says about the frame's input, engine and stages so far."""
     loaded = done.loaded
-    item = loaded.item
-    plan = finisher.plan_success(item.path, item.original.name, write_plan=retire_input)
-    try:
-        start = time.perf_counter()
-        output_format = finisher.output_format
-        data = output_format.encode(done.result.pixels, loaded.frame.tags)
-        output_sha = hashlib.sha256(data).hexdigest()
-        preview = output_format.preview(done.result.pixels) if plan.preview is not None else None
-        finisher.write_output(plan, data, preview)
-        write_s = time.perf_counter() - start
-    except (OSError, ValueError) as exc:
-        finisher.release(plan)
-        raise FrameError(Stage.WRITE, Reason.WRITE_ERROR, f"{type(exc).__name__}: {exc}") from exc
-    try:
-        start = time.perf_counter()
-        sidecar = _sidecar(done, plan, data, output_sha, output_format.compression, write_s)
-        finisher.write_sidecar(plan, sidecar.to_bytes())
-        sidecar_s = time.perf_counter() - start
-    except (OSError, ValueError) as exc:
-        finisher.undo_output(plan)  # an output without its sidecar must not stay
-        finisher.release(plan)
-        raise FrameError(Stage.WRITE, Reason.WRITE_ERROR, f"{type(exc).__name__}: {exc}") from exc
-    if retire_input:
-        try:
-            finisher.retire_input(item.path, plan)
-        except OSError as exc:
-            # The result is committed; the next start sees the sidecar and finishes the move.
-            log.error("archive_move_failed", frame=item.original.name, error=str(exc),
-                      note="raw frame stays in work/ until the next start")
-    else:
-        finisher.release(plan)
-    stages = {"wait": item.wait_s, "read": loaded.read_s, **engine_stage_timings(done),
-              "write": write_s, "sidecar": sidecar_s}
-    return CommittedFrame(sidecar, Path(plan.output), write_s, sidecar_s, stages)
-
-
-def _sidecar(
-    done: EnhancedFrame, plan: Plan, data: bytes, output_sha: str, compression: str, write_s: float
-) -> Sidecar:
-    loaded = done.loaded
-    pixels = done.result.pixels
-    timings = {"wait": loaded.item.wait_s, "read": loaded.read_s, "enhance": done.enhance_s, "write": write_s}
-    timings |= {k: float(v) for k, v in done.result.timings.items() if k not in timings}
-    return Sidecar(
-        input=InputRecord(
-            path=str(plan.archive or loaded.item.original),
-            original_path=str(loaded.item.original),
-            sha256=loaded.sha256,
-            bytes=loaded.nbytes,
-            shape=list(loaded.frame.shape),
-            dtype=str(loaded.frame.pixels.dtype),
-        ),
-        output=OutputRecord(
-            path=str(plan.output),
-            sha256=output_sha,
-            bytes=len(data),
-            shape=list(pixels.shape),
-            dtype=str(pixels.dtype),
-            compression=compression,
-            preview=plan.preview,
-        ),
+    return SidecarDraft(
+        original_path=str(loaded.item.original),
+        input_sha256=loaded.sha256,
+        input_bytes=loaded.nbytes,
+        input_shape=list(loaded.frame.shape),
+        input_dtype=str(loaded.frame.pixels.dtype),
         engine=EngineRecord(
             name=done.engine_name, parameters=done.result.parameters, weights_sha256=done.weights_sha256
         ),
         software=software_record(done.device),
-        timings={k: round(v, 6) for k, v in timings.items()},
-        started_utc=utc_iso(loaded.started_wall),
-        finished_utc=utc_iso(time.time()),
+        started_wall=loaded.started_wall,
+        timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "enhance": done.enhance_s},
+        engine_timings=dict(done.result.timings),
     )
 
 
-def fail_frame(item: WorkItem, error: FrameError, finisher: Finisher) -> Path:
-    """Move a frame that cannot be enhanced to ``failed/`` beside ``<name>.reason.json``."""
-    plan = finisher.plan_failure(item.path, item.original.name)
-    cause = error.__cause__ if error.__cause__ is not None else error
-    reason = {
-        "stage": error.stage.value,
-        "reason": error.reason.value,
-        "error_class": type(cause).__name__,
-        "message": str(error),
-        "input": str(item.original),
-        "failed_utc": utc_iso(time.time()),
-    }
-    finisher.write_reason(plan, (json.dumps(reason, indent=2) + "\n").encode("utf-8"))
-    finisher.retire_input(item.path, plan)
-    return Path(plan.failed)
+def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> Committed:
+    """Hand the enhanced frame to the commit (:func:`drdaemon.folders.commit.commit_output`)."""
+    result = FrameOutput(done.result.pixels, done.loaded.frame.tags, sidecar_draft(done))
+    return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
+
+
+def stage_timings(done: EnhancedFrame, committed: Committed) -> dict[str, float]:
+    """Seconds per metric stage of a committed frame."""
+    loaded = done.loaded
+    return {"wait": loaded.item.wait_s, "read": loaded.read_s, **engine_stage_timings(done),
+            "write": committed.write_s, "sidecar": committed.sidecar_s}
 
 
 def unexpected_error(stage: Stage, exc: BaseException) -> FrameError:
@@ -204,13 +118,13 @@ def unexpected_error(stage: Stage, exc: BaseException) -> FrameError:
 
 
 __all__ = [
-    "CommittedFrame",
     "EnhancedFrame",
     "LoadedFrame",
     "commit_frame",
     "engine_stage_timings",
     "enhance_frame",
-    "fail_frame",
     "load_frame",
+    "sidecar_draft",
+    "stage_timings",
     "unexpected_error",
 ]
