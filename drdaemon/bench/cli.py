@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drdaemon.defaults import PRECISIONS
+
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 
 
@@ -324,7 +326,7 @@ def _precision_names(spec: str, cuda: bool) -> list[str]:
         item = item.strip()
         if item == "half":
             item = "float16" if cuda else "bfloat16"
-        if item not in ("float32", "float16", "bfloat16"):
+        if item not in PRECISIONS:
             raise SystemExit(f"drdaemon bench: unknown precision {item!r}")
         names.append(item)
     return names

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from drdaemon import defaults
 from drdaemon.errors import FrameError, Reason, Stage
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -28,8 +29,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class ReadLimits:
-    max_pixels: int = 200_000_000
-    max_bytes: int = 2_000_000_000
+    """Sizes above which a frame fails as ``too_large`` before any pixel is decoded (``[input]``)."""
+
+    max_pixels: int = defaults.MAX_PIXELS
+    max_bytes: int = defaults.MAX_BYTES
 
 
 @dataclass

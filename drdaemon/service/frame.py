@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drdaemon.config import InputConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
@@ -41,6 +42,11 @@ class EnhancedFrame:
     device: str
     weights_sha256: str | None
     enhance_s: float
+
+
+def read_limits(config: InputConfig) -> ReadLimits:
+    """The reader's size limits from the ``[input]`` table."""
+    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes)
 
 
 def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
@@ -124,6 +130,7 @@ __all__ = [
     "engine_stage_timings",
     "enhance_frame",
     "load_frame",
+    "read_limits",
     "sidecar_draft",
     "stage_timings",
     "unexpected_error",
