@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DeviceLost as exc:  # at warm-up: let the service manager restart
         structlog.get_logger("drdaemon").error("device_lost", error=str(exc))
         return EXIT_DEVICE_LOST
-    except Exception as exc:  # a bug: logged with its traceback, and the service manager restarts
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, and the service manager restarts
         structlog.get_logger("drdaemon").exception("internal_error", error=f"{type(exc).__name__}: {exc}")
         return EXIT_INTERNAL_ERROR
 
@@ -159,7 +159,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         except FrameError as error:
             failures += 1
             tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the others
             failures += 1
             tqdm.write(f"{path}: {unexpected_error(Stage.ENHANCE, exc)}", file=sys.stderr)
     print(f"{len(args.files) - failures} of {len(args.files)} frames enhanced into {args.out}")

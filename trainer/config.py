@@ -24,6 +24,7 @@ Choices made where METHOD.md is silent, written down here once:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,7 +158,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the TOML file, then each ``--set`` override."""
     values: dict[str, Any] = {}
     if path is not None:

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ class DataError(ValueError):
 class Dataset:
     inputs: list[Path]
     labels: list[Path] | None  # same order as inputs; None when unpaired
-    defects: dict[str, dict]
+    defects: dict[str, dict[str, Any]]
 
     @property
     def paired(self) -> bool:
@@ -108,7 +109,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     per_method: dict[str, list[FrameScores]] = {m.label: [] for m in methods}
     seconds: dict[str, list[float]] = {m.label: [] for m in methods}
     label_scores: list[FrameScores] = []
-    per_frame: dict[str, dict[str, dict]] = {}
+    per_frame: dict[str, dict[str, dict[str, Any]]] = {}
     panels: list[tuple[str, np.ndarray]] = []
     crop = defect = None
     bar = tqdm(total=len(inputs) * len(methods), desc="evaluate", unit="run", disable=not progress)
@@ -161,7 +162,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     return EvaluationResult(summaries, table, table_path, figure_path, scores_path)
 
 
-def _default_figure_frame(inputs: list[Path], defects: dict[str, dict]) -> str:
+def _default_figure_frame(inputs: list[Path], defects: dict[str, dict[str, Any]]) -> str:
     for path in inputs:
         if defects.get(path.name, {}).get("defects"):
             return path.name

@@ -120,7 +120,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             if len(tif.series) != 1 or len(tif.pages) != 1:
                 raise FrameError(Stage.READ, Reason.UNSUPPORTED,
                                  f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
-            page = tif.pages[0]
+            page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
             _check_shape(name, shape, limits)
             _check_tiff_complete(name, page, len(data))
@@ -139,7 +139,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
 
 def _tiff_data_end(page: tifffile.TiffPage) -> int:
     """The byte offset where the page's last image data ends."""
-    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)), default=0)
 
 
 def _check_tiff_complete(name: str, page: tifffile.TiffPage, size: int) -> None:
@@ -203,7 +203,7 @@ def looks_complete(path: Path) -> bool:
         if head.startswith(PNG_SIGNATURE):
             return png_complete(path)
         with tifffile.TiffFile(path) as tif:
-            end = _tiff_data_end(tif.pages[0])
+            end = _tiff_data_end(tif.pages.first)
             return 0 < end <= Path(path).stat().st_size
-    except Exception:  # anything unparsable is "not complete yet"
+    except Exception:  # noqa: BLE001 - anything unparsable is "not complete yet"
         return False
