@@ -1,10 +1,10 @@
 """Every training value in one validated model, with the published settings as defaults.
 
-Values come from three places, later ones winning: these defaults (METHOD.md), a TOML file
+Values come from three places, later ones winning: these defaults (``docs/method.md``), a TOML file
 (``--config train.toml``, keys documented in ``train.example.toml``) and ``--set
 section.key=value`` overrides on the command line.
 
-Choices made where METHOD.md is silent, written down here once:
+Choices the project made (also in ``docs/method.md``), written down here once:
 
 * The enhancer trains on ``in_ch = 1``: DR frames are gray, and the gray channel is
   replicated to 3 channels only on the CLIP side. ``in_ch = 3`` is refused.
@@ -17,7 +17,7 @@ Choices made where METHOD.md is silent, written down here once:
   so the run sees the published batch whatever the GPU count.
 * The feature distance ``|| a - b ||_2`` is the mean squared difference over the feature
   map's elements, so levels of different sizes weigh by alpha/gamma alone.
-* The score uses ``logit_scale = 1`` (exactly the formula of METHOD.md); CLIP's own
+* The score uses ``logit_scale = 1`` (the bare cosine similarities); CLIP's own
   temperature is 100 and may be set instead.
 """
 
