@@ -136,10 +136,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from drdaemon.engines import build_checked_engines
-    from drdaemon.errors import FrameError, Stage
+    from drdaemon.errors import Stage
     from drdaemon.io.formats import output_format
     from drdaemon.logs import configure_logging
-    from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits, unexpected_error
+    from drdaemon.service.frame import as_frame_error, commit_frame, enhance_frame, load_frame, read_limits
     from drdaemon.folders.claim import WorkItem
     from drdaemon.folders.commit import Finisher
 
@@ -156,12 +156,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         try:
             done = enhance_frame(load_frame(item, limits), engine)
             commit_frame(done, finisher, retire_input=False)
-        except FrameError as error:
+        except Exception as exc:  # noqa: BLE001 - one file's failure, even a bug, must not stop the others
             failures += 1
+            error = as_frame_error(Stage.ENHANCE, exc)
             tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the others
-            failures += 1
-            tqdm.write(f"{path}: {unexpected_error(Stage.ENHANCE, exc)}", file=sys.stderr)
     print(f"{len(args.files) - failures} of {len(args.files)} frames enhanced into {args.out}")
     return EXIT_SOME_FAILED if failures else EXIT_OK
 

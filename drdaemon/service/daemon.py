@@ -42,6 +42,7 @@ from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.pipe import Pipe
 from drdaemon.service.frame import (
+    as_frame_error,
     EnhancedFrame,
     LoadedFrame,
     commit_frame,
@@ -49,7 +50,6 @@ from drdaemon.service.frame import (
     load_frame,
     read_limits,
     stage_timings,
-    unexpected_error,
 )
 from drdaemon.folders.claim import WorkItem, WorkLock, claim
 from drdaemon.folders.commit import Finisher, fail_frame
@@ -324,11 +324,8 @@ class Daemon:
             while (item := self._claimed.get()) is not None:
                 try:
                     loaded = load_frame(item, self.limits)
-                except FrameError as error:
-                    self._fail(item, error)
-                    continue
                 except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
-                    self._fail(item, unexpected_error(Stage.READ, exc))
+                    self._fail(item, as_frame_error(Stage.READ, exc))
                     continue
                 self.progress.moved()
                 if not self._loaded.put(loaded):
@@ -361,11 +358,8 @@ class Daemon:
             item = done.loaded.item
             try:
                 committed = commit_frame(done, self.finisher)
-            except FrameError as error:
-                self._fail(item, error)
-                continue
             except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
-                self._fail(item, unexpected_error(Stage.WRITE, exc))
+                self._fail(item, as_frame_error(Stage.WRITE, exc))
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
             for stage, seconds in stage_timings(done, committed).items():

@@ -114,8 +114,11 @@ def stage_timings(done: EnhancedFrame, committed: Committed) -> dict[str, float]
             "write": committed.write_s, "sidecar": committed.sidecar_s}
 
 
-def unexpected_error(stage: Stage, exc: BaseException) -> FrameError:
-    """Wrap an exception nobody anticipated, keeping its class for the reason file."""
+def as_frame_error(stage: Stage, exc: Exception) -> FrameError:
+    """``exc`` as the failure of a frame: a :class:`FrameError` as it is, anything nobody
+    anticipated wrapped for ``stage``, keeping its class for the reason file."""
+    if isinstance(exc, FrameError):
+        return exc
     reason = Reason.WRITE_ERROR if stage is Stage.WRITE else (
         Reason.ENGINE_ERROR if stage is Stage.ENHANCE else Reason.UNREADABLE)
     error = FrameError(stage, reason, f"{type(exc).__name__}: {exc}")
@@ -133,5 +136,5 @@ __all__ = [
     "read_limits",
     "sidecar_draft",
     "stage_timings",
-    "unexpected_error",
+    "as_frame_error",
 ]
