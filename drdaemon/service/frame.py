@@ -2,7 +2,9 @@
 
 The daemon runs these steps on different threads (so that one frame is read while another
 is enhanced and a third written); ``drdaemon enhance`` runs them one after another. Each
-step measures itself; the timings end up in the sidecar, the log and the metrics.
+step measures itself; the timings end up in the sidecar, the log and the metrics. Writing
+and recording is one call, :func:`commit_frame`, into :mod:`drdaemon.folders.commit`,
+which owns the whole commit protocol.
 """
 
 from __future__ import annotations
