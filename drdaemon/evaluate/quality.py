@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import cv2
@@ -219,23 +219,37 @@ def noise_gain(output: np.ndarray, input_sigma: float, input_measured: np.ndarra
     return sigma_of(diagonal, input_measured) / input_sigma
 
 
+def _metric(default: float | None, column: str, decimals: int) -> Any:
+    """A :class:`FrameScores` field with the table column (header, decimals) it is shown in."""
+    return field(default=default, metadata={"column": column, "decimals": decimals})
+
+
 @dataclass
 class FrameScores:
-    """All metrics of one method on one frame; reference metrics are None without a label."""
+    """All metrics of one method on one frame; reference metrics are None without a label.
 
-    psnr: float | None = None
-    ssim: float | None = None
-    lpips: float | None = None
-    ag: float = float("nan")
-    ie: float = float("nan")
-    sd: float = float("nan")
-    sf: float = float("nan")
-    nrss: float = float("nan")
-    noise_gain: float = float("nan")
+    A new metric is one function above, one field here (with its column in the table), and
+    its computation in :func:`no_reference_scores` or :func:`score_frame`.
+    """
+
+    psnr: float | None = _metric(None, "PSNR ↑", 2)
+    ssim: float | None = _metric(None, "SSIM ↑", 3)
+    lpips: float | None = _metric(None, "LPIPS ↓", 3)
+    ag: float = _metric(float("nan"), "AG ↑", 2)
+    ie: float = _metric(float("nan"), "IE ↑", 2)
+    sd: float = _metric(float("nan"), "SD ↑", 1)
+    sf: float = _metric(float("nan"), "SF ↑", 2)
+    nrss: float = _metric(float("nan"), "NRSS ↑", 3)
+    noise_gain: float = _metric(float("nan"), "noise gain ↓", 2)
 
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def columns(cls) -> list[tuple[str, str, int]]:
+        """(field, table header, decimals) of every metric, in table order."""
+        return [(f.name, f.metadata["column"], f.metadata["decimals"]) for f in fields(cls)]
 
 
 def no_reference_scores(output: np.ndarray, input_sigma: float,

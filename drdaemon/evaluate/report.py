@@ -14,11 +14,8 @@ import numpy as np
 from drdaemon.evaluate.quality import FrameScores, display_u8
 
 #: Columns of the table: metric field, header, decimals. The published layout plus noise gain.
-COLUMNS: list[tuple[str, str, int]] = [
-    ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("lpips", "LPIPS ↓", 3), ("ag", "AG ↑", 2),
-    ("ie", "IE ↑", 2), ("sd", "SD ↑", 1), ("sf", "SF ↑", 2), ("nrss", "NRSS ↑", 3),
-    ("noise_gain", "noise gain ↓", 2),
-]
+#: (metric, header, decimals) of the table, from the metrics' own fields.
+COLUMNS: list[tuple[str, str, int]] = FrameScores.columns()
 
 
 @dataclass
