@@ -19,11 +19,12 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.writers import TEMP_SUFFIX, encode_tiff_u16, temp_path_for
-from drdaemon.processing import commit_frame, enhance_frame, fail_frame, load_frame
-from drdaemon.watch.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
-from drdaemon.watch.finish import Finisher, plan_path
-from drdaemon.watch.watcher import InboxWatcher
+from drdaemon.io.durable import TEMP_SUFFIX, temp_path_for
+from drdaemon.io.formats import encode_tiff_u16
+from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
+from drdaemon.folders.commit import Finisher, fail_frame, plan_path
+from drdaemon.folders.watcher import InboxWatcher
 
 
 def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
@@ -36,7 +37,7 @@ def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
 @pytest.fixture
 def folders(tmp_path: Path) -> Folders:
     f = Folders().resolved(tmp_path)
-    for path in f.all():
+    for _, path in f:
         path.mkdir()
     return f
 
@@ -70,7 +71,7 @@ ENGINE = ClassicalEngine()
 
 
 def process(item: WorkItem, finisher: Finisher) -> None:
-    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher, "zstd")
+    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher)
 
 
 def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
@@ -91,7 +92,7 @@ def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
         assert record.input.sha256 == sha(inputs[name])
     assert set(seen) == set(inputs)
     assert sorted(p.read_bytes() for p in folders.archive.iterdir()) == sorted(inputs.values())
-    leftovers = [p.name for folder in folders.all() for p in folder.iterdir() if p.name != ".drdaemon.lock"
+    leftovers = [p.name for _, folder in folders for p in folder.iterdir() if p.name != ".drdaemon.lock"
                  and folder not in (folders.outbox, folders.archive)]
     assert leftovers == []
     assert not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
@@ -143,6 +144,35 @@ def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Fol
         assert_exactly_once(folders, inputs_with_fake)
     else:
         assert_exactly_once(folders, inputs)
+
+
+class RawOutput:
+    """A second output format as a test stand-in: headerless little-endian uint16."""
+
+    name = "raw"
+    suffix = ".raw"
+    preview_suffix = ".preview.png"
+    compression = "none"
+    kept_tags: tuple[str, ...] = ()
+
+    def encode(self, pixels: np.ndarray, tags: object = None) -> bytes:
+        return pixels.astype("<u2").tobytes()
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        raise AssertionError("no preview was asked for")
+
+
+def test_a_second_output_format_names_encodes_and_records_the_output(folders: Folders) -> None:
+    (folders.inbox / "r.tif").write_bytes(frame_bytes(13))
+    item = claim(folders.inbox / "r.tif", folders.work, time.time(), time.monotonic())
+    done = enhance_frame(load_frame(item, ReadLimits()), ENGINE)
+    committed = commit_frame(done, Finisher.for_folders(folders, preview=False, output_format=RawOutput()))
+    assert committed.output == folders.outbox / "r.raw"
+    assert np.array_equal(np.frombuffer(committed.output.read_bytes(), "<u2").reshape(48, 64), done.result.pixels)
+    record = Sidecar.model_validate_json((folders.outbox / "r.raw.json").read_bytes())
+    assert record.output.path == str(folders.outbox / "r.raw") and record.output.compression == "none"
+    assert record.output.sha256 == sha(committed.output.read_bytes())
+    assert (folders.archive / "r.tif").read_bytes() == frame_bytes(13)
 
 
 def test_name_collisions_get_distinct_documented_names(folders: Folders) -> None:
@@ -304,7 +334,7 @@ def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
 
 
 def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
-    from drdaemon.daemon import Daemon
+    from drdaemon.service.daemon import Daemon
 
     def behaviour(call: int) -> None:
         if call == 2:
@@ -330,7 +360,8 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
 
 
 def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
-    from drdaemon.daemon import EXIT_DEVICE_LOST, Daemon
+    from drdaemon.exits import EXIT_DEVICE_LOST
+    from drdaemon.service.daemon import Daemon
     from drdaemon.errors import DeviceLost
 
     def behaviour(call: int) -> None:
@@ -344,6 +375,25 @@ def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: 
     assert daemon.run(install_signal_handlers=False) == EXIT_DEVICE_LOST
     assert (settings.folders.work / "victim.tif").read_bytes() == data  # redone at the next start
     assert list(settings.folders.failed.iterdir()) == [] and list(settings.folders.outbox.iterdir()) == []
+
+
+def test_an_internal_error_exits_70_and_says_it_was_not_the_device(tmp_path: Path, monkeypatch) -> None:
+    from drdaemon.exits import EXIT_INTERNAL_ERROR
+    from drdaemon.service import daemon as daemon_module
+
+    def broken_timings(*args: object) -> dict[str, float]:
+        raise RuntimeError("a bug after the commit")
+
+    monkeypatch.setattr(daemon_module, "stage_timings", broken_timings)
+    settings = daemon_settings(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    (settings.folders.inbox / "one.tif").write_bytes(frame_bytes(3))
+    daemon = daemon_module.Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
+    assert run_daemon_until(daemon, lambda: False, timeout=10.0) == EXIT_INTERNAL_ERROR
+    sample = daemon.metrics.registry.get_sample_value
+    assert sample("drdaemon_fatal_errors_total", {"cause": "internal_error"}) == 1
+    assert sample("drdaemon_fatal_errors_total", {"cause": "device_lost"}) == 0
+    assert (settings.folders.outbox / "one.tif.json").exists()  # committed before the bug struck
 
 
 def test_write_failure_fails_the_frame_and_spares_a_strangers_file(folders: Folders, monkeypatch) -> None:

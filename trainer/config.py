@@ -1,10 +1,10 @@
 """Every training value in one validated model, with the published settings as defaults.
 
-Values come from three places, later ones winning: these defaults (METHOD.md), a TOML file
+Values come from three places, later ones winning: these defaults (``docs/method.md``), a TOML file
 (``--config train.toml``, keys documented in ``train.example.toml``) and ``--set
 section.key=value`` overrides on the command line.
 
-Choices made where METHOD.md is silent, written down here once:
+Choices the project made (also in ``docs/method.md``), written down here once:
 
 * The enhancer trains on ``in_ch = 1``: DR frames are gray, and the gray channel is
   replicated to 3 channels only on the CLIP side. ``in_ch = 3`` is refused.
@@ -32,10 +32,14 @@ Choices made where METHOD.md is silent, written down here once:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drdaemon import defaults
 
 LEVELS = 5  # feature levels 0 (stem) .. 4 (layer4)
 
@@ -51,10 +55,10 @@ class DataConfig(Section):
     vflip: bool = True
     rotate90: bool = True
     max_rotation_deg: float = Field(10.0, ge=0, le=45, description="extra small rotation, uniform in +-deg")
-    low_percentile: float = Field(0.5, ge=0, lt=50)
-    high_percentile: float = Field(99.5, gt=50, le=100)
-    clahe_clip_limit: float = Field(2.0, gt=0)
-    clahe_tile_grid: int = Field(8, ge=1)
+    low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0, lt=50)
+    high_percentile: float = Field(defaults.HIGH_PERCENTILE, gt=50, le=100)
+    clahe_clip_limit: float = Field(defaults.CLAHE_CLIP_LIMIT, gt=0)
+    clahe_tile_grid: int = Field(defaults.CLAHE_TILE_GRID, ge=1)
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training process")
     preview_frames: int = Field(4, ge=1, description="abnormal frames shown in the preview images")
 
@@ -151,6 +155,11 @@ class TrainConfigError(Exception):
     """A training configuration that cannot be used; the message names the key."""
 
 
+def override(key: str, value: object) -> str:
+    """The ``--set`` text that :func:`parse_override` reads back as ``key`` = ``value`` (quoted as TOML)."""
+    return f"{key}={tomli_w.dumps({'v': value}).partition('=')[2].strip()}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` to (path, value); the value is read as a TOML value when it parses."""
     if "=" not in text:
@@ -166,7 +175,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the TOML file, then each ``--set`` override."""
     values: dict[str, Any] = {}
     if path is not None:
