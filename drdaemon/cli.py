@@ -72,7 +72,7 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     )
     if with_bench:
         try:
-            from drdaemon.bench import add_bench_arguments
+            from drdaemon.bench.cli import add_bench_arguments
         except ImportError:
             pass  # the benchmark module is optional; `drdaemon bench` then says so
         else:
@@ -105,9 +105,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from drdaemon.daemon import Daemon
+    from drdaemon.service.daemon import Daemon
     from drdaemon.logs import configure_logging
-    from drdaemon.watch.claim import WorkFolderBusy
+    from drdaemon.folders.claim import WorkFolderBusy
 
     settings = _load(args.config)
     configure_logging(settings.logging)
@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a lost device at warm-up, or a bug: let the service manager restart
         import structlog
 
-        from drdaemon.daemon import EXIT_DEVICE_LOST
+        from drdaemon.service.daemon import EXIT_DEVICE_LOST
 
         structlog.get_logger("drdaemon").exception("daemon_failed", error=f"{type(exc).__name__}: {exc}")
         return EXIT_DEVICE_LOST
@@ -138,11 +138,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     from drdaemon.engines import build_engines
     from drdaemon.errors import FrameError, Stage
+    from drdaemon.io.formats import output_format
     from drdaemon.io.readers import ReadLimits
     from drdaemon.logs import configure_logging
-    from drdaemon.processing import commit_frame, enhance_frame, load_frame, unexpected_error
-    from drdaemon.watch.claim import WorkItem
-    from drdaemon.watch.finish import Finisher
+    from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, unexpected_error
+    from drdaemon.folders.claim import WorkItem
+    from drdaemon.folders.commit import Finisher
 
     settings = _load(args.config)
     configure_logging(settings.logging)
@@ -153,14 +154,15 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise ConfigError(f"engine: cannot build the engine: {type(exc).__name__}: {exc}") from exc
     args.out.mkdir(parents=True, exist_ok=True)
-    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png)
+    output = output_format(settings.output.format, settings.output.compression)
+    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
     limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
     failures = 0
     for path in tqdm(args.files, desc="enhance", unit="frame"):
         item = WorkItem(path=path, original=path)
         try:
             done = enhance_frame(load_frame(item, limits), engine)
-            commit_frame(done, finisher, settings.output.compression, retire_input=False)
+            commit_frame(done, finisher, retire_input=False)
         except FrameError as error:
             failures += 1
             tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
@@ -173,7 +175,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from drdaemon.bench import run_bench
+        from drdaemon.bench.cli import run_bench
     except ImportError as exc:
         print(f"drdaemon: the benchmark is not available in this installation ({exc})", file=sys.stderr)
         return EXIT_SOME_FAILED

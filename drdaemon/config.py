@@ -106,6 +106,9 @@ class InputConfig(_Table):
 
 
 class OutputConfig(_Table):
+    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview."""
+
+    format: Literal["tiff"] = "tiff"
     compression: Literal["none", "zstd", "deflate"] = "zstd"
     preview_png: bool = False
 

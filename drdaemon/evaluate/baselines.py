@@ -31,7 +31,7 @@ import numpy as np
 from drdaemon.config import EngineConfig
 from drdaemon.engines import ClassicalEngine, Engine, Enhanced, build_engines
 from drdaemon.engines.classical import clahe_u16
-from drdaemon.evaluate.metrics import noise_sigma
+from drdaemon.evaluate.quality import noise_sigma
 from drdaemon.model.normalise import U16_MAX, frame_to_unit, robust_window, to_unit, unit_to_u16
 
 DEFAULT_GAMMA = 0.5

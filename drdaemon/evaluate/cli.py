@@ -25,7 +25,7 @@ from tqdm import tqdm
 from drdaemon.engines.classical import to_u16
 from drdaemon.evaluate.baselines import MethodError, build_methods
 from drdaemon.evaluate.dicom import DicomError, is_dicom, read_dicom
-from drdaemon.evaluate.metrics import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
+from drdaemon.evaluate.quality import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
 from drdaemon.evaluate.report import (MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect,
                                       summarise)
 from drdaemon.errors import FrameError

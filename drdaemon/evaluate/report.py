@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drdaemon.evaluate.metrics import FrameScores, display_u8
+from drdaemon.evaluate.quality import FrameScores, display_u8
 
 #: Columns of the table: metric field, header, decimals. The published layout plus noise gain.
 COLUMNS: list[tuple[str, str, int]] = [

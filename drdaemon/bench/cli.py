@@ -166,14 +166,16 @@ def write_frames(folder: Path, frame: np.ndarray, count: int) -> list[Path]:
 def bare_loop(engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
     """What the daemon's pipeline adds to: read, enhance and write each frame in turn."""
     from drdaemon.io.readers import read_frame
-    from drdaemon.io.writers import write_tiff_u16
+    from drdaemon.io.durable import atomic_write
+    from drdaemon.io.formats import output_format
 
     out.mkdir(parents=True, exist_ok=True)
+    output = output_format("tiff", compression)
     start = time.perf_counter()
     for path in paths:
         frame = read_frame(path)
         result = engine.enhance(frame.pixels)
-        write_tiff_u16(out / path.name, result.pixels, frame.tags, compression)
+        atomic_write((out / path.name).with_suffix(output.suffix), output.encode(result.pixels, frame.tags))
     return FolderRun(len(paths), time.perf_counter() - start)
 
 
@@ -295,7 +297,7 @@ def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray
 def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
     from drdaemon.engines.classical import ClassicalEngine
     from drdaemon.io.readers import read_frame
-    from drdaemon.io.writers import encode_tiff_u16
+    from drdaemon.io.formats import output_format
 
     engine = ClassicalEngine()
     engine.warm_up()
@@ -305,8 +307,8 @@ def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
         enhance_s = median_seconds(lambda: engine.enhance(frame), args.repeats)
         pixels = engine.enhance(frame).pixels
         out = Path(tmp) / "out.tif"
-        write_s = median_seconds(lambda: out.write_bytes(encode_tiff_u16(pixels, None, args.compression)),
-                                 args.repeats)
+        output = output_format("tiff", args.compression)
+        write_s = median_seconds(lambda: out.write_bytes(output.encode(pixels)), args.repeats)
     print(f"classical CLAHE (clip {engine.clahe_clip_limit}, grid {engine.clahe_tile_grid}), "
           f"median of {args.repeats}:")
     print(f"  read {read_s * 1e3:.1f} ms, enhance {enhance_s * 1e3:.1f} ms, write ({args.compression}) "

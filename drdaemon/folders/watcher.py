@@ -32,7 +32,7 @@ from watchdog.observers import Observer
 
 from drdaemon.config import WatchConfig
 from drdaemon.io.readers import looks_complete
-from drdaemon.watch.claim import is_hidden_or_temporary
+from drdaemon.folders.claim import is_hidden_or_temporary
 
 log = structlog.get_logger(__name__)
 

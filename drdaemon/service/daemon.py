@@ -10,7 +10,7 @@ Threads and the hand-offs between them (each hand-off is a small bounded :class:
 * *readers* read, hash and decode, so a frame's I/O overlaps the previous frame's enhancement;
 * *workers*, one per engine from :func:`drdaemon.engines.build_engines`, all take from the
   same pipe, so the least busy engine (device) gets the next frame;
-* *writers* encode, write and commit (:mod:`drdaemon.watch.finish`).
+* *writers* encode, write and commit (:mod:`drdaemon.folders.commit`).
 
 A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
 daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
@@ -37,21 +37,22 @@ from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
+from drdaemon.io.formats import output_format
 from drdaemon.io.readers import ReadLimits
-from drdaemon.metrics import DaemonMetrics
-from drdaemon.notify import SystemdNotifier
-from drdaemon.processing import (
+from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.frame import (
     EnhancedFrame,
     LoadedFrame,
     commit_frame,
     enhance_frame,
-    fail_frame,
     load_frame,
+    stage_timings,
     unexpected_error,
 )
-from drdaemon.watch.claim import WorkItem, WorkLock, claim
-from drdaemon.watch.finish import Finisher
-from drdaemon.watch.watcher import InboxWatcher
+from drdaemon.folders.claim import WorkItem, WorkLock, claim
+from drdaemon.folders.commit import Finisher, fail_frame
+from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
 
@@ -155,7 +156,11 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         self.limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
-        self.finisher = Finisher.for_folders(self.folders, preview=settings.output.preview_png)
+        self.finisher = Finisher.for_folders(
+            self.folders,
+            preview=settings.output.preview_png,
+            output_format=output_format(settings.output.format, settings.output.compression),
+        )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.progress = Progress()
         self.stop_requested = threading.Event()
@@ -420,7 +425,7 @@ class Daemon:
         while (done := self._enhanced.get()) is not None:
             item = done.loaded.item
             try:
-                committed = commit_frame(done, self.finisher, self.settings.output.compression)
+                committed = commit_frame(done, self.finisher)
             except FrameError as error:
                 self._fail(item, error)
                 continue
@@ -428,7 +433,7 @@ class Daemon:
                 self._fail(item, unexpected_error(Stage.WRITE, exc))
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
-            for stage, seconds in committed.stage_timings.items():
+            for stage, seconds in stage_timings(done, committed).items():
                 self.metrics.observe_stage(stage, seconds)
             self.metrics.frame_succeeded(pixels=int(done.result.pixels.size), latency_s=latency)
             sidecar = committed.sidecar
