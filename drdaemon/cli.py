@@ -58,11 +58,12 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
 
     enhance = verbs.add_parser(
         "enhance", help="enhance files once with the configured engine, without the daemon",
-        description="Enhance each FILE with the configured engine and write <stem>.tif plus its "
-        "sidecar <stem>.tif.json into --out (existing names get a ~N suffix). The input files are "
-        "only read. Exit 1 if any file failed.",
+        description="Enhance each FILE with the configured engine and write <stem>.tif (or <stem>.dcm "
+        "for a DICOM input under output.format = auto or dicom) plus its sidecar <stem>.tif.json into "
+        "--out (existing names get a ~N suffix). The input files are only read. Exit 1 if any file failed.",
     )
-    enhance.add_argument("files", nargs="+", type=Path, metavar="FILE", help="16-bit TIFF or PNG frames")
+    enhance.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                         help="frames: TIFF, PNG, DICOM/DICONDE, .raw ([input.raw]) or .his")
     enhance.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the outputs")
     _add_config_argument(enhance, required=False)
 
@@ -138,8 +139,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     from drdaemon.engines import build_engines
     from drdaemon.errors import FrameError, Stage
-    from drdaemon.io.formats import output_format
-    from drdaemon.io.readers import ReadLimits
+    from drdaemon.io.formats import configured_output_format
+    from drdaemon.io.limits import read_limits
     from drdaemon.logs import configure_logging
     from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, unexpected_error
     from drdaemon.folders.claim import WorkItem
@@ -154,9 +155,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise ConfigError(f"engine: cannot build the engine: {type(exc).__name__}: {exc}") from exc
     args.out.mkdir(parents=True, exist_ok=True)
-    output = output_format(settings.output.format, settings.output.compression)
+    output = configured_output_format(settings.output)
     finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
-    limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
+    limits = read_limits(settings.input)
     failures = 0
     for path in tqdm(args.files, desc="enhance", unit="frame"):
         item = WorkItem(path=path, original=path)
@@ -211,11 +212,20 @@ def settings_to_toml(settings: Settings) -> str:
     """The settings as TOML that :func:`drdaemon.config.load_settings` reads back."""
     lines: list[str] = []
     for table, values in settings.model_dump().items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            lines.append(f"# {key} is unset" if value is None else f"{key} = {_toml_value(value)}")
-        lines.append("")
+        _toml_table(lines, table, values)
     return "\n".join(lines)
+
+
+def _toml_table(lines: list[str], name: str, values: dict) -> None:
+    """One table, its keys first and its sub-tables (``[input.raw]``) after them."""
+    lines.append(f"[{name}]")
+    tables = {key: value for key, value in values.items() if isinstance(value, dict)}
+    for key, value in values.items():
+        if key not in tables:
+            lines.append(f"# {key} is unset" if value is None else f"{key} = {_toml_value(value)}")
+    lines.append("")
+    for key, value in tables.items():
+        _toml_table(lines, f"{name}.{key}", value)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,22 @@ class WatchConfig(_Table):
     rescan_interval_s: float = Field(10.0, gt=0.0)
     polling: bool = False
     poll_interval_s: float = Field(1.0, gt=0.0)
+    # DICOM files without a suffix are recognised by content: add a pattern that names them
+    # (e.g. "IM*" or "*") for a station that writes them so.
     patterns: list[str] = Field(
-        default_factory=lambda: ["*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.png", "*.PNG"]
+        default_factory=lambda: ["*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.png", "*.PNG", "*.dcm", "*.DCM",
+                                 "*.dicom", "*.raw", "*.RAW", "*.his", "*.HIS"]
     )
+
+
+class RawInputConfig(_Table):
+    """The layout of headerless ``.raw`` detector frames (``.his`` files carry their own)."""
+
+    width: PositiveInt
+    height: PositiveInt
+    dtype: Literal["uint8", "uint16", "float32"] = "uint16"
+    byte_order: Literal["little", "big"] = "little"
+    header_bytes: int = Field(0, ge=0)
 
 
 class InputConfig(_Table):
@@ -103,14 +116,25 @@ class InputConfig(_Table):
 
     max_pixels: int = Field(200_000_000, ge=1)
     max_bytes: int = Field(2_000_000_000, ge=1)
+    raw: RawInputConfig | None = None
+
+
+#: A DICOM UID root: dot-separated numbers without leading zeros, short enough to add a suffix.
+UID_ROOT_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 
 
 class OutputConfig(_Table):
-    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview."""
+    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview.
 
-    format: Literal["tiff"] = "tiff"
+    ``format = "auto"`` writes a DICOM output for a DICOM input and a TIFF for any other;
+    ``"dicom"`` refuses inputs that are not DICOM (a DICOM output is derived from its source).
+    """
+
+    format: Literal["auto", "tiff", "dicom"] = "auto"
     compression: Literal["none", "zstd", "deflate"] = "zstd"
     preview_png: bool = False
+    dicom_uid_root: str | None = Field(None, pattern=UID_ROOT_PATTERN, max_length=40)
+    dicom_transfer_syntax: Literal["explicit", "input"] = "explicit"
 
 
 class MetricsConfig(_Table):

@@ -11,7 +11,11 @@ place that knows it:
 * ``encode(pixels, tags) -> bytes``: the whole output file, in memory, so that the bytes
   written are the bytes hashed for the sidecar without reading the file back;
 * ``preview(pixels) -> bytes``: the 8-bit PNG preview (``preview_suffix``), the same for
-  every format unless a format has a better one.
+  every format unless a format has a better one;
+* ``for_frame(frame, derivation) -> OutputFormat``: the format one frame is written in. TIFF
+  is itself for every frame; DICOM binds itself to the frame's DICOM source (the dataset the
+  output is derived from, and the output's UIDs, fixed before encoding so the sidecar can
+  name them: ``dicom_identity``); ``auto`` picks DICOM for a DICOM input and TIFF otherwise.
 
 A second format is one new class here and one new name in :func:`output_format` and in the
 ``output.format`` choices of :class:`drdaemon.config.OutputConfig`.
@@ -21,12 +25,26 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import cv2
 import numpy as np
 import tifffile
+
+from drdaemon.errors import FrameError, Reason, Stage
+from drdaemon.io.dicom import DicomSource
+from drdaemon.io.dicom_writer import (
+    Derivation,
+    DerivedIdentity,
+    TransferChoice,
+    derived_identity,
+    encode_derived_dicom,
+)
+from drdaemon.io.readers import Frame
+
+if TYPE_CHECKING:
+    from drdaemon.config import OutputConfig
 
 #: Long side of the PNG preview in pixels; a preview is for a glance, not for diagnosis.
 PREVIEW_MAX_SIDE = 1024
@@ -51,6 +69,15 @@ class OutputFormat(Protocol):
 
     def preview(self, pixels: np.ndarray) -> bytes:
         """An 8-bit preview image of the enhanced frame."""
+        ...
+
+    def for_frame(self, frame: Frame, derivation: Derivation) -> OutputFormat:
+        """The format ``frame`` is written in, bound to what it needs of the frame."""
+        ...
+
+    @property
+    def dicom_identity(self) -> DerivedIdentity | None:
+        """The UIDs and transfer syntax of a bound DICOM output (for the sidecar); None otherwise."""
         ...
 
 
@@ -80,12 +107,113 @@ class TiffOutput:
     def preview(self, pixels: np.ndarray) -> bytes:
         return encode_preview_png(pixels)
 
+    def for_frame(self, frame: Frame, derivation: Derivation) -> TiffOutput:
+        return self
 
-def output_format(name: str = "tiff", compression: str = "zstd") -> OutputFormat:
-    """The format that ``output.format`` names, with ``output.compression``."""
+    @property
+    def dicom_identity(self) -> DerivedIdentity | None:
+        return None
+
+
+@dataclass(frozen=True)
+class DicomOutput:
+    """A derived DICOM image of a DICOM input (:mod:`drdaemon.io.dicom_writer`), suffix ``.dcm``.
+
+    Unbound it is the configured format; :meth:`for_frame` binds it to one frame's source,
+    derivation and new UIDs. A frame that is not DICOM fails (unsupported): a DICOM output
+    is derived from the DICOM object it enhances, which such a frame does not have.
+    """
+
+    uid_root: str | None = None
+    transfer_syntax: TransferChoice = "explicit"
+    source: DicomSource | None = None
+    derivation: Derivation | None = None
+    identity: DerivedIdentity | None = None
+    name: ClassVar[str] = "dicom"
+    suffix: ClassVar[str] = ".dcm"
+    preview_suffix: ClassVar[str] = PREVIEW_SUFFIX
+    #: No TIFF tags: the whole DICOM dataset of the input is kept instead.
+    kept_tags: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def compression(self) -> str:
+        """The transfer syntax written, by its DICOM keyword (the sidecar's ``output.compression``)."""
+        from pydicom.uid import UID
+
+        return UID(self.identity.transfer_syntax).keyword if self.identity else "ExplicitVRLittleEndian"
+
+    def for_frame(self, frame: Frame, derivation: Derivation) -> DicomOutput:
+        if frame.dicom is None:
+            raise FrameError(Stage.WRITE, Reason.UNSUPPORTED,
+                             f"output.format = 'dicom' needs a DICOM input, got a {frame.format} frame; "
+                             "'auto' writes TIFF for such frames")
+        identity = derived_identity(frame.dicom, derivation, self.uid_root, self.transfer_syntax)
+        return replace(self, source=frame.dicom, derivation=derivation, identity=identity)
+
+    @property
+    def dicom_identity(self) -> DerivedIdentity | None:
+        return self.identity
+
+    def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
+        if self.source is None or self.derivation is None or self.identity is None:
+            raise ValueError("a DICOM output is derived from its source: bind it with for_frame first")
+        return encode_derived_dicom(self.source, pixels, self.derivation, self.identity)
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        return encode_preview_png(pixels)
+
+
+@dataclass(frozen=True)
+class AutoOutput:
+    """DICOM for a DICOM input, TIFF for every other (``output.format = "auto"``)."""
+
+    tiff: TiffOutput
+    dicom: DicomOutput
+    name: ClassVar[str] = "auto"
+    preview_suffix: ClassVar[str] = PREVIEW_SUFFIX
+
+    @property
+    def suffix(self) -> str:
+        return self.tiff.suffix
+
+    @property
+    def compression(self) -> str:
+        return self.tiff.compression
+
+    @property
+    def kept_tags(self) -> tuple[str, ...]:
+        return self.tiff.kept_tags
+
+    def for_frame(self, frame: Frame, derivation: Derivation) -> OutputFormat:
+        return self.dicom.for_frame(frame, derivation) if frame.dicom is not None else self.tiff
+
+    @property
+    def dicom_identity(self) -> DerivedIdentity | None:
+        return None
+
+    def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
+        return self.tiff.encode(pixels, tags)
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        return encode_preview_png(pixels)
+
+
+def output_format(name: str = "tiff", compression: str = "zstd", dicom_uid_root: str | None = None,
+                  dicom_transfer_syntax: TransferChoice = "explicit") -> OutputFormat:
+    """The format that ``output.format`` names, with ``output.compression`` and the DICOM options."""
+    dicom = DicomOutput(dicom_uid_root, dicom_transfer_syntax)
     if name == "tiff":
         return TiffOutput(compression)
-    raise ValueError(f"unknown output format {name!r}; expected tiff")
+    if name == "dicom":
+        return dicom
+    if name == "auto":
+        return AutoOutput(TiffOutput(compression), dicom)
+    raise ValueError(f"unknown output format {name!r}; expected auto, tiff or dicom")
+
+
+def configured_output_format(config: OutputConfig) -> OutputFormat:
+    """The format of an ``[output]`` table."""
+    return output_format(config.format, config.compression, config.dicom_uid_root, config.dicom_transfer_syntax)
 
 
 def encode_tiff_u16(
@@ -146,8 +274,11 @@ def encode_preview_png(pixels: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> 
 __all__ = [
     "PREVIEW_MAX_SIDE",
     "PREVIEW_SUFFIX",
+    "AutoOutput",
+    "DicomOutput",
     "OutputFormat",
     "TiffOutput",
+    "configured_output_format",
     "encode_preview_png",
     "encode_tiff_u16",
     "output_format",

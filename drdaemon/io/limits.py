@@ -7,9 +7,12 @@ frame against the same limits, with the same reasons, before decoding a single p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from drdaemon.errors import FrameError, Reason, Stage
+
+if TYPE_CHECKING:
+    from drdaemon.config import InputConfig
 
 RawDtype = Literal["uint8", "uint16", "float32"]
 
@@ -31,6 +34,13 @@ class ReadLimits:
     max_bytes: int = 2_000_000_000
     #: The geometry of ``.raw`` frames; None: ``.raw`` files fail as unsupported, naming the table.
     raw: RawLayout | None = None
+
+
+def read_limits(config: InputConfig) -> ReadLimits:
+    """The limits and raw layout of an ``[input]`` table (:class:`drdaemon.config.InputConfig`)."""
+    raw = config.raw
+    layout = None if raw is None else RawLayout(raw.width, raw.height, raw.dtype, raw.byte_order, raw.header_bytes)
+    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes, raw=layout)
 
 
 def check_size(name: str, size: int, limits: ReadLimits) -> None:
@@ -62,4 +72,4 @@ def refuse_frames(name: str, frames: int, what: str) -> None:
                          f"{name} is a {what} with {frames} frames; only single-frame files are enhanced")
 
 
-__all__ = ["RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "refuse_frames"]
+__all__ = ["RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "read_limits", "refuse_frames"]

@@ -100,7 +100,7 @@ def decode_frame(data: bytes, name: str, limits: ReadLimits = ReadLimits()) -> F
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has no DICM marker after a 128-byte preamble")
     else:
         raise FrameError(Stage.READ, Reason.UNREADABLE,
-                         f"{name} is none of TIFF, PNG, DICOM (DICM marker), .raw or .his")
+                         f"{name} is neither a TIFF nor a PNG file (nor DICOM with its DICM marker, .raw or .his)")
     _check_pixels(name, frame.pixels)
     return frame
 

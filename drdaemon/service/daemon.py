@@ -37,8 +37,8 @@ from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
-from drdaemon.io.formats import output_format
-from drdaemon.io.readers import ReadLimits
+from drdaemon.io.formats import configured_output_format
+from drdaemon.io.limits import read_limits
 from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.frame import (
@@ -155,11 +155,11 @@ class Daemon:
         self._engines = engines
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
-        self.limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
+        self.limits = read_limits(settings.input)
         self.finisher = Finisher.for_folders(
             self.folders,
             preview=settings.output.preview_png,
-            output_format=output_format(settings.output.format, settings.output.compression),
+            output_format=configured_output_format(settings.output),
         )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.progress = Progress()

@@ -18,7 +18,8 @@ from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
 from drdaemon.folders.claim import WorkItem
 from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
-from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
+from drdaemon.io.dicom_writer import Derivation
+from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
 
 
 @dataclass
@@ -92,12 +93,23 @@ def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
         started_wall=loaded.started_wall,
         timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "enhance": done.enhance_s},
         engine_timings=dict(done.result.timings),
+        input_format=loaded.frame.format,
+        input_dicom=dicom_record(loaded.frame.dicom),
+        input_raw=raw_record(loaded.frame.raw),
     )
 
 
+def derivation(done: EnhancedFrame) -> Derivation:
+    """The engine identity a derived (DICOM) output records."""
+    return Derivation(done.engine_name, dict(done.result.parameters), done.weights_sha256)
+
+
 def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> Committed:
-    """Hand the enhanced frame to the commit (:func:`drdaemon.folders.commit.commit_output`)."""
-    result = FrameOutput(done.result.pixels, done.loaded.frame.tags, sidecar_draft(done))
+    """Hand the enhanced frame, in the format chosen for it, to the commit
+    (:func:`drdaemon.folders.commit.commit_output`)."""
+    frame = done.loaded.frame
+    output_format = finisher.output_format.for_frame(frame, derivation(done))
+    result = FrameOutput(done.result.pixels, frame.tags, sidecar_draft(done), output_format)
     return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
 
 
