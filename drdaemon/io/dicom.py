@@ -104,10 +104,12 @@ def parse_dicom(data: bytes, name: str):
 
 def check_dicom_header(dataset, name: str, limits: ReadLimits) -> tuple[int, int]:
     """Refuse what is not one gray frame of 8 to 16 bits, and frames over the limits; (rows, columns)."""
+    if len(dataset) == 0 and len(getattr(dataset, "file_meta", ())) == 0:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has a DICM marker but no readable data elements")
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
             raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} has float pixel data; integer frames only")
-        sop_class = getattr(dataset.file_meta, "MediaStorageSOPClassUID", None) if hasattr(dataset, "file_meta") else None
+        sop_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
         if "Rows" in dataset or (sop_class is not None and "Image" in sop_class.name):
             raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: the image has no (whole) pixel data")
         raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} is a DICOM object without an image")
