@@ -37,7 +37,7 @@ def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
 @pytest.fixture
 def folders(tmp_path: Path) -> Folders:
     f = Folders().resolved(tmp_path)
-    for path in f.all():
+    for _, path in f:
         path.mkdir()
     return f
 
@@ -92,7 +92,7 @@ def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
         assert record.input.sha256 == sha(inputs[name])
     assert set(seen) == set(inputs)
     assert sorted(p.read_bytes() for p in folders.archive.iterdir()) == sorted(inputs.values())
-    leftovers = [p.name for folder in folders.all() for p in folder.iterdir() if p.name != ".drdaemon.lock"
+    leftovers = [p.name for _, folder in folders for p in folder.iterdir() if p.name != ".drdaemon.lock"
                  and folder not in (folders.outbox, folders.archive)]
     assert leftovers == []
     assert not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
@@ -331,7 +331,8 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
 
 
 def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
-    from drdaemon.service.daemon import EXIT_DEVICE_LOST, Daemon
+    from drdaemon.exits import EXIT_DEVICE_LOST
+    from drdaemon.service.daemon import Daemon
     from drdaemon.errors import DeviceLost
 
     def behaviour(call: int) -> None:

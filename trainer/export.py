@@ -18,7 +18,7 @@ from pathlib import Path
 
 from drdaemon.model.network import Enhancer
 from drdaemon.model.weights import save_weights
-from trainer.clip_backbone import ClipSource
+from trainer.clip_weights import ClipSource
 
 
 def card_path(weights_path: Path) -> Path:

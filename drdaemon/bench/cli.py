@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drdaemon.defaults import PRECISIONS
+
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 
 
@@ -180,22 +182,19 @@ def bare_loop(engine, paths: list[Path], out: Path, compression: str) -> FolderR
 
 
 def daemon_config(root: Path, engine_table: dict[str, object], compression: str, stability_wait: float) -> Path:
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A daemon configuration for the folder test: folders under ``root``, no metrics, quiet logs."""
+    import tomli_w
 
-    lines = ["[folders]"] + [f'{name} = "{name}"' for name in ("inbox", "outbox", "archive", "failed", "work")]
-    lines += ["", "[engine]"] + [f"{k} = {value(v)}" for k, v in engine_table.items()]
-    lines += ["", "[output]", f'compression = "{compression}"']
-    lines += ["", "[watch]", f"stability_wait_s = {stability_wait!r}", "rescan_interval_s = 1.0",
-              "", "[metrics]", "enabled = false", "", "[logging]", 'level = "WARNING"', 'format = "json"']
+    config = {
+        "folders": {name: name for name in ("inbox", "outbox", "archive", "failed", "work")},
+        "engine": engine_table,
+        "output": {"compression": compression},
+        "watch": {"stability_wait_s": stability_wait, "rescan_interval_s": 1.0},
+        "metrics": {"enabled": False},
+        "logging": {"level": "WARNING", "format": "json"},
+    }
     path = root / "bench.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(config))
     return path
 
 
@@ -324,7 +323,7 @@ def _precision_names(spec: str, cuda: bool) -> list[str]:
         item = item.strip()
         if item == "half":
             item = "float16" if cuda else "bfloat16"
-        if item not in ("float32", "float16", "bfloat16"):
+        if item not in PRECISIONS:
             raise SystemExit(f"drdaemon bench: unknown precision {item!r}")
         names.append(item)
     return names

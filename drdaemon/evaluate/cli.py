@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from drdaemon.defaults import PRECISIONS
 from drdaemon.engines.classical import to_u16
 from drdaemon.evaluate.baselines import MethodError, build_methods
 from drdaemon.evaluate.dicom import DicomError, is_dicom, read_dicom
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"gaussian], net:WEIGHTS (default {DEFAULT_METHODS})")
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, scores.json, figure.png")
     parser.add_argument("--device", default="auto", help="device of the net engine: auto, cpu, cuda:N")
-    parser.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"],
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="precision of the net engine (default float32)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
     parser.add_argument("--figure-frame", default=None, help="file name of the frame to show in the figure")

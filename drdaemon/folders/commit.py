@@ -41,7 +41,7 @@ import structlog
 
 from drdaemon.config import Folders
 from drdaemon.errors import FrameError, Reason, Stage
-from drdaemon.folders.claim import WorkItem, distinct_name, pending_work
+from drdaemon.folders.claim import WorkItem, distinct_name, free_name, pending_work
 from drdaemon.io.durable import atomic_write, fsync_directory, remove_temporaries
 from drdaemon.io.formats import OutputFormat, TiffOutput
 from drdaemon.io.sidecar import Sidecar, SidecarDraft, dicom_record, utc_iso
@@ -196,7 +196,7 @@ class Finisher:
                 raise
 
     def undo_output(self, plan: Plan) -> None:
-        """Remove an output and preview that this process wrote but no sidecar vouches for."""
+        """Remove an output and preview that no sidecar vouches for."""
         for name in (plan.output, plan.preview):
             if name is not None:
                 Path(name).unlink(missing_ok=True)
@@ -243,19 +243,13 @@ class Finisher:
             self.retire_input(work_file, plan)
             return
         # Nothing vouches for the outputs named in the plan: they go, and the frame is redone.
-        for name in (plan.output, plan.preview):
-            if name is not None:
-                Path(name).unlink(missing_ok=True)
+        self.undo_output(plan)
         plan_file.unlink(missing_ok=True)
 
 
 def _move_no_replace(source: Path, target: Path) -> None:
     """Rename ``source`` to ``target``; if a stranger's file took the name meanwhile, add ``~N``."""
-    index = 0
-    candidate = target
-    while os.path.lexists(candidate):
-        index += 1
-        candidate = target.with_name(distinct_name(target.name, index))
+    candidate = free_name(target)
     os.rename(source, candidate)
     fsync_directory(candidate.parent)
 

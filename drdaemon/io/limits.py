@@ -7,12 +7,10 @@ frame against the same limits, with the same reasons, before decoding a single p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from drdaemon import defaults
 from drdaemon.errors import FrameError, Reason, Stage
-
-if TYPE_CHECKING:
-    from drdaemon.config import InputConfig
 
 RawDtype = Literal["uint8", "uint16", "float32"]
 
@@ -30,17 +28,12 @@ class RawLayout:
 
 @dataclass(frozen=True)
 class ReadLimits:
-    max_pixels: int = 200_000_000
-    max_bytes: int = 2_000_000_000
+    """Sizes above which a frame fails as ``too_large`` before any pixel is decoded (``[input]``)."""
+
+    max_pixels: int = defaults.MAX_PIXELS
+    max_bytes: int = defaults.MAX_BYTES
     #: The geometry of ``.raw`` frames; None: ``.raw`` files fail as unsupported, naming the table.
     raw: RawLayout | None = None
-
-
-def read_limits(config: InputConfig) -> ReadLimits:
-    """The limits and raw layout of an ``[input]`` table (:class:`drdaemon.config.InputConfig`)."""
-    raw = config.raw
-    layout = None if raw is None else RawLayout(raw.width, raw.height, raw.dtype, raw.byte_order, raw.header_bytes)
-    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes, raw=layout)
 
 
 def check_size(name: str, size: int, limits: ReadLimits) -> None:
@@ -72,4 +65,4 @@ def refuse_frames(name: str, frames: int, what: str) -> None:
                          f"{name} is a {what} with {frames} frames; only single-frame files are enhanced")
 
 
-__all__ = ["RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "read_limits", "refuse_frames"]
+__all__ = ["RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "refuse_frames"]

@@ -136,8 +136,13 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
     return Frame(pixels=np.ascontiguousarray(pixels), format="tiff", tags=tags)
 
 
+def _tiff_data_end(page: tifffile.TiffPage) -> int:
+    """The byte offset where the page's last image data ends."""
+    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+
+
 def _check_tiff_complete(name: str, page: tifffile.TiffPage, size: int) -> None:
-    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    end = _tiff_data_end(page)
     if end > size or 0 in page.databytecounts:
         raise FrameError(Stage.READ, Reason.TRUNCATED,
                          f"{name} is truncated: image data runs to byte {end}, file has {size}")
@@ -205,8 +210,7 @@ def looks_complete(path: Path) -> bool:
         if head.startswith(PNG_SIGNATURE):
             return png_complete(path)
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+            end = _tiff_data_end(tif.pages[0])
             return 0 < end <= Path(path).stat().st_size
     except Exception:  # anything unparsable is "not complete yet"
         return False

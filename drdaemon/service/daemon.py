@@ -20,7 +20,6 @@ SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import sys
@@ -29,24 +28,25 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import structlog
 
 from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
-from drdaemon.engines import Engine, build_engines
+from drdaemon.engines import Engine, build_checked_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
+from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
 from drdaemon.io.formats import configured_output_format
-from drdaemon.io.limits import read_limits
 from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.pipe import Pipe
 from drdaemon.service.frame import (
     EnhancedFrame,
     LoadedFrame,
     commit_frame,
     enhance_frame,
     load_frame,
+    read_limits,
     stage_timings,
     unexpected_error,
 )
@@ -55,68 +55,6 @@ from drdaemon.folders.commit import Finisher, fail_frame
 from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
-
-#: Exit status when the accelerator is gone (sysexits EX_SOFTWARE): the service manager restarts.
-EXIT_DEVICE_LOST = 70
-EXIT_OK = 0
-
-T = TypeVar("T")
-
-
-class Pipe(Generic[T]):
-    """A bounded hand-off between two pipeline stages.
-
-    ``get`` returns None once every producer has called :meth:`producer_done` and the pipe is
-    empty (a graceful drain), or at once after :meth:`abort` (items left behind stay in
-    ``work/`` and are redone at the next start).
-    """
-
-    def __init__(self, capacity: int, producers: int) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._capacity = max(1, capacity)
-        self._producers = producers
-        self._aborted = False
-        self._cond = threading.Condition()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def wait_for_room(self, timeout: float) -> bool:
-        """Block until an item would fit (True) or ``timeout`` passes or the pipe is aborted (False)."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._items) < self._capacity or self._aborted, timeout)
-            return len(self._items) < self._capacity and not self._aborted
-
-    def put(self, item: T) -> bool:
-        with self._cond:
-            while len(self._items) >= self._capacity and not self._aborted:
-                self._cond.wait()
-            if self._aborted:
-                return False
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
-
-    def get(self) -> T | None:
-        with self._cond:
-            while not self._items and self._producers > 0 and not self._aborted:
-                self._cond.wait()
-            if self._aborted or not self._items:
-                return None
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def producer_done(self) -> None:
-        with self._cond:
-            self._producers -= 1
-            self._cond.notify_all()
-
-    def abort(self) -> None:
-        with self._cond:
-            self._aborted = True
-            self._cond.notify_all()
-
 
 class Progress:
     """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
@@ -187,15 +125,9 @@ class Daemon:
             )
 
     def load_engines(self) -> list[Engine]:
-        """Build the engines; a failure other than a lost device is a configuration problem."""
+        """Build the engines (unless given); see :func:`drdaemon.engines.build_checked_engines`."""
         if self._engines is None:
-            try:
-                self._engines = build_engines(self.settings.engine)
-            except (DeviceLost, ConfigError):
-                raise
-            except Exception as exc:
-                raise ConfigError(f"engine: cannot build the {self.settings.engine.effective_name()!r} "
-                                  f"engine: {type(exc).__name__}: {exc}") from exc
+            self._engines = build_checked_engines(self.settings.engine)
         if not self._engines:
             raise ConfigError("engine: the configuration yields no engine to run")
         return self._engines
@@ -270,8 +202,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def _fatal(self, status: int) -> None:
-        """Stop fast: unstarted frames stay in work/ and are redone at the next start."""
+    def _fatal(self, status: int, cause: str) -> None:
+        """Stop fast: unstarted frames stay in work/ and are redone at the next start.
+
+        ``cause`` (``device_lost`` or ``internal_error``) is counted, as both exit with 70.
+        """
+        self.metrics.fatal_error(cause)
         with self._fatal_lock:
             self.exit_status = status
         self.request_stop()
@@ -296,8 +232,8 @@ class Daemon:
             try:
                 target(*args)
             except Exception:
-                log.exception("thread_crashed", thread=name)
-                self._fatal(EXIT_DEVICE_LOST)
+                log.exception("internal_error", thread=name, note="a bug: the daemon stops and is restarted")
+                self._fatal(EXIT_INTERNAL_ERROR, "internal_error")
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
@@ -413,7 +349,7 @@ class Daemon:
                     log.error("device_lost", device=engine.device, frame=loaded.item.original.name,
                               error=str(exc), note="frame stays in work/ and is redone at the next start")
                     self.progress.finished()
-                    self._fatal(EXIT_DEVICE_LOST)
+                    self._fatal(EXIT_DEVICE_LOST, "device_lost")
                     return
                 self.progress.moved()
                 if not self._enhanced.put(done):
@@ -471,4 +407,4 @@ def run_daemon(settings: Settings) -> int:
     return Daemon(settings).run()
 
 
-__all__ = ["Daemon", "Pipe", "EXIT_DEVICE_LOST", "run_daemon"]
+__all__ = ["Daemon", "run_daemon"]

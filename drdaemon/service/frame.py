@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drdaemon.config import InputConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
-from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
+from drdaemon.io.limits import RawLayout, ReadLimits
+from drdaemon.io.readers import Frame, read_frame_bytes
 from drdaemon.folders.claim import WorkItem
 from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
 from drdaemon.io.dicom_writer import Derivation
@@ -42,6 +44,13 @@ class EnhancedFrame:
     device: str
     weights_sha256: str | None
     enhance_s: float
+
+
+def read_limits(config: InputConfig) -> ReadLimits:
+    """The reader's size limits and ``.raw`` layout from the ``[input]`` table."""
+    raw = config.raw
+    layout = None if raw is None else RawLayout(raw.width, raw.height, raw.dtype, raw.byte_order, raw.header_bytes)
+    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes, raw=layout)
 
 
 def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
@@ -136,6 +145,7 @@ __all__ = [
     "engine_stage_timings",
     "enhance_frame",
     "load_frame",
+    "read_limits",
     "sidecar_draft",
     "stage_timings",
     "unexpected_error",
