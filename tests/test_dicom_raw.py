@@ -482,3 +482,22 @@ def test_enhance_with_format_dicom_refuses_a_tiff(tmp_path: Path, capsys) -> Non
                  "--config", str(config)]) == 1
     assert "unsupported" in capsys.readouterr().err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_evaluation_reads_what_the_daemon_reads(tmp_path: Path) -> None:
+    from drdaemon.evaluate.cli import main as evaluate_main
+
+    data = tmp_path / "frames"
+    data.mkdir()
+    pixels = ramp((48, 64))
+    (data / "IM0001").write_bytes(dicom_bytes(diconde_dataset(pixels, bits_stored=12, photometric="MONOCHROME1")))
+    (data / "det.his").write_bytes(encode_his(pixels))
+    (data / "det.raw").write_bytes(pixels.tobytes())
+    config = _config(tmp_path, "[input.raw]\nwidth = 64\nheight = 48\n")
+    out = tmp_path / "eval"
+    assert evaluate_main(["--data", str(data), "--methods", "identity", "--out", str(out), "--no-progress",
+                          "--config", str(config)]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores["frames"]) == {"IM0001", "det.his", "det.raw"}, scores.keys()
+    # Without the layout, the .raw frame fails as the daemon would fail it.
+    assert evaluate_main(["--data", str(data), "--methods", "identity", "--out", str(out), "--no-progress"]) == 2
