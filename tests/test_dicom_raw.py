@@ -501,3 +501,34 @@ def test_the_evaluation_reads_what_the_daemon_reads(tmp_path: Path) -> None:
     assert set(scores["frames"]) == {"IM0001", "det.his", "det.raw"}, scores.keys()
     # Without the layout, the .raw frame fails as the daemon would fail it.
     assert evaluate_main(["--data", str(data), "--methods", "identity", "--out", str(out), "--no-progress"]) == 2
+
+
+@pytest.mark.slow
+def test_daemon_takes_dicom_and_his_frames_through_the_folder_lifecycle(tmp_path: Path) -> None:
+    from test_daemon_e2e import Station, sha
+
+    station = Station(tmp_path, extra='[output]\ndicom_uid_root = "1.2.826.0.1.3680043.10.999"\n')
+    station.config.write_text(station.config.read_text().replace(
+        "[watch]\n", '[watch]\npatterns = ["*.dcm", "*.his", "IM*"]\n'))
+    source = diconde_dataset(ramp((96, 80)), bits_stored=12)
+    good = {"IM0001": dicom_bytes(source), "det.his": encode_his(ramp((64, 72)))}
+    bad = {"cut.dcm": dicom_bytes(diconde_dataset(ramp((96, 80))))[:-500],
+           "stack.his": encode_his(np.stack([ramp((16, 16))] * 3))}
+    station.start()
+    try:
+        for name, data in {**good, **bad}.items():
+            station.drop(name, data)
+        station.wait_for(lambda: len(station.names("archive")) == 2 and len(station.names("failed")) == 4, timeout=90)
+    finally:
+        assert station.stop() == 0
+    assert sorted(station.names("outbox")) == ["IM0001.dcm", "IM0001.dcm.json", "det.tif", "det.tif.json"]
+    for name, data in good.items():
+        assert sha((station.dirs["archive"] / name).read_bytes()) == sha(data)  # archived byte-identical
+    sidecar = json.loads((station.dirs["outbox"] / "IM0001.dcm.json").read_text())
+    written = pydicom.dcmread(station.dirs["outbox"] / "IM0001.dcm")
+    assert sidecar["output"]["dicom"]["sop_instance_uid"] == written.SOPInstanceUID
+    assert written.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    reasons = {name: json.loads((station.dirs["failed"] / f"{name}.reason.json").read_text())["reason"] for name in bad}
+    assert reasons == {"cut.dcm": "truncated", "stack.his": "unsupported"}
+    for name, data in bad.items():
+        assert (station.dirs["failed"] / name).read_bytes() == data
