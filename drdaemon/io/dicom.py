@@ -152,9 +152,12 @@ def _decode_stored(dataset, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dataset.pixel_array
+            pixels, _ = decoder.as_array(dataset)  # not cached on the dataset, which outlives the decode
+            return pixels
     except Exception as exc:  # codec plugins raise their own kinds for a damaged code stream
-        reason = Reason.TRUNCATED if "less than expected" in str(exc) or "end" in str(exc).lower() else Reason.UNREADABLE
+        text = str(exc).lower()
+        truncated = any(sign in text for sign in ("less than expected", "end of file", "truncat"))
+        reason = Reason.TRUNCATED if truncated else Reason.UNREADABLE
         raise FrameError(Stage.READ, reason, f"cannot decode the pixels of {name}: {exc}") from exc
 
 
@@ -192,7 +195,10 @@ def decode_dicom(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray
         raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} decoded to shape {stored.shape}; one 2-D frame expected")
     pixels, value_range = engine_view(stored, dataset)
     syntax = str(dataset.file_meta.TransferSyntaxUID)
-    del dataset.PixelData  # the header travels with the frame; the pixels do so once, decoded
+    # The header travels with the frame to its output; the pixels do so once, decoded, and the
+    # file's bytes not at all.
+    del dataset.PixelData
+    dataset.buffer = None
     source = DicomSource(
         dataset=dataset,
         transfer_syntax=syntax,
