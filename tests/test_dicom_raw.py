@@ -81,20 +81,21 @@ def test_cr_frame_is_read_as_dicom_despite_the_tiff_header_in_its_preamble(name:
     assert looks_complete(path)
 
 
+@pytest.mark.parametrize("name", CR_FRAMES)
 @pytest.mark.parametrize("syntax", [JPEG2000_LOSSLESS, JPEGLS_LOSSLESS, RLE_LOSSLESS, DEFLATED],
                          ids=["jpeg2000", "jpegls", "rle", "deflate"])
-def test_recompressed_cr_frame_reads_as_the_reference_decoder_reads_it(tmp_path: Path, syntax: str) -> None:
+def test_recompressed_cr_frame_reads_as_the_reference_decoder_reads_it(tmp_path: Path, syntax: str, name: str) -> None:
     if not has_decoder(syntax):
         pytest.skip(f"no decoder for {syntax} (pip install 'drdaemon[dicom]')")
-    source = pydicom_data_file("RG3_UNCR.dcm")
-    uncompressed = read_frame(source).pixels
+    source = pydicom_data_file(name)
+    uncompressed = read_frame(source)
     path = tmp_path / "IM0001"  # no suffix: recognised by its DICM marker
     path.write_bytes(dicom_bytes(pydicom.dcmread(source), syntax))
     frame = read_frame(path)
     assert frame.dicom.transfer_syntax == syntax
-    np.testing.assert_array_equal(frame.pixels, uncompressed)
+    np.testing.assert_array_equal(frame.pixels, uncompressed.pixels)
     reference = pydicom.dcmread(path).pixel_array
-    np.testing.assert_array_equal(frame.pixels, 1023 - reference)
+    np.testing.assert_array_equal(frame.pixels, int(uncompressed.dicom.value_range[1]) - reference)
 
 
 def test_missing_codec_is_unsupported_naming_the_extra(monkeypatch) -> None:
@@ -431,6 +432,36 @@ def test_default_patterns_take_dicom_raw_and_his_and_a_pattern_takes_suffixless_
         assert watcher.accepts(name), name
     assert not watcher.accepts("IM0001")
     assert InboxWatcher(tmp_path, WatchConfig(patterns=["IM*"])).accepts("IM0001")
+
+
+def test_raw_layout_and_dicom_output_keys_come_from_the_environment_and_print_back(tmp_path: Path, monkeypatch) -> None:
+    from drdaemon.cli import settings_to_toml
+    from drdaemon.config import load_settings
+    from drdaemon.service.frame import read_limits
+
+    monkeypatch.setenv("DRDAEMON_INPUT__RAW__WIDTH", "3072")
+    monkeypatch.setenv("DRDAEMON_INPUT__RAW__HEIGHT", "2048")
+    monkeypatch.setenv("DRDAEMON_INPUT__RAW__BYTE_ORDER", "big")
+    monkeypatch.setenv("DRDAEMON_OUTPUT__FORMAT", "dicom")
+    monkeypatch.setenv("DRDAEMON_OUTPUT__DICOM_UID_ROOT", "1.2.826.0.1.3680043.10.999")
+    settings = load_settings(None)
+    assert read_limits(settings.input).raw == RawLayout(width=3072, height=2048, byte_order="big")
+    assert settings.output.format == "dicom"
+    printed = tmp_path / "printed.toml"
+    printed.write_text(settings_to_toml(settings), encoding="utf-8")
+    for name in ("DRDAEMON_INPUT__RAW__WIDTH", "DRDAEMON_INPUT__RAW__HEIGHT", "DRDAEMON_INPUT__RAW__BYTE_ORDER",
+                 "DRDAEMON_OUTPUT__FORMAT", "DRDAEMON_OUTPUT__DICOM_UID_ROOT"):
+        monkeypatch.delenv(name)
+    again = load_settings(printed)
+    assert again.input == settings.input and again.output == settings.output
+
+
+@pytest.mark.parametrize("root", ["1.2.03", "1.2.", "abc", "1." + "2" * 60])
+def test_a_bad_uid_root_is_a_configuration_error(tmp_path: Path, root: str) -> None:
+    from drdaemon.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="dicom_uid_root"):
+        load_settings(_config(tmp_path, f'[output]\ndicom_uid_root = "{root}"\n'))
 
 
 # -- the batch command end to end ---------------------------------------------------------------
