@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from drdaemon import __version__
 import tomli_w
 
+from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings, load_settings
 from drdaemon.exits import (
     EXIT_BUSY,
@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DeviceLost as exc:  # at warm-up: let the service manager restart
         structlog.get_logger("drdaemon").error("device_lost", error=str(exc))
         return EXIT_DEVICE_LOST
-    except Exception as exc:  # a bug: logged with its traceback, and the service manager restarts
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, and the service manager restarts
         structlog.get_logger("drdaemon").exception("internal_error", error=f"{type(exc).__name__}: {exc}")
         return EXIT_INTERNAL_ERROR
 
@@ -137,12 +137,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from drdaemon.engines import build_checked_engines
-    from drdaemon.errors import FrameError, Stage
-    from drdaemon.io.formats import configured_output_format
-    from drdaemon.logs import configure_logging
-    from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits, unexpected_error
+    from drdaemon.errors import Stage
     from drdaemon.folders.claim import WorkItem
     from drdaemon.folders.commit import Finisher
+    from drdaemon.io.formats import configured_output_format
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.frame import as_frame_error, commit_frame, enhance_frame, load_frame, read_limits
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)
@@ -157,12 +157,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         try:
             done = enhance_frame(load_frame(item, limits), engine)
             commit_frame(done, finisher, retire_input=False)
-        except FrameError as error:
+        except Exception as exc:  # noqa: BLE001 - one file's failure, even a bug, must not stop the others
             failures += 1
+            error = as_frame_error(Stage.ENHANCE, exc)
             tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
-        except Exception as exc:
-            failures += 1
-            tqdm.write(f"{path}: {unexpected_error(Stage.ENHANCE, exc)}", file=sys.stderr)
     print(f"{len(args.files) - failures} of {len(args.files)} frames enhanced into {args.out}")
     return EXIT_SOME_FAILED if failures else EXIT_OK
 

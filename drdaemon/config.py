@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from drdaemon import defaults
-from drdaemon.defaults import EngineName, Precision
+from drdaemon.defaults import EngineName, MethodName, Precision
+
 
 class ConfigError(Exception):
     """A configuration file that is missing, unreadable or invalid; the message names the key."""
@@ -74,7 +75,7 @@ class EngineConfig(_Table):
             raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
         return self
 
-    def effective_name(self) -> str:
+    def effective_name(self) -> MethodName:
         if self.name == "auto":
             return "net" if self.weights is not None else "classical"
         return self.name
@@ -160,8 +161,13 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-    ):
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: the environment overrides the file's values (passed as init).
         return (env_settings, init_settings)
 
@@ -185,7 +191,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 
 def load_settings(path: Path | None) -> Settings:
     """Read ``path`` (or defaults only, when None), apply the environment, resolve folders."""
-    data: dict = {}
+    data: dict[str, Any] = {}
     base = Path.cwd()
     source = "defaults and environment"
     if path is not None:

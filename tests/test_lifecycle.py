@@ -348,6 +348,25 @@ def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: 
     assert list(settings.folders.failed.iterdir()) == [] and list(settings.folders.outbox.iterdir()) == []
 
 
+def test_an_internal_error_exits_70_and_says_it_was_not_the_device(tmp_path: Path, monkeypatch) -> None:
+    from drdaemon.exits import EXIT_INTERNAL_ERROR
+    from drdaemon.service import daemon as daemon_module
+
+    def broken_timings(*args: object) -> dict[str, float]:
+        raise RuntimeError("a bug after the commit")
+
+    monkeypatch.setattr(daemon_module, "stage_timings", broken_timings)
+    settings = daemon_settings(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    (settings.folders.inbox / "one.tif").write_bytes(frame_bytes(3))
+    daemon = daemon_module.Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
+    assert run_daemon_until(daemon, lambda: False, timeout=10.0) == EXIT_INTERNAL_ERROR
+    sample = daemon.metrics.registry.get_sample_value
+    assert sample("drdaemon_fatal_errors_total", {"cause": "internal_error"}) == 1
+    assert sample("drdaemon_fatal_errors_total", {"cause": "device_lost"}) == 0
+    assert (settings.folders.outbox / "one.tif.json").exists()  # committed before the bug struck
+
+
 def test_write_failure_fails_the_frame_and_spares_a_strangers_file(folders: Folders, monkeypatch) -> None:
     (folders.inbox / "w.tif").write_bytes(frame_bytes(11))
     item = claim(folders.inbox / "w.tif", folders.work, time.time(), time.monotonic())

@@ -1,4 +1,4 @@
-"""Training config: METHOD.md defaults, TOML file, --set overrides, the documented example, the schedule."""
+"""Training config: the method's defaults (docs/method.md), TOML file, --set overrides, the documented example, the schedule."""
 
 import re
 from pathlib import Path

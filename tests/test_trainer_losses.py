@@ -1,4 +1,4 @@
-"""The losses of METHOD.md against values worked out by hand."""
+"""The losses of docs/method.md against values worked out by hand."""
 
 import math
 

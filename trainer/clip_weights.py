@@ -15,6 +15,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -120,6 +121,7 @@ def find_local_checkpoint(folder: Path) -> Path | None:
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
     """A CLIP state dict from safetensors, a (wrapped) torch state dict or an OpenAI JIT archive."""
     path = Path(path)
+    state: Any
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -1,10 +1,10 @@
 """Every training value in one validated model, with the published settings as defaults.
 
-Values come from three places, later ones winning: these defaults (METHOD.md), a TOML file
+Values come from three places, later ones winning: these defaults (``docs/method.md``), a TOML file
 (``--config train.toml``, keys documented in ``train.example.toml``) and ``--set
 section.key=value`` overrides on the command line.
 
-Choices made where METHOD.md is silent, written down here once:
+Choices the project made (also in ``docs/method.md``), written down here once:
 
 * The enhancer trains on ``in_ch = 1``: DR frames are gray, and the gray channel is
   replicated to 3 channels only on the CLIP side. ``in_ch = 3`` is refused.
@@ -17,13 +17,14 @@ Choices made where METHOD.md is silent, written down here once:
   so the run sees the published batch whatever the GPU count.
 * The feature distance ``|| a - b ||_2`` is the mean squared difference over the feature
   map's elements, so levels of different sizes weigh by alpha/gamma alone.
-* The score uses ``logit_scale = 1`` (exactly the formula of METHOD.md); CLIP's own
+* The score uses ``logit_scale = 1`` (the bare cosine similarities); CLIP's own
   temperature is 100 and may be set instead.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,7 +158,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the TOML file, then each ``--set`` override."""
     values: dict[str, Any] = {}
     if path is not None:

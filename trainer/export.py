@@ -40,7 +40,7 @@ def export_weights(out: Path, enhancer: Enhancer, *, config: dict, data: dict, c
                    final_losses: dict[str, float], iterations: int, duration_s: float,
                    extra: dict | None = None) -> tuple[str, Path]:
     """Write the weights and the model card; returns (weights sha256, card path)."""
-    provenance = {
+    provenance: dict[str, object] = {
         "trainer": "trainer (CLIP + CLAHE prior)",
         "clip_model": clip.model,
         "clip_weights": clip.weights,

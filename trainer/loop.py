@@ -26,11 +26,14 @@ import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
@@ -46,6 +49,9 @@ from trainer.preview import preview_grid, write_preview
 from trainer.prompts import PromptPair
 from trainer.runtime import StopRequest, amp_dtype, configure_determinism, seed_everything
 from trainer.schedule import Phase, PhaseKind, phase_at
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class TrainResult:
@@ -116,7 +122,7 @@ class Trainer:
         self.prompt_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.iteration = 0
         self.elapsed_before = 0.0
-        self.losses: dict[str, Tensor | float] = {}
+        self.losses: Mapping[str, Tensor | float] = {}
         self.text_features: Tensor | None = None
         self.preview_inputs: tuple[Tensor, Tensor] | None = None
         if resume:
@@ -130,12 +136,12 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loader(self, start: int, end: int):
+    def _loader(self, start: int, end: int) -> DataLoader[dict[str, Tensor]]:
         """One loader for iterations ``start .. end-1``; each batch's content follows its phase."""
         o, schedule = self.cfg.optim, self.cfg.schedule
         sizes = [o.prompt_batch if phase_at(i, schedule).trains_prompts else o.enhancer_batch
@@ -145,7 +151,9 @@ class Trainer:
         return make_loader(samples, batches, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     # -- steps -------------------------------------------------------------------------
-    def _optimise(self, loss: Tensor, optim: torch.optim.Optimizer, scaler, module: nn.Module) -> None:
+    def _optimise(
+        self, loss: Tensor, optim: torch.optim.Optimizer, scaler: torch.amp.GradScaler, module: nn.Module
+    ) -> None:
         optim.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip > 0:
@@ -279,7 +287,7 @@ class Trainer:
             writer.close()
         return result
 
-    def _after_step(self, bar, writer, started: float) -> None:
+    def _after_step(self, bar: tqdm, writer: SummaryWriter | None, started: float) -> None:
         it, r = self.iteration, self.cfg.run
         bar.update(1)
         if it % r.log_every == 0 or it == self.cfg.schedule.total_iters:
@@ -296,12 +304,12 @@ class Trainer:
     def loss_values(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.losses.items()}
 
-    def _writer(self):
+    def _writer(self) -> SummaryWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
-    def preview(self, writer) -> Path:
+    def preview(self, writer: SummaryWriter | None) -> Path:
         """Write the before/after grid of the fixed preview frames for the current iteration."""
         if self.preview_inputs is None:
             inputs = preview_samples(self.abnormal_files, self.cfg.data)

@@ -1,4 +1,4 @@
-"""The training losses of METHOD.md as pure tensor functions, batched (no per-image loops).
+"""The training losses of ``docs/method.md`` as pure tensor functions, batched (no per-image loops).
 
 Conventions: ``text_features`` is (2, D) with row 0 the negative prompt and row 1 the
 positive one; image features are (B, D); both unit-norm. A score ``S`` is the softmax

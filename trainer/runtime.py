@@ -8,7 +8,7 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 #: What ``signal.signal`` returns and accepts: a handler, SIG_DFL/SIG_IGN, or None.
-_Handler = Union[Callable[[int, FrameType | None], Any], int, signal.Handlers, None]
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class StopRequest:

@@ -26,12 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from drdaemon.defaults import PRECISIONS
+
+if TYPE_CHECKING:
+    from drdaemon.engines.base import Engine
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 
@@ -99,7 +104,7 @@ def machine_description() -> list[str]:
     return lines
 
 
-def median_seconds(run, repeats: int) -> float:
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
@@ -165,7 +170,7 @@ def write_frames(folder: Path, frame: np.ndarray, count: int) -> list[Path]:
     return paths
 
 
-def bare_loop(engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
+def bare_loop(engine: Engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
     """What the daemon's pipeline adds to: read, enhance and write each frame in turn."""
     from drdaemon.io.readers import read_frame
     from drdaemon.io.durable import atomic_write
@@ -243,7 +248,7 @@ def run_daemon_on_folder(root: Path, staged: list[Path], engine_table: dict[str,
     return FolderRun(len(staged), elapsed)
 
 
-def _wait_ready(listener: socket.socket, daemon: subprocess.Popen, timeout: float, log_path: Path) -> None:
+def _wait_ready(listener: socket.socket, daemon: subprocess.Popen[bytes], timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
@@ -265,7 +270,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace,
+def folder_comparison(engine: Engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace,
                       label: str) -> None:
     """Daemon end-to-end against the bare engine loop on the same ``args.frames`` frames.
 

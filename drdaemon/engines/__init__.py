@@ -14,7 +14,7 @@ def build_engines(config: EngineConfig) -> list[Engine]:
     if name == "net":
         from drdaemon.engines.net import build_net_engines  # torch is imported only when needed
 
-        return build_net_engines(config)
+        return [*build_net_engines(config)]
     return [
         ClassicalEngine(
             method=name,

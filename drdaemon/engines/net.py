@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,7 +42,7 @@ from drdaemon.config import ConfigError, EngineConfig
 from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
-from drdaemon.model.network import Enhancer, apply_illumination
+from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
 from drdaemon.model.normalise import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.tiling import (
     CPU_ACTIVATION_MAPS,
@@ -228,7 +228,7 @@ class NetEngine:
     # -- internals ------------------------------------------------------------------------
 
     @property
-    def spec(self):
+    def spec(self) -> EnhancerSpec:
         return self.runtime.model.model.spec
 
     def tile_for(self, height: int, width: int) -> TileSize | None:
@@ -317,7 +317,7 @@ class NetEngine:
         }
 
     @staticmethod
-    def _on(stream: torch.cuda.Stream | None):
+    def _on(stream: torch.cuda.Stream | None) -> AbstractContextManager[object]:
         return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
     def _calibrate_memory(self) -> None:

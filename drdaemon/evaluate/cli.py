@@ -19,22 +19,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from drdaemon.config import ConfigError, load_settings
 from drdaemon.defaults import PRECISIONS
 from drdaemon.engines.classical import to_u16
+from drdaemon.errors import FrameError
 from drdaemon.evaluate.baselines import MethodError, build_methods
 from drdaemon.evaluate.dicom import DicomError, full_range_u16, is_dicom
 from drdaemon.evaluate.quality import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
-from drdaemon.evaluate.report import (MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect,
-                                      summarise)
-from drdaemon.errors import FrameError
-from drdaemon.config import ConfigError, load_settings
-from drdaemon.io.limits import ReadLimits
-from drdaemon.service.frame import read_limits
+from drdaemon.evaluate.report import MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect, summarise
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
 from drdaemon.io.readers import FRAME_SUFFIXES, read_frame
+from drdaemon.service.frame import read_limits
 
 DEFAULT_METHODS = "identity,stretch,gamma,he,clahe,filtered"
 
@@ -47,7 +47,7 @@ class DataError(ValueError):
 class Dataset:
     inputs: list[Path]
     labels: list[Path] | None  # same order as inputs; None when unpaired
-    defects: dict[str, dict]
+    defects: dict[str, dict[str, Any]]
 
     @property
     def paired(self) -> bool:
@@ -81,7 +81,7 @@ def find_dataset(root: Path) -> Dataset:
     return Dataset(inputs, labels, defects)
 
 
-def load_frame(path: Path, limits: ReadLimits = ReadLimits()) -> np.ndarray:
+def load_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
     """A frame as the daemon reads it; a DICOM frame spread over the full 16-bit range (:mod:`.dicom`)."""
     frame = read_frame(path, limits)
     if frame.dicom is not None:
@@ -100,7 +100,7 @@ class EvaluationResult:
 
 def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto", precision: str = "float32",
              limit: int | None = None, figure_frame: str | None = None, progress: bool = True,
-             limits: ReadLimits = ReadLimits()) -> EvaluationResult:
+             limits: ReadLimits = DEFAULT_LIMITS) -> EvaluationResult:
     """Score every method on every frame, then write ``table.md``, ``scores.json`` and ``figure.png``.
 
     ``limits`` are the daemon's ``[input]`` (size limits and the ``.raw`` layout).
@@ -117,7 +117,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     per_method: dict[str, list[FrameScores]] = {m.label: [] for m in methods}
     seconds: dict[str, list[float]] = {m.label: [] for m in methods}
     label_scores: list[FrameScores] = []
-    per_frame: dict[str, dict[str, dict]] = {}
+    per_frame: dict[str, dict[str, dict[str, Any]]] = {}
     panels: list[tuple[str, np.ndarray]] = []
     crop = defect = None
     bar = tqdm(total=len(inputs) * len(methods), desc="evaluate", unit="run", disable=not progress)
@@ -170,7 +170,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     return EvaluationResult(summaries, table, table_path, figure_path, scores_path)
 
 
-def _default_figure_frame(inputs: list[Path], defects: dict[str, dict]) -> str:
+def _default_figure_frame(inputs: list[Path], defects: dict[str, dict[str, Any]]) -> str:
     for path in inputs:
         if defects.get(path.name, {}).get("defects"):
             return path.name

@@ -16,7 +16,8 @@ import numpy as np
 
 from drdaemon.errors import FrameError
 from drdaemon.io.dicom import DICOM_SUFFIXES, has_dicom_marker
-from drdaemon.io.readers import HEAD_BYTES, ReadLimits, read_frame
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
+from drdaemon.io.readers import HEAD_BYTES, read_frame
 
 
 class DicomError(ValueError):
@@ -42,7 +43,7 @@ def full_range_u16(pixels: np.ndarray, value_range: tuple[float, float]) -> np.n
     return np.round((np.clip(pixels.astype(np.float64), low, high) - low) * scale).astype(np.uint16)
 
 
-def read_dicom(path: Path, limits: ReadLimits = ReadLimits()) -> np.ndarray:
+def read_dicom(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
     """One single-frame gray DICOM image as uint16 over the full range, brighter = more signal."""
     try:
         frame = read_frame(Path(path), limits)

@@ -71,6 +71,13 @@ class Plan:
         return [Path(n) for n in names if n is not None]
 
 
+def _named(name: str | None) -> Path:
+    """A final name of a plan that must have it (a success plan's output, a failure's reason)."""
+    if name is None:
+        raise ValueError("the plan names no file for this step")
+    return Path(name)
+
+
 def plan_path(work_file: Path) -> Path:
     return work_file.with_name(f".{work_file.name}{PLAN_SUFFIX}")
 
@@ -166,9 +173,10 @@ class Finisher:
         """Reserve ``failed/<name>`` and ``failed/<name>.reason.json`` for a frame, and write the plan."""
         if self.failed is None:
             raise RuntimeError("this finisher has no failed folder")
+        folder = self.failed
         with self._lock:
             def names(index: int) -> tuple[Path, Path]:
-                failed = self.failed / distinct_name(original_name, index)
+                failed = folder / distinct_name(original_name, index)
                 return failed, failed.with_name(failed.name + REASON_SUFFIX)
 
             failed, reason = self._first_free((str(self.failed), original_name), names)
@@ -187,12 +195,12 @@ class Finisher:
     # -- the commit steps -----------------------------------------------------------------
     def write_output(self, plan: Plan, data: bytes, preview: bytes | None = None) -> None:
         """Output, then preview; on failure nothing of this frame stays under a final name."""
-        atomic_write(Path(plan.output), data)
+        atomic_write(_named(plan.output), data)
         if plan.preview is not None and preview is not None:
             try:
-                atomic_write(Path(plan.preview), preview)
+                atomic_write(_named(plan.preview), preview)
             except BaseException:
-                Path(plan.output).unlink(missing_ok=True)
+                _named(plan.output).unlink(missing_ok=True)
                 raise
 
     def undo_output(self, plan: Plan) -> None:
@@ -202,10 +210,10 @@ class Finisher:
                 Path(name).unlink(missing_ok=True)
 
     def write_sidecar(self, plan: Plan, data: bytes) -> None:
-        atomic_write(Path(plan.sidecar), data)
+        atomic_write(_named(plan.sidecar), data)
 
     def write_reason(self, plan: Plan, data: bytes) -> None:
-        atomic_write(Path(plan.reason), data)
+        atomic_write(_named(plan.reason), data)
 
     def retire_input(self, work_file: Path, plan: Plan) -> None:
         """Move the raw frame to its final folder (archive or failed) and drop the plan."""
@@ -237,7 +245,7 @@ class Finisher:
         if not work_file.exists():  # the input was retired; only the plan's removal was missing
             plan_file.unlink(missing_ok=True)
             return
-        committed = Path(plan.sidecar if plan.kind == "ok" else plan.reason)
+        committed = _named(plan.sidecar if plan.kind == "ok" else plan.reason)
         if committed.exists():
             self._reserved.update(plan.final_paths())
             self.retire_input(work_file, plan)
@@ -324,7 +332,7 @@ def commit_output(
                       note="raw frame stays in work/ until the next start")
     else:
         finisher.release(plan)
-    return Committed(sidecar, Path(str(plan.output)), write_s, sidecar_s)
+    return Committed(sidecar, _named(plan.output), write_s, sidecar_s)
 
 
 def _write_error(exc: Exception) -> FrameError:
@@ -345,7 +353,7 @@ def fail_frame(item: WorkItem, error: FrameError, finisher: Finisher) -> Path:
     }
     finisher.write_reason(plan, (json.dumps(reason, indent=2) + "\n").encode("utf-8"))
     finisher.retire_input(item.path, plan)
-    return Path(str(plan.failed))
+    return _named(plan.failed)
 
 
 __all__ = [

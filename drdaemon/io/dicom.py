@@ -26,11 +26,18 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.limits import ReadLimits, check_shape, refuse_frames
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom is imported where a DICOM file is met, so processes that never see one (the trainer,
+# a TIFF-only station) do not pay for it.
 
 #: Byte offset and value of the DICOM Part 10 marker.
 DICM_OFFSET = 128
@@ -41,7 +48,7 @@ GRAY = ("MONOCHROME1", "MONOCHROME2")
 
 def has_dicom_marker(head: bytes) -> bool:
     """``DICM`` after the 128-byte preamble: the one test, whatever the suffix or preamble."""
-    return head[DICM_OFFSET:DICM_OFFSET + 4] == DICM_MARKER
+    return head[DICM_OFFSET : DICM_OFFSET + 4] == DICM_MARKER
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class DicomUids:
 class DicomSource:
     """The header of a DICOM input (pixel data dropped), for the derived output written beside it."""
 
-    dataset: object  # pydicom.Dataset, with its file_meta
+    dataset: Dataset  # with its file_meta
     transfer_syntax: str
     photometric: str  # MONOCHROME1 or MONOCHROME2, as the input stores it
     bits_stored: int
@@ -70,7 +77,7 @@ class DicomSource:
         return uids_of(self.dataset)
 
 
-def uids_of(dataset) -> DicomUids:
+def uids_of(dataset: Dataset) -> DicomUids:
     return DicomUids(
         study=str(dataset.get("StudyInstanceUID", "")),
         series=str(dataset.get("SeriesInstanceUID", "")),
@@ -79,17 +86,10 @@ def uids_of(dataset) -> DicomUids:
     )
 
 
-def _pydicom():
-    try:
-        import pydicom
-    except ImportError as exc:  # a core dependency; only a broken installation lacks it
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED, "reading DICOM needs pydicom: pip install pydicom") from exc
-    return pydicom
-
-
-def parse_dicom(data: bytes, name: str):
+def parse_dicom(data: bytes, name: str) -> Dataset:
     """The whole dataset (pixel data still encoded), or :class:`FrameError` when it is not DICOM."""
-    pydicom = _pydicom()
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a short file is judged below, not by pydicom's warnings
@@ -102,7 +102,7 @@ def parse_dicom(data: bytes, name: str):
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot parse DICOM {name}: {exc}") from exc
 
 
-def check_dicom_header(dataset, name: str, limits: ReadLimits) -> tuple[int, int]:
+def check_dicom_header(dataset: Dataset, name: str, limits: ReadLimits) -> tuple[int, int]:
     """Refuse what is not one gray frame of 8 to 16 bits, and frames over the limits; (rows, columns)."""
     if len(dataset) == 0 and len(getattr(dataset, "file_meta", ())) == 0:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has a DICM marker but no readable data elements")
@@ -117,14 +117,20 @@ def check_dicom_header(dataset, name: str, limits: ReadLimits) -> tuple[int, int
     samples = int(dataset.get("SamplesPerPixel", 1))
     photometric = str(dataset.get("PhotometricInterpretation", ""))
     if samples != 1 or photometric not in GRAY:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} is {photometric or 'without photometric interpretation'} with {samples} "
-                         "samples per pixel; only gray MONOCHROME1/MONOCHROME2 frames are enhanced")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} is {photometric or 'without photometric interpretation'} with {samples} "
+            "samples per pixel; only gray MONOCHROME1/MONOCHROME2 frames are enhanced",
+        )
     allocated = int(dataset.get("BitsAllocated", 0))
     stored = int(dataset.get("BitsStored", allocated))
     if allocated not in (8, 16) or not 8 <= stored <= allocated:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} has {stored} stored of {allocated} allocated bits; 8 to 16 stored bits are enhanced")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} has {stored} stored of {allocated} allocated bits; 8 to 16 stored bits are enhanced",
+        )
     if "ModalityLUTSequence" in dataset:
         raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} has a Modality LUT Sequence; only rescale is applied")
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
@@ -132,14 +138,17 @@ def check_dicom_header(dataset, name: str, limits: ReadLimits) -> tuple[int, int
     if not dataset.file_meta.TransferSyntaxUID.is_encapsulated:
         expected = rows * columns * allocated // 8
         if len(dataset.PixelData) < expected:
-            raise FrameError(Stage.READ, Reason.TRUNCATED,
-                             f"{name} is truncated: {len(dataset.PixelData)} bytes of pixel data, {expected} expected")
+            raise FrameError(
+                Stage.READ,
+                Reason.TRUNCATED,
+                f"{name} is truncated: {len(dataset.PixelData)} bytes of pixel data, {expected} expected",
+            )
     return rows, columns
 
 
-def _decode_stored(dataset, name: str) -> np.ndarray:
+def _decode_stored(dataset: Dataset, name: str) -> np.ndarray:
     """The stored values as pydicom's decoder gives them (the reference the tests compare with)."""
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     syntax = dataset.file_meta.TransferSyntaxUID
     try:
@@ -147,8 +156,11 @@ def _decode_stored(dataset, name: str) -> np.ndarray:
     except NotImplementedError as exc:
         raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name}: no decoder exists for {syntax.name}") from exc
     if not decoder.is_available:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} is {syntax.name}; its decoder is not installed: pip install 'drdaemon[dicom]'")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} is {syntax.name}; its decoder is not installed: pip install 'drdaemon[dicom]'",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -161,14 +173,14 @@ def _decode_stored(dataset, name: str) -> np.ndarray:
         raise FrameError(Stage.READ, reason, f"cannot decode the pixels of {name}: {exc}") from exc
 
 
-def _stored_range(dataset) -> tuple[int, int]:
+def _stored_range(dataset: Dataset) -> tuple[int, int]:
     bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
     if int(dataset.get("PixelRepresentation", 0)) == 1:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
 
 
-def engine_view(stored: np.ndarray, dataset) -> tuple[np.ndarray, tuple[float, float]]:
+def engine_view(stored: np.ndarray, dataset: Dataset) -> tuple[np.ndarray, tuple[float, float]]:
     """Rescaled, MONOCHROME2 pixels for the engines and the range the header allows for them."""
     low, high = _stored_range(dataset)
     slope = float(dataset.get("RescaleSlope", 1) or 1)
@@ -192,7 +204,9 @@ def decode_dicom(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray
     check_dicom_header(dataset, name, limits)
     stored = _decode_stored(dataset, name)
     if stored.shape != (dataset.Rows, dataset.Columns):
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} decoded to shape {stored.shape}; one 2-D frame expected")
+        raise FrameError(
+            Stage.READ, Reason.UNSUPPORTED, f"{name} decoded to shape {stored.shape}; one 2-D frame expected"
+        )
     pixels, value_range = engine_view(stored, dataset)
     syntax = str(dataset.file_meta.TransferSyntaxUID)
     # The header travels with the frame to its output; the pixels do so once, decoded, and the

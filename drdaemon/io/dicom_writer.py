@@ -32,13 +32,16 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from drdaemon import __version__
 from drdaemon.io.dicom import DicomSource, DicomUids
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 TransferChoice = Literal["explicit", "input"]
 
@@ -55,9 +58,17 @@ _FOR_PRESENTATION = {
 }
 #: Attributes that describe the input's pixel values, which the enhanced pixels no longer have.
 _STALE = (
-    "VOILUTSequence", "WindowCenterWidthExplanation", "VOILUTFunction", "SmallestImagePixelValue",
-    "LargestImagePixelValue", "PixelPaddingValue", "PixelPaddingRangeLimit", "PlanarConfiguration",
-    "PixelDataProviderURL", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "VOILUTSequence",
+    "WindowCenterWidthExplanation",
+    "VOILUTFunction",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "PlanarConfiguration",
+    "PixelDataProviderURL",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
 )
 _MAX_LO = 64
 
@@ -76,8 +87,10 @@ class Derivation:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def description(self) -> str:
-        return (f"enhanced by drdaemon {__version__}: engine {self.engine}, "
-                f"parameters sha256 {self.parameters_sha256}, weights sha256 {self.weights_sha256 or 'none'}")
+        return (
+            f"enhanced by drdaemon {__version__}: engine {self.engine}, "
+            f"parameters sha256 {self.parameters_sha256}, weights sha256 {self.weights_sha256 or 'none'}"
+        )
 
 
 def uid_prefix(root: str | None) -> str:
@@ -109,7 +122,7 @@ def output_transfer_syntax(source: DicomSource, choice: TransferChoice) -> str:
     if syntax in _NATIVE:
         return syntax
     if syntax in _LOSSLESS:
-        from pydicom.pixels import get_encoder
+        from pydicom.pixels.encoders.base import get_encoder
 
         encoder = get_encoder(syntax)
         if encoder is not None and encoder.is_available:
@@ -125,8 +138,9 @@ class DerivedIdentity:
     transfer_syntax: str
 
 
-def derived_identity(source: DicomSource, derivation: Derivation, root: str | None,
-                     choice: TransferChoice) -> DerivedIdentity:
+def derived_identity(
+    source: DicomSource, derivation: Derivation, root: str | None, choice: TransferChoice
+) -> DerivedIdentity:
     dataset = source.dataset
     sop_class = str(dataset.get("SOPClassUID", ""))
     uids = DicomUids(
@@ -150,20 +164,24 @@ def _window(stored: np.ndarray) -> tuple[float, float]:
 
 
 def _now() -> tuple[str, str]:
-    moment = datetime.now(timezone.utc)
+    moment = datetime.now(UTC)
     return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S.%f")
 
 
-def encode_derived_dicom(source: DicomSource, enhanced: np.ndarray, derivation: Derivation,
-                         identity: DerivedIdentity) -> bytes:
+def encode_derived_dicom(
+    source: DicomSource, enhanced: np.ndarray, derivation: Derivation, identity: DerivedIdentity
+) -> bytes:
     """The whole output file: the source's dataset as a derived image of ``enhanced`` (uint16)."""
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID
 
     if enhanced.ndim != 2 or enhanced.dtype != np.uint16:
         raise ValueError(f"expected a uint16 2-D frame, got {enhanced.dtype} {enhanced.shape}")
     original = source.dataset
     if enhanced.shape != (original.Rows, original.Columns):
-        raise ValueError(f"enhanced frame {enhanced.shape} differs from the source's {original.Rows}x{original.Columns}")
+        raise ValueError(
+            f"enhanced frame {enhanced.shape} differs from the source's {original.Rows}x{original.Columns}"
+        )
     out = Dataset()
     for element in original:  # element by element: private and NDE values are copied as read
         out.add(copy.deepcopy(element))
@@ -172,38 +190,40 @@ def encode_derived_dicom(source: DicomSource, enhanced: np.ndarray, derivation: 
     _set_pixels(out, stored, source.photometric)
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = identity.uids.sop_class
-    meta.MediaStorageSOPInstanceUID = identity.uids.instance
-    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE
+    meta.MediaStorageSOPClassUID = UID(identity.uids.sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(identity.uids.instance)
+    meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE)
     out.file_meta = meta
     out.preamble = b"\0" * 128  # never the input's (a TIFF header there would describe the old pixels)
     if identity.transfer_syntax in _LOSSLESS:
         out.compress(identity.transfer_syntax, stored, generate_instance_uid=False)
     else:
-        meta.TransferSyntaxUID = identity.transfer_syntax
+        meta.TransferSyntaxUID = UID(identity.transfer_syntax)
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
-def _set_identity(out, original, derivation: Derivation, identity: DerivedIdentity) -> None:
+def _set_identity(out: Dataset, original: Dataset, derivation: Derivation, identity: DerivedIdentity) -> None:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
+    from pydicom.uid import UID
 
     uids = identity.uids
-    out.SOPClassUID = uids.sop_class
-    out.SOPInstanceUID = uids.instance
-    out.SeriesInstanceUID = uids.series
+    out.SOPClassUID = UID(uids.sop_class)
+    out.SOPInstanceUID = UID(uids.instance)
+    out.SeriesInstanceUID = UID(uids.series)
     if uids.sop_class != str(original.get("SOPClassUID", "")) and "PresentationIntentType" in out:
         out.PresentationIntentType = "FOR PRESENTATION"
     described = str(original.get("SeriesDescription", "")).strip()
-    out.SeriesDescription = (f"{described} " if described else "")[: _MAX_LO - 24] + f"enhanced ({derivation.engine})"[:24]
+    suffix = f"enhanced ({derivation.engine})"[:24]
+    out.SeriesDescription = f"{described[: _MAX_LO - len(suffix) - 1]} {suffix}" if described else suffix
     image_type = list(original.get("ImageType", []))
     out.ImageType = ["DERIVED", "SECONDARY", *[str(v) for v in image_type[2:]]]
     out.DerivationDescription = derivation.description()
     reference = Dataset()
-    reference.ReferencedSOPClassUID = str(original.get("SOPClassUID", ""))
-    reference.ReferencedSOPInstanceUID = str(original.get("SOPInstanceUID", ""))
+    reference.ReferencedSOPClassUID = UID(str(original.get("SOPClassUID", "")))
+    reference.ReferencedSOPInstanceUID = UID(str(original.get("SOPInstanceUID", "")))
     reference.SpatialLocationsPreserved = "YES"
     out.SourceImageSequence = Sequence([reference])
     date, time_of_day = _now()
@@ -211,7 +231,7 @@ def _set_identity(out, original, derivation: Derivation, identity: DerivedIdenti
     out.ContentDate, out.ContentTime = date, time_of_day
 
 
-def _set_pixels(out, stored: np.ndarray, photometric: str) -> None:
+def _set_pixels(out: Dataset, stored: np.ndarray, photometric: str) -> None:
     for keyword in _STALE:
         if keyword in out:
             delattr(out, keyword)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import cv2
 import numpy as np
@@ -57,11 +57,16 @@ _COMPRESSION: dict[str, str | None] = {"none": None, "zstd": "zstd", "deflate": 
 class OutputFormat(Protocol):
     """What the commit and ``drdaemon enhance`` use to turn an enhanced frame into files."""
 
-    name: str
-    suffix: str
-    preview_suffix: str
-    compression: str
-    kept_tags: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def suffix(self) -> str: ...
+    @property
+    def preview_suffix(self) -> str: ...
+    @property
+    def compression(self) -> str: ...
+    @property
+    def kept_tags(self) -> tuple[str, ...]: ...
 
     def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
         """The whole output file for a uint16 frame; ``tags`` are the input's (only ``kept_tags`` count)."""
@@ -243,9 +248,9 @@ def encode_tiff_u16(
     return buffer.getvalue()
 
 
-def _tiff_tag_arguments(tags: Mapping[str, object]) -> dict[str, object]:
+def _tiff_tag_arguments(tags: Mapping[str, object]) -> dict[str, Any]:
     """Translate tags read by :mod:`drdaemon.io.readers` into ``tifffile.imwrite`` arguments."""
-    arguments: dict[str, object] = {}
+    arguments: dict[str, Any] = {}
     if "XResolution" in tags and "YResolution" in tags:
         arguments["resolution"] = (tags["XResolution"], tags["YResolution"])
         if "ResolutionUnit" in tags:

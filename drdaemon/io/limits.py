@@ -36,33 +36,44 @@ class ReadLimits:
     raw: RawLayout | None = None
 
 
+#: The limits of a default ``[input]`` table, for callers without a configuration.
+DEFAULT_LIMITS = ReadLimits()
+
+
 def check_size(name: str, size: int, limits: ReadLimits) -> None:
     """A file's byte count against ``input.max_bytes`` (and the empty file)."""
     if size == 0:
         raise FrameError(Stage.READ, Reason.EMPTY, f"{name} is empty (0 bytes)")
     if size > limits.max_bytes:
-        raise FrameError(Stage.READ, Reason.TOO_LARGE,
-                         f"{name} has {size} bytes, more than input.max_bytes={limits.max_bytes}")
+        raise FrameError(
+            Stage.READ, Reason.TOO_LARGE, f"{name} has {size} bytes, more than input.max_bytes={limits.max_bytes}"
+        )
 
 
 def check_shape(name: str, shape: tuple[int, ...], limits: ReadLimits) -> None:
     """A header's claimed frame shape against ``input.max_pixels``: one 2-D gray frame, not empty."""
     if len(shape) != 2:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} has shape {shape}; only single-channel 2-D frames are enhanced")
+        raise FrameError(
+            Stage.READ, Reason.UNSUPPORTED, f"{name} has shape {shape}; only single-channel 2-D frames are enhanced"
+        )
     if min(shape) == 0:
         raise FrameError(Stage.READ, Reason.EMPTY, f"{name} has zero size {shape}")
     if shape[0] * shape[1] > limits.max_pixels:
-        raise FrameError(Stage.READ, Reason.TOO_LARGE,
-                         f"{name} claims {shape[0]}x{shape[1]} pixels, more than "
-                         f"input.max_pixels={limits.max_pixels}")
+        raise FrameError(
+            Stage.READ,
+            Reason.TOO_LARGE,
+            f"{name} claims {shape[0]}x{shape[1]} pixels, more than input.max_pixels={limits.max_pixels}",
+        )
 
 
 def refuse_frames(name: str, frames: int, what: str) -> None:
     """Multi-frame objects are refused: one file is one frame, as the lifecycle and sidecar assume."""
     if frames != 1:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED if frames > 1 else Reason.EMPTY,
-                         f"{name} is a {what} with {frames} frames; only single-frame files are enhanced")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED if frames > 1 else Reason.EMPTY,
+            f"{name} is a {what} with {frames} frames; only single-frame files are enhanced",
+        )
 
 
-__all__ = ["RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "refuse_frames"]
+__all__ = ["DEFAULT_LIMITS", "RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "refuse_frames"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ HIS_FILE_HEADER_BYTES = 68
 #: The file header up to the number type; the rest of its 68 bytes is padding.
 _HIS_HEADER = struct.Struct("<HHHIHHHHHHHdH")
 #: The .his number types a detector writes for gray frames, and their numpy dtypes.
-HIS_NUMBER_TYPES = {2: np.dtype("u1"), 4: np.dtype("<u2"), 128: np.dtype("<f4")}
+HIS_NUMBER_TYPES: dict[int, np.dtype[Any]] = {2: np.dtype("u1"), 4: np.dtype("<u2"), 128: np.dtype("<f4")}
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,27 @@ def decode_raw(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray, 
     """A headerless frame laid out as ``[input.raw]`` says; its size must match exactly."""
     layout = limits.raw
     if layout is None:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} is a headerless raw frame; set [input.raw] width, height and dtype to read it")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} is a headerless raw frame; set [input.raw] width, height and dtype to read it",
+        )
     check_shape(name, (layout.height, layout.width), limits)
     dtype = _dtype(layout)
     expected = layout.header_bytes + layout.width * layout.height * dtype.itemsize
     if len(data) < expected:
-        raise FrameError(Stage.READ, Reason.TRUNCATED,
-                         f"{name} is truncated: {len(data)} bytes, [input.raw] geometry needs {expected}")
+        raise FrameError(
+            Stage.READ,
+            Reason.TRUNCATED,
+            f"{name} is truncated: {len(data)} bytes, [input.raw] geometry needs {expected}",
+        )
     if len(data) > expected:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} has {len(data)} bytes, more than the {expected} of one [input.raw] frame "
-                         f"({layout.width}x{layout.height} {layout.dtype}, {layout.header_bytes} header bytes)")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} has {len(data)} bytes, more than the {expected} of one [input.raw] frame "
+            f"({layout.width}x{layout.height} {layout.dtype}, {layout.header_bytes} header bytes)",
+        )
     geometry = RawGeometry(layout.width, layout.height, layout.dtype, layout.byte_order, layout.header_bytes)
     return _pixels(data, layout.header_bytes, geometry, dtype), geometry
 
@@ -77,19 +87,41 @@ def his_geometry(data: bytes, name: str) -> tuple[RawGeometry, np.dtype]:
     """Geometry, frame count and number type from a ``.his`` file header."""
     if len(data) < HIS_FILE_HEADER_BYTES:
         raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: {len(data)} bytes, no whole .his header")
-    (file_id, header_size, _version, _file_size, image_header_size, left, top, right, bottom, frames,
-     _correction, _integration_us, number_type) = _HIS_HEADER.unpack_from(data)
+    (
+        file_id,
+        header_size,
+        _version,
+        _file_size,
+        image_header_size,
+        left,
+        top,
+        right,
+        bottom,
+        frames,
+        _correction,
+        _integration_us,
+        number_type,
+    ) = _HIS_HEADER.unpack_from(data)
     if file_id != HIS_FILE_ID or header_size < HIS_FILE_HEADER_BYTES:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has no .his file header (file id {file_id:#06x})")
     if number_type not in HIS_NUMBER_TYPES:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} has .his number type {number_type}; supported are 2 (uint8), 4 (uint16), 128 (float32)")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} has .his number type {number_type}; supported are 2 (uint8), 4 (uint16), 128 (float32)",
+        )
     if right < left or bottom < top:
         raise FrameError(Stage.READ, Reason.EMPTY, f"{name} has an empty .his image rectangle")
     dtype = HIS_NUMBER_TYPES[number_type]
-    geometry = RawGeometry(width=right - left + 1, height=bottom - top + 1, dtype=str(dtype.newbyteorder("=")),
-                           byte_order="little", header_bytes=header_size + image_header_size, frames=frames,
-                           source="his")
+    geometry = RawGeometry(
+        width=right - left + 1,
+        height=bottom - top + 1,
+        dtype=str(dtype.newbyteorder("=")),
+        byte_order="little",
+        header_bytes=header_size + image_header_size,
+        frames=frames,
+        source="his",
+    )
     return geometry, dtype
 
 
@@ -100,8 +132,9 @@ def decode_his(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray, 
     refuse_frames(name, geometry.frames, ".his stack")
     expected = geometry.header_bytes + geometry.width * geometry.height * dtype.itemsize
     if len(data) < expected:
-        raise FrameError(Stage.READ, Reason.TRUNCATED,
-                         f"{name} is truncated: {len(data)} bytes, its .his header promises {expected}")
+        raise FrameError(
+            Stage.READ, Reason.TRUNCATED, f"{name} is truncated: {len(data)} bytes, its .his header promises {expected}"
+        )
     return _pixels(data, geometry.header_bytes, geometry, dtype), geometry
 
 
@@ -122,9 +155,31 @@ def encode_his(pixels: np.ndarray, image_header_bytes: int = 32, frames: int | N
     count, height, width = stack.shape
     body = stack.astype(dtype).tobytes()
     size = HIS_FILE_HEADER_BYTES + image_header_bytes + len(body)
-    header = _HIS_HEADER.pack(HIS_FILE_ID, HIS_FILE_HEADER_BYTES, 100, size, image_header_bytes, 0, 0,
-                              width - 1, height - 1, count if frames is None else frames, 0, 0.0, number_type)
+    header = _HIS_HEADER.pack(
+        HIS_FILE_ID,
+        HIS_FILE_HEADER_BYTES,
+        100,
+        size,
+        image_header_bytes,
+        0,
+        0,
+        width - 1,
+        height - 1,
+        count if frames is None else frames,
+        0,
+        0.0,
+        number_type,
+    )
     return header.ljust(HIS_FILE_HEADER_BYTES, b"\0") + bytes(image_header_bytes) + body
 
 
-__all__ = ["HIS_SUFFIXES", "RAW_SUFFIXES", "RawGeometry", "decode_his", "decode_raw", "encode_his", "his_complete", "his_geometry"]
+__all__ = [
+    "HIS_SUFFIXES",
+    "RAW_SUFFIXES",
+    "RawGeometry",
+    "decode_his",
+    "decode_raw",
+    "encode_his",
+    "his_complete",
+    "his_geometry",
+]

@@ -23,7 +23,7 @@ import tifffile
 
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.dicom import DICOM_SUFFIXES, DicomSource, decode_dicom, dicom_complete, has_dicom_marker
-from drdaemon.io.limits import RawLayout, ReadLimits, check_shape, check_size
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits, check_shape, check_size
 from drdaemon.io.raw import HIS_SUFFIXES, RAW_SUFFIXES, RawGeometry, decode_his, decode_raw, his_complete
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -55,12 +55,12 @@ class Frame:
         return tuple(self.pixels.shape)
 
 
-def read_frame(path: Path, limits: ReadLimits = ReadLimits()) -> Frame:
+def read_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Frame:
     """Decode ``path`` into a :class:`Frame`, or raise :class:`FrameError` saying why not."""
     return read_frame_bytes(path, limits)[0]
 
 
-def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Frame, bytes]:
+def read_frame_bytes(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[Frame, bytes]:
     """Read ``path`` once and decode it from memory; the bytes come back for hashing.
 
     The daemon hashes exactly the bytes it decoded, so a frame is never read twice.
@@ -78,7 +78,7 @@ def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Fra
     return decode_frame(data, path.name, limits), data
 
 
-def decode_frame(data: bytes, name: str, limits: ReadLimits = ReadLimits()) -> Frame:
+def decode_frame(data: bytes, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> Frame:
     """Decode a whole file held in memory; ``name`` is only used in messages."""
     check_size(name, len(data), limits)
     head = data[:HEAD_BYTES]
@@ -119,7 +119,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             if len(tif.series) != 1 or len(tif.pages) != 1:
                 raise FrameError(Stage.READ, Reason.UNSUPPORTED,
                                  f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
-            page = tif.pages[0]
+            page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
             check_shape(name, shape, limits)
             _check_tiff_complete(name, page, len(data))
@@ -138,7 +138,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
 
 def _tiff_data_end(page: tifffile.TiffPage) -> int:
     """The byte offset where the page's last image data ends."""
-    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)), default=0)
 
 
 def _check_tiff_complete(name: str, page: tifffile.TiffPage, size: int) -> None:
@@ -210,7 +210,7 @@ def looks_complete(path: Path) -> bool:
         if head.startswith(PNG_SIGNATURE):
             return png_complete(path)
         with tifffile.TiffFile(path) as tif:
-            end = _tiff_data_end(tif.pages[0])
+            end = _tiff_data_end(tif.pages.first)
             return 0 < end <= Path(path).stat().st_size
-    except Exception:  # anything unparsable is "not complete yet"
+    except Exception:  # noqa: BLE001 - anything unparsable is "not complete yet"
         return False

@@ -13,8 +13,8 @@ import hashlib
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
+from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
@@ -210,7 +210,7 @@ def raw_record(geometry: RawGeometry | None) -> RawRecord | None:
 
 def utc_iso(timestamp: float) -> str:
     """A POSIX timestamp as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T01:02:03.456Z``."""
-    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -221,7 +221,7 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _library_versions() -> tuple[tuple[str, str | None], ...]:
     # Read from package metadata, so that recording torch's version does not import torch.
     import cv2
@@ -249,10 +249,10 @@ def software_record(device: str) -> SoftwareRecord:
 __all__ = [
     "SCHEMA_VERSION",
     "DicomRecord",
-    "RawRecord",
     "EngineRecord",
     "InputRecord",
     "OutputRecord",
+    "RawRecord",
     "Sidecar",
     "SidecarDraft",
     "SoftwareRecord",

@@ -19,13 +19,16 @@ GPU path normalises on the device with the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
 
-ArrayLike = TypeVar("ArrayLike")  # numpy.ndarray or torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+ArrayLike = TypeVar("ArrayLike", np.ndarray, "torch.Tensor")
 
 U16_MAX = 65535
 #: The percentile window is estimated on about this many pixels.

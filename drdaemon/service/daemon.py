@@ -20,6 +20,7 @@ SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -41,6 +42,7 @@ from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.pipe import Pipe
 from drdaemon.service.frame import (
+    as_frame_error,
     EnhancedFrame,
     LoadedFrame,
     commit_frame,
@@ -48,7 +50,6 @@ from drdaemon.service.frame import (
     load_frame,
     read_limits,
     stage_timings,
-    unexpected_error,
 )
 from drdaemon.folders.claim import WorkItem, WorkLock, claim
 from drdaemon.folders.commit import Finisher, fail_frame
@@ -281,12 +282,10 @@ class Daemon:
         if torch_module is None or not torch_module.cuda.is_initialized():
             return
         for device in {e.device for e in engines if e.device.startswith("cuda")}:
-            try:
+            with contextlib.suppress(RuntimeError):  # the device vanished; the worker reports it
                 self.metrics.set_device_memory(
                     device, torch_module.cuda.memory_allocated(device), torch_module.cuda.memory_reserved(device)
                 )
-            except RuntimeError:  # the device vanished; the worker reports it
-                pass
 
     # -- the stages -----------------------------------------------------------------------
     def _intake_loop(self, recovered: list[Path]) -> None:
@@ -308,13 +307,13 @@ class Daemon:
                         break
                     if not self.watcher.still_ready(candidate):
                         continue
-                    item = claim(candidate.path, self.folders.work,
-                                 candidate.first_seen_wall, candidate.first_seen_mono)
+                    claimed = claim(candidate.path, self.folders.work,
+                                    candidate.first_seen_wall, candidate.first_seen_mono)
                     self.watcher.forget(candidate.path)
-                    if item is None:
+                    if claimed is None:
                         continue
                     self.progress.claimed()
-                    if not self._claimed.put(item):
+                    if not self._claimed.put(claimed):
                         self.progress.finished()  # aborted: it stays in work/ for the next start
                 self.stop_requested.wait(tick)
         finally:
@@ -325,11 +324,8 @@ class Daemon:
             while (item := self._claimed.get()) is not None:
                 try:
                     loaded = load_frame(item, self.limits)
-                except FrameError as error:
-                    self._fail(item, error)
-                    continue
-                except Exception as exc:
-                    self._fail(item, unexpected_error(Stage.READ, exc))
+                except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
+                    self._fail(item, as_frame_error(Stage.READ, exc))
                     continue
                 self.progress.moved()
                 if not self._loaded.put(loaded):
@@ -362,11 +358,8 @@ class Daemon:
             item = done.loaded.item
             try:
                 committed = commit_frame(done, self.finisher)
-            except FrameError as error:
-                self._fail(item, error)
-                continue
-            except Exception as exc:
-                self._fail(item, unexpected_error(Stage.WRITE, exc))
+            except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
+                self._fail(item, as_frame_error(Stage.WRITE, exc))
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
             for stage, seconds in stage_timings(done, committed).items():

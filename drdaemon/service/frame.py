@@ -2,7 +2,9 @@
 
 The daemon runs these steps on different threads (so that one frame is read while another
 is enhanced and a third written); ``drdaemon enhance`` runs them one after another. Each
-step measures itself; the timings end up in the sidecar, the log and the metrics.
+step measures itself; the timings end up in the sidecar, the log and the metrics. Writing
+and recording is one call, :func:`commit_frame`, into :mod:`drdaemon.folders.commit`,
+which owns the whole commit protocol.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import numpy as np
 from drdaemon.config import InputConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
-from drdaemon.io.limits import RawLayout, ReadLimits
-from drdaemon.io.readers import Frame, read_frame_bytes
 from drdaemon.folders.claim import WorkItem
 from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
 from drdaemon.io.dicom_writer import Derivation
+from drdaemon.io.limits import RawLayout, ReadLimits
+from drdaemon.io.readers import Frame, read_frame_bytes
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
 
 
@@ -129,8 +131,11 @@ def stage_timings(done: EnhancedFrame, committed: Committed) -> dict[str, float]
             "write": committed.write_s, "sidecar": committed.sidecar_s}
 
 
-def unexpected_error(stage: Stage, exc: BaseException) -> FrameError:
-    """Wrap an exception nobody anticipated, keeping its class for the reason file."""
+def as_frame_error(stage: Stage, exc: Exception) -> FrameError:
+    """``exc`` as the failure of a frame: a :class:`FrameError` as it is, anything nobody
+    anticipated wrapped for ``stage``, keeping its class for the reason file."""
+    if isinstance(exc, FrameError):
+        return exc
     reason = Reason.WRITE_ERROR if stage is Stage.WRITE else (
         Reason.ENGINE_ERROR if stage is Stage.ENHANCE else Reason.UNREADABLE)
     error = FrameError(stage, reason, f"{type(exc).__name__}: {exc}")
@@ -141,6 +146,7 @@ def unexpected_error(stage: Stage, exc: BaseException) -> FrameError:
 __all__ = [
     "EnhancedFrame",
     "LoadedFrame",
+    "as_frame_error",
     "commit_frame",
     "engine_stage_timings",
     "enhance_frame",
@@ -148,5 +154,4 @@ __all__ = [
     "read_limits",
     "sidecar_draft",
     "stage_timings",
-    "unexpected_error",
 ]

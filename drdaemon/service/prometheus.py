@@ -8,8 +8,10 @@ process-wide default one) so that tests and several daemons in one process never
 
 from __future__ import annotations
 
+import threading
 import time
 from enum import Enum
+from wsgiref.simple_server import WSGIServer
 from typing import Final
 
 from prometheus_client import (
@@ -68,8 +70,8 @@ class DaemonMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
-        self._server = None
-        self._thread = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
         self.frames = Counter(
             "drdaemon_frames", "Frames finished, by result.", ["result"], registry=reg
