@@ -148,7 +148,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     configure_logging(settings.logging)
     engine = build_checked_engines(settings.engine)[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    output = configured_output_format(settings.output)
+    output = configured_output_format(settings.output, settings.engine)
     finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
     limits = read_limits(settings.input)
     failures = 0

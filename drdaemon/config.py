@@ -8,6 +8,8 @@ the tree is copied.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,14 @@ class Folders(_Table):
 
     def resolved(self, base: Path) -> Folders:
         return Folders(**{name: (base / p) if not p.is_absolute() else p for name, p in self})
+
+
+#: ``[engine]`` keys that say where and how fast the engine runs, not what it makes of a frame
+#: (the weights count by their content's hash, which the engine reports, not by their path).
+RUNTIME_ENGINE_KEYS = frozenset(
+    {"weights", "devices", "memory_budget_mb", "compile", "channels_last", "cudnn_benchmark", "warm_up_frame_size",
+     "workers_per_device", "allow_pickle"}
+)
 
 
 class EngineConfig(_Table):
@@ -74,6 +84,16 @@ class EngineConfig(_Table):
         if self.name == "net" and self.weights is None:
             raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
         return self
+
+    def configuration_sha256(self) -> str:
+        """sha256 of the method and the parameters that shape every enhanced frame.
+
+        A DICOM output's series is one per source series and engine configuration: this, the
+        method's name and the weights' sha256 together.
+        """
+        shaping = self.model_dump(mode="json", exclude=set(RUNTIME_ENGINE_KEYS))
+        shaping["name"] = self.effective_name()
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8")).hexdigest()
 
     def effective_name(self) -> MethodName:
         if self.name == "auto":

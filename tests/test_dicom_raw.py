@@ -471,6 +471,25 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
+def test_one_source_series_gives_one_enhanced_series_per_engine_configuration(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    series = {"a1.dcm": "1.2.826.0.1.3680043.8.498.1002", "a2.dcm": "1.2.826.0.1.3680043.8.498.1002",
+              "b1.dcm": "1.2.826.0.1.3680043.8.498.2002"}
+    for index, (name, series_uid) in enumerate(series.items()):  # different content: different windows
+        (inputs / name).write_bytes(dicom_bytes(diconde_dataset(ramp(top=1000 + 1000 * index), series_uid=series_uid)))
+    written: dict[str, dict[str, str]] = {}
+    for label, clip in (("clip2", 2.0), ("clip3", 3.0)):
+        config = tmp_path / f"{label}.toml"
+        config.write_text(f'[engine]\nname = "classical"\nclahe_clip_limit = {clip}\n', encoding="utf-8")
+        out = tmp_path / label
+        assert main(["enhance", *map(str, sorted(inputs.iterdir())), "--out", str(out), "--config", str(config)]) == 0
+        written[label] = {name: pydicom.dcmread(out / name).SeriesInstanceUID for name in series}
+    for uids in written.values():
+        assert uids["a1.dcm"] == uids["a2.dcm"] != uids["b1.dcm"]
+    assert written["clip2"]["a1.dcm"] != written["clip3"]["a1.dcm"]
+
+
 def test_enhance_writes_dicom_for_dicom_tiff_for_tiff_and_records_uids(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

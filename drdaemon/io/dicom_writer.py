@@ -5,15 +5,17 @@ image; everything else is kept as it was read (patient/component, study, equipme
 DICONDE/NDE modules, private groups: private values byte for byte). What changes, and why:
 
 * **Identity.** A new SOP Instance UID (random, under ``output.dicom_uid_root``); a new series
-  whose UID is derived from the source series UID and the engine identity (name, parameter
-  hash, weights hash), so every enhanced frame of one source series lands in one enhanced
-  series, and a second engine makes a second series. Study and frame of reference stay.
+  whose UID is derived from the source series UID and the engine configuration (method, the
+  ``[engine]`` parameters that shape a frame, the weights' sha256; not a frame's own window),
+  so every enhanced frame of one source series lands in one enhanced series, and another
+  engine configuration makes another series. Study and frame of reference stay.
   Without a configured root, UIDs are made under pydicom's UID root (``1.2.826.0.1.3680043.8.498``),
   unique by their random or hashed suffix.
 * **Derivation.** Image Type ``DERIVED\\SECONDARY`` (further values kept), a Source Image
   Sequence naming the input instance (spatial locations preserved: the frame is enhanced
-  whole), a Derivation Description naming the engine, its parameters' hash and the weights
-  sha256; instance creation and content date/time are the output's.
+  whole), a Derivation Description naming the engine, the sha256 of the parameters it
+  reported for this frame and the weights sha256; instance creation and content date/time
+  are the output's.
 * **Pixels.** 16 bits stored, unsigned, in the input's Photometric Interpretation (a
   MONOCHROME1 input gets the enhanced frame inverted back), the identity rescale, and a
   window centre/width spanning the enhanced range. Attributes that describe the old pixel
@@ -100,12 +102,15 @@ def uid_prefix(root: str | None) -> str:
     return PYDICOM_ROOT_UID if root is None else root.rstrip(".") + "."
 
 
-def derived_series_uid(source_series: str, derivation: Derivation, root: str | None) -> str:
-    """The same for every frame of one source series enhanced by one engine configuration."""
+def derived_series_uid(source_series: str, engine_identity: str, root: str | None) -> str:
+    """The same for every frame of one source series enhanced by one engine configuration.
+
+    ``engine_identity`` names the engine configuration (method, configured parameters,
+    weights hash), never a frame's own parameters such as its percentile window.
+    """
     from pydicom.uid import generate_uid
 
-    sources = [source_series, derivation.engine, derivation.parameters_sha256, derivation.weights_sha256 or ""]
-    return str(generate_uid(uid_prefix(root), entropy_srcs=sources))
+    return str(generate_uid(uid_prefix(root), entropy_srcs=[source_series, engine_identity]))
 
 
 def new_instance_uid(root: str | None) -> str:
@@ -138,14 +143,27 @@ class DerivedIdentity:
     transfer_syntax: str
 
 
+def engine_identity(derivation: Derivation, configuration_sha256: str | None) -> str:
+    """What makes an enhanced series: the method, its configuration's hash, the weights' hash."""
+    return f"{derivation.engine}:{configuration_sha256 or ''}:{derivation.weights_sha256 or ''}"
+
+
 def derived_identity(
-    source: DicomSource, derivation: Derivation, root: str | None, choice: TransferChoice
+    source: DicomSource,
+    derivation: Derivation,
+    root: str | None,
+    choice: TransferChoice,
+    configuration_sha256: str | None = None,
 ) -> DerivedIdentity:
+    """The UIDs and syntax of the output of ``source``; ``configuration_sha256`` is the engine
+    configuration's (:meth:`drdaemon.config.EngineConfig.configuration_sha256`)."""
     dataset = source.dataset
     sop_class = str(dataset.get("SOPClassUID", ""))
     uids = DicomUids(
         study=str(dataset.get("StudyInstanceUID", "")),
-        series=derived_series_uid(str(dataset.get("SeriesInstanceUID", "")), derivation, root),
+        series=derived_series_uid(
+            str(dataset.get("SeriesInstanceUID", "")), engine_identity(derivation, configuration_sha256), root
+        ),
         instance=new_instance_uid(root),
         sop_class=_FOR_PRESENTATION.get(sop_class, sop_class),
     )

@@ -44,7 +44,7 @@ from drdaemon.io.dicom_writer import (
 from drdaemon.io.readers import Frame
 
 if TYPE_CHECKING:
-    from drdaemon.config import OutputConfig
+    from drdaemon.config import EngineConfig, OutputConfig
 
 #: Long side of the PNG preview in pixels; a preview is for a glance, not for diagnosis.
 PREVIEW_MAX_SIDE = 1024
@@ -131,6 +131,8 @@ class DicomOutput:
 
     uid_root: str | None = None
     transfer_syntax: TransferChoice = "explicit"
+    #: The engine configuration's hash (one enhanced series per source series and configuration).
+    engine_configuration_sha256: str | None = None
     source: DicomSource | None = None
     derivation: Derivation | None = None
     identity: DerivedIdentity | None = None
@@ -152,7 +154,9 @@ class DicomOutput:
             raise FrameError(Stage.WRITE, Reason.UNSUPPORTED,
                              f"output.format = 'dicom' needs a DICOM input, got a {frame.format} frame; "
                              "'auto' writes TIFF for such frames")
-        identity = derived_identity(frame.dicom, derivation, self.uid_root, self.transfer_syntax)
+        identity = derived_identity(
+            frame.dicom, derivation, self.uid_root, self.transfer_syntax, self.engine_configuration_sha256
+        )
         return replace(self, source=frame.dicom, derivation=derivation, identity=identity)
 
     @property
@@ -203,10 +207,15 @@ class AutoOutput:
         return encode_preview_png(pixels)
 
 
-def output_format(name: str = "tiff", compression: str = "zstd", dicom_uid_root: str | None = None,
-                  dicom_transfer_syntax: TransferChoice = "explicit") -> OutputFormat:
+def output_format(
+    name: str = "tiff",
+    compression: str = "zstd",
+    dicom_uid_root: str | None = None,
+    dicom_transfer_syntax: TransferChoice = "explicit",
+    engine_configuration_sha256: str | None = None,
+) -> OutputFormat:
     """The format that ``output.format`` names, with ``output.compression`` and the DICOM options."""
-    dicom = DicomOutput(dicom_uid_root, dicom_transfer_syntax)
+    dicom = DicomOutput(dicom_uid_root, dicom_transfer_syntax, engine_configuration_sha256)
     if name == "tiff":
         return TiffOutput(compression)
     if name == "dicom":
@@ -216,9 +225,15 @@ def output_format(name: str = "tiff", compression: str = "zstd", dicom_uid_root:
     raise ValueError(f"unknown output format {name!r}; expected auto, tiff or dicom")
 
 
-def configured_output_format(config: OutputConfig) -> OutputFormat:
-    """The format of an ``[output]`` table."""
-    return output_format(config.format, config.compression, config.dicom_uid_root, config.dicom_transfer_syntax)
+def configured_output_format(config: OutputConfig, engine: EngineConfig | None = None) -> OutputFormat:
+    """The format of an ``[output]`` table, for frames enhanced as ``[engine]`` says."""
+    return output_format(
+        config.format,
+        config.compression,
+        config.dicom_uid_root,
+        config.dicom_transfer_syntax,
+        None if engine is None else engine.configuration_sha256(),
+    )
 
 
 def encode_tiff_u16(

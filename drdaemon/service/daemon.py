@@ -98,7 +98,7 @@ class Daemon:
         self.finisher = Finisher.for_folders(
             self.folders,
             preview=settings.output.preview_png,
-            output_format=configured_output_format(settings.output),
+            output_format=configured_output_format(settings.output, settings.engine),
         )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.progress = Progress()
