@@ -134,6 +134,21 @@ def test_rescale_slope_and_intercept_are_applied() -> None:
     assert frame.dicom.value_range == (-100.0, 4095 * 0.5 - 100)
 
 
+def test_signed_pixels_reach_the_engines_as_their_values() -> None:
+    values = (ramp().astype(np.int32) - 2048).astype(np.int16)
+    ds = diconde_dataset(values.view(np.uint16), bits_stored=12)
+    ds.PixelRepresentation = 1
+    frame = decode_frame(dicom_bytes(ds), "signed.dcm")
+    np.testing.assert_array_equal(frame.pixels, values.astype(np.float32))
+    assert frame.dicom.value_range == (-2048.0, 2047.0)
+
+
+def _few_bits(pixels: np.ndarray) -> bytes:
+    ds = diconde_dataset((pixels // 64).astype(np.uint8))
+    ds.BitsStored, ds.HighBit = 6, 5
+    return dicom_bytes(ds)
+
+
 def _multi_frame(pixels: np.ndarray) -> bytes:
     ds = diconde_dataset(pixels)
     ds.NumberOfFrames = 2
@@ -176,9 +191,10 @@ def _unknown_syntax(pixels: np.ndarray) -> bytes:
         (_rgb, Reason.UNSUPPORTED),
         (_no_image, Reason.UNSUPPORTED),
         (_unknown_syntax, Reason.UNSUPPORTED),
+        (_few_bits, Reason.UNSUPPORTED),
         (lambda p: b"\0" * 128 + b"DICM" + b"\xff" * 40, Reason.UNREADABLE),
     ],
-    ids=["truncated-pixels", "truncated-header", "multi-frame", "rgb", "no-image", "no-decoder", "garbage"],
+    ids=["truncated-pixels", "truncated-header", "multi-frame", "rgb", "no-image", "no-decoder", "6-bits", "garbage"],
 )
 def test_bad_dicom_files_fail_with_their_reason(make, reason) -> None:
     with pytest.raises(FrameError) as error:
