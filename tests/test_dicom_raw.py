@@ -316,9 +316,9 @@ def test_non_pixel_attributes_and_private_nde_values_are_kept() -> None:
 
 @pytest.mark.parametrize(
     "syntax, expected",
-    [(EXPLICIT, EXPLICIT), (DEFLATED, DEFLATED), (RLE_LOSSLESS, RLE_LOSSLESS), (JPEG2000_LOSSLESS, JPEG2000_LOSSLESS),
+    [(EXPLICIT, EXPLICIT), ("1.2.840.10008.1.2", "1.2.840.10008.1.2"), (DEFLATED, DEFLATED), (RLE_LOSSLESS, RLE_LOSSLESS), (JPEG2000_LOSSLESS, JPEG2000_LOSSLESS),
      (JPEGLS_LOSSLESS, JPEGLS_LOSSLESS)],
-    ids=["explicit", "deflate", "rle", "jpeg2000", "jpegls"],
+    ids=["explicit", "implicit", "deflate", "rle", "jpeg2000", "jpegls"],
 )
 def test_output_keeps_the_input_transfer_syntax_when_asked(tmp_path: Path, syntax: str, expected: str) -> None:
     if not has_decoder(syntax):
@@ -330,6 +330,8 @@ def test_output_keeps_the_input_transfer_syntax_when_asked(tmp_path: Path, synta
     np.testing.assert_array_equal(out.pixel_array, enhanced)  # lossless, whatever the syntax
     default, _ = derived(frame, enhanced)
     assert default.file_meta.TransferSyntaxUID == EXPLICIT
+    block = default.private_block(0x0009, NDE_CREATOR)  # the NDE values survive a change of syntax
+    assert block[0x12].value == NDE_VALUES[0x12][1]
     path = tmp_path / "out.dcm"
     path.write_bytes(encode_derived_dicom(frame.dicom, enhanced, DERIVATION, identity))
     assert dciodvfy_errors(path) == []
