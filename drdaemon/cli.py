@@ -34,8 +34,8 @@ that cannot be processed go to the failed folder beside a <name>.reason.json."""
 _EPILOG = """\
 Configuration: a TOML file (see config.example.toml); any key can be overridden by an
 environment variable DRDAEMON_<TABLE>__<KEY>, e.g. DRDAEMON_FOLDERS__INBOX=/data/in.
-Exit statuses: 0 ok, 1 some files failed (enhance), 70 device lost, 75 work folder busy,
-78 configuration error."""
+Exit statuses: 0 ok, 1 some files failed (enhance), 70 device lost or internal error, 75 work
+folder busy, 78 configuration error."""
 
 
 def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:

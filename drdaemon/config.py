@@ -68,8 +68,8 @@ class EngineConfig(_Table):
     gamma: float = Field(defaults.GAMMA, gt=0.0)
     # Learned engine.
     devices: list[str] = Field(default_factory=lambda: ["auto"])
-    precision: Precision = "float16"
-    memory_budget_mb: int = Field(6144, ge=64)
+    precision: Precision = defaults.PRECISION
+    memory_budget_mb: int = Field(defaults.MEMORY_BUDGET_MB, ge=64)
     compile: bool = False
     channels_last: bool = True
     cudnn_benchmark: bool = True

@@ -32,6 +32,9 @@ METHOD_NAMES: Final[tuple[str, ...]] = (*CLASSICAL_METHODS, "net")
 #: Arithmetic of the learned engine (``engine.precision``).
 Precision = Literal["float32", "float16", "bfloat16"]
 PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
+PRECISION: Final = "float16"
+#: Device memory one frame's forward pass may use before the learned engine tiles it exactly.
+MEMORY_BUDGET_MB: Final = 6144
 
 #: Largest frame accepted, in pixels and in file bytes (``[input]``).
 MAX_PIXELS: Final = 200_000_000
@@ -46,7 +49,9 @@ __all__ = [
     "LOW_PERCENTILE",
     "MAX_BYTES",
     "MAX_PIXELS",
+    "MEMORY_BUDGET_MB",
     "METHOD_NAMES",
+    "PRECISION",
     "PRECISIONS",
     "ClassicalMethod",
     "EngineName",

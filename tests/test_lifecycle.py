@@ -146,6 +146,35 @@ def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Fol
         assert_exactly_once(folders, inputs)
 
 
+class RawOutput:
+    """A second output format as a test stand-in: headerless little-endian uint16."""
+
+    name = "raw"
+    suffix = ".raw"
+    preview_suffix = ".preview.png"
+    compression = "none"
+    kept_tags: tuple[str, ...] = ()
+
+    def encode(self, pixels: np.ndarray, tags: object = None) -> bytes:
+        return pixels.astype("<u2").tobytes()
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        raise AssertionError("no preview was asked for")
+
+
+def test_a_second_output_format_names_encodes_and_records_the_output(folders: Folders) -> None:
+    (folders.inbox / "r.tif").write_bytes(frame_bytes(13))
+    item = claim(folders.inbox / "r.tif", folders.work, time.time(), time.monotonic())
+    done = enhance_frame(load_frame(item, ReadLimits()), ENGINE)
+    committed = commit_frame(done, Finisher.for_folders(folders, preview=False, output_format=RawOutput()))
+    assert committed.output == folders.outbox / "r.raw"
+    assert np.array_equal(np.frombuffer(committed.output.read_bytes(), "<u2").reshape(48, 64), done.result.pixels)
+    record = Sidecar.model_validate_json((folders.outbox / "r.raw.json").read_bytes())
+    assert record.output.path == str(folders.outbox / "r.raw") and record.output.compression == "none"
+    assert record.output.sha256 == sha(committed.output.read_bytes())
+    assert (folders.archive / "r.tif").read_bytes() == frame_bytes(13)
+
+
 def test_name_collisions_get_distinct_documented_names(folders: Folders) -> None:
     (folders.outbox / "x.tif").write_bytes(b"someone else's")
     (folders.archive / "x.png").write_bytes(b"an earlier frame")

@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 import torch
 
-from trainer.config import TrainConfig, load_config
+from trainer.config import TrainConfig, load_config, override
 from trainer.loop import Trainer
 from trainer.schedule import PhaseKind, phase_at
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         root = Path(tmp)
         n = args.iters + args.warmup
-        base = [*args.overrides, f'clip.model="{args.clip}"', f'clip.weights="{args.clip_weights}"',
-                "run.progress=false", f'run.run_dir="{root / "run"}"']
+        base = [*args.overrides, override("clip.model", args.clip), override("clip.weights", args.clip_weights),
+                override("run.progress", False), override("run.run_dir", str(root / "run"))]
         projected_cfg = load_config(args.config, base)
         cfg = load_config(args.config, [*base, f"schedule.prompt_init_iters={n}", "schedule.warmup_iters=0",
                                         f"schedule.enhancer_iters={n}", f"schedule.total_iters={2 * n + 1}"])

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.config import TrainConfigError, load_config
+from trainer.config import TrainConfigError, load_config, override
 
 EXIT_USAGE, EXIT_CLIP, EXIT_DATA, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -67,21 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 def overrides_from(args: argparse.Namespace) -> list[str]:
     """The dedicated options as ``--set`` overrides (they win over the config file)."""
     extra = list(args.overrides)
-    if args.clip is not None:
-        extra.append(f"clip.model={_toml_string(args.clip)}")
-    if args.clip_weights is not None:
-        extra.append(f"clip.weights={_toml_string(args.clip_weights)}")
-    if args.device is not None:
-        extra.append(f"run.device={_toml_string(args.device)}")
-    if args.seed is not None:
-        extra.append(f"run.seed={args.seed}")
+    for key, value in (("clip.model", args.clip), ("clip.weights", args.clip_weights),
+                       ("run.device", args.device), ("run.seed", args.seed)):
+        if value is not None:
+            extra.append(override(key, value))
     if args.deterministic:
-        extra.append("run.deterministic=true")
+        extra.append(override("run.deterministic", True))
     return extra
-
-
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drdaemon import defaults
@@ -141,6 +142,11 @@ class TrainConfig(Section):
 
 class TrainConfigError(Exception):
     """A training configuration that cannot be used; the message names the key."""
+
+
+def override(key: str, value: object) -> str:
+    """The ``--set`` text that :func:`parse_override` reads back as ``key`` = ``value`` (quoted as TOML)."""
+    return f"{key}={tomli_w.dumps({'v': value}).partition('=')[2].strip()}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

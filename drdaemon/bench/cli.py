@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from drdaemon.defaults import PRECISIONS
+from drdaemon.defaults import MEMORY_BUDGET_MB, PRECISIONS
 
 if TYPE_CHECKING:
     from drdaemon.engines.base import Engine
@@ -57,7 +57,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--daemon-scales", default=None,
                         help="net: scales also run through the daemon (default: all of --scales)")
     parser.add_argument("--device", default="auto", help="net: auto, cpu or cuda:N")
-    parser.add_argument("--memory-budget-mb", type=int, default=6144, help="net: tiling budget")
+    parser.add_argument("--memory-budget-mb", type=int, default=MEMORY_BUDGET_MB, help="net: tiling budget")
     parser.add_argument("--compile", action="store_true", help="net: torch.compile the model")
     parser.add_argument("--compression", choices=("none", "zstd", "deflate"), default="zstd",
                         help="output compression, for the daemon and the bare loop alike")

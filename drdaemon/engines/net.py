@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from drdaemon.config import ConfigError, EngineConfig
-from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
+from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE, MEMORY_BUDGET_MB, PRECISION
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
@@ -183,8 +183,8 @@ class NetEngine:
 
     name = "net"
 
-    def __init__(self, runtime: DeviceRuntime, weights_sha256: str, precision: str = "float16",
-                 memory_budget_mb: int = 6144, low_percentile: float = LOW_PERCENTILE,
+    def __init__(self, runtime: DeviceRuntime, weights_sha256: str, precision: str = PRECISION,
+                 memory_budget_mb: int = MEMORY_BUDGET_MB, low_percentile: float = LOW_PERCENTILE,
                  high_percentile: float = HIGH_PERCENTILE, provenance_sha256: str = "",
                  warm_up_shape: tuple[int, int] | None = None) -> None:
         if precision not in PRECISIONS:
