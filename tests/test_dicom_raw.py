@@ -27,7 +27,7 @@ from drdaemon.config import WatchConfig
 from drdaemon.errors import FrameError, Reason
 from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io.dicom_writer import Derivation, derived_identity, encode_derived_dicom
-from drdaemon.io.formats import DicomOutput, output_format
+from drdaemon.io.formats import DicomOutput, format_for_frame, output_format
 from drdaemon.io.limits import RawLayout, ReadLimits
 from drdaemon.io.raw import encode_his
 from drdaemon.io.readers import decode_frame, looks_complete, read_frame
@@ -369,10 +369,10 @@ def test_dicom_format_refuses_a_frame_without_a_dicom_source() -> None:
         DicomOutput().for_frame(frame, DERIVATION)
     assert error.value.reason is Reason.UNSUPPORTED and "auto" in str(error.value)
     auto = output_format("auto")
-    assert auto.for_frame(frame, DERIVATION).suffix == ".tif"
+    assert format_for_frame(auto, frame, DERIVATION).suffix == ".tif"
     dicom_frame = decode_frame(dicom_bytes(diconde_dataset(ramp())), "f.dcm")
-    assert auto.for_frame(dicom_frame, DERIVATION).suffix == ".dcm"
-    assert output_format("tiff").for_frame(dicom_frame, DERIVATION).suffix == ".tif"
+    assert format_for_frame(auto, dicom_frame, DERIVATION).suffix == ".dcm"
+    assert format_for_frame(output_format("tiff"), dicom_frame, DERIVATION).suffix == ".tif"
 
 
 def tifffile_bytes(pixels: np.ndarray) -> bytes:

@@ -44,7 +44,7 @@ from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.folders.claim import WorkItem, distinct_name, free_name, pending_work
 from drdaemon.io.durable import atomic_write, fsync_directory, remove_temporaries
 from drdaemon.io.formats import OutputFormat, TiffOutput
-from drdaemon.io.sidecar import Sidecar, SidecarDraft, dicom_record, utc_iso
+from drdaemon.io.sidecar import Sidecar, SidecarDraft, utc_iso
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ class Finisher:
                      output_format: OutputFormat | None = None) -> Plan:
         """Reserve output, sidecar, preview and archive names for a frame, and write the plan.
 
-        ``output_format`` is the frame's own (see :meth:`OutputFormat.for_frame`); by default
+        ``output_format`` is the frame's own (:func:`drdaemon.io.formats.format_for_frame`); by default
         the finisher's.
         """
         stem = output_stem(original_name)
@@ -315,7 +315,6 @@ def commit_output(
             preview=plan.preview,
             write_s=write_s,
             output_format=output_format.name,
-            output_dicom=dicom_record(output_format.dicom_identity),
         )
         finisher.write_sidecar(plan, sidecar.to_bytes())
         sidecar_s = time.perf_counter() - start

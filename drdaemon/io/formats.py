@@ -11,11 +11,13 @@ place that knows it:
 * ``encode(pixels, tags) -> bytes``: the whole output file, in memory, so that the bytes
   written are the bytes hashed for the sidecar without reading the file back;
 * ``preview(pixels) -> bytes``: the 8-bit PNG preview (``preview_suffix``), the same for
-  every format unless a format has a better one;
-* ``for_frame(frame, derivation) -> OutputFormat``: the format one frame is written in. TIFF
-  is itself for every frame; DICOM binds itself to the frame's DICOM source (the dataset the
-  output is derived from, and the output's UIDs, fixed before encoding so the sidecar can
-  name them: ``dicom_identity``); ``auto`` picks DICOM for a DICOM input and TIFF otherwise.
+  every format unless a format has a better one.
+
+A format that depends on the frame is also :class:`FrameBound`: ``for_frame(frame,
+derivation)`` gives the format that one frame is written in (:func:`format_for_frame`).
+DICOM binds itself to the frame's DICOM source (the dataset the output is derived from, and
+the output's UIDs, fixed before encoding so that the sidecar can name them); ``auto`` picks
+DICOM for a DICOM input and TIFF otherwise. TIFF, the same for every frame, needs no binding.
 
 A second format is one new class here and one new name in :func:`output_format` and in the
 ``output.format`` choices of :class:`drdaemon.config.OutputConfig`.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -76,14 +78,21 @@ class OutputFormat(Protocol):
         """An 8-bit preview image of the enhanced frame."""
         ...
 
+
+@runtime_checkable
+class FrameBound(Protocol):
+    """An output format whose output depends on the frame's input (its DICOM source)."""
+
     def for_frame(self, frame: Frame, derivation: Derivation) -> OutputFormat:
         """The format ``frame`` is written in, bound to what it needs of the frame."""
         ...
 
-    @property
-    def dicom_identity(self) -> DerivedIdentity | None:
-        """The UIDs and transfer syntax of a bound DICOM output (for the sidecar); None otherwise."""
-        ...
+
+def format_for_frame(output_format: OutputFormat, frame: Frame, derivation: Derivation) -> OutputFormat:
+    """The format ``frame`` is written in under the configured ``output_format``."""
+    if isinstance(output_format, FrameBound):
+        return output_format.for_frame(frame, derivation)
+    return output_format
 
 
 @dataclass(frozen=True)
@@ -111,13 +120,6 @@ class TiffOutput:
 
     def preview(self, pixels: np.ndarray) -> bytes:
         return encode_preview_png(pixels)
-
-    def for_frame(self, frame: Frame, derivation: Derivation) -> TiffOutput:
-        return self
-
-    @property
-    def dicom_identity(self) -> DerivedIdentity | None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -151,17 +153,16 @@ class DicomOutput:
 
     def for_frame(self, frame: Frame, derivation: Derivation) -> DicomOutput:
         if frame.dicom is None:
-            raise FrameError(Stage.WRITE, Reason.UNSUPPORTED,
-                             f"output.format = 'dicom' needs a DICOM input, got a {frame.format} frame; "
-                             "'auto' writes TIFF for such frames")
+            raise FrameError(
+                Stage.WRITE,
+                Reason.UNSUPPORTED,
+                f"output.format = 'dicom' needs a DICOM input, got a {frame.format} frame; "
+                "'auto' writes TIFF for such frames",
+            )
         identity = derived_identity(
             frame.dicom, derivation, self.uid_root, self.transfer_syntax, self.engine_configuration_sha256
         )
         return replace(self, source=frame.dicom, derivation=derivation, identity=identity)
-
-    @property
-    def dicom_identity(self) -> DerivedIdentity | None:
-        return self.identity
 
     def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
         if self.source is None or self.derivation is None or self.identity is None:
@@ -195,10 +196,6 @@ class AutoOutput:
 
     def for_frame(self, frame: Frame, derivation: Derivation) -> OutputFormat:
         return self.dicom.for_frame(frame, derivation) if frame.dicom is not None else self.tiff
-
-    @property
-    def dicom_identity(self) -> DerivedIdentity | None:
-        return None
 
     def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
         return self.tiff.encode(pixels, tags)
@@ -296,10 +293,12 @@ __all__ = [
     "PREVIEW_SUFFIX",
     "AutoOutput",
     "DicomOutput",
+    "FrameBound",
     "OutputFormat",
     "TiffOutput",
     "configured_output_format",
     "encode_preview_png",
     "encode_tiff_u16",
+    "format_for_frame",
     "output_format",
 ]

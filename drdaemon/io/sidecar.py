@@ -132,6 +132,8 @@ class SidecarDraft:
     input_format: str | None = None
     input_dicom: DicomRecord | None = None
     input_raw: RawRecord | None = None
+    #: The UIDs of a DICOM output, fixed when its format is bound to the frame, before encoding.
+    output_dicom: DicomRecord | None = None
 
     def complete(
         self,
@@ -145,7 +147,6 @@ class SidecarDraft:
         preview: str | None,
         write_s: float,
         output_format: str | None = None,
-        output_dicom: DicomRecord | None = None,
     ) -> Sidecar:
         """The sidecar of an output whose encoded bytes are ``data``, written in ``write_s`` seconds."""
         timings = {**self.timings, "write": write_s}
@@ -171,7 +172,7 @@ class SidecarDraft:
                 compression=compression,
                 preview=preview,
                 format=output_format,
-                dicom=output_dicom,
+                dicom=self.output_dicom,
             ),
             engine=self.engine,
             software=self.software,

@@ -21,6 +21,7 @@ from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.folders.claim import WorkItem
 from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
 from drdaemon.io.dicom_writer import Derivation
+from drdaemon.io.formats import DicomOutput, format_for_frame
 from drdaemon.io.limits import RawLayout, ReadLimits
 from drdaemon.io.readers import Frame, read_frame_bytes
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
@@ -119,8 +120,11 @@ def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool 
     """Hand the enhanced frame, in the format chosen for it, to the commit
     (:func:`drdaemon.folders.commit.commit_output`)."""
     frame = done.loaded.frame
-    output_format = finisher.output_format.for_frame(frame, derivation(done))
-    result = FrameOutput(done.result.pixels, frame.tags, sidecar_draft(done), output_format)
+    output_format = format_for_frame(finisher.output_format, frame, derivation(done))
+    draft = sidecar_draft(done)
+    if isinstance(output_format, DicomOutput):
+        draft.output_dicom = dicom_record(output_format.identity)
+    result = FrameOutput(done.result.pixels, frame.tags, draft, output_format)
     return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
 
 
