@@ -79,7 +79,7 @@ def unavailable_message(model: str, weights: str, reason: str) -> str:
     )
 
 
-def read_model_config(model: str) -> tuple[str, dict]:
+def read_model_config(model: str) -> tuple[str, dict[str, Any]]:
     """The open_clip model config: a JSON file (plain or ``{"model_cfg": ...}``) or a built-in name."""
     import open_clip
 
@@ -97,7 +97,7 @@ def read_model_config(model: str) -> tuple[str, dict]:
     return model, dict(config)
 
 
-def refuse_non_resnet(name: str, config: dict) -> None:
+def refuse_non_resnet(name: str, config: dict[str, Any]) -> None:
     vision = config.get("vision_cfg", {})
     text = config.get("text_cfg", {})
     if "timm_model_name" in vision or not isinstance(vision.get("layers"), (list, tuple)):
@@ -164,7 +164,9 @@ def download_tag(name: str, tag: str, cache_dir: str | None) -> Path:
     return Path(target)
 
 
-def resolve_weights(name: str, config: dict, weights: str, cache_dir: str | None) -> tuple[dict, Path | None]:
+def resolve_weights(
+    name: str, config: dict[str, Any], weights: str, cache_dir: str | None
+) -> tuple[dict[str, Any], Path | None]:
     """(model config, checkpoint path or None for random init) for a ``clip.weights`` value."""
     if weights == "none":
         return config, None

@@ -109,7 +109,7 @@ def load_unit(path: Path, cfg: DataConfig) -> np.ndarray:
     return unit
 
 
-class TrainingSamples(Dataset):
+class TrainingSamples(Dataset[dict[str, torch.Tensor]]):
     """Maps sample keys to ``{"abnormal", "clahe" | "normal"}`` tensors of shape (1, S, S).
 
     With a schedule, the key's iteration decides the content: prompt phases need abnormal
@@ -177,7 +177,9 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)  # the loader's parallelism is its processes
 
 
-def make_loader(samples: TrainingSamples, batches: IterationBatches, workers: int, pin_memory: bool) -> DataLoader:
+def make_loader(
+    samples: TrainingSamples, batches: IterationBatches, workers: int, pin_memory: bool
+) -> DataLoader[dict[str, torch.Tensor]]:
     """Worker processes are spawned, not forked: a fork after OpenCV or torch started their
     thread pools in the parent can deadlock the child."""
     if not workers:

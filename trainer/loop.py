@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,7 @@ class TrainResult:
     weights_sha256: str | None = None
     card: Path | None = None
     checkpoint: Path | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def default_run_dir(out: Path) -> Path:
@@ -328,7 +328,7 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
-    def _clip_identity(self) -> dict:
+    def _clip_identity(self) -> dict[str, Any]:
         s = self.backbone.source
         return {"model": s.model, "weights": s.weights, "checkpoint_sha256": s.checkpoint_sha256}
 
