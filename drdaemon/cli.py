@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from drdaemon import __version__
 import tomli_w
 
+from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings, load_settings
 from drdaemon.exits import (
     EXIT_BUSY,
@@ -65,11 +65,12 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
 
     enhance = verbs.add_parser(
         "enhance", help="enhance files once with the configured engine, without the daemon",
-        description="Enhance each FILE with the configured engine and write <stem>.tif plus its "
-        "sidecar <stem>.tif.json into --out (existing names get a ~N suffix). The input files are "
-        "only read. Exit 1 if any file failed.",
+        description="Enhance each FILE with the configured engine and write <stem>.tif (or <stem>.dcm "
+        "for a DICOM input under output.format = auto or dicom) plus its sidecar <stem>.tif.json into "
+        "--out (existing names get a ~N suffix). The input files are only read. Exit 1 if any file failed.",
     )
-    enhance.add_argument("files", nargs="+", type=Path, metavar="FILE", help="16-bit TIFF or PNG frames")
+    enhance.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                         help="frames: TIFF, PNG, DICOM/DICONDE, .raw ([input.raw]) or .his")
     enhance.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the outputs")
     _add_config_argument(enhance, required=False)
 
@@ -137,17 +138,17 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     from drdaemon.engines import build_checked_engines
     from drdaemon.errors import Stage
-    from drdaemon.io.formats import output_format
-    from drdaemon.logs import configure_logging
-    from drdaemon.service.frame import as_frame_error, commit_frame, enhance_frame, load_frame, read_limits
     from drdaemon.folders.claim import WorkItem
     from drdaemon.folders.commit import Finisher
+    from drdaemon.io.formats import configured_output_format
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.frame import as_frame_error, commit_frame, enhance_frame, load_frame, read_limits
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)
     engine = build_checked_engines(settings.engine)[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    output = output_format(settings.output.format, settings.output.compression)
+    output = configured_output_format(settings.output, settings.engine)
     finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
     limits = read_limits(settings.input)
     failures = 0
@@ -194,6 +195,7 @@ def settings_to_toml(settings: Settings) -> str:
         for table, values in settings.model_dump(mode="json").items()
     }
     return tomli_w.dumps(tables)
+
 
 
 if __name__ == "__main__":

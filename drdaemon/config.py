@@ -8,6 +8,8 @@ the tree is copied.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from drdaemon import defaults
 from drdaemon.defaults import EngineName, MethodName, Precision
+
 
 class ConfigError(Exception):
     """A configuration file that is missing, unreadable or invalid; the message names the key."""
@@ -37,6 +40,14 @@ class Folders(_Table):
 
     def resolved(self, base: Path) -> Folders:
         return Folders(**{name: (base / p) if not p.is_absolute() else p for name, p in self})
+
+
+#: ``[engine]`` keys that say where and how fast the engine runs, not what it makes of a frame
+#: (the weights count by their content's hash, which the engine reports, not by their path).
+RUNTIME_ENGINE_KEYS = frozenset(
+    {"weights", "devices", "memory_budget_mb", "compile", "channels_last", "cudnn_benchmark", "warm_up_frame_size",
+     "workers_per_device", "allow_pickle"}
+)
 
 
 class EngineConfig(_Table):
@@ -74,6 +85,16 @@ class EngineConfig(_Table):
             raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
         return self
 
+    def configuration_sha256(self) -> str:
+        """sha256 of the method and the parameters that shape every enhanced frame.
+
+        A DICOM output's series is one per source series and engine configuration: this, the
+        method's name and the weights' sha256 together.
+        """
+        shaping = self.model_dump(mode="json", exclude=set(RUNTIME_ENGINE_KEYS))
+        shaping["name"] = self.effective_name()
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8")).hexdigest()
+
     def effective_name(self) -> MethodName:
         if self.name == "auto":
             return "net" if self.weights is not None else "classical"
@@ -88,9 +109,22 @@ class WatchConfig(_Table):
     rescan_interval_s: float = Field(10.0, gt=0.0)
     polling: bool = False
     poll_interval_s: float = Field(1.0, gt=0.0)
+    # DICOM files without a suffix are recognised by content: add a pattern that names them
+    # (e.g. "IM*" or "*") for a station that writes them so.
     patterns: list[str] = Field(
-        default_factory=lambda: ["*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.png", "*.PNG"]
+        default_factory=lambda: ["*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.png", "*.PNG", "*.dcm", "*.DCM",
+                                 "*.dicom", "*.raw", "*.RAW", "*.his", "*.HIS"]
     )
+
+
+class RawInputConfig(_Table):
+    """The layout of headerless ``.raw`` detector frames (``.his`` files carry their own)."""
+
+    width: PositiveInt
+    height: PositiveInt
+    dtype: Literal["uint8", "uint16", "float32"] = "uint16"
+    byte_order: Literal["little", "big"] = "little"
+    header_bytes: int = Field(0, ge=0)
 
 
 class InputConfig(_Table):
@@ -98,14 +132,25 @@ class InputConfig(_Table):
 
     max_pixels: int = Field(defaults.MAX_PIXELS, ge=1)
     max_bytes: int = Field(defaults.MAX_BYTES, ge=1)
+    raw: RawInputConfig | None = None
+
+
+#: A DICOM UID root: dot-separated numbers without leading zeros, short enough to add a suffix.
+UID_ROOT_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 
 
 class OutputConfig(_Table):
-    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview."""
+    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview.
 
-    format: Literal["tiff"] = "tiff"
+    ``format = "auto"`` writes a DICOM output for a DICOM input and a TIFF for any other;
+    ``"dicom"`` refuses inputs that are not DICOM (a DICOM output is derived from its source).
+    """
+
+    format: Literal["auto", "tiff", "dicom"] = "auto"
     compression: Literal["none", "zstd", "deflate"] = "zstd"
     preview_png: bool = False
+    dicom_uid_root: str | None = Field(None, pattern=UID_ROOT_PATTERN, max_length=40)
+    dicom_transfer_syntax: Literal["explicit", "input"] = "explicit"
 
 
 class MetricsConfig(_Table):

@@ -6,9 +6,11 @@ import re
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from drdaemon.cli import main, settings_to_toml
 from drdaemon.config import ConfigError, Settings, load_settings
@@ -27,7 +29,14 @@ def test_example_config_documents_every_key_and_loads() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     for table, field in Settings.model_fields.items():
         assert f"[{table}]" in text, table
-        for key in field.annotation.model_fields:
+        for key, inner in field.annotation.model_fields.items():
+            sub = next((t for t in typing.get_args(inner.annotation) if isinstance(t, type) and
+                        issubclass(t, BaseModel)), None)
+            if sub is not None:  # a sub-table such as [input.raw], possibly commented out
+                assert re.search(rf"^#?\s*\[{table}\.{key}\]", text, re.MULTILINE), f"[{table}.{key}] undocumented"
+                for sub_key in sub.model_fields:
+                    assert re.search(rf"^#?\s*{sub_key} = ", text, re.MULTILINE), f"{table}.{key}.{sub_key}"
+                continue
             # Each key appears as an assignment (possibly commented out) with a comment nearby.
             assert re.search(rf"^#?\s*{key} = ", text, re.MULTILINE), f"{table}.{key} undocumented"
     settings = load_settings(EXAMPLE)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from dicom_testkit import pydicom_data_file
 from drdaemon.evaluate import synth
 from drdaemon.evaluate.baselines import FilteredEngine, MethodError, build_method, build_methods
 from drdaemon.evaluate.cli import DataError, evaluate, find_dataset, main
@@ -118,19 +119,11 @@ def test_net_method_runs_the_learned_engine(bench, tmp_path):
     assert net.frames == 1 and net.means["psnr"] is not None
 
 
-def _pydicom_data_file(name: str) -> Path:
-    data_store = pytest.importorskip("data_store", reason="the pydicom-data package is not installed")
-    path = Path(data_store.__file__).parent / "data" / name
-    if not path.is_file():
-        pytest.skip(f"{name} is not in this pydicom-data release")
-    return path
-
-
 def test_real_cr_frame_from_pydicom_data_end_to_end(tmp_path):
     """RG1_UNCR: a 15-bit MONOCHROME1 computed radiograph, a real frame with real noise."""
     import pydicom
 
-    source = _pydicom_data_file("RG1_UNCR.dcm")
+    source = pydicom_data_file("RG1_UNCR.dcm")
     raw = pydicom.dcmread(source).pixel_array
     frame = read_dicom(source)
     assert frame.dtype == np.uint16 and frame.shape == raw.shape

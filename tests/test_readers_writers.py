@@ -184,7 +184,7 @@ def test_sidecar_has_the_documented_keys() -> None:
     assert set(data["input"]) >= {"path", "sha256", "bytes", "shape", "dtype"}
     assert set(data["output"]) >= {"path", "sha256", "shape", "dtype", "compression"}
     assert set(data["engine"]) == {"name", "parameters", "weights_sha256"}
-    assert set(data["software"]) == {"drdaemon", "python", "numpy", "opencv", "tifffile", "torch", "device"}
+    assert set(data["software"]) == {"drdaemon", "python", "numpy", "opencv", "tifffile", "torch", "pydicom", "device"}
     assert data["started_utc"] == "1970-01-01T00:00:00.000Z" and data["finished_utc"].endswith("01.500Z")
     assert Sidecar.model_validate_json(sidecar.to_bytes()) == sidecar
 

@@ -6,7 +6,8 @@ Data layouts:
   benchmark's ``test/`` folder; ``DIR`` may also be the benchmark's root). All metrics.
 * **unpaired**: frames directly in ``DIR`` (or in ``DIR/input/``). No-reference metrics only.
 
-Frames are TIFF or PNG (the daemon's reader) or DICOM. An optional ``defects.json`` beside
+Frames are whatever the daemon reads (TIFF, PNG, DICOM/DICONDE, ``.his``, and ``.raw`` with the
+``[input.raw]`` layout of ``--config``), through the daemon's reader. An optional ``defects.json`` beside
 ``input/`` (as the generator writes it) tells the figure where to zoom.
 """
 
@@ -17,23 +18,24 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from drdaemon.config import ConfigError, load_settings
 from drdaemon.defaults import PRECISIONS
 from drdaemon.engines.classical import to_u16
-from drdaemon.evaluate.baselines import MethodError, build_methods
-from drdaemon.evaluate.dicom import DicomError, is_dicom, read_dicom
-from drdaemon.evaluate.quality import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
-from drdaemon.evaluate.report import (MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect,
-                                      summarise)
 from drdaemon.errors import FrameError
-from drdaemon.io.readers import read_frame
+from drdaemon.evaluate.baselines import MethodError, build_methods
+from drdaemon.evaluate.dicom import DicomError, full_range_u16, is_dicom
+from drdaemon.evaluate.quality import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
+from drdaemon.evaluate.report import MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect, summarise
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
+from drdaemon.io.readers import FRAME_SUFFIXES, read_frame
+from drdaemon.service.frame import read_limits
 
-FRAME_SUFFIXES = {".tif", ".tiff", ".png", ".dcm", ".dicom"}
 DEFAULT_METHODS = "identity,stretch,gamma,he,clahe,filtered"
 
 
@@ -53,7 +55,8 @@ class Dataset:
 
 
 def _frames_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and (p.suffix.lower() in FRAME_SUFFIXES or (not p.suffix and is_dicom(p))))
 
 
 def find_dataset(root: Path) -> Dataset:
@@ -78,11 +81,12 @@ def find_dataset(root: Path) -> Dataset:
     return Dataset(inputs, labels, defects)
 
 
-def load_frame(path: Path) -> np.ndarray:
-    """A frame as numpy: DICOM through :mod:`.dicom`, everything else through the daemon's reader."""
-    if is_dicom(path):
-        return read_dicom(path)
-    return read_frame(path).pixels
+def load_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A frame as the daemon reads it; a DICOM frame spread over the full 16-bit range (:mod:`.dicom`)."""
+    frame = read_frame(path, limits)
+    if frame.dicom is not None:
+        return full_range_u16(frame.pixels, frame.dicom.value_range)
+    return frame.pixels
 
 
 @dataclass
@@ -95,8 +99,12 @@ class EvaluationResult:
 
 
 def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto", precision: str = "float32",
-             limit: int | None = None, figure_frame: str | None = None, progress: bool = True) -> EvaluationResult:
-    """Score every method on every frame, then write ``table.md``, ``scores.json`` and ``figure.png``."""
+             limit: int | None = None, figure_frame: str | None = None, progress: bool = True,
+             limits: ReadLimits = DEFAULT_LIMITS) -> EvaluationResult:
+    """Score every method on every frame, then write ``table.md``, ``scores.json`` and ``figure.png``.
+
+    ``limits`` are the daemon's ``[input]`` (size limits and the ``.raw`` layout).
+    """
     dataset = find_dataset(data)
     methods = build_methods(method_texts, device, precision)
     lpips_metric, lpips_note = load_lpips() if dataset.paired else (None, "")
@@ -114,8 +122,8 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     crop = defect = None
     bar = tqdm(total=len(inputs) * len(methods), desc="evaluate", unit="run", disable=not progress)
     for index, path in enumerate(inputs):
-        frame = load_frame(path)
-        label = to_u16(load_frame(labels[index])) if labels else None
+        frame = load_frame(path, limits)
+        label = to_u16(load_frame(labels[index], limits)) if labels else None
         input_u16 = to_u16(frame)
         input_sigma, input_measured = noise_sigma(input_u16), measured_coefficients(input_u16)
         keep = path.name == figure_name
@@ -210,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
     parser.add_argument("--figure-frame", default=None, help="file name of the frame to show in the figure")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="the daemon's TOML configuration, for its [input] table (size limits, the .raw layout)")
     args = parser.parse_args(argv)
     try:
         result = evaluate(args.data, args.methods.split(","), args.out, args.device, args.precision,
-                          args.limit, args.figure_frame, progress=not args.no_progress)
-    except (DataError, MethodError, DicomError, FrameError) as exc:
+                          args.limit, args.figure_frame, progress=not args.no_progress,
+                          limits=read_limits(load_settings(args.config).input))
+    except (DataError, MethodError, DicomError, FrameError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.table)

@@ -1,13 +1,11 @@
-"""Reading 16-bit DICOM radiographs for evaluation (pydicom is an optional dependency).
+"""DICOM radiographs for evaluation, through the daemon's own reader (:mod:`drdaemon.io.dicom`).
 
-The daemon never reads DICOM; public radiographs (for example the CR frames of the
-``pydicom-data`` package) are DICOM, so the evaluation does. A frame becomes uint16 with
-"more signal = brighter", like a DR frame:
-
-* MONOCHROME1 stores brighter as *lower* values; it is inverted within its stored bits.
-* Signed pixels are offset so the most negative value is 0.
-* Stored bits (10, 12, 14, 15...) are scaled to the full 16-bit range, so that the fixed
-  display rendition of the metrics (``x / 257``) shows the frame as its bit depth intends.
+Decoding, polarity (MONOCHROME1 inverted, so the engines see more signal = brighter, as the
+daemon gives it to them), rescale and the refusals are the daemon's, so the evaluation scores
+exactly the frames the daemon would enhance. One step is the evaluation's own: the frame is
+spread from the range its header allows (e.g. 0..1023 for 10 stored bits) to the full 16-bit
+range, so that the fixed display rendition of the metrics (``x / 257``) shows it as its bit
+depth intends.
 """
 
 from __future__ import annotations
@@ -16,47 +14,41 @@ from pathlib import Path
 
 import numpy as np
 
-DICOM_SUFFIXES = {".dcm", ".dicom"}
+from drdaemon.errors import FrameError
+from drdaemon.io.dicom import DICOM_SUFFIXES, has_dicom_marker
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
+from drdaemon.io.readers import HEAD_BYTES, read_frame
 
 
 class DicomError(ValueError):
-    """A DICOM file that is not one gray radiograph, or pydicom missing."""
+    """A DICOM file that is not one gray radiograph."""
 
 
 def is_dicom(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    """A ``.dcm``/``.dicom`` name, or the ``DICM`` marker after the 128-byte preamble."""
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
         with path.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
+            return has_dicom_marker(fh.read(HEAD_BYTES))
     except OSError:
         return False
 
 
-def read_dicom(path: Path) -> np.ndarray:
-    """One single-frame gray DICOM image as uint16, brighter = more signal."""
+def full_range_u16(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Pixels spread from the header's value range onto 0..65535."""
+    low, high = value_range
+    scale = 65535.0 / max(high - low, 1e-12)
+    return np.round((np.clip(pixels.astype(np.float64), low, high) - low) * scale).astype(np.uint16)
+
+
+def read_dicom(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """One single-frame gray DICOM image as uint16 over the full range, brighter = more signal."""
     try:
-        import pydicom
-    except ImportError as exc:
-        raise DicomError("reading DICOM needs pydicom: pip install 'drdaemon[evaluate]'") from exc
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
-    except Exception as exc:  # pydicom raises many kinds for broken or unsupported files
-        raise DicomError(f"cannot decode DICOM {Path(path).name}: {exc}") from exc
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or pixels.ndim != 2:
-        raise DicomError(f"{Path(path).name}: {photometric} with shape {pixels.shape}; "
-                         "only single-frame gray radiographs are evaluated")
-    bits = int(dataset.get("BitsStored", pixels.dtype.itemsize * 8))
-    values = pixels.astype(np.int64)
-    if int(dataset.get("PixelRepresentation", 0)) == 1:
-        values = values + (1 << (bits - 1))
-    top = (1 << bits) - 1
-    values = np.clip(values, 0, top)
-    if photometric == "MONOCHROME1":
-        values = top - values
-    return np.round(values * (65535.0 / top)).astype(np.uint16)
+        frame = read_frame(Path(path), limits)
+    except FrameError as exc:
+        raise DicomError(f"{Path(path).name}: {exc}") from exc
+    if frame.dicom is None:
+        raise DicomError(f"{Path(path).name} is not a DICOM file (no DICM marker after the preamble)")
+    return full_range_u16(frame.pixels, frame.dicom.value_range)

@@ -142,12 +142,18 @@ class Finisher:
     def _distinct(self, directory: Path, name: str) -> Path:
         return self._first_free((str(directory), name), lambda i: (directory / distinct_name(name, i),))[0]
 
-    def plan_success(self, work_file: Path, original_name: str, write_plan: bool = True) -> Plan:
-        """Reserve output, sidecar, preview and archive names for a frame, and write the plan."""
+    def plan_success(self, work_file: Path, original_name: str, write_plan: bool = True,
+                     output_format: OutputFormat | None = None) -> Plan:
+        """Reserve output, sidecar, preview and archive names for a frame, and write the plan.
+
+        ``output_format`` is the frame's own (:func:`drdaemon.io.formats.format_for_frame`); by default
+        the finisher's.
+        """
         stem = output_stem(original_name)
+        chosen = output_format if output_format is not None else self.output_format
         with self._lock:
             output, sidecar, preview = self._first_free(
-                (str(self.outbox), stem), lambda i: output_names(stem, self.outbox, i, self.output_format)
+                (str(self.outbox), stem), lambda i: output_names(stem, self.outbox, i, chosen)
             )
             archive = self._distinct(self.archive, original_name) if self.archive is not None else None
             plan = Plan(
@@ -263,6 +269,8 @@ class FrameOutput:
     pixels: np.ndarray  # uint16
     tags: Mapping[str, object]
     draft: SidecarDraft
+    #: The format this frame is written in (bound to it); None: the finisher's.
+    output_format: OutputFormat | None = None
 
 
 @dataclass
@@ -284,8 +292,8 @@ def commit_output(
     stays where it is. Raises :class:`FrameError` (stage write) when the outbox refuses;
     nothing of the frame then stays under a final name.
     """
-    plan = finisher.plan_success(item.path, item.original.name, write_plan=retire_input)
-    output_format = finisher.output_format
+    output_format = result.output_format if result.output_format is not None else finisher.output_format
+    plan = finisher.plan_success(item.path, item.original.name, write_plan=retire_input, output_format=output_format)
     try:
         start = time.perf_counter()
         data = output_format.encode(result.pixels, result.tags)
@@ -306,6 +314,7 @@ def commit_output(
             compression=output_format.compression,
             preview=plan.preview,
             write_s=write_s,
+            output_format=output_format.name,
         )
         finisher.write_sidecar(plan, sidecar.to_bytes())
         sidecar_s = time.perf_counter() - start

@@ -13,6 +13,12 @@ place that knows it:
 * ``preview(pixels) -> bytes``: the 8-bit PNG preview (``preview_suffix``), the same for
   every format unless a format has a better one.
 
+A format that depends on the frame is also :class:`FrameBound`: ``for_frame(frame,
+derivation)`` gives the format that one frame is written in (:func:`format_for_frame`).
+DICOM binds itself to the frame's DICOM source (the dataset the output is derived from, and
+the output's UIDs, fixed before encoding so that the sidecar can name them); ``auto`` picks
+DICOM for a DICOM input and TIFF otherwise. TIFF, the same for every frame, needs no binding.
+
 A second format is one new class here and one new name in :func:`output_format` and in the
 ``output.format`` choices of :class:`drdaemon.config.OutputConfig`.
 """
@@ -21,12 +27,26 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 import tifffile
+
+from drdaemon.errors import FrameError, Reason, Stage
+from drdaemon.io.dicom import DicomSource
+from drdaemon.io.dicom_writer import (
+    Derivation,
+    DerivedIdentity,
+    TransferChoice,
+    derived_identity,
+    encode_derived_dicom,
+)
+from drdaemon.io.readers import Frame
+
+if TYPE_CHECKING:
+    from drdaemon.config import EngineConfig, OutputConfig
 
 #: Long side of the PNG preview in pixels; a preview is for a glance, not for diagnosis.
 PREVIEW_MAX_SIDE = 1024
@@ -59,6 +79,22 @@ class OutputFormat(Protocol):
         ...
 
 
+@runtime_checkable
+class FrameBound(Protocol):
+    """An output format whose output depends on the frame's input (its DICOM source)."""
+
+    def for_frame(self, frame: Frame, derivation: Derivation) -> OutputFormat:
+        """The format ``frame`` is written in, bound to what it needs of the frame."""
+        ...
+
+
+def format_for_frame(output_format: OutputFormat, frame: Frame, derivation: Derivation) -> OutputFormat:
+    """The format ``frame`` is written in under the configured ``output_format``."""
+    if isinstance(output_format, FrameBound):
+        return output_format.for_frame(frame, derivation)
+    return output_format
+
+
 @dataclass(frozen=True)
 class TiffOutput:
     """A single-page uint16 TIFF with the input's resolution, description and software tags."""
@@ -86,11 +122,115 @@ class TiffOutput:
         return encode_preview_png(pixels)
 
 
-def output_format(name: str = "tiff", compression: str = "zstd") -> OutputFormat:
-    """The format that ``output.format`` names, with ``output.compression``."""
+@dataclass(frozen=True)
+class DicomOutput:
+    """A derived DICOM image of a DICOM input (:mod:`drdaemon.io.dicom_writer`), suffix ``.dcm``.
+
+    Unbound it is the configured format; :meth:`for_frame` binds it to one frame's source,
+    derivation and new UIDs. A frame that is not DICOM fails (unsupported): a DICOM output
+    is derived from the DICOM object it enhances, which such a frame does not have.
+    """
+
+    uid_root: str | None = None
+    transfer_syntax: TransferChoice = "explicit"
+    #: The engine configuration's hash (one enhanced series per source series and configuration).
+    engine_configuration_sha256: str | None = None
+    source: DicomSource | None = None
+    derivation: Derivation | None = None
+    identity: DerivedIdentity | None = None
+    name: ClassVar[str] = "dicom"
+    suffix: ClassVar[str] = ".dcm"
+    preview_suffix: ClassVar[str] = PREVIEW_SUFFIX
+    #: No TIFF tags: the whole DICOM dataset of the input is kept instead.
+    kept_tags: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def compression(self) -> str:
+        """The transfer syntax written, by its DICOM keyword (the sidecar's ``output.compression``)."""
+        from pydicom.uid import UID
+
+        return UID(self.identity.transfer_syntax).keyword if self.identity else "ExplicitVRLittleEndian"
+
+    def for_frame(self, frame: Frame, derivation: Derivation) -> DicomOutput:
+        if frame.dicom is None:
+            raise FrameError(
+                Stage.WRITE,
+                Reason.UNSUPPORTED,
+                f"output.format = 'dicom' needs a DICOM input, got a {frame.format} frame; "
+                "'auto' writes TIFF for such frames",
+            )
+        identity = derived_identity(
+            frame.dicom, derivation, self.uid_root, self.transfer_syntax, self.engine_configuration_sha256
+        )
+        return replace(self, source=frame.dicom, derivation=derivation, identity=identity)
+
+    def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
+        if self.source is None or self.derivation is None or self.identity is None:
+            raise ValueError("a DICOM output is derived from its source: bind it with for_frame first")
+        return encode_derived_dicom(self.source, pixels, self.derivation, self.identity)
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        return encode_preview_png(pixels)
+
+
+@dataclass(frozen=True)
+class AutoOutput:
+    """DICOM for a DICOM input, TIFF for every other (``output.format = "auto"``)."""
+
+    tiff: TiffOutput
+    dicom: DicomOutput
+    name: ClassVar[str] = "auto"
+    preview_suffix: ClassVar[str] = PREVIEW_SUFFIX
+
+    @property
+    def suffix(self) -> str:
+        return self.tiff.suffix
+
+    @property
+    def compression(self) -> str:
+        return self.tiff.compression
+
+    @property
+    def kept_tags(self) -> tuple[str, ...]:
+        return self.tiff.kept_tags
+
+    def for_frame(self, frame: Frame, derivation: Derivation) -> OutputFormat:
+        return self.dicom.for_frame(frame, derivation) if frame.dicom is not None else self.tiff
+
+    def encode(self, pixels: np.ndarray, tags: Mapping[str, object] | None = None) -> bytes:
+        return self.tiff.encode(pixels, tags)
+
+    def preview(self, pixels: np.ndarray) -> bytes:
+        return encode_preview_png(pixels)
+
+
+def output_format(
+    name: str = "tiff",
+    compression: str = "zstd",
+    dicom_uid_root: str | None = None,
+    dicom_transfer_syntax: TransferChoice = "explicit",
+    engine_configuration_sha256: str | None = None,
+) -> OutputFormat:
+    """The format that ``output.format`` names, with ``output.compression`` and the DICOM options."""
+    dicom = DicomOutput(dicom_uid_root, dicom_transfer_syntax, engine_configuration_sha256)
     if name == "tiff":
         return TiffOutput(compression)
-    raise ValueError(f"unknown output format {name!r}; expected tiff")
+    if name == "dicom":
+        return dicom
+    if name == "auto":
+        return AutoOutput(TiffOutput(compression), dicom)
+    raise ValueError(f"unknown output format {name!r}; expected auto, tiff or dicom")
+
+
+def configured_output_format(config: OutputConfig, engine: EngineConfig | None = None) -> OutputFormat:
+    """The format of an ``[output]`` table, for frames enhanced as ``[engine]`` says."""
+    return output_format(
+        config.format,
+        config.compression,
+        config.dicom_uid_root,
+        config.dicom_transfer_syntax,
+        None if engine is None else engine.configuration_sha256(),
+    )
 
 
 def encode_tiff_u16(
@@ -151,9 +291,14 @@ def encode_preview_png(pixels: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> 
 __all__ = [
     "PREVIEW_MAX_SIDE",
     "PREVIEW_SUFFIX",
+    "AutoOutput",
+    "DicomOutput",
+    "FrameBound",
     "OutputFormat",
     "TiffOutput",
+    "configured_output_format",
     "encode_preview_png",
     "encode_tiff_u16",
+    "format_for_frame",
     "output_format",
 ]

@@ -1,10 +1,13 @@
-"""Reading DR frames from disk: TIFF (classic, BigTIFF, tiled, compressed) and PNG.
+"""Reading DR frames from disk: TIFF (classic, BigTIFF, tiled, compressed), PNG, DICOM/DICONDE
+and detector raw frames (``.raw`` with a configured layout, ``.his``).
 
 A frame is one 2-D single-channel image. Multi-page and multi-channel files are refused
 with :class:`~drdaemon.errors.Reason.UNSUPPORTED` rather than guessed at: a DR station
 writes one gray frame per file, and anything else needs a human to look at it. Sizes are
 checked from the header before any pixel is decoded, so a corrupt header that claims a
-gigapixel cannot exhaust memory.
+gigapixel cannot exhaust memory. A file is recognised by its content where it has a
+signature (DICOM's ``DICM`` marker first, since a DICOM preamble may hold a TIFF header; then
+PNG and TIFF) and by its suffix where it has none (``.raw``, ``.his``).
 """
 
 from __future__ import annotations
@@ -18,21 +21,20 @@ import cv2
 import numpy as np
 import tifffile
 
-from drdaemon import defaults
 from drdaemon.errors import FrameError, Reason, Stage
+from drdaemon.io.dicom import DICOM_SUFFIXES, DicomSource, decode_dicom, dicom_complete, has_dicom_marker
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits, check_shape, check_size
+from drdaemon.io.raw import HIS_SUFFIXES, RAW_SUFFIXES, RawGeometry, decode_his, decode_raw, his_complete
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 PNG_SUFFIXES = {".png"}
 SUPPORTED_DTYPES = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """Sizes above which a frame fails as ``too_large`` before any pixel is decoded (``[input]``)."""
-
-    max_pixels: int = defaults.MAX_PIXELS
-    max_bytes: int = defaults.MAX_BYTES
+#: Every suffix a frame may have (DICOM files are also recognised without one).
+FRAME_SUFFIXES = TIFF_SUFFIXES | PNG_SUFFIXES | DICOM_SUFFIXES | RAW_SUFFIXES | HIS_SUFFIXES
+#: Bytes enough to recognise every format by its signature (the DICOM marker ends at 132).
+HEAD_BYTES = 132
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 @dataclass
@@ -40,21 +42,25 @@ class Frame:
     """A decoded frame and the metadata worth carrying to its output."""
 
     pixels: np.ndarray
-    format: str  # "tiff" or "png"
+    format: str  # "tiff", "png", "dicom", "raw" or "his"
     #: TIFF tags copied to the output: resolution, resolution unit, description, software.
     tags: dict[str, object] = field(default_factory=dict)
+    #: The header of a DICOM input, from which a DICOM output is derived.
+    dicom: DicomSource | None = None
+    #: The geometry a ``.raw`` or ``.his`` frame was read with.
+    raw: RawGeometry | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.pixels.shape)
 
 
-def read_frame(path: Path, limits: ReadLimits = ReadLimits()) -> Frame:
+def read_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Frame:
     """Decode ``path`` into a :class:`Frame`, or raise :class:`FrameError` saying why not."""
     return read_frame_bytes(path, limits)[0]
 
 
-def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Frame, bytes]:
+def read_frame_bytes(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[Frame, bytes]:
     """Read ``path`` once and decode it from memory; the bytes come back for hashing.
 
     The daemon hashes exactly the bytes it decoded, so a frame is never read twice.
@@ -64,7 +70,7 @@ def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Fra
         size = path.stat().st_size
     except OSError as exc:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot stat {path.name}: {exc}") from exc
-    _check_size(path.name, size, limits)
+    check_size(path.name, size, limits)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -72,38 +78,31 @@ def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Fra
     return decode_frame(data, path.name, limits), data
 
 
-def decode_frame(data: bytes, name: str, limits: ReadLimits = ReadLimits()) -> Frame:
+def decode_frame(data: bytes, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> Frame:
     """Decode a whole file held in memory; ``name`` is only used in messages."""
-    _check_size(name, len(data), limits)
-    head = data[:8]
-    if head.startswith(PNG_SIGNATURE):
+    check_size(name, len(data), limits)
+    head = data[:HEAD_BYTES]
+    suffix = Path(name).suffix.lower()
+    if has_dicom_marker(head):
+        pixels, source = decode_dicom(data, name, limits)
+        frame = Frame(pixels=pixels, format="dicom", dicom=source)
+    elif suffix in HIS_SUFFIXES:
+        pixels, geometry = decode_his(data, name, limits)
+        frame = Frame(pixels=pixels, format="his", raw=geometry)
+    elif suffix in RAW_SUFFIXES:  # before the signatures: raw pixels may start like anything
+        pixels, geometry = decode_raw(data, name, limits)
+        frame = Frame(pixels=pixels, format="raw", raw=geometry)
+    elif head.startswith(PNG_SIGNATURE):
         frame = _read_png(data, name, limits)
-    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    elif head[:4] in TIFF_MAGICS:
         frame = _read_tiff(data, name, limits)
+    elif suffix in DICOM_SUFFIXES:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has no DICM marker after a 128-byte preamble")
     else:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} is neither a TIFF nor a PNG file")
+        raise FrameError(Stage.READ, Reason.UNREADABLE,
+                         f"{name} is neither a TIFF nor a PNG file (nor DICOM with its DICM marker, .raw or .his)")
     _check_pixels(name, frame.pixels)
     return frame
-
-
-def _check_size(name: str, size: int, limits: ReadLimits) -> None:
-    if size == 0:
-        raise FrameError(Stage.READ, Reason.EMPTY, f"{name} is empty (0 bytes)")
-    if size > limits.max_bytes:
-        raise FrameError(Stage.READ, Reason.TOO_LARGE,
-                         f"{name} has {size} bytes, more than input.max_bytes={limits.max_bytes}")
-
-
-def _check_shape(name: str, shape: tuple[int, ...], limits: ReadLimits) -> None:
-    if len(shape) != 2:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} has shape {shape}; only single-channel 2-D frames are enhanced")
-    if min(shape) == 0:
-        raise FrameError(Stage.READ, Reason.EMPTY, f"{name} has zero size {shape}")
-    if shape[0] * shape[1] > limits.max_pixels:
-        raise FrameError(Stage.READ, Reason.TOO_LARGE,
-                         f"{name} claims {shape[0]}x{shape[1]} pixels, more than "
-                         f"input.max_pixels={limits.max_pixels}")
 
 
 def _check_pixels(name: str, pixels: np.ndarray) -> None:
@@ -122,7 +121,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
                                  f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
             page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
-            _check_shape(name, shape, limits)
+            check_shape(name, shape, limits)
             _check_tiff_complete(name, page, len(data))
             pixels = page.asarray()
             tags = _carried_tags(page)
@@ -180,13 +179,13 @@ def png_complete(path: Path) -> bool:
 
 
 def _read_png(data: bytes, name: str, limits: ReadLimits) -> Frame:
-    _check_shape(name, _png_size(data, name), limits)
+    check_shape(name, _png_size(data, name), limits)
     if not _ends_with_iend(data):
         raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: no IEND chunk")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode PNG {name}")
-    _check_shape(name, tuple(pixels.shape), limits)
+    check_shape(name, tuple(pixels.shape), limits)
     return Frame(pixels=pixels, format="png")
 
 
@@ -198,8 +197,16 @@ def looks_complete(path: Path) -> bool:
     and fails in :func:`read_frame` with a reason file.
     """
     try:
-        with Path(path).open("rb") as fh:
-            head = fh.read(8)
+        path = Path(path)
+        with path.open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        if has_dicom_marker(head):
+            return dicom_complete(path.read_bytes())
+        suffix = path.suffix.lower()
+        if suffix in HIS_SUFFIXES:
+            return his_complete(head, path.stat().st_size)
+        if suffix in RAW_SUFFIXES:
+            return True  # nothing to tell a whole file by: the size is checked on reading
         if head.startswith(PNG_SIGNATURE):
             return png_complete(path)
         with tifffile.TiffFile(path) as tif:

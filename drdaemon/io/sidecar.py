@@ -3,7 +3,8 @@
 A sidecar is the commit record of a frame: it is written last, after the output, so an
 output with a sidecar is complete. Its keys are a contract with whoever reads the outbox
 (``input.sha256`` and ``output.sha256`` in particular); a change to them bumps
-:data:`SCHEMA_VERSION`.
+:data:`SCHEMA_VERSION`. Keys added later (``format``, ``dicom``, ``raw``,
+``software.pydicom``) are optional additions that leave every earlier key as it was.
 """
 
 from __future__ import annotations
@@ -12,18 +13,43 @@ import hashlib
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
+from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+from drdaemon.io.dicom import DicomUids
+from drdaemon.io.raw import RawGeometry
 
 SCHEMA_VERSION = 1
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class DicomRecord(_Record):
+    """The identity of a DICOM input or output."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+class RawRecord(_Record):
+    """The geometry a ``.raw`` (from ``[input.raw]``) or ``.his`` (from its header) frame was read with."""
+
+    width: int
+    height: int
+    dtype: str
+    byte_order: str
+    header_bytes: int
+    frames: int
+    source: str  # "config" or "his"
 
 
 class InputRecord(_Record):
@@ -33,6 +59,9 @@ class InputRecord(_Record):
     bytes: int
     shape: list[int]
     dtype: str
+    format: str | None = None  # tiff, png, dicom, raw, his
+    dicom: DicomRecord | None = None
+    raw: RawRecord | None = None
 
 
 class OutputRecord(_Record):
@@ -43,6 +72,8 @@ class OutputRecord(_Record):
     dtype: str
     compression: str
     preview: str | None = None
+    format: str | None = None  # tiff or dicom
+    dicom: DicomRecord | None = None
 
 
 class EngineRecord(_Record):
@@ -58,6 +89,7 @@ class SoftwareRecord(_Record):
     opencv: str | None
     tifffile: str | None
     torch: str | None
+    pydicom: str | None = None
     device: str
 
 
@@ -97,6 +129,11 @@ class SidecarDraft:
     timings: dict[str, float]
     #: Sub-stages the engine measured itself (e.g. upload, compute, download).
     engine_timings: dict[str, float] = field(default_factory=dict)
+    input_format: str | None = None
+    input_dicom: DicomRecord | None = None
+    input_raw: RawRecord | None = None
+    #: The UIDs of a DICOM output, fixed when its format is bound to the frame, before encoding.
+    output_dicom: DicomRecord | None = None
 
     def complete(
         self,
@@ -109,6 +146,7 @@ class SidecarDraft:
         compression: str,
         preview: str | None,
         write_s: float,
+        output_format: str | None = None,
     ) -> Sidecar:
         """The sidecar of an output whose encoded bytes are ``data``, written in ``write_s`` seconds."""
         timings = {**self.timings, "write": write_s}
@@ -121,6 +159,9 @@ class SidecarDraft:
                 bytes=self.input_bytes,
                 shape=self.input_shape,
                 dtype=self.input_dtype,
+                format=self.input_format,
+                dicom=self.input_dicom,
+                raw=self.input_raw,
             ),
             output=OutputRecord(
                 path=output_path,
@@ -130,6 +171,8 @@ class SidecarDraft:
                 dtype=dtype,
                 compression=compression,
                 preview=preview,
+                format=output_format,
+                dicom=self.output_dicom,
             ),
             engine=self.engine,
             software=self.software,
@@ -139,9 +182,36 @@ class SidecarDraft:
         )
 
 
+class _DicomInstance(Protocol):
+    """A DICOM input's source or an output's identity: its UIDs and transfer syntax."""
+
+    @property
+    def uids(self) -> DicomUids: ...
+
+    @property
+    def transfer_syntax(self) -> str: ...
+
+
+def dicom_record(instance: _DicomInstance | None) -> DicomRecord | None:
+    if instance is None:
+        return None
+    uids = instance.uids
+    return DicomRecord(study_instance_uid=uids.study, series_instance_uid=uids.series,
+                       sop_instance_uid=uids.instance, sop_class_uid=uids.sop_class,
+                       transfer_syntax_uid=instance.transfer_syntax)
+
+
+def raw_record(geometry: RawGeometry | None) -> RawRecord | None:
+    if geometry is None:
+        return None
+    return RawRecord(width=geometry.width, height=geometry.height, dtype=geometry.dtype,
+                     byte_order=geometry.byte_order, header_bytes=geometry.header_bytes,
+                     frames=geometry.frames, source=geometry.source)
+
+
 def utc_iso(timestamp: float) -> str:
     """A POSIX timestamp as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T01:02:03.456Z``."""
-    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -152,7 +222,7 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _library_versions() -> tuple[tuple[str, str | None], ...]:
     # Read from package metadata, so that recording torch's version does not import torch.
     import cv2
@@ -168,6 +238,7 @@ def _library_versions() -> tuple[tuple[str, str | None], ...]:
         ("opencv", cv2.__version__),
         ("tifffile", tifffile.__version__),
         ("torch", _package_version("torch")),
+        ("pydicom", _package_version("pydicom")),
     )
 
 
@@ -178,12 +249,16 @@ def software_record(device: str) -> SoftwareRecord:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DicomRecord",
     "EngineRecord",
     "InputRecord",
     "OutputRecord",
+    "RawRecord",
     "Sidecar",
     "SidecarDraft",
     "SoftwareRecord",
+    "dicom_record",
+    "raw_record",
     "software_record",
     "utc_iso",
 ]

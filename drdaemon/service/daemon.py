@@ -37,7 +37,7 @@ from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_checked_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
-from drdaemon.io.formats import output_format
+from drdaemon.io.formats import configured_output_format
 from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.pipe import Pipe
@@ -98,7 +98,7 @@ class Daemon:
         self.finisher = Finisher.for_folders(
             self.folders,
             preview=settings.output.preview_png,
-            output_format=output_format(settings.output.format, settings.output.compression),
+            output_format=configured_output_format(settings.output, settings.engine),
         )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.progress = Progress()

@@ -18,10 +18,13 @@ import numpy as np
 from drdaemon.config import InputConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
-from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
 from drdaemon.folders.claim import WorkItem
 from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
-from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
+from drdaemon.io.dicom_writer import Derivation
+from drdaemon.io.formats import DicomOutput, format_for_frame
+from drdaemon.io.limits import RawLayout, ReadLimits
+from drdaemon.io.readers import Frame, read_frame_bytes
+from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
 
 
 @dataclass
@@ -47,8 +50,10 @@ class EnhancedFrame:
 
 
 def read_limits(config: InputConfig) -> ReadLimits:
-    """The reader's size limits from the ``[input]`` table."""
-    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+    """The reader's size limits and ``.raw`` layout from the ``[input]`` table."""
+    raw = config.raw
+    layout = None if raw is None else RawLayout(raw.width, raw.height, raw.dtype, raw.byte_order, raw.header_bytes)
+    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes, raw=layout)
 
 
 def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
@@ -100,12 +105,26 @@ def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
         started_wall=loaded.started_wall,
         timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "enhance": done.enhance_s},
         engine_timings=dict(done.result.timings),
+        input_format=loaded.frame.format,
+        input_dicom=dicom_record(loaded.frame.dicom),
+        input_raw=raw_record(loaded.frame.raw),
     )
 
 
+def derivation(done: EnhancedFrame) -> Derivation:
+    """The engine identity a derived (DICOM) output records."""
+    return Derivation(done.engine_name, dict(done.result.parameters), done.weights_sha256)
+
+
 def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> Committed:
-    """Hand the enhanced frame to the commit (:func:`drdaemon.folders.commit.commit_output`)."""
-    result = FrameOutput(done.result.pixels, done.loaded.frame.tags, sidecar_draft(done))
+    """Hand the enhanced frame, in the format chosen for it, to the commit
+    (:func:`drdaemon.folders.commit.commit_output`)."""
+    frame = done.loaded.frame
+    output_format = format_for_frame(finisher.output_format, frame, derivation(done))
+    draft = sidecar_draft(done)
+    if isinstance(output_format, DicomOutput):
+        draft.output_dicom = dicom_record(output_format.identity)
+    result = FrameOutput(done.result.pixels, frame.tags, draft, output_format)
     return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
 
 
@@ -131,6 +150,7 @@ def as_frame_error(stage: Stage, exc: Exception) -> FrameError:
 __all__ = [
     "EnhancedFrame",
     "LoadedFrame",
+    "as_frame_error",
     "commit_frame",
     "engine_stage_timings",
     "enhance_frame",
@@ -138,5 +158,4 @@ __all__ = [
     "read_limits",
     "sidecar_draft",
     "stage_timings",
-    "as_frame_error",
 ]
