@@ -1,8 +1,8 @@
 """The ``drdaemon`` command: run the service, check a configuration, enhance files, benchmark.
 
-Exit statuses follow sysexits so that systemd can tell them apart: 0 done, 1 some files
-failed (``enhance``), 70 the accelerator was lost (restart me), 75 another daemon holds the
-work folder, 78 bad configuration (do not restart me).
+Exit statuses (:mod:`drdaemon.exits`) follow sysexits so that systemd can tell them apart:
+0 done, 1 some files failed (``enhance``), 70 the accelerator was lost or an internal error
+(restart me), 75 another daemon holds the work folder, 78 bad configuration (do not restart me).
 """
 
 from __future__ import annotations
@@ -12,10 +12,17 @@ import sys
 from pathlib import Path
 
 from drdaemon import __version__
-from drdaemon.config import EXIT_CONFIG, ConfigError, Settings, load_settings
+import tomli_w
 
-EXIT_SOME_FAILED = 1
-EXIT_BUSY = 75
+from drdaemon.config import ConfigError, Settings, load_settings
+from drdaemon.exits import (
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_DEVICE_LOST,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+)
 
 _DESCRIPTION = """\
 Whole-frame enhancement of 16-bit DR X-ray frames.
@@ -72,7 +79,7 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     )
     if with_bench:
         try:
-            from drdaemon.bench import add_bench_arguments
+            from drdaemon.bench.cli import add_bench_arguments
         except ImportError:
             pass  # the benchmark module is optional; `drdaemon bench` then says so
         else:
@@ -88,28 +95,27 @@ def _add_config_argument(parser: argparse.ArgumentParser, required: bool) -> Non
     )
 
 
-def _load(path: Path | None) -> Settings:
-    return load_settings(path)
-
-
 def _config_error(error: ConfigError) -> int:
     print(f"drdaemon: configuration error\n{error}", file=sys.stderr)
     return EXIT_CONFIG
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
+    settings = load_settings(args.config)
     print(f"# effective configuration of {args.config} (environment applied)")
     print(settings_to_toml(settings), end="")
-    return 0
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from drdaemon.daemon import Daemon
-    from drdaemon.logs import configure_logging
-    from drdaemon.watch.claim import WorkFolderBusy
+    import structlog
 
-    settings = _load(args.config)
+    from drdaemon.errors import DeviceLost
+    from drdaemon.folders.claim import WorkFolderBusy
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.daemon import Daemon
+
+    settings = load_settings(args.config)
     configure_logging(settings.logging)
     try:
         return Daemon(settings).run()
@@ -118,62 +124,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BUSY
     except ConfigError:
         raise
-    except Exception as exc:  # a lost device at warm-up, or a bug: let the service manager restart
-        import structlog
-
-        from drdaemon.daemon import EXIT_DEVICE_LOST
-
-        structlog.get_logger("drdaemon").exception("daemon_failed", error=f"{type(exc).__name__}: {exc}")
+    except DeviceLost as exc:  # at warm-up: let the service manager restart
+        structlog.get_logger("drdaemon").error("device_lost", error=str(exc))
         return EXIT_DEVICE_LOST
-
-
-def _device_lost() -> type[Exception]:
-    from drdaemon.errors import DeviceLost
-
-    return DeviceLost
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, and the service manager restarts
+        structlog.get_logger("drdaemon").exception("internal_error", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL_ERROR
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from drdaemon.engines import build_engines
+    from drdaemon.engines import build_checked_engines
     from drdaemon.errors import FrameError, Stage
-    from drdaemon.io.readers import ReadLimits
+    from drdaemon.io.formats import output_format
     from drdaemon.logs import configure_logging
-    from drdaemon.processing import commit_frame, enhance_frame, load_frame, unexpected_error
-    from drdaemon.watch.claim import WorkItem
-    from drdaemon.watch.finish import Finisher
+    from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits, unexpected_error
+    from drdaemon.folders.claim import WorkItem
+    from drdaemon.folders.commit import Finisher
 
-    settings = _load(args.config)
+    settings = load_settings(args.config)
     configure_logging(settings.logging)
-    try:
-        engine = build_engines(settings.engine)[0]
-    except (ConfigError, _device_lost()):
-        raise
-    except Exception as exc:
-        raise ConfigError(f"engine: cannot build the engine: {type(exc).__name__}: {exc}") from exc
+    engine = build_checked_engines(settings.engine)[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png)
-    limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
+    output = output_format(settings.output.format, settings.output.compression)
+    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
+    limits = read_limits(settings.input)
     failures = 0
     for path in tqdm(args.files, desc="enhance", unit="frame"):
         item = WorkItem(path=path, original=path)
         try:
             done = enhance_frame(load_frame(item, limits), engine)
-            commit_frame(done, finisher, settings.output.compression, retire_input=False)
+            commit_frame(done, finisher, retire_input=False)
         except FrameError as error:
             failures += 1
             tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the others
             failures += 1
             tqdm.write(f"{path}: {unexpected_error(Stage.ENHANCE, exc)}", file=sys.stderr)
     print(f"{len(args.files) - failures} of {len(args.files)} frames enhanced into {args.out}")
-    return EXIT_SOME_FAILED if failures else 0
+    return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from drdaemon.bench import run_bench
+        from drdaemon.bench.cli import run_bench
     except ImportError as exc:
         print(f"drdaemon: the benchmark is not available in this installation ({exc})", file=sys.stderr)
         return EXIT_SOME_FAILED
@@ -194,26 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- printing the effective configuration ---------------------------------------------------
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
-
-
 def settings_to_toml(settings: Settings) -> str:
-    """The settings as TOML that :func:`drdaemon.config.load_settings` reads back."""
-    lines: list[str] = []
-    for table, values in settings.model_dump().items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            lines.append(f"# {key} is unset" if value is None else f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    """The settings as TOML that :func:`drdaemon.config.load_settings` reads back; unset keys are left out."""
+    tables = {
+        table: {key: value for key, value in values.items() if value is not None}
+        for table, values in settings.model_dump(mode="json").items()
+    }
+    return tomli_w.dumps(tables)
 
 
 if __name__ == "__main__":

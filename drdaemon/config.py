@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-#: Exit status for a configuration error (sysexits EX_CONFIG); the unit file sets
-#: RestartPreventExitStatus to it so that systemd does not restart a misconfigured daemon.
-EXIT_CONFIG = 78
-
+from drdaemon import defaults
+from drdaemon.defaults import EngineName, MethodName, Precision
 
 class ConfigError(Exception):
     """A configuration file that is missing, unreadable or invalid; the message names the key."""
@@ -40,9 +38,6 @@ class Folders(_Table):
     def resolved(self, base: Path) -> Folders:
         return Folders(**{name: (base / p) if not p.is_absolute() else p for name, p in self})
 
-    def all(self) -> list[Path]:
-        return [self.inbox, self.outbox, self.archive, self.failed, self.work]
-
 
 class EngineConfig(_Table):
     """Which enhancer runs, and its parameters.
@@ -51,18 +46,18 @@ class EngineConfig(_Table):
     CLAHE engine otherwise, so the daemon works out of the box with no weights.
     """
 
-    name: Literal["auto", "classical", "he", "stretch", "identity", "net"] = "auto"
+    name: EngineName = "auto"
     weights: Path | None = None
     # Percentile window applied to every frame before enhancement.
-    low_percentile: float = Field(0.5, ge=0.0, lt=50.0)
-    high_percentile: float = Field(99.5, gt=50.0, le=100.0)
+    low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0.0, lt=50.0)
+    high_percentile: float = Field(defaults.HIGH_PERCENTILE, gt=50.0, le=100.0)
     # Classical engine.
-    clahe_clip_limit: float = Field(2.0, gt=0.0)
-    clahe_tile_grid: int = Field(8, ge=1, le=64)
-    gamma: float = Field(1.0, gt=0.0)
+    clahe_clip_limit: float = Field(defaults.CLAHE_CLIP_LIMIT, gt=0.0)
+    clahe_tile_grid: int = Field(defaults.CLAHE_TILE_GRID, ge=1, le=64)
+    gamma: float = Field(defaults.GAMMA, gt=0.0)
     # Learned engine.
     devices: list[str] = Field(default_factory=lambda: ["auto"])
-    precision: Literal["float32", "float16", "bfloat16"] = "float16"
+    precision: Precision = "float16"
     memory_budget_mb: int = Field(6144, ge=64)
     compile: bool = False
     channels_last: bool = True
@@ -79,7 +74,7 @@ class EngineConfig(_Table):
             raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
         return self
 
-    def effective_name(self) -> str:
+    def effective_name(self) -> MethodName:
         if self.name == "auto":
             return "net" if self.weights is not None else "classical"
         return self.name
@@ -101,11 +96,14 @@ class WatchConfig(_Table):
 class InputConfig(_Table):
     """Guards against frames whose header promises more than a station can hold."""
 
-    max_pixels: int = Field(200_000_000, ge=1)
-    max_bytes: int = Field(2_000_000_000, ge=1)
+    max_pixels: int = Field(defaults.MAX_PIXELS, ge=1)
+    max_bytes: int = Field(defaults.MAX_BYTES, ge=1)
 
 
 class OutputConfig(_Table):
+    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview."""
+
+    format: Literal["tiff"] = "tiff"
     compression: Literal["none", "zstd", "deflate"] = "zstd"
     preview_png: bool = False
 
@@ -138,8 +136,13 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-    ):
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: the environment overrides the file's values (passed as init).
         return (env_settings, init_settings)
 
@@ -163,7 +166,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 
 def load_settings(path: Path | None) -> Settings:
     """Read ``path`` (or defaults only, when None), apply the environment, resolve folders."""
-    data: dict = {}
+    data: dict[str, Any] = {}
     base = Path.cwd()
     source = "defaults and environment"
     if path is not None:

@@ -38,7 +38,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     """Set up structlog for the whole process (logging configuration is process-wide by nature)."""
     explicit = stream is not None
     stream = stream if stream is not None else sys.stderr
-    processors: list = [
+    processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

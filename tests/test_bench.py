@@ -3,7 +3,7 @@
 import argparse
 import re
 
-from drdaemon.bench import add_bench_arguments, run_bench
+from drdaemon.bench.cli import add_bench_arguments, run_bench
 
 
 def bench_args(*argv: str) -> argparse.Namespace:

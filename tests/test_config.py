@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from drdaemon.cli import main, settings_to_toml
-from drdaemon.config import EXIT_CONFIG, ConfigError, Settings, load_settings
+from drdaemon.config import ConfigError, Settings, load_settings
+from drdaemon.exits import EXIT_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.example.toml"

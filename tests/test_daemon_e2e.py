@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from drdaemon.config import EXIT_CONFIG
+from drdaemon.exits import EXIT_CONFIG
 from drdaemon.io.sidecar import Sidecar
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from drdaemon.config import EXIT_CONFIG
-from drdaemon.metrics import DaemonMetrics
+from drdaemon.exits import EXIT_CONFIG
+from drdaemon.service.prometheus import DaemonMetrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 UNIT = DEPLOY / "drdaemon.service"

@@ -96,7 +96,7 @@ def test_filtered_pipeline_denoises_before_equalising():
     ramp = np.tile(np.linspace(5000, 60000, 128), (128, 1))
     frame = np.clip(ramp + rng.normal(0, 800, ramp.shape), 0, 65535).astype(np.uint16)
     from drdaemon.engines import ClassicalEngine
-    from drdaemon.evaluate.metrics import noise_sigma
+    from drdaemon.evaluate.quality import noise_sigma
 
     clahe = ClassicalEngine(method="classical").enhance(frame).pixels
     for denoiser in ("nlm", "median", "gaussian"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.restoration import estimate_sigma
 
-from drdaemon.evaluate import metrics as m
+from drdaemon.evaluate import quality as m
 
 # A 3 x 3 image whose differences are easy to do by hand.
 TINY = np.array([[0, 10, 20],

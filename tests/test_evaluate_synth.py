@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from drdaemon.evaluate import synth
-from drdaemon.evaluate.metrics import display_u8, information_entropy
+from drdaemon.evaluate.quality import display_u8, information_entropy
 
 SIZE = (192, 256)  # height, width: small for speed, not square to catch axis mix-ups
 

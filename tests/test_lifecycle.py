@@ -19,11 +19,12 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.writers import TEMP_SUFFIX, encode_tiff_u16, temp_path_for
-from drdaemon.processing import commit_frame, enhance_frame, fail_frame, load_frame
-from drdaemon.watch.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
-from drdaemon.watch.finish import Finisher, plan_path
-from drdaemon.watch.watcher import InboxWatcher
+from drdaemon.io.durable import TEMP_SUFFIX, temp_path_for
+from drdaemon.io.formats import encode_tiff_u16
+from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
+from drdaemon.folders.commit import Finisher, fail_frame, plan_path
+from drdaemon.folders.watcher import InboxWatcher
 
 
 def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
@@ -36,7 +37,7 @@ def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
 @pytest.fixture
 def folders(tmp_path: Path) -> Folders:
     f = Folders().resolved(tmp_path)
-    for path in f.all():
+    for _, path in f:
         path.mkdir()
     return f
 
@@ -70,7 +71,7 @@ ENGINE = ClassicalEngine()
 
 
 def process(item: WorkItem, finisher: Finisher) -> None:
-    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher, "zstd")
+    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ENGINE), finisher)
 
 
 def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
@@ -91,7 +92,7 @@ def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
         assert record.input.sha256 == sha(inputs[name])
     assert set(seen) == set(inputs)
     assert sorted(p.read_bytes() for p in folders.archive.iterdir()) == sorted(inputs.values())
-    leftovers = [p.name for folder in folders.all() for p in folder.iterdir() if p.name != ".drdaemon.lock"
+    leftovers = [p.name for _, folder in folders for p in folder.iterdir() if p.name != ".drdaemon.lock"
                  and folder not in (folders.outbox, folders.archive)]
     assert leftovers == []
     assert not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
@@ -304,7 +305,7 @@ def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
 
 
 def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
-    from drdaemon.daemon import Daemon
+    from drdaemon.service.daemon import Daemon
 
     def behaviour(call: int) -> None:
         if call == 2:
@@ -330,7 +331,8 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
 
 
 def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
-    from drdaemon.daemon import EXIT_DEVICE_LOST, Daemon
+    from drdaemon.exits import EXIT_DEVICE_LOST
+    from drdaemon.service.daemon import Daemon
     from drdaemon.errors import DeviceLost
 
     def behaviour(call: int) -> None:

@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from drdaemon.errors import Reason, Stage
-from drdaemon.metrics import BUCKETS_S, STAGES, DaemonMetrics
+from drdaemon.service.prometheus import BUCKETS_S, STAGES, DaemonMetrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

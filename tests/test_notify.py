@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from drdaemon.notify import SystemdNotifier, watchdog_interval
+from drdaemon.service.notify import SystemdNotifier, watchdog_interval
 
 
 @pytest.fixture

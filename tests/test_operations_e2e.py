@@ -21,7 +21,7 @@ import pytest
 import tifffile
 from prometheus_client.parser import text_string_to_metric_families
 
-from drdaemon.config import EXIT_CONFIG
+from drdaemon.exits import EXIT_CONFIG
 
 pytestmark = pytest.mark.slow
 

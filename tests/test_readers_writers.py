@@ -14,13 +14,8 @@ import tifffile
 from drdaemon.errors import FrameError, Reason
 from drdaemon.io.readers import ReadLimits, decode_frame, looks_complete, read_frame, read_frame_bytes
 from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
-from drdaemon.io.writers import (
-    TEMP_SUFFIX,
-    atomic_write,
-    encode_preview_png,
-    encode_tiff_u16,
-    write_tiff_u16,
-)
+from drdaemon.io.durable import TEMP_SUFFIX, atomic_write
+from drdaemon.io.formats import encode_preview_png, encode_tiff_u16
 
 
 def ramp(shape=(37, 53), dtype=np.uint16) -> np.ndarray:
@@ -130,7 +125,7 @@ def test_16bit_round_trip_keeps_shape_dtype_values_and_tags(tmp_path: Path, comp
                      description="station 7, 90 kV", metadata=None)
     frame = read_frame(source)
     out = tmp_path / "out.tif"
-    write_tiff_u16(out, frame.pixels, frame.tags, compression)
+    atomic_write(out, encode_tiff_u16(frame.pixels, frame.tags, compression))
     with tifffile.TiffFile(out) as tif:
         page = tif.pages[0]
         assert page.shape == (41, 67) and page.dtype == np.uint16
@@ -192,3 +187,21 @@ def test_sidecar_has_the_documented_keys() -> None:
     assert set(data["software"]) == {"drdaemon", "python", "numpy", "opencv", "tifffile", "torch", "device"}
     assert data["started_utc"] == "1970-01-01T00:00:00.000Z" and data["finished_utc"].endswith("01.500Z")
     assert Sidecar.model_validate_json(sidecar.to_bytes()) == sidecar
+
+
+def test_output_format_from_config_encodes_the_frame_and_keeps_the_input_tags() -> None:
+    from drdaemon.config import OutputConfig
+    from drdaemon.io.formats import output_format
+
+    config = OutputConfig(compression="deflate")
+    output = output_format(config.format, config.compression)
+    assert output.suffix == ".tif" and output.compression == "deflate"
+    pixels = ramp()
+    data = output.encode(pixels, {"ImageDescription": "line 3", "DateTime": "2026:01:01 00:00:00"})
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        np.testing.assert_array_equal(tif.pages[0].asarray(), pixels)
+        assert tif.pages[0].tags["ImageDescription"].value == "line 3"
+    assert "ImageDescription" in output.kept_tags and "DateTime" not in output.kept_tags
+    assert cv2.imdecode(np.frombuffer(output.preview(pixels), np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+    with pytest.raises(ValueError, match="unknown output format"):
+        output_format("jpeg", "zstd")

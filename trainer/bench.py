@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 import torch
 
-from trainer.config import load_config
+from trainer.config import TrainConfig, load_config
 from trainer.loop import Trainer
 from trainer.schedule import PhaseKind, phase_at
 
@@ -33,7 +33,7 @@ def write_synthetic_frames(folder: Path, count: int, size: int, seed: int, level
     return folder
 
 
-def schedule_counts(cfg) -> dict[str, int]:
+def schedule_counts(cfg: TrainConfig) -> dict[str, int]:
     """Prompt and enhancer iterations of the configured schedule (its full length)."""
     counts = {"prompt": 0, "enhancer": 0}
     iteration, total = 0, cfg.schedule.total_iters
@@ -51,7 +51,7 @@ def seconds_per_iteration(trainer: Trainer, start: int, iters: int, warmup: int)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)
 
-    began = None
+    began = time.perf_counter()
     for n, batch in enumerate(trainer._loader(start, start + warmup + iters)):
         if n == warmup:
             sync()

@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Imported after parsing so --help and config errors answer without loading torch.
-    from trainer.clip_backbone import ClipUnavailable
+    from trainer.clip_weights import ClipUnavailable
     from trainer.data import DataError
     from trainer.distributed import init_distributed, shutdown
-    from trainer.loop import Trainer, TrainerError
+    from trainer.errors import TrainerError
+    from trainer.loop import Trainer
 
     ctx = init_distributed(cfg.run.device)
     try:

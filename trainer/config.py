@@ -32,10 +32,13 @@ Choices made where METHOD.md is silent, written down here once:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drdaemon import defaults
 
 LEVELS = 5  # feature levels 0 (stem) .. 4 (layer4)
 
@@ -51,10 +54,10 @@ class DataConfig(Section):
     vflip: bool = True
     rotate90: bool = True
     max_rotation_deg: float = Field(10.0, ge=0, le=45, description="extra small rotation, uniform in +-deg")
-    low_percentile: float = Field(0.5, ge=0, lt=50)
-    high_percentile: float = Field(99.5, gt=50, le=100)
-    clahe_clip_limit: float = Field(2.0, gt=0)
-    clahe_tile_grid: int = Field(8, ge=1)
+    low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0, lt=50)
+    high_percentile: float = Field(defaults.HIGH_PERCENTILE, gt=50, le=100)
+    clahe_clip_limit: float = Field(defaults.CLAHE_CLIP_LIMIT, gt=0)
+    clahe_tile_grid: int = Field(defaults.CLAHE_TILE_GRID, ge=1)
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training process")
     preview_frames: int = Field(4, ge=1, description="abnormal frames shown in the preview images")
 
@@ -166,7 +169,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the TOML file, then each ``--set`` override."""
     values: dict[str, Any] = {}
     if path is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -74,7 +74,7 @@ class SampleKey:
 def random_view(unit: np.ndarray, rng: np.random.Generator, cfg: DataConfig) -> np.ndarray:
     """A random augmented square view of a [0, 1] frame, ``crop_size`` pixels a side."""
     h, w = unit.shape
-    side = max(1, int(round(rng.uniform(cfg.scale_min, 1.0) * min(h, w))))
+    side = max(1, round(rng.uniform(cfg.scale_min, 1.0) * min(h, w)))
     top = int(rng.integers(0, h - side + 1))
     left = int(rng.integers(0, w - side + 1))
     size = cfg.crop_size
@@ -163,7 +163,7 @@ class IterationBatches(Sampler[list[int]]):
                 raise DataError(f"batch size {size} exceeds {KEY_STRIDE}")
         self.start, self.sizes, self.rank, self.world = start, list(global_batches), rank, world
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         for offset, size in enumerate(self.sizes):
             per_rank = size // self.world
             first = self.rank * per_rank

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from drdaemon.model.network import Enhancer
 from drdaemon.model.weights import save_weights
-from trainer.clip_backbone import ClipSource
+from trainer.clip_weights import ClipSource
 
 
 def card_path(weights_path: Path) -> Path:
@@ -40,7 +40,7 @@ def export_weights(out: Path, enhancer: Enhancer, *, config: dict, data: dict, c
                    final_losses: dict[str, float], iterations: int, duration_s: float,
                    extra: dict | None = None) -> tuple[str, Path]:
     """Write the weights and the model card; returns (weights sha256, card path)."""
-    provenance = {
+    provenance: dict[str, object] = {
         "trainer": "trainer (CLIP + CLAHE prior)",
         "clip_model": clip.model,
         "clip_weights": clip.weights,

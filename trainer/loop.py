@@ -14,7 +14,7 @@ next iteration runs. What a step trains:
   I_{t-1} is produced by a frozen copy of the enhancer as it was at the start of the
   previous round (0.28 M parameters: cheaper and exact compared with storing images).
 
-Exact resume: the checkpoint holds both learners, both optimisers, the grad scalers, the
+Exact resume: the checkpoint (:mod:`trainer.checkpoint`) holds both learners, both optimisers, the grad scalers, the
 iteration, the RNG states, the last two enhancer snapshots (for I_{t-1}) and the losses.
 The data order is a function of the seed and the iteration (see :mod:`trainer.data`), so a
 run interrupted and resumed sees the same batches as an uninterrupted one.
@@ -24,22 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from trainer import losses as L
+from trainer.checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from trainer.clip_backbone import ClipBackbone, load_backbone
 from trainer.config import TrainConfig
 from trainer.data import (IterationBatches, TrainingSamples, clahe_prior, folder_summary, list_frames, make_loader,
@@ -48,15 +47,11 @@ from trainer.distributed import DistContext, pick_device
 from trainer.export import export_weights
 from trainer.preview import preview_grid, write_preview
 from trainer.prompts import PromptPair
+from trainer.runtime import StopRequest, amp_dtype, configure_determinism, seed_everything
 from trainer.schedule import Phase, PhaseKind, phase_at
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-
-
-class TrainerError(Exception):
-    """A run that cannot start or continue; the message says why."""
-
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class TrainResult:
@@ -69,81 +64,6 @@ class TrainResult:
     card: Path | None = None
     checkpoint: Path | None = None
     extra: dict = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(deterministic: bool) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: the backward passes of bilinear upsampling have no deterministic CUDA
-        # kernel; they warn instead of stopping the run, and everything else is deterministic.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``auto`` is bf16 (or fp16 without bf16 support) on CUDA, fp32 on CPU."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-class StopRequest:
-    """Ctrl-C or SIGTERM during a run: finish the current iteration, checkpoint, then stop.
-
-    Stopping between iterations keeps the checkpoint consistent (an interrupt in the middle of
-    an optimiser step would leave half the parameters updated). A second signal stops at once.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
 
 
 def default_run_dir(out: Path) -> Path:
@@ -209,7 +129,7 @@ class Trainer:
         self.prompt_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.iteration = 0
         self.elapsed_before = 0.0
-        self.losses: dict[str, Tensor | float] = {}
+        self.losses: Mapping[str, Tensor | float] = {}
         self.text_features: Tensor | None = None
         self.preview_inputs: tuple[Tensor, Tensor] | None = None
         if resume:
@@ -223,12 +143,12 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loader(self, start: int, end: int):
+    def _loader(self, start: int, end: int) -> DataLoader[dict[str, Tensor]]:
         """One loader for iterations ``start .. end-1``; each batch's content follows its phase."""
         o, schedule = self.cfg.optim, self.cfg.schedule
         sizes = [o.prompt_batch if phase_at(i, schedule).trains_prompts else o.enhancer_batch
@@ -238,7 +158,9 @@ class Trainer:
         return make_loader(samples, batches, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     # -- steps -------------------------------------------------------------------------
-    def _optimise(self, loss: Tensor, optim: torch.optim.Optimizer, scaler, module: nn.Module) -> None:
+    def _optimise(
+        self, loss: Tensor, optim: torch.optim.Optimizer, scaler: torch.amp.GradScaler, module: nn.Module
+    ) -> None:
         optim.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip > 0:
@@ -373,7 +295,7 @@ class Trainer:
             writer.close()
         return result
 
-    def _after_step(self, bar, writer, started: float) -> None:
+    def _after_step(self, bar: tqdm, writer: SummaryWriter | None, started: float) -> None:
         it, r = self.iteration, self.cfg.run
         bar.update(1)
         if it % r.log_every == 0 or it == self.cfg.schedule.total_iters:
@@ -390,12 +312,12 @@ class Trainer:
     def loss_values(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.losses.items()}
 
-    def _writer(self):
+    def _writer(self) -> SummaryWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
-    def preview(self, writer) -> Path:
+    def preview(self, writer: SummaryWriter | None) -> Path:
         """Write the before/after grid of the fixed preview frames for the current iteration."""
         if self.preview_inputs is None:
             inputs = preview_samples(self.abnormal_files, self.cfg.data)
@@ -422,7 +344,6 @@ class Trainer:
         if not self.ctx.is_main:
             return None
         state = {
-            "format": CHECKPOINT_FORMAT,
             "iteration": self.iteration,
             "enhancer": self.enhancer.state_dict(),
             "prompts": self.prompts.state_dict(),
@@ -437,23 +358,10 @@ class Trainer:
             "clip": self._clip_identity(),
             "config": self.cfg.model_dump(mode="json"),
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.checkpoint_path.with_suffix(".partial")
-        torch.save(state, partial)
-        os.replace(partial, self.checkpoint_path)  # a crash mid-write leaves the last good checkpoint
-        return self.checkpoint_path
+        return write_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        if not path.is_file():
-            raise TrainerError(f"--resume: no checkpoint at {path}")
-        # On the CPU first: the numpy RNG keys must stay host tensors; load_state_dict moves
-        # the weights and optimiser state to their parameters' device.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainerError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
-        if state["clip"] != self._clip_identity():
-            raise TrainerError(f"{path} was trained with CLIP {state['clip']}, this run has {self._clip_identity()}")
+        state = read_checkpoint(self.checkpoint_path, self._clip_identity())
         self.enhancer.load_state_dict(state["enhancer"])
         self.prompts.load_state_dict(state["prompts"])
         self.enhancer_optim.load_state_dict(state["enhancer_optim"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from drdaemon.config import EngineConfig
+from drdaemon.config import ConfigError, EngineConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.engines.classical import ClassicalEngine
+from drdaemon.errors import DeviceLost
 
 
 def build_engines(config: EngineConfig) -> list[Engine]:
@@ -13,7 +14,7 @@ def build_engines(config: EngineConfig) -> list[Engine]:
     if name == "net":
         from drdaemon.engines.net import build_net_engines  # torch is imported only when needed
 
-        return build_net_engines(config)
+        return [*build_net_engines(config)]
     return [
         ClassicalEngine(
             method=name,
@@ -26,4 +27,17 @@ def build_engines(config: EngineConfig) -> list[Engine]:
     ]
 
 
-__all__ = ["Engine", "Enhanced", "ClassicalEngine", "build_engines"]
+def build_checked_engines(config: EngineConfig) -> list[Engine]:
+    """:func:`build_engines` for the daemon and ``drdaemon enhance``: a failure to build other
+    than a lost device is a configuration problem (exit 78), reported naming the engine."""
+    try:
+        return build_engines(config)
+    except (DeviceLost, ConfigError):
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"engine: cannot build the {config.effective_name()!r} engine: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+__all__ = ["Engine", "Enhanced", "ClassicalEngine", "build_checked_engines", "build_engines"]

@@ -27,11 +27,18 @@ class Enhanced:
 class Engine(Protocol):
     """An enhancer the daemon can run."""
 
-    name: str
-    #: Where it runs, e.g. "cpu" or "cuda:0"; recorded in the sidecar.
-    device: str
-    #: sha256 of the weights file, or None for engines without weights.
-    weights_sha256: str | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def device(self) -> str:
+        """Where it runs, e.g. "cpu" or "cuda:0"; recorded in the sidecar."""
+        ...
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """sha256 of the weights file, or None for engines without weights."""
+        ...
 
     def enhance(self, frame: np.ndarray) -> Enhanced: ...
 

@@ -17,6 +17,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from drdaemon.defaults import (
+    CLAHE_CLIP_LIMIT,
+    CLAHE_TILE_GRID,
+    CLASSICAL_METHODS,
+    GAMMA,
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
+    ClassicalMethod,
+)
 from drdaemon.engines.base import Enhanced
 from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, unit_to_u16
 
@@ -25,7 +34,7 @@ from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_wind
 CLAHE_LEVELS = 4096
 
 
-def clahe_u16(frame: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8,
+def clahe_u16(frame: np.ndarray, clip_limit: float = CLAHE_CLIP_LIMIT, tile_grid: int = CLAHE_TILE_GRID,
               levels: int = CLAHE_LEVELS) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of a uint16 frame (OpenCV), full range out.
 
@@ -76,17 +85,17 @@ def to_u16(frame: np.ndarray) -> np.ndarray:
 class ClassicalEngine:
     """Percentile window, then one of the classical methods; runs on the CPU."""
 
-    method: str = "classical"  # classical | he | stretch | identity
-    low_percentile: float = 0.5
-    high_percentile: float = 99.5
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
-    gamma: float = 1.0
+    method: ClassicalMethod = "classical"
+    low_percentile: float = LOW_PERCENTILE
+    high_percentile: float = HIGH_PERCENTILE
+    clahe_clip_limit: float = CLAHE_CLIP_LIMIT
+    clahe_tile_grid: int = CLAHE_TILE_GRID
+    gamma: float = GAMMA
     device: str = "cpu"
     weights_sha256: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in ("classical", "he", "stretch", "identity"):
+        if self.method not in CLASSICAL_METHODS:
             raise ValueError(f"unknown classical method {self.method!r}")
         self.name = self.method
 

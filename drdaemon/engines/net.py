@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,9 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from drdaemon.config import ConfigError, EngineConfig
+from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
-from drdaemon.model.network import Enhancer, apply_illumination
+from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
 from drdaemon.model.normalise import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.tiling import (
     TileSize,
@@ -184,8 +185,8 @@ class NetEngine:
     name = "net"
 
     def __init__(self, runtime: DeviceRuntime, weights_sha256: str, precision: str = "float16",
-                 memory_budget_mb: int = 6144, low_percentile: float = 0.5,
-                 high_percentile: float = 99.5, provenance_sha256: str = "",
+                 memory_budget_mb: int = 6144, low_percentile: float = LOW_PERCENTILE,
+                 high_percentile: float = HIGH_PERCENTILE, provenance_sha256: str = "",
                  warm_up_shape: tuple[int, int] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
@@ -233,7 +234,7 @@ class NetEngine:
     # -- internals ------------------------------------------------------------------------
 
     @property
-    def spec(self):
+    def spec(self) -> EnhancerSpec:
         return self.runtime.model.model.spec
 
     def tile_for(self, height: int, width: int) -> TileSize | None:
@@ -332,7 +333,7 @@ class NetEngine:
         }
 
     @staticmethod
-    def _on(stream: torch.cuda.Stream | None):
+    def _on(stream: torch.cuda.Stream | None) -> AbstractContextManager[object]:
         return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
     def _calibrate_memory(self) -> None:

@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 
 from drdaemon.config import EngineConfig
-from drdaemon.engines import ClassicalEngine, Engine, Enhanced, build_engines
+from drdaemon.defaults import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, CLASSICAL_METHODS, HIGH_PERCENTILE, LOW_PERCENTILE
+from drdaemon.engines import Engine, Enhanced, build_engines
 from drdaemon.engines.classical import clahe_u16
-from drdaemon.evaluate.metrics import noise_sigma
+from drdaemon.evaluate.quality import noise_sigma
 from drdaemon.model.normalise import U16_MAX, frame_to_unit, robust_window, to_unit, unit_to_u16
 
 DEFAULT_GAMMA = 0.5
@@ -54,10 +55,10 @@ class FilteredEngine:
     """
 
     denoiser: str = "nlm"
-    low_percentile: float = 0.5
-    high_percentile: float = 99.5
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
+    low_percentile: float = LOW_PERCENTILE
+    high_percentile: float = HIGH_PERCENTILE
+    clahe_clip_limit: float = CLAHE_CLIP_LIMIT
+    clahe_tile_grid: int = CLAHE_TILE_GRID
     stretch_percentiles: tuple[float, float] = (1.0, 99.0)
     device: str = "cpu"
     weights_sha256: str | None = None
@@ -98,14 +99,17 @@ class Method:
     engine: Engine
 
 
+#: Evaluation names of the daemon's methods where they differ (the table says ``clahe``).
+ALIASES = {"clahe": "classical"}
+LABELS = {"classical": "clahe"}
+
+
 def build_method(text: str, device: str = "auto", precision: str = "float32") -> Method:
-    """Turn one ``--methods`` item into an engine."""
+    """Turn one ``--methods`` item into an engine, built as the daemon builds it from ``[engine]``."""
     name, _, argument = text.strip().partition(":")
-    name = name.lower()
-    if name in ("identity", "stretch", "he") and not argument:
-        return Method(name, ClassicalEngine(method=name))
-    if name in ("clahe", "classical") and not argument:
-        return Method("clahe", ClassicalEngine(method="classical"))
+    name = ALIASES.get(name.lower(), name.lower())
+    if name in CLASSICAL_METHODS and not argument:
+        return Method(LABELS.get(name, name), _engine(text, EngineConfig(name=name)))
     if name == "gamma":
         try:
             gamma = float(argument) if argument else DEFAULT_GAMMA
@@ -113,7 +117,7 @@ def build_method(text: str, device: str = "auto", precision: str = "float32") ->
             raise MethodError(f"{text}: gamma must be a number, e.g. gamma:0.5") from exc
         if not gamma > 0:
             raise MethodError(f"{text}: gamma must be positive")
-        return Method(f"gamma {gamma:g}", ClassicalEngine(method="stretch", gamma=gamma))
+        return Method(f"gamma {gamma:g}", _engine(text, EngineConfig(name="stretch", gamma=gamma)))
     if name == "filtered":
         return Method(f"filtered ({argument or 'nlm'})", FilteredEngine(denoiser=argument or "nlm"))
     if name == "net":
@@ -133,7 +137,15 @@ def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:
         import drdaemon.engines.net  # noqa: F401 - only to give a clear message when it is missing
     except ImportError as exc:
         raise MethodError(f"{text}: the learned engine is not available in this installation ({exc})") from exc
-    config = EngineConfig(name="net", weights=path, devices=[device], precision=precision, workers_per_device=1)
+    try:
+        config = EngineConfig(name="net", weights=path, devices=[device], precision=precision, workers_per_device=1)
+    except ValueError as exc:  # pydantic's ValidationError: e.g. an unknown precision
+        raise MethodError(f"{text}: {exc}") from exc
+    return _engine(text, config)
+
+
+def _engine(text: str, config: EngineConfig) -> Engine:
+    """The daemon's engine for ``config`` (:func:`drdaemon.engines.build_engines`), one worker."""
     try:
         return build_engines(config)[0]
     except Exception as exc:  # ConfigError, DeviceLost: both mean this method cannot run here

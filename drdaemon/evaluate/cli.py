@@ -17,15 +17,17 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from drdaemon.defaults import PRECISIONS
 from drdaemon.engines.classical import to_u16
 from drdaemon.evaluate.baselines import MethodError, build_methods
 from drdaemon.evaluate.dicom import DicomError, is_dicom, read_dicom
-from drdaemon.evaluate.metrics import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
+from drdaemon.evaluate.quality import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
 from drdaemon.evaluate.report import (MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect,
                                       summarise)
 from drdaemon.errors import FrameError
@@ -43,7 +45,7 @@ class DataError(ValueError):
 class Dataset:
     inputs: list[Path]
     labels: list[Path] | None  # same order as inputs; None when unpaired
-    defects: dict[str, dict]
+    defects: dict[str, dict[str, Any]]
 
     @property
     def paired(self) -> bool:
@@ -107,7 +109,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     per_method: dict[str, list[FrameScores]] = {m.label: [] for m in methods}
     seconds: dict[str, list[float]] = {m.label: [] for m in methods}
     label_scores: list[FrameScores] = []
-    per_frame: dict[str, dict[str, dict]] = {}
+    per_frame: dict[str, dict[str, dict[str, Any]]] = {}
     panels: list[tuple[str, np.ndarray]] = []
     crop = defect = None
     bar = tqdm(total=len(inputs) * len(methods), desc="evaluate", unit="run", disable=not progress)
@@ -160,7 +162,7 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     return EvaluationResult(summaries, table, table_path, figure_path, scores_path)
 
 
-def _default_figure_frame(inputs: list[Path], defects: dict[str, dict]) -> str:
+def _default_figure_frame(inputs: list[Path], defects: dict[str, dict[str, Any]]) -> str:
     for path in inputs:
         if defects.get(path.name, {}).get("defects"):
             return path.name
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"gaussian], net:WEIGHTS (default {DEFAULT_METHODS})")
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, scores.json, figure.png")
     parser.add_argument("--device", default="auto", help="device of the net engine: auto, cpu, cuda:N")
-    parser.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"],
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="precision of the net engine (default float32)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
     parser.add_argument("--figure-frame", default=None, help="file name of the frame to show in the figure")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from drdaemon.evaluate.metrics import FrameScores, display_u8
+from drdaemon.evaluate.quality import FrameScores, display_u8
 
 #: Columns of the table: metric field, header, decimals. The published layout plus noise gain.
 COLUMNS: list[tuple[str, str, int]] = [
@@ -47,7 +50,7 @@ def _cell(value: float | None, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
-def markdown_table(summaries: list[MethodSummary], notes: list[str] = ()) -> str:
+def markdown_table(summaries: list[MethodSummary], notes: Sequence[str] = ()) -> str:
     """The table, one row per method, followed by its notes as a bullet list."""
     header = "| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(COLUMNS)
@@ -61,14 +64,14 @@ def markdown_table(summaries: list[MethodSummary], notes: list[str] = ()) -> str
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 
 
-def pick_defect(defects: list[dict], frame: np.ndarray) -> Box | None:
+def pick_defect(defects: list[dict[str, Any]], frame: np.ndarray) -> Box | None:
     """The defect that best shows what a bad exposure hides: a compact one (pore or
     inclusion; a one-pixel crack is hard to see at figure scale), large, of high contrast
     (``depth_mm`` when the annotations have it) and lying where the input is dark or saturated."""
     if not defects:
         return None
 
-    def hidden_and_large(defect: dict) -> float:
+    def hidden_and_large(defect: dict[str, Any]) -> float:
         x0, y0, x1, y1 = defect["box"]
         shown = display_u8(frame[y0:y1, x0:x1])
         badly_exposed = float(np.mean((shown < 40) | (shown > 250)))

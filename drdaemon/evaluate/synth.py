@@ -34,6 +34,8 @@ change when the number of parts asked for does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -93,7 +95,9 @@ class _Canvas:
         self.pitch_mm = FRAME_SPAN_MM / self.short
         self.thickness = np.zeros((height, width), np.float32)
 
-    def _box(self, x0: float, y0: float, x1: float, y1: float):
+    def _box(
+        self, x0: float, y0: float, x1: float, y1: float
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
         c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
         c1, r1 = min(int(np.ceil(x1)) + 1, self.width), min(int(np.ceil(y1)) + 1, self.height)
         if c1 <= c0 or r1 <= r0:
@@ -238,7 +242,7 @@ def _defect_sites(rng: np.random.Generator, thickness: np.ndarray, count: int, m
     weights = coarse.ravel()[candidates].astype(np.float64)
     picks = rng.choice(candidates, size=count, p=weights / weights.sum())
     rows, cols = np.unravel_index(picks, coarse.shape)
-    return [(int(c * step), int(r * step)) for r, c in zip(rows, cols)]
+    return [(int(c * step), int(r * step)) for r, c in zip(rows, cols, strict=True)]
 
 
 def _add_defects(rng: np.random.Generator, canvas: _Canvas) -> list[Defect]:
@@ -266,7 +270,7 @@ def _add_defects(rng: np.random.Generator, canvas: _Canvas) -> list[Defect]:
         segments = int(rng.integers(4, 9))
         heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.35, segments))
         steps = (length / segments) * np.stack([np.cos(heading), np.sin(heading)], axis=1)
-        points = np.vstack([[0.0, 0.0], np.cumsum(steps, axis=0)]) + [cx, cy]
+        points = np.vstack([[0.0, 0.0], np.cumsum(steps, axis=0)]) + np.array([cx, cy])
         x0, y0 = np.floor(points.min(0)).astype(int) - 2
         x1, y1 = np.ceil(points.max(0)).astype(int) + 3
         x0, y0 = max(x0, 0), max(y0, 0)
@@ -280,14 +284,15 @@ def _add_defects(rng: np.random.Generator, canvas: _Canvas) -> list[Defect]:
         depth = rng.uniform(1.5, 5.0)
         region = canvas.thickness[y0:y1, x0:x1]
         np.maximum(region - depth * mask.astype(np.float32) / 255.0, 0.0, out=region)
-        record("crack", *points.min(0), *points.max(0), cx, cy)
+        (left, top), (right, bottom) = points.min(0), points.max(0)
+        record("crack", left, top, right, bottom, cx, cy)
     return defects
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
     """Zero-mean, unit-variance random field varying over about ``shape / cells`` pixels."""
     aspect = shape[1] / shape[0]
-    coarse = rng.normal(size=(cells, max(2, int(round(cells * aspect))))).astype(np.float32)
+    coarse = rng.normal(size=(cells, max(2, round(cells * aspect)))).astype(np.float32)
     field_ = cv2.resize(coarse, shape[::-1], interpolation=cv2.INTER_CUBIC)
     return (field_ - field_.mean()) / max(float(field_.std()), 1e-6)
 
@@ -328,7 +333,7 @@ def expected_transmission(thickness: np.ndarray, physics: Physics) -> np.ndarray
     (nothing in the open beam, nothing behind opaque material), and reaches the detector
     spread over a wide kernel.
     """
-    primary = np.exp(-MU_PER_MM * thickness).astype(np.float32)
+    primary: np.ndarray = np.exp(-MU_PER_MM * thickness).astype(np.float32)
     primary = cv2.GaussianBlur(primary, (0, 0), physics.blur_sigma_px)
     source = primary * (1.0 - primary)
     scale = 256 / min(primary.shape)  # scatter is smooth: blur a small copy, then upsample
@@ -421,7 +426,7 @@ def _write(path: Path, frame: np.ndarray) -> None:
     tifffile.imwrite(path, frame, compression="zlib", compressionargs={"level": 1})
 
 
-def generate(out: Path, pairs: int, train: int, size: tuple[int, int], seed: int, progress: bool = True) -> dict:
+def generate(out: Path, pairs: int, train: int, size: tuple[int, int], seed: int, progress: bool = True) -> dict[str, Any]:
     """Write ``out/test/{input,label}``, ``out/test/defects.json`` and ``out/train/{abnormal,normal}``.
 
     The training folders are unpaired on purpose: their abnormal and normal frames come from
@@ -431,7 +436,7 @@ def generate(out: Path, pairs: int, train: int, size: tuple[int, int], seed: int
     height, width = size
     jobs = ([(TEST_SET, i) for i in range(pairs)] + [(TRAIN_ABNORMAL_SET, i) for i in range(train)]
             + [(TRAIN_NORMAL_SET, i) for i in range(train)])
-    annotations: dict[str, dict] = {}
+    annotations: dict[str, dict[str, Any]] = {}
     for subset, index in tqdm(jobs, desc="synth", unit="part", disable=not progress):
         abnormal, label, part, physics = generate_one(seed, subset, index, height, width)
         name = f"part_{subset}{index:05d}.tif"

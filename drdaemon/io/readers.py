@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from drdaemon import defaults
 from drdaemon.errors import FrameError, Reason, Stage
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -28,8 +29,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class ReadLimits:
-    max_pixels: int = 200_000_000
-    max_bytes: int = 2_000_000_000
+    """Sizes above which a frame fails as ``too_large`` before any pixel is decoded (``[input]``)."""
+
+    max_pixels: int = defaults.MAX_PIXELS
+    max_bytes: int = defaults.MAX_BYTES
 
 
 @dataclass
@@ -117,7 +120,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             if len(tif.series) != 1 or len(tif.pages) != 1:
                 raise FrameError(Stage.READ, Reason.UNSUPPORTED,
                                  f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
-            page = tif.pages[0]
+            page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
             _check_shape(name, shape, limits)
             _check_tiff_complete(name, page, len(data))
@@ -134,8 +137,13 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
     return Frame(pixels=np.ascontiguousarray(pixels), format="tiff", tags=tags)
 
 
+def _tiff_data_end(page: tifffile.TiffPage) -> int:
+    """The byte offset where the page's last image data ends."""
+    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)), default=0)
+
+
 def _check_tiff_complete(name: str, page: tifffile.TiffPage, size: int) -> None:
-    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    end = _tiff_data_end(page)
     if end > size or 0 in page.databytecounts:
         raise FrameError(Stage.READ, Reason.TRUNCATED,
                          f"{name} is truncated: image data runs to byte {end}, file has {size}")
@@ -195,8 +203,7 @@ def looks_complete(path: Path) -> bool:
         if head.startswith(PNG_SIGNATURE):
             return png_complete(path)
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+            end = _tiff_data_end(tif.pages.first)
             return 0 < end <= Path(path).stat().st_size
-    except Exception:  # anything unparsable is "not complete yet"
+    except Exception:  # noqa: BLE001 - anything unparsable is "not complete yet"
         return False

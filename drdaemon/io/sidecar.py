@@ -8,7 +8,10 @@ output with a sidecar is complete. Its keys are a contract with whoever reads th
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -74,6 +77,68 @@ class Sidecar(_Record):
         return (self.model_dump_json(indent=2) + "\n").encode("utf-8")
 
 
+@dataclass
+class SidecarDraft:
+    """What a frame's sidecar says before its commit: all but the final names and the output.
+
+    The commit (:mod:`drdaemon.folders.commit`) completes it once the output is encoded and
+    written, so that the sidecar names the files it vouches for.
+    """
+
+    original_path: str
+    input_sha256: str
+    input_bytes: int
+    input_shape: list[int]
+    input_dtype: str
+    engine: EngineRecord
+    software: SoftwareRecord
+    started_wall: float
+    #: Seconds of the stages before the commit: wait, read, enhance.
+    timings: dict[str, float]
+    #: Sub-stages the engine measured itself (e.g. upload, compute, download).
+    engine_timings: dict[str, float] = field(default_factory=dict)
+
+    def complete(
+        self,
+        *,
+        input_path: str,
+        output_path: str,
+        data: bytes,
+        shape: list[int],
+        dtype: str,
+        compression: str,
+        preview: str | None,
+        write_s: float,
+    ) -> Sidecar:
+        """The sidecar of an output whose encoded bytes are ``data``, written in ``write_s`` seconds."""
+        timings = {**self.timings, "write": write_s}
+        timings |= {k: float(v) for k, v in self.engine_timings.items() if k not in timings}
+        return Sidecar(
+            input=InputRecord(
+                path=input_path,
+                original_path=self.original_path,
+                sha256=self.input_sha256,
+                bytes=self.input_bytes,
+                shape=self.input_shape,
+                dtype=self.input_dtype,
+            ),
+            output=OutputRecord(
+                path=output_path,
+                sha256=hashlib.sha256(data).hexdigest(),
+                bytes=len(data),
+                shape=shape,
+                dtype=dtype,
+                compression=compression,
+                preview=preview,
+            ),
+            engine=self.engine,
+            software=self.software,
+            timings={k: round(v, 6) for k, v in timings.items()},
+            started_utc=utc_iso(self.started_wall),
+            finished_utc=utc_iso(time.time()),
+        )
+
+
 def utc_iso(timestamp: float) -> str:
     """A POSIX timestamp as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T01:02:03.456Z``."""
     moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
@@ -117,6 +182,7 @@ __all__ = [
     "InputRecord",
     "OutputRecord",
     "Sidecar",
+    "SidecarDraft",
     "SoftwareRecord",
     "software_record",
     "utc_iso",

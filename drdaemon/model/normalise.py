@@ -19,11 +19,16 @@ GPU path normalises on the device with the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-ArrayLike = TypeVar("ArrayLike")  # numpy.ndarray or torch.Tensor
+from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
+
+if TYPE_CHECKING:
+    import torch
+
+ArrayLike = TypeVar("ArrayLike", np.ndarray, "torch.Tensor")
 
 U16_MAX = 65535
 #: The percentile window is estimated on about this many pixels.
@@ -48,7 +53,9 @@ def subsample(frame: np.ndarray, target_pixels: int = WINDOW_SAMPLE_PIXELS) -> n
     return frame[::step, ::step]
 
 
-def robust_window(frame: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> Window:
+def robust_window(
+    frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
+) -> Window:
     """The percentile window of a frame; a flat frame gets a unit-wide window at its value."""
     sample = subsample(frame)
     low, high = np.percentile(sample, [low_percentile, high_percentile])
@@ -69,7 +76,7 @@ def unit_to_u16(unit: np.ndarray) -> np.ndarray:
     return (np.clip(unit, 0.0, 1.0) * U16_MAX + 0.5).astype(np.uint16)
 
 
-def frame_to_unit(frame: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
+def frame_to_unit(frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
                   ) -> tuple[np.ndarray, Window]:
     """Normalise a frame of any dtype to float32 [0, 1]; returns the window used."""
     window = robust_window(frame, low_percentile, high_percentile)

@@ -15,6 +15,8 @@ is not a multiple of ``b`` (a pixel then counts in both).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -32,7 +34,7 @@ def _cuts(length: int, bins: tuple[int, ...]) -> list[int]:
 def _overlap(cuts: list[int], span: tuple[int, int]) -> tuple[int, list[tuple[int, int]]]:
     """The first piece ``span`` touches and the parts of the pieces inside it, relative to ``span``."""
     touched = [(i, (max(a, span[0]) - span[0], min(b, span[1]) - span[0]))
-               for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if a < span[1] and b > span[0]]
+               for i, (a, b) in enumerate(itertools.pairwise(cuts)) if a < span[1] and b > span[0]]
     return touched[0][0], [part for _, part in touched]
 
 

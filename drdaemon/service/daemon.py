@@ -10,7 +10,7 @@ Threads and the hand-offs between them (each hand-off is a small bounded :class:
 * *readers* read, hash and decode, so a frame's I/O overlaps the previous frame's enhancement;
 * *workers*, one per engine from :func:`drdaemon.engines.build_engines`, all take from the
   same pipe, so the least busy engine (device) gets the next frame;
-* *writers* encode, write and commit (:mod:`drdaemon.watch.finish`).
+* *writers* encode, write and commit (:mod:`drdaemon.folders.commit`).
 
 A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
 daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
@@ -20,7 +20,7 @@ SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import os
 import signal
 import sys
@@ -29,93 +29,33 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import structlog
 
 from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
-from drdaemon.engines import Engine, build_engines
+from drdaemon.engines import Engine, build_checked_engines
 from drdaemon.errors import DeviceLost, FrameError, Stage
-from drdaemon.io.readers import ReadLimits
-from drdaemon.metrics import DaemonMetrics
-from drdaemon.notify import SystemdNotifier
-from drdaemon.processing import (
+from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
+from drdaemon.io.formats import output_format
+from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.pipe import Pipe
+from drdaemon.service.frame import (
     EnhancedFrame,
     LoadedFrame,
     commit_frame,
     enhance_frame,
-    fail_frame,
     load_frame,
+    read_limits,
+    stage_timings,
     unexpected_error,
 )
-from drdaemon.watch.claim import WorkItem, WorkLock, claim
-from drdaemon.watch.finish import Finisher
-from drdaemon.watch.watcher import InboxWatcher
+from drdaemon.folders.claim import WorkItem, WorkLock, claim
+from drdaemon.folders.commit import Finisher, fail_frame
+from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
-
-#: Exit status when the accelerator is gone (sysexits EX_SOFTWARE): the service manager restarts.
-EXIT_DEVICE_LOST = 70
-EXIT_OK = 0
-
-T = TypeVar("T")
-
-
-class Pipe(Generic[T]):
-    """A bounded hand-off between two pipeline stages.
-
-    ``get`` returns None once every producer has called :meth:`producer_done` and the pipe is
-    empty (a graceful drain), or at once after :meth:`abort` (items left behind stay in
-    ``work/`` and are redone at the next start).
-    """
-
-    def __init__(self, capacity: int, producers: int) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._capacity = max(1, capacity)
-        self._producers = producers
-        self._aborted = False
-        self._cond = threading.Condition()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def wait_for_room(self, timeout: float) -> bool:
-        """Block until an item would fit (True) or ``timeout`` passes or the pipe is aborted (False)."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._items) < self._capacity or self._aborted, timeout)
-            return len(self._items) < self._capacity and not self._aborted
-
-    def put(self, item: T) -> bool:
-        with self._cond:
-            while len(self._items) >= self._capacity and not self._aborted:
-                self._cond.wait()
-            if self._aborted:
-                return False
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
-
-    def get(self) -> T | None:
-        with self._cond:
-            while not self._items and self._producers > 0 and not self._aborted:
-                self._cond.wait()
-            if self._aborted or not self._items:
-                return None
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def producer_done(self) -> None:
-        with self._cond:
-            self._producers -= 1
-            self._cond.notify_all()
-
-    def abort(self) -> None:
-        with self._cond:
-            self._aborted = True
-            self._cond.notify_all()
-
 
 class Progress:
     """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
@@ -154,8 +94,12 @@ class Daemon:
         self._engines = engines
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
-        self.limits = ReadLimits(max_pixels=settings.input.max_pixels, max_bytes=settings.input.max_bytes)
-        self.finisher = Finisher.for_folders(self.folders, preview=settings.output.preview_png)
+        self.limits = read_limits(settings.input)
+        self.finisher = Finisher.for_folders(
+            self.folders,
+            preview=settings.output.preview_png,
+            output_format=output_format(settings.output.format, settings.output.compression),
+        )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.progress = Progress()
         self.stop_requested = threading.Event()
@@ -182,15 +126,9 @@ class Daemon:
             )
 
     def load_engines(self) -> list[Engine]:
-        """Build the engines; a failure other than a lost device is a configuration problem."""
+        """Build the engines (unless given); see :func:`drdaemon.engines.build_checked_engines`."""
         if self._engines is None:
-            try:
-                self._engines = build_engines(self.settings.engine)
-            except (DeviceLost, ConfigError):
-                raise
-            except Exception as exc:
-                raise ConfigError(f"engine: cannot build the {self.settings.engine.effective_name()!r} "
-                                  f"engine: {type(exc).__name__}: {exc}") from exc
+            self._engines = build_checked_engines(self.settings.engine)
         if not self._engines:
             raise ConfigError("engine: the configuration yields no engine to run")
         return self._engines
@@ -265,8 +203,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def _fatal(self, status: int) -> None:
-        """Stop fast: unstarted frames stay in work/ and are redone at the next start."""
+    def _fatal(self, status: int, cause: str) -> None:
+        """Stop fast: unstarted frames stay in work/ and are redone at the next start.
+
+        ``cause`` (``device_lost`` or ``internal_error``) is counted, as both exit with 70.
+        """
+        self.metrics.fatal_error(cause)
         with self._fatal_lock:
             self.exit_status = status
         self.request_stop()
@@ -291,8 +233,8 @@ class Daemon:
             try:
                 target(*args)
             except Exception:
-                log.exception("thread_crashed", thread=name)
-                self._fatal(EXIT_DEVICE_LOST)
+                log.exception("internal_error", thread=name, note="a bug: the daemon stops and is restarted")
+                self._fatal(EXIT_INTERNAL_ERROR, "internal_error")
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
@@ -340,12 +282,10 @@ class Daemon:
         if torch_module is None or not torch_module.cuda.is_initialized():
             return
         for device in {e.device for e in engines if e.device.startswith("cuda")}:
-            try:
+            with contextlib.suppress(RuntimeError):  # the device vanished; the worker reports it
                 self.metrics.set_device_memory(
                     device, torch_module.cuda.memory_allocated(device), torch_module.cuda.memory_reserved(device)
                 )
-            except RuntimeError:  # the device vanished; the worker reports it
-                pass
 
     # -- the stages -----------------------------------------------------------------------
     def _intake_loop(self, recovered: list[Path]) -> None:
@@ -367,13 +307,13 @@ class Daemon:
                         break
                     if not self.watcher.still_ready(candidate):
                         continue
-                    item = claim(candidate.path, self.folders.work,
-                                 candidate.first_seen_wall, candidate.first_seen_mono)
+                    claimed = claim(candidate.path, self.folders.work,
+                                    candidate.first_seen_wall, candidate.first_seen_mono)
                     self.watcher.forget(candidate.path)
-                    if item is None:
+                    if claimed is None:
                         continue
                     self.progress.claimed()
-                    if not self._claimed.put(item):
+                    if not self._claimed.put(claimed):
                         self.progress.finished()  # aborted: it stays in work/ for the next start
                 self.stop_requested.wait(tick)
         finally:
@@ -387,7 +327,7 @@ class Daemon:
                 except FrameError as error:
                     self._fail(item, error)
                     continue
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
                     self._fail(item, unexpected_error(Stage.READ, exc))
                     continue
                 self.progress.moved()
@@ -408,7 +348,7 @@ class Daemon:
                     log.error("device_lost", device=engine.device, frame=loaded.item.original.name,
                               error=str(exc), note="frame stays in work/ and is redone at the next start")
                     self.progress.finished()
-                    self._fatal(EXIT_DEVICE_LOST)
+                    self._fatal(EXIT_DEVICE_LOST, "device_lost")
                     return
                 self.progress.moved()
                 if not self._enhanced.put(done):
@@ -420,15 +360,15 @@ class Daemon:
         while (done := self._enhanced.get()) is not None:
             item = done.loaded.item
             try:
-                committed = commit_frame(done, self.finisher, self.settings.output.compression)
+                committed = commit_frame(done, self.finisher)
             except FrameError as error:
                 self._fail(item, error)
                 continue
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
                 self._fail(item, unexpected_error(Stage.WRITE, exc))
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
-            for stage, seconds in committed.stage_timings.items():
+            for stage, seconds in stage_timings(done, committed).items():
                 self.metrics.observe_stage(stage, seconds)
             self.metrics.frame_succeeded(pixels=int(done.result.pixels.size), latency_s=latency)
             sidecar = committed.sidecar
@@ -466,4 +406,4 @@ def run_daemon(settings: Settings) -> int:
     return Daemon(settings).run()
 
 
-__all__ = ["Daemon", "Pipe", "EXIT_DEVICE_LOST", "run_daemon"]
+__all__ = ["Daemon", "run_daemon"]

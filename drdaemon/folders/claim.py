@@ -29,6 +29,16 @@ def distinct_name(name: str, index: int) -> str:
     return f"{path.stem}~{index}{path.suffix}"
 
 
+def free_name(target: Path) -> Path:
+    """``target`` itself, or its first ``~N`` variant that names nothing on disk yet."""
+    index = 0
+    candidate = target
+    while os.path.lexists(candidate):
+        index += 1
+        candidate = target.with_name(distinct_name(target.name, index))
+    return candidate
+
+
 def is_hidden_or_temporary(name: str) -> bool:
     """Names the daemon never treats as frames: dot-files, ``*.part`` and ``*.tmp``."""
     lowered = name.lower()
@@ -89,10 +99,7 @@ def claim(candidate: Path, work: Path, arrived_wall: float, arrived_mono: float)
     Returns None when the file vanished before it could be claimed. Only the daemon holding
     the :class:`WorkLock` writes into ``work/``, so the existence check cannot race.
     """
-    work = Path(work)
-    index = 0
-    while (target := work / distinct_name(candidate.name, index)).exists():
-        index += 1
+    target = free_name(Path(work) / candidate.name)
     try:
         os.rename(candidate, target)
     except FileNotFoundError:

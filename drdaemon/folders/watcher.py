@@ -12,6 +12,8 @@ so that it fails with a reason file instead of lingering in the inbox forever.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import fnmatch
 import os
 import queue
@@ -29,10 +31,11 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from drdaemon.config import WatchConfig
 from drdaemon.io.readers import looks_complete
-from drdaemon.watch.claim import is_hidden_or_temporary
+from drdaemon.folders.claim import is_hidden_or_temporary
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +61,9 @@ class Candidate:
 class _EnqueueHandler(FileSystemEventHandler):
     """Turns watchdog events into candidate paths; never touches the file itself."""
 
-    _RELEVANT = {EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED}
+    _RELEVANT = frozenset({EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED})
 
-    def __init__(self, sink: queue.SimpleQueue[str], accepts) -> None:
+    def __init__(self, sink: queue.SimpleQueue[str], accepts: Callable[[str], bool]) -> None:
         super().__init__()
         self._sink = sink
         self._accepts = accepts
@@ -85,7 +88,7 @@ class InboxWatcher:
         self.config = config
         self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._candidates: dict[Path, Candidate] = {}
-        self._observer: Observer | None = None
+        self._observer: BaseObserver | None = None
         self._next_scan_mono = 0.0  # scan at the first poll
         self._patterns = tuple(config.patterns)
         self._next_restart_mono = 0.0
@@ -181,10 +184,9 @@ class InboxWatcher:
     def _drain_events(self, now: float) -> None:
         while True:
             try:
-                path = self._events.get_nowait()
+                path = Path(self._events.get_nowait())
             except queue.Empty:
                 return
-            path = Path(path)
             if path.parent == self.inbox:
                 self._add(path, now)
 

@@ -93,6 +93,8 @@ class SystemdNotifier:
         if not self.enabled or not lines:
             return
         message = "\n".join(lines).encode()
+        if self._address is None:
+            return
         with self._lock:
             try:
                 if self._socket is None:

@@ -8,8 +8,10 @@ process-wide default one) so that tests and several daemons in one process never
 
 from __future__ import annotations
 
+import threading
 import time
 from enum import Enum
+from wsgiref.simple_server import WSGIServer
 from typing import Final
 
 from prometheus_client import (
@@ -46,6 +48,8 @@ _EXPECTED_ERRORS: Final = {
 #: plus the fine timing stages, so a failure can be pinned to e.g. ``upload``.
 ERROR_STAGES: Final = tuple(dict.fromkeys([s.value for s in Stage] + list(STAGES)))
 REASONS: Final = tuple(r.value for r in Reason)
+#: Why the daemon stopped with exit status 70 (:mod:`drdaemon.exits`).
+FATAL_CAUSES: Final = ("device_lost", "internal_error")
 
 #: Characters of the weights' sha256 shown in the build-info label: enough to tell two
 #: weight files apart on a dashboard, short enough to read.
@@ -66,8 +70,8 @@ class DaemonMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
-        self._server = None
-        self._thread = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
         self.frames = Counter(
             "drdaemon_frames", "Frames finished, by result.", ["result"], registry=reg
@@ -123,6 +127,12 @@ class DaemonMetrics:
             ["device"],
             registry=reg,
         )
+        self.fatal_errors = Counter(
+            "drdaemon_fatal_errors",
+            "Errors that stopped the daemon (exit 70), by cause: device_lost or internal_error.",
+            ["cause"],
+            registry=reg,
+        )
         self.build_info = Gauge(
             "drdaemon_build_info",
             "Always 1; the labels say which software, engine and weights are running.",
@@ -133,6 +143,8 @@ class DaemonMetrics:
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
 
+        for cause in FATAL_CAUSES:
+            self.fatal_errors.labels(cause=cause)
         for result in ("ok", "failed"):
             self.frames.labels(result=result)
         for stage in STAGES:
@@ -189,6 +201,9 @@ class DaemonMetrics:
         reason_label = _label(reason, REASONS, "reason")
         self.frames.labels(result="failed").inc()
         self.errors.labels(stage=stage_label, reason=reason_label).inc()
+
+    def fatal_error(self, cause: str) -> None:
+        self.fatal_errors.labels(cause=_label(cause, FATAL_CAUSES, "cause")).inc()
 
     def set_inbox_depth(self, n: int) -> None:
         self.inbox_depth.set(n)

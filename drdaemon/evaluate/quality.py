@@ -48,6 +48,9 @@ With F the rendition as float64, M x N pixels:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -130,8 +133,8 @@ def _block_sums(values: np.ndarray, block: int, stride: int) -> np.ndarray:
     integral[1:, 1:] = values.cumsum(0).cumsum(1)
     top = np.arange(0, values.shape[0] - block + 1, stride)
     left = np.arange(0, values.shape[1] - block + 1, stride)
-    t, l = np.ix_(top, left)
-    return integral[t + block, l + block] - integral[t, l + block] - integral[t + block, l] + integral[t, l]
+    t, lt = np.ix_(top, left)
+    return integral[t + block, lt + block] - integral[t, lt + block] - integral[t + block, lt] + integral[t, lt]
 
 
 def _block_ssim(x: np.ndarray, y: np.ndarray, dynamic_range: float = 255.0) -> float:
@@ -157,7 +160,7 @@ def nrss(image: np.ndarray, blocks: int = NRSS_BLOCKS) -> float:
     order = np.argsort(-variances, axis=None, kind="stable")[:blocks]
     rows, cols = np.unravel_index(order, variances.shape)
     scores = []
-    for r, c in zip(rows * NRSS_STRIDE, cols * NRSS_STRIDE):
+    for r, c in zip(rows * NRSS_STRIDE, cols * NRSS_STRIDE, strict=True):
         window = (slice(r, r + NRSS_BLOCK), slice(c, c + NRSS_BLOCK))
         scores.append(_block_ssim(g[window], gr[window]))
     return float(1.0 - np.mean(scores))
@@ -275,7 +278,7 @@ def _as_u16(frame: np.ndarray) -> np.ndarray:
 class LpipsMetric:
     """LPIPS (AlexNet) on the 8-bit renditions; build it with :func:`load_lpips`."""
 
-    def __init__(self, model: object, max_side: int = 1024) -> None:
+    def __init__(self, model: Callable[..., Any], max_side: int = 1024) -> None:
         self._model = model
         self._max_side = max_side
 
@@ -297,7 +300,7 @@ class LpipsMetric:
 def load_lpips() -> tuple[LpipsMetric | None, str]:
     """LPIPS when it can run offline, else None and the reason to print in the table."""
     try:
-        import lpips  # type: ignore[import-not-found]
+        import lpips
         import torch
     except ImportError:
         return None, "skipped: the `lpips` package is not installed (pip install lpips, plus AlexNet weights)"

@@ -28,10 +28,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from drdaemon.defaults import PRECISIONS
+
+if TYPE_CHECKING:
+    from drdaemon.engines.base import Engine
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 
@@ -104,7 +111,7 @@ def machine_description() -> list[str]:
     return lines
 
 
-def median_seconds(run, repeats: int) -> float:
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
@@ -185,37 +192,36 @@ def write_frames(folder: Path, frame: np.ndarray, count: int) -> list[Path]:
     return paths
 
 
-def bare_loop(engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
+def bare_loop(engine: Engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
     """What the daemon's pipeline adds to: read, enhance and write each frame in turn."""
     from drdaemon.io.readers import read_frame
-    from drdaemon.io.writers import write_tiff_u16
+    from drdaemon.io.durable import atomic_write
+    from drdaemon.io.formats import output_format
 
     out.mkdir(parents=True, exist_ok=True)
+    output = output_format("tiff", compression)
     start = time.perf_counter()
     for path in paths:
         frame = read_frame(path)
         result = engine.enhance(frame.pixels)
-        write_tiff_u16(out / path.name, result.pixels, frame.tags, compression)
+        atomic_write((out / path.name).with_suffix(output.suffix), output.encode(result.pixels, frame.tags))
     return FolderRun(len(paths), time.perf_counter() - start)
 
 
 def daemon_config(root: Path, engine_table: dict[str, object], compression: str, stability_wait: float) -> Path:
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A daemon configuration for the folder test: folders under ``root``, no metrics, quiet logs."""
+    import tomli_w
 
-    lines = ["[folders]"] + [f'{name} = "{name}"' for name in ("inbox", "outbox", "archive", "failed", "work")]
-    lines += ["", "[engine]"] + [f"{k} = {value(v)}" for k, v in engine_table.items()]
-    lines += ["", "[output]", f'compression = "{compression}"']
-    lines += ["", "[watch]", f"stability_wait_s = {stability_wait!r}", "rescan_interval_s = 1.0",
-              "", "[metrics]", "enabled = false", "", "[logging]", 'level = "WARNING"', 'format = "json"']
+    config = {
+        "folders": {name: name for name in ("inbox", "outbox", "archive", "failed", "work")},
+        "engine": engine_table,
+        "output": {"compression": compression},
+        "watch": {"stability_wait_s": stability_wait, "rescan_interval_s": 1.0},
+        "metrics": {"enabled": False},
+        "logging": {"level": "WARNING", "format": "json"},
+    }
     path = root / "bench.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(config))
     return path
 
 
@@ -264,7 +270,7 @@ def run_daemon_on_folder(root: Path, staged: list[Path], engine_table: dict[str,
     return FolderRun(len(staged), elapsed)
 
 
-def _wait_ready(listener: socket.socket, daemon: subprocess.Popen, timeout: float, log_path: Path) -> None:
+def _wait_ready(listener: socket.socket, daemon: subprocess.Popen[bytes], timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
@@ -286,7 +292,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace,
+def folder_comparison(engine: Engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace,
                       label: str) -> None:
     """Daemon end-to-end against the bare engine loop on the same ``args.frames`` frames.
 
@@ -317,7 +323,7 @@ def folder_comparison(engine, engine_table: dict[str, object], frame: np.ndarray
 def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
     from drdaemon.engines.classical import ClassicalEngine
     from drdaemon.io.readers import read_frame
-    from drdaemon.io.writers import encode_tiff_u16
+    from drdaemon.io.formats import output_format
 
     engine = ClassicalEngine()
     engine.warm_up()
@@ -327,8 +333,8 @@ def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
         enhance_s = median_seconds(lambda: engine.enhance(frame), args.repeats)
         pixels = engine.enhance(frame).pixels
         out = Path(tmp) / "out.tif"
-        write_s = median_seconds(lambda: out.write_bytes(encode_tiff_u16(pixels, None, args.compression)),
-                                 args.repeats)
+        output = output_format("tiff", args.compression)
+        write_s = median_seconds(lambda: out.write_bytes(output.encode(pixels)), args.repeats)
     print(f"classical CLAHE (clip {engine.clahe_clip_limit}, grid {engine.clahe_tile_grid}), "
           f"median of {args.repeats}:")
     print(f"  read {read_s * 1e3:.1f} ms, enhance {enhance_s * 1e3:.1f} ms, write ({args.compression}) "
@@ -344,7 +350,7 @@ def _precision_names(spec: str, cuda: bool) -> list[str]:
         item = item.strip()
         if item == "half":
             item = "float16" if cuda else "bfloat16"
-        if item not in ("float32", "float16", "bfloat16"):
+        if item not in PRECISIONS:
             raise SystemExit(f"drdaemon bench: unknown precision {item!r}")
         names.append(item)
     return names

@@ -1,0 +1,55 @@
+"""The engines' method names and default parameters: one source for config, engines, evaluation, trainer.
+
+The daemon's ``[engine]`` table, the engines' own defaults, the evaluation's baselines and the
+trainer's CLAHE prior all read these, so that a default changed here changes everywhere and
+a frame the daemon enhances is windowed exactly as the trainer saw its crops.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+#: Percentile window applied to every frame before enhancement (robust to dead pixels and
+#: collimator edges); see :func:`drdaemon.model.normalise.robust_window`.
+LOW_PERCENTILE: Final = 0.5
+HIGH_PERCENTILE: Final = 99.5
+#: CLAHE clip limit (a multiple of the mean bin height) and tile grid (tiles per side).
+CLAHE_CLIP_LIMIT: Final = 2.0
+CLAHE_TILE_GRID: Final = 8
+#: Output gamma of the classical engines (1: none).
+GAMMA: Final = 1.0
+
+#: The classical methods (:class:`drdaemon.engines.classical.ClassicalEngine`).
+ClassicalMethod = Literal["classical", "he", "stretch", "identity"]
+#: Every method an engine runs: the classical ones and the learned ``net``.
+MethodName = Literal[ClassicalMethod, "net"]
+#: What ``engine.name`` accepts: a method, or ``auto`` (``net`` with weights, else ``classical``).
+EngineName = Literal["auto", MethodName]
+
+CLASSICAL_METHODS: Final[tuple[str, ...]] = get_args(ClassicalMethod)
+METHOD_NAMES: Final[tuple[str, ...]] = (*CLASSICAL_METHODS, "net")
+
+#: Arithmetic of the learned engine (``engine.precision``).
+Precision = Literal["float32", "float16", "bfloat16"]
+PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
+
+#: Largest frame accepted, in pixels and in file bytes (``[input]``).
+MAX_PIXELS: Final = 200_000_000
+MAX_BYTES: Final = 2_000_000_000
+
+__all__ = [
+    "CLAHE_CLIP_LIMIT",
+    "CLAHE_TILE_GRID",
+    "CLASSICAL_METHODS",
+    "GAMMA",
+    "HIGH_PERCENTILE",
+    "LOW_PERCENTILE",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "METHOD_NAMES",
+    "PRECISIONS",
+    "ClassicalMethod",
+    "EngineName",
+    "MethodName",
+    "Precision",
+]

@@ -1,0 +1,137 @@
+"""One frame's journey, step by step: read, enhance, write and record, or fail with a reason.
+
+The daemon runs these steps on different threads (so that one frame is read while another
+is enhanced and a third written); ``drdaemon enhance`` runs them one after another. Each
+step measures itself; the timings end up in the sidecar, the log and the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from drdaemon.config import InputConfig
+from drdaemon.engines.base import Engine, Enhanced
+from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
+from drdaemon.folders.claim import WorkItem
+from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
+from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
+
+
+@dataclass
+class LoadedFrame:
+    """A frame read from disk, with the hash of exactly the bytes that were decoded."""
+
+    item: WorkItem
+    frame: Frame
+    sha256: str
+    nbytes: int
+    started_wall: float
+    read_s: float
+
+
+@dataclass
+class EnhancedFrame:
+    loaded: LoadedFrame
+    result: Enhanced
+    engine_name: str
+    device: str
+    weights_sha256: str | None
+    enhance_s: float
+
+
+def read_limits(config: InputConfig) -> ReadLimits:
+    """The reader's size limits from the ``[input]`` table."""
+    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+
+
+def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
+    """Read the claimed file once, hash those bytes, decode them; raises :class:`FrameError`."""
+    started_wall = time.time()
+    start = time.perf_counter()
+    frame, data = read_frame_bytes(item.path, limits)
+    digest = hashlib.sha256(data).hexdigest()
+    return LoadedFrame(item, frame, digest, len(data), started_wall, time.perf_counter() - start)
+
+
+def enhance_frame(loaded: LoadedFrame, engine: Engine) -> EnhancedFrame:
+    """Run the engine; anything it raises except :class:`DeviceLost` becomes a :class:`FrameError`."""
+    start = time.perf_counter()
+    try:
+        result = engine.enhance(loaded.frame.pixels)
+    except (FrameError, DeviceLost):
+        raise
+    except Exception as exc:
+        raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    elapsed = time.perf_counter() - start
+    pixels = result.pixels
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint16 or pixels.shape != loaded.frame.shape:
+        got = (getattr(pixels, "dtype", type(pixels).__name__), getattr(pixels, "shape", None))
+        raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR,
+                         f"engine {engine.name} returned {got}, expected uint16 {loaded.frame.shape}")
+    return EnhancedFrame(loaded, result, engine.name, engine.device, engine.weights_sha256, elapsed)
+
+
+def engine_stage_timings(done: EnhancedFrame) -> dict[str, float]:
+    """The enhance time split as the metrics want it: the engine's own sub-stages, else all compute."""
+    own = {k: v for k, v in done.result.timings.items() if k in ("upload", "compute", "download")}
+    return own or {"compute": done.enhance_s}
+
+
+def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
+    """Everything the sidecar says about the frame's input, engine and stages so far."""
+    loaded = done.loaded
+    return SidecarDraft(
+        original_path=str(loaded.item.original),
+        input_sha256=loaded.sha256,
+        input_bytes=loaded.nbytes,
+        input_shape=list(loaded.frame.shape),
+        input_dtype=str(loaded.frame.pixels.dtype),
+        engine=EngineRecord(
+            name=done.engine_name, parameters=done.result.parameters, weights_sha256=done.weights_sha256
+        ),
+        software=software_record(done.device),
+        started_wall=loaded.started_wall,
+        timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "enhance": done.enhance_s},
+        engine_timings=dict(done.result.timings),
+    )
+
+
+def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> Committed:
+    """Hand the enhanced frame to the commit (:func:`drdaemon.folders.commit.commit_output`)."""
+    result = FrameOutput(done.result.pixels, done.loaded.frame.tags, sidecar_draft(done))
+    return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
+
+
+def stage_timings(done: EnhancedFrame, committed: Committed) -> dict[str, float]:
+    """Seconds per metric stage of a committed frame."""
+    loaded = done.loaded
+    return {"wait": loaded.item.wait_s, "read": loaded.read_s, **engine_stage_timings(done),
+            "write": committed.write_s, "sidecar": committed.sidecar_s}
+
+
+def unexpected_error(stage: Stage, exc: BaseException) -> FrameError:
+    """Wrap an exception nobody anticipated, keeping its class for the reason file."""
+    reason = Reason.WRITE_ERROR if stage is Stage.WRITE else (
+        Reason.ENGINE_ERROR if stage is Stage.ENHANCE else Reason.UNREADABLE)
+    error = FrameError(stage, reason, f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+__all__ = [
+    "EnhancedFrame",
+    "LoadedFrame",
+    "commit_frame",
+    "engine_stage_timings",
+    "enhance_frame",
+    "load_frame",
+    "read_limits",
+    "sidecar_draft",
+    "stage_timings",
+    "unexpected_error",
+]
