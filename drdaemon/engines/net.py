@@ -71,22 +71,38 @@ WARM_UP_TILE = TileSize(40, 32)
 class GrayEnhancer(nn.Module):
     """The enhancer applied to a one-channel frame, whatever the weights' ``in_ch``.
 
-    Three-channel weights see the gray frame replicated (as CLIP saw it in training); the
-    division always uses the gray frame itself, so the output has one channel.
+    Three-channel weights saw the gray frame replicated (as CLIP saw it in training). A
+    convolution of three equal channels is the convolution of one channel with the weights
+    summed over the input channels, so the first convolution is folded to one channel here,
+    once: the frame is not expanded to three channels on every pass. The division always uses
+    the gray frame itself, so the output has one channel.
     """
 
     def __init__(self, model: Enhancer) -> None:
         super().__init__()
+        fold_gray_input(model)
         self.model = model
 
-    def network_input(self, gray: Tensor) -> Tensor:
-        return gray.expand(-1, self.model.spec.in_ch, -1, -1)
-
     def forward(self, gray: Tensor) -> Tensor:
-        return apply_illumination(gray, self.model.full_illumination(self.network_input(gray)))
+        return apply_illumination(gray, self.model.full_illumination(gray))
 
     def tiled(self, gray: Tensor, tile: TileSize) -> Tensor:
-        return apply_illumination(gray, tiled_full_illumination(self.model, self.network_input(gray), tile))
+        return apply_illumination(gray, tiled_full_illumination(self.model, gray, tile))
+
+
+def fold_gray_input(model: Enhancer) -> None:
+    """Sum the first convolution's weights over its input channels (in place): exact for a
+    replicated gray input. The spec keeps ``in_ch``, which names the weights, not the layer."""
+    first = model.stem[0]
+    if not isinstance(first, nn.Conv2d) or first.in_channels == 1:
+        return
+    folded = nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride, first.padding,
+                       first.dilation, bias=first.bias is not None).to(first.weight.device, first.weight.dtype)
+    with torch.no_grad():
+        folded.weight.copy_(first.weight.sum(dim=1, keepdim=True))
+        if first.bias is not None:
+            folded.bias.copy_(first.bias)
+    model.stem[0] = folded
 
 
 @dataclass
@@ -95,12 +111,19 @@ class DeviceRuntime:
 
     device: torch.device
     model: GrayEnhancer
+    #: The whole-frame pass (compiled per frame size when ``engine.compile`` is on).
     forward: Callable[[Tensor], Tensor]
     compute_stream: torch.cuda.Stream | None
     #: Peak activation maps per input pixel (bytes per pixel per byte of dtype); calibrated
     #: on CUDA in the warm-up.
     activation_maps: float
+    #: The exact tiler's pass (its per-tile parts compiled with dynamic shapes when
+    #: ``engine.compile`` is on); None: the eager tiler of ``model``.
+    tiled: Callable[[Tensor, TileSize], Tensor] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_tiled(self, gray: Tensor, tile: TileSize) -> Tensor:
+        return (self.tiled or self.model.tiled)(gray, tile)
 
     @property
     def is_cuda(self) -> bool:
@@ -249,9 +272,22 @@ class NetEngine:
         try:
             return self._enhance(frame, tile)
         except (FrameError, DeviceLost):
+            self._settle_copies()
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is mapped to a frame or device error
+            self._settle_copies()
             raise self._classify(exc) from exc
+
+    def _settle_copies(self) -> None:
+        """After a failure, wait for this worker's queued copies: the next frame rewrites the
+        pinned buffers they read from and write to. A dead device cannot be waited for; its
+        error is the one being raised anyway."""
+        if self.copy_stream is None:
+            return
+        try:
+            self.copy_stream.synchronize()
+        except Exception as exc:  # noqa: BLE001 - the original failure is what the caller reports
+            log.warning("net_copy_stream_unsettled", device=self.device, error=f"{type(exc).__name__}: {exc}")
 
     def _enhance(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
         runtime = self.runtime
@@ -311,7 +347,7 @@ class NetEngine:
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype,
                                                     enabled=dtype != torch.float32):
-            out = runtime.forward(gray) if tile is None else runtime.model.tiled(gray, tile)
+            out = runtime.forward(gray) if tile is None else runtime.run_tiled(gray, tile)
             not_finite = out.numel() - torch.isfinite(out).sum()
         return unit_to_u16_bits(out[0, 0]), not_finite
 
@@ -442,15 +478,37 @@ def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool =
     """Place a copy of the model on ``device`` and set up what its workers share."""
     if device.type == "cuda":
         configure_cudnn(cudnn_benchmark)
-    gray = GrayEnhancer(copy.deepcopy(model)).to(device).eval().requires_grad_(False)
-    if channels_last:
-        gray = gray.to(memory_format=torch.channels_last)
+    gray = place_model(model, device, channels_last)
     forward: Callable[[Tensor], Tensor] = gray
+    tiled: Callable[[Tensor, TileSize], Tensor] | None = None
     if compile_model:
-        forward = torch.compile(gray, dynamic=True)
+        forward, tiled = compile_passes(gray)
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     return DeviceRuntime(device=device, model=gray, forward=forward, compute_stream=stream,
-                         activation_maps=cpu_activation_maps(channels_last))
+                         activation_maps=cpu_activation_maps(channels_last), tiled=tiled)
+
+
+def place_model(model: Enhancer, device: torch.device, channels_last: bool) -> GrayEnhancer:
+    """A copy of ``model`` on ``device``, folded for gray input, in eval mode without gradients."""
+    gray = GrayEnhancer(copy.deepcopy(model)).to(device).eval().requires_grad_(False)
+    return gray.to(memory_format=torch.channels_last) if channels_last else gray
+
+
+def compile_passes(gray: GrayEnhancer) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, TileSize], Tensor]]:
+    """``torch.compile`` for the whole-frame pass and the exact tiler.
+
+    Whole frames: static shapes, one compilation per frame size (the region sums and the
+    residual blocks' row bands specialise on the shape anyway, so ``dynamic=True`` bought
+    nothing); the warm-up compiles the configured detector size before the daemon is ready.
+    Tiles: the tiler's Python loop stays eager and its per-tile parts (stem, body layers,
+    head) are compiled with dynamic shapes, on a copy of the model (the model is tiny) so no
+    compiled region nests in the whole-frame one. A size beyond torch's recompile limit runs
+    eagerly, with the same pixels.
+    """
+    tiler = copy.deepcopy(gray)
+    for part in (tiler.model.stem, *tiler.model.body, tiler.model.head):
+        part.compile(dynamic=True)
+    return torch.compile(gray, dynamic=False), tiler.tiled
 
 
 def build_net_engines(config: EngineConfig) -> list[NetEngine]:
@@ -490,5 +548,5 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     return engines
 
 
-__all__ = ["NetEngine", "GrayEnhancer", "build_net_engines", "resolve_device", "prepare_runtime",
+__all__ = ["NetEngine", "GrayEnhancer", "build_net_engines", "fold_gray_input", "resolve_device", "prepare_runtime",
            "unit_to_u16_bits", "uploaded_to_float", "host_upload_view"]
