@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -96,13 +97,9 @@ def fold_gray_input(model: Enhancer) -> None:
     first = model.stem[0]
     if not isinstance(first, nn.Conv2d) or first.in_channels == 1:
         return
-    folded = nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride, first.padding,
-                       first.dilation, bias=first.bias is not None).to(first.weight.device, first.weight.dtype)
     with torch.no_grad():
-        folded.weight.copy_(first.weight.sum(dim=1, keepdim=True))
-        if first.bias is not None:
-            folded.bias.copy_(first.bias)
-    model.stem[0] = folded
+        first.weight = nn.Parameter(first.weight.sum(dim=1, keepdim=True), requires_grad=first.weight.requires_grad)
+    first.in_channels = 1
 
 
 @dataclass
@@ -274,7 +271,7 @@ class NetEngine:
         except (FrameError, DeviceLost):
             self._settle_copies()
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped to a frame or device error
+        except Exception as exc:  # every failure is mapped to a frame or device error
             self._settle_copies()
             raise self._classify(exc) from exc
 
@@ -548,5 +545,14 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     return engines
 
 
-__all__ = ["NetEngine", "GrayEnhancer", "build_net_engines", "fold_gray_input", "resolve_device", "prepare_runtime",
-           "unit_to_u16_bits", "uploaded_to_float", "host_upload_view"]
+__all__ = [
+    "GrayEnhancer",
+    "NetEngine",
+    "build_net_engines",
+    "fold_gray_input",
+    "host_upload_view",
+    "prepare_runtime",
+    "resolve_device",
+    "unit_to_u16_bits",
+    "uploaded_to_float",
+]
