@@ -120,6 +120,10 @@ def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) ->
             np.copyto(staging, pixels)
             staging.copy()
 
+        def write_and_fsync() -> None:
+            _write_unsynced(target, encoded)
+            _fsync_file(target)
+
         _write_unsynced(target, encoded)
         stages = {
             "read": _median(lambda: read_frame_bytes(source, limits), repeats),
@@ -129,7 +133,7 @@ def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) ->
             "encode": _median(lambda: output.encode(pixels, decoded.tags), repeats),
             "hash output": _median(lambda: hashlib.sha256(encoded).hexdigest(), repeats),
             "write": _median(lambda: _write_unsynced(target, encoded), repeats),
-            "fsync": _median(lambda: (_write_unsynced(target, encoded), _fsync_file(target)), repeats),
+            "fsync": _median(write_and_fsync, repeats),
             "sidecar": _median(write_sidecar, repeats),
         }
         # The fsync case rewrote the file first (an fsync of clean pages costs nothing): take the write off.

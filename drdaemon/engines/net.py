@@ -226,15 +226,15 @@ class NetEngine:
 
     # -- the Engine interface -------------------------------------------------------------
 
-    def enhance(self, frame: np.ndarray) -> Enhanced:
+    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
         if frame.ndim != 2:
             raise FrameError(Stage.ENHANCE, Reason.UNSUPPORTED, f"expected a 2-D frame, got shape {frame.shape}")
-        return self._run(frame, self.tile_for(*frame.shape))
+        return self._run(frame, self.tile_for(*frame.shape), window)
 
-    def enhance_in_tiles(self, frame: np.ndarray, tile: TileSize) -> Enhanced:
+    def enhance_in_tiles(self, frame: np.ndarray, tile: TileSize, window: Window | None = None) -> Enhanced:
         """The frame through the exact tiler with a given tile size, whatever the budget
         (benchmarks and checks compare it with the whole-frame pass)."""
-        return self._run(frame, tile)
+        return self._run(frame, tile, window)
 
     def warm_up(self) -> None:
         """Before the daemon is ready: calibrate memory (CUDA), run a small frame whole and in
@@ -264,10 +264,10 @@ class NetEngine:
         return plan_tiles(height, width, self.spec.illumination_scale, self.memory_budget_mb << 20,
                           self.runtime.activation_maps * element, stem_halo(model) + head_halo(model))
 
-    def _run(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
+    def _run(self, frame: np.ndarray, tile: TileSize | None, window: Window | None = None) -> Enhanced:
         """:meth:`_enhance`, with every failure mapped to a frame error or a lost device."""
         try:
-            return self._enhance(frame, tile)
+            return self._enhance(frame, tile, window)
         except (FrameError, DeviceLost):
             self._settle_copies()
             raise
@@ -286,9 +286,10 @@ class NetEngine:
         except Exception as exc:  # noqa: BLE001 - the original failure is what the caller reports
             log.warning("net_copy_stream_unsettled", device=self.device, error=f"{type(exc).__name__}: {exc}")
 
-    def _enhance(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
+    def _enhance(self, frame: np.ndarray, tile: TileSize | None, window: Window | None) -> Enhanced:
         runtime = self.runtime
-        window = robust_window(frame, self.low_percentile, self.high_percentile)
+        if window is None:
+            window = robust_window(frame, self.low_percentile, self.high_percentile)
         clock = StageClock(runtime.is_cuda)
         upload = host_upload_view(frame)
         host_in = self._host_in.take(frame.shape, UPLOAD_DTYPES[upload.dtype])
