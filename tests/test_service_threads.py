@@ -14,7 +14,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.model.normalise import robust_window
 from drdaemon.service.frame import load_frame
 from drdaemon.service.threads import MAX_AUTO_THREADS, auto_threads, stage_threads
-from tests.test_lifecycle import ScriptedEngine, daemon_settings, frame_bytes, run_daemon_until
+from test_lifecycle import ScriptedEngine, daemon_settings, frame_bytes, run_daemon_until
 
 
 def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines():
