@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from drdaemon.bench.cli import median_seconds
 from drdaemon.io.durable import atomic_write, fsync_directory
 from drdaemon.io.formats import output_format
 from drdaemon.io.readers import ReadLimits, read_frame_bytes
@@ -31,9 +30,15 @@ LANE_BUDGET_S = 0.040
 
 #: Which thread pays each stage in the daemon (see :mod:`drdaemon.service.daemon`).
 STAGE_THREAD = {
-    "read": "reader", "hash input": "reader", "window": "reader",
+    "read": "reader",
+    "hash input": "reader",
+    "window": "reader",
     "copies": "worker",
-    "encode": "writer", "hash output": "writer", "write": "writer", "fsync": "writer", "sidecar": "writer",
+    "encode": "writer",
+    "hash output": "writer",
+    "write": "writer",
+    "fsync": "writer",
+    "sidecar": "writer",
 }
 
 
@@ -57,15 +62,6 @@ class HostCosts:
         """Frames per second the host allows with these thread counts, the engine taking no time."""
         threads = {"reader": readers, "worker": workers, "writer": writers}
         return min(threads[kind] / seconds for kind, seconds in self.by_thread().items() if seconds > 0)
-
-
-def _median(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _write_unsynced(path: Path, data: bytes) -> None:
@@ -103,17 +99,30 @@ def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) ->
         encoded = output.encode(pixels, decoded.tags)
         target = root / "out.tif"
         draft = SidecarDraft(
-            original_path=str(source), input_sha256=hashlib.sha256(data).hexdigest(), input_bytes=len(data),
-            input_shape=list(pixels.shape), input_dtype=str(pixels.dtype),
+            original_path=str(source),
+            input_sha256=hashlib.sha256(data).hexdigest(),
+            input_bytes=len(data),
+            input_shape=list(pixels.shape),
+            input_dtype=str(pixels.dtype),
             engine=EngineRecord(name="identity", parameters={}, weights_sha256=None),
-            software=software_record("cpu"), started_wall=time.time(), timings={}, engine_timings={},
+            software=software_record("cpu"),
+            started_wall=time.time(),
+            timings={},
+            engine_timings={},
         )
         counter = iter(range(1 << 30))
 
         def write_sidecar() -> None:
-            record = draft.complete(input_path=str(source), output_path=str(target), data=encoded,
-                                    shape=list(pixels.shape), dtype=str(pixels.dtype),
-                                    compression=output.compression, preview=None, write_s=0.0)
+            record = draft.complete(
+                input_path=str(source),
+                output_path=str(target),
+                data=encoded,
+                shape=list(pixels.shape),
+                dtype=str(pixels.dtype),
+                compression=output.compression,
+                preview=None,
+                write_s=0.0,
+            )
             atomic_write(root / f"sidecar-{next(counter)}.json", record.to_bytes())
 
         def copies() -> None:
@@ -126,15 +135,15 @@ def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) ->
 
         _write_unsynced(target, encoded)
         stages = {
-            "read": _median(lambda: read_frame_bytes(source, limits), repeats),
-            "hash input": _median(lambda: hashlib.sha256(data).hexdigest(), repeats),
-            "window": _median(lambda: robust_window(pixels), repeats),
-            "copies": _median(copies, repeats),
-            "encode": _median(lambda: output.encode(pixels, decoded.tags), repeats),
-            "hash output": _median(lambda: hashlib.sha256(encoded).hexdigest(), repeats),
-            "write": _median(lambda: _write_unsynced(target, encoded), repeats),
-            "fsync": _median(write_and_fsync, repeats),
-            "sidecar": _median(write_sidecar, repeats),
+            "read": median_seconds(lambda: read_frame_bytes(source, limits), repeats),
+            "hash input": median_seconds(lambda: hashlib.sha256(data).hexdigest(), repeats),
+            "window": median_seconds(lambda: robust_window(pixels), repeats),
+            "copies": median_seconds(copies, repeats),
+            "encode": median_seconds(lambda: output.encode(pixels, decoded.tags), repeats),
+            "hash output": median_seconds(lambda: hashlib.sha256(encoded).hexdigest(), repeats),
+            "write": median_seconds(lambda: _write_unsynced(target, encoded), repeats),
+            "fsync": median_seconds(write_and_fsync, repeats),
+            "sidecar": median_seconds(write_sidecar, repeats),
         }
         # The fsync case rewrote the file first (an fsync of clean pages costs nothing): take the write off.
         stages["fsync"] = max(0.0, stages["fsync"] - stages["write"])
@@ -145,8 +154,11 @@ def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) ->
 
 def host_cost_lines(costs: HostCosts, readers: int, workers: int, writers: int) -> list[str]:
     """The breakdown as printed by the benchmark, with the frame rate the thread counts allow."""
-    lines = ["host cost per frame, median (ms): " + ", ".join(
-        f"{stage} {seconds * 1e3:.1f}" for stage, seconds in costs.stages.items()) + f"; total {costs.total * 1e3:.1f}"]
+    lines = [
+        "host cost per frame, median (ms): "
+        + ", ".join(f"{stage} {seconds * 1e3:.1f}" for stage, seconds in costs.stages.items())
+        + f"; total {costs.total * 1e3:.1f}"
+    ]
     threads = {"reader": readers, "worker": workers, "writer": writers}
     parts = []
     for kind, seconds in costs.by_thread().items():
@@ -154,9 +166,11 @@ def host_cost_lines(costs: HostCosts, readers: int, workers: int, writers: int) 
         verdict = "ok" if per_lane <= LANE_BUDGET_S else "over"
         parts.append(f"{kind}s {seconds * 1e3:.1f} ms / {threads[kind]} = {per_lane * 1e3:.1f} ms per lane ({verdict})")
     lines.append("  by thread: " + "; ".join(parts) + f"; budget {LANE_BUDGET_S * 1e3:.0f} ms per lane")
-    lines.append(f"  host ceiling with {readers} reader(s), {workers} worker(s), {writers} writer(s): "
-                 f"{costs.frame_rate_ceiling(readers, workers, writers):.1f} frames/s (engine time not counted; "
-                 "threads share the cores, so more threads than cores do not add up)")
+    lines.append(
+        f"  host ceiling with {readers} reader(s), {workers} worker(s), {writers} writer(s): "
+        f"{costs.frame_rate_ceiling(readers, workers, writers):.1f} frames/s (engine time not counted; "
+        "threads share the cores, so more threads than cores do not add up)"
+    )
     return lines
 
 
