@@ -127,7 +127,8 @@ def test_two_workers_with_their_copy_streams_give_the_pixels_of_one_frame_at_a_t
         for index in indices:
             together[index] = worker.enhance(frames[index]).pixels
 
-    threads = [threading.Thread(target=work, args=(worker, range(k, len(frames), 2))) for k, worker in enumerate(workers)]
+    threads = [threading.Thread(target=work, args=(worker, range(k, len(frames), 2)))
+               for k, worker in enumerate(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -249,8 +250,9 @@ def test_the_second_gpu_gives_the_pixels_of_the_first():
 def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path):
     import math
 
-    from trainer.loop import Trainer
     from trainer_testkit import make_data, tiny_config, write_tiny_clip_config
+
+    from trainer.loop import Trainer
 
     abnormal, normal = make_data(tmp_path)
     cfg = tiny_config(write_tiny_clip_config(tmp_path), tmp_path / "run", total_iters=10)

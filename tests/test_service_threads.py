@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_lifecycle import ScriptedEngine, daemon_settings, frame_bytes, run_daemon_until
 
 from drdaemon.config import ConfigError, load_settings
 from drdaemon.engines.classical import ClassicalEngine
@@ -14,7 +15,6 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.model.normalise import robust_window
 from drdaemon.service.frame import load_frame
 from drdaemon.service.threads import MAX_AUTO_THREADS, auto_threads, stage_threads
-from test_lifecycle import ScriptedEngine, daemon_settings, frame_bytes, run_daemon_until
 
 
 def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines():
@@ -32,7 +32,7 @@ def test_service_keys_come_from_the_file_and_the_environment(tmp_path: Path, mon
     settings = load_settings(config)
     assert (settings.service.readers, settings.service.writers) == (3, 5)
     config.write_text("[service]\nreaders = -1\n")
-    with pytest.raises(ConfigError, match="service.readers"):
+    with pytest.raises(ConfigError, match=r"service\.readers"):
         load_settings(config)
 
 
