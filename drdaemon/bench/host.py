@@ -81,8 +81,8 @@ def _fsync_file(path: Path) -> None:
 def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) -> HostCosts:
     """Time each host stage of one frame (uint16) with the daemon's functions, in a scratch folder.
 
-    ``copies`` are the two frame-sized copies the learned engine makes on the host (into its
-    pinned upload buffer, and the result out of the download buffer); ``fsync`` is the
+    ``copies`` is the frame-sized copy the learned engine makes on the host (into its pinned
+    upload buffer; the result is downloaded into memory the writer takes as it is); ``fsync`` is the
     output file's and its folder's; ``sidecar`` builds the record and writes it durably.
     """
     import tifffile
@@ -127,7 +127,6 @@ def measure_host_costs(frame: np.ndarray, compression: str, repeats: int = 5) ->
 
         def copies() -> None:
             np.copyto(staging, pixels)
-            staging.copy()
 
         def write_and_fsync() -> None:
             _write_unsynced(target, encoded)

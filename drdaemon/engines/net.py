@@ -8,9 +8,11 @@ Design of the GPU path, per device:
   two frames never interleave, so the activations of only one frame are alive and the peak
   memory is that of one frame (the caching allocator reuses the same blocks frame after
   frame because they all belong to that stream);
-* per worker, a **copy stream** and reusable pinned host buffers: worker A uploads its next
-  frame and downloads its last result while worker B's frame computes, which keeps the GPU
-  busy while the daemon reads and writes files.
+* per worker, a **copy stream** and a reusable pinned upload buffer; each result is
+  downloaded into a pinned block of torch's caching host allocator and handed to the writer
+  as it is (no second frame-sized copy): worker A uploads its next frame and downloads its
+  last result while worker B's frame computes, which keeps the GPU busy while the daemon
+  reads and writes files.
 
 The raw frame goes up as it is (uint16 is half the bytes of float32) and is normalised on
 the device with :func:`drdaemon.model.normalise.to_unit`, the function the trainer uses.
@@ -222,7 +224,6 @@ class NetEngine:
         cuda = runtime.is_cuda
         self.copy_stream = torch.cuda.Stream(runtime.device) if cuda else None
         self._host_in = PinnedBuffer(pinned=cuda)
-        self._host_out = PinnedBuffer(pinned=cuda)
 
     # -- the Engine interface -------------------------------------------------------------
 
@@ -308,7 +309,10 @@ class NetEngine:
             enhanced, not_finite = self._compute(raw, window, tile)
             clock.mark("compute_end", runtime.compute_stream)
 
-        host_out = self._host_out.take(frame.shape, torch.int16)
+        # A fresh output block per frame from torch's caching host allocator (pinned on CUDA):
+        # the result goes to the writer without another frame-sized copy, and the allocator
+        # hands the block out again only after the writer dropped it and its copy has ended.
+        host_out = torch.empty(frame.shape, dtype=torch.int16, pin_memory=runtime.is_cuda)
         with self._on(self.copy_stream):
             if self.copy_stream is not None:
                 self.copy_stream.wait_event(clock.event("compute_end"))
@@ -322,7 +326,7 @@ class NetEngine:
             raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR,
                              f"the network's output is not finite (NaN or infinity) in {bad} of {frame.size} "
                              f"pixels ({self.precision} on {self.device}); nothing was written for this frame")
-        pixels = host_out.numpy().view(np.uint16).copy()  # the pinned buffer serves the next frame too
+        pixels = host_out.numpy().view(np.uint16)
 
         return Enhanced(
             pixels=pixels,
