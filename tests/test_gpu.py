@@ -228,7 +228,8 @@ def test_daemon_end_to_end_on_cuda_records_the_device_and_cuda_event_timings(tmp
         assert sidecar["engine"]["parameters"]["precision"] == "float16"
         assert {"upload", "compute", "download"} <= set(sidecar["timings"])
         written = tifffile.imread(tmp_path / sidecar["output"]["path"])
-        assert_within(reference.enhance(frame).pixels, written, "float32")  # same device and precision
+        # Same device and precision in another process (cuDNN may pick other algorithms there).
+        assert_within(reference.enhance(frame).pixels, written, "float16")
 
 
 @two_gpus
@@ -239,12 +240,13 @@ def test_daemon_spreads_frames_over_two_gpus(tmp_path):
 
 
 @two_gpus
-def test_the_second_gpu_gives_the_pixels_of_the_first():
-    frame = dr_frame((800, 1000))
+def test_the_second_gpu_agrees_with_the_first_and_with_cpu_float32(cpu_reference):
+    frame, reference = cpu_reference[1]
     first = engine_on(CUDA0, "float16").enhance(frame).pixels
     second = engine_on(torch.device("cuda", 1), "float16").enhance(frame)
     assert second.parameters["device"] == "cuda:1"
-    assert_within(first, second.pixels, "float32")
+    assert_within(first, second.pixels, "float16")
+    assert_within(reference, second.pixels, "float16")
 
 
 def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path):
