@@ -198,6 +198,25 @@ def test_out_of_memory_fails_only_the_frame_with_a_device_reason():
     assert "out of memory" in str(info.value)
 
 
+def test_a_failed_frame_waits_for_its_queued_copies_before_the_buffers_serve_the_next(monkeypatch):
+    """Once the non-blocking upload is queued, a failure must not hand the pinned buffer to
+    the next frame while the copy may still read it: the worker synchronises its copy stream."""
+    from contextlib import nullcontext
+
+    class CopyStream:
+        synchronized = 0
+
+        def synchronize(self):
+            self.synchronized += 1
+
+    engine = failing_engine(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    engine.copy_stream = CopyStream()  # the CPU engine has none; stand in for a GPU worker's
+    monkeypatch.setattr(engine, "_on", lambda stream: nullcontext())
+    with pytest.raises(FrameError):
+        engine.enhance(xray_like((20, 20)))
+    assert engine.copy_stream.synchronized == 1
+
+
 def test_other_engine_failures_are_engine_errors():
     with pytest.raises(FrameError) as info:
         failing_engine(ValueError("nan in weights")).enhance(xray_like((20, 20)))
