@@ -525,6 +525,10 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
         loaded = load_weights(config.weights, allow_pickle=config.allow_pickle)
     except WeightsError as exc:
         raise ConfigError(f"engine.weights: {exc}") from exc
+    if config.compile and config.warm_up_frame_size is None:
+        log.warning("net_compile_without_warm_up_size",
+                    note="engine.compile compiles once per frame size; without engine.warm_up_frame_size the "
+                         "first real frame pays the compilation, which may outlast the service's WatchdogSec")
     devices: list[torch.device] = []
     for name in config.devices:
         device = resolve_device(name)
