@@ -410,8 +410,10 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
     else:
         torch.manual_seed(0)
         random_net = Enhancer(EnhancerSpec(in_ch=args.in_ch))
+        bias = random_net.head.conv.bias
+        assert bias is not None  # the head's convolution is built with a bias
         with torch.no_grad():
-            random_net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
+            bias.fill_(0.3)  # an illumination map that is not all zero
         state, in_ch = random_net.state_dict(), args.in_ch
         print("weights: random (speed does not depend on the values; PSNR is indicative only)")
     print(f"enhancer: {count_parameters(Enhancer(EnhancerSpec(in_ch=in_ch))):,} parameters with in_ch {in_ch} "
