@@ -278,8 +278,8 @@ class NetEngine:
 
     def _settle_copies(self) -> None:
         """After a failure, wait for this worker's queued copies: the next frame rewrites the
-        pinned buffers they read from and write to. A dead device cannot be waited for; its
-        error is the one being raised anyway."""
+        pinned upload buffer a queued upload may still be reading. A dead device cannot be
+        waited for; its error is the one being raised anyway."""
         if self.copy_stream is None:
             return
         try:
