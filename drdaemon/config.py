@@ -101,6 +101,13 @@ class EngineConfig(_Table):
         return self.name
 
 
+class ServiceConfig(_Table):
+    """The daemon's host threads (:mod:`drdaemon.service.threads`); 0 picks a default from the core count."""
+
+    readers: int = Field(0, ge=0, le=64)
+    writers: int = Field(0, ge=0, le=64)
+
+
 class WatchConfig(_Table):
     stability_wait_s: float = Field(1.0, ge=0.0)
     # A file unchanged this long that still does not parse as a whole image is taken anyway
@@ -173,6 +180,7 @@ class Settings(BaseSettings):
 
     folders: Folders = Field(default_factory=Folders)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

@@ -3,6 +3,8 @@
 import argparse
 import re
 
+import pytest
+
 from drdaemon.bench.cli import add_bench_arguments, run_bench
 
 
@@ -40,3 +42,22 @@ def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_
     assert "frame: 60 x 40 (0.00 MP), part.tif" in out
     assert re.search(r"s=1 bfloat16.*PSNR vs float32 [\d.]+ dB, RMS [\d.]+ levels, max \d+ levels", out)
     assert len(re.findall(r"exact tiler, 16 x 16 tiles, (float32|bfloat16): PSNR vs whole frame", out)) == 2
+
+
+def test_identity_bench_breaks_the_host_cost_down_by_stage_and_thread(capsys):
+    assert run_bench(bench_args("--engine", "identity", "--readers", "2", "--writers", "3")) == 0
+    out = capsys.readouterr().out
+    for stage in ("read", "hash input", "window", "copies", "encode", "hash output", "write", "fsync", "sidecar"):
+        assert re.search(rf"{stage} [\d.]+", out), stage
+    assert re.search(r"readers [\d.]+ ms / 2 = [\d.]+ ms per lane", out)
+    assert re.search(r"writers [\d.]+ ms / 3 = [\d.]+ ms per lane", out)
+    assert re.search(r"host ceiling with 2 reader\(s\), 1 worker\(s\), 3 writer\(s\): [\d.]+ frames/s", out)
+
+
+def test_host_ceiling_is_set_by_the_slowest_stage_per_thread():
+    from drdaemon.bench.host import HostCosts
+
+    costs = HostCosts({"read": 0.05, "window": 0.01, "copies": 0.01, "encode": 0.12, "fsync": 0.03})
+    assert costs.by_thread() == pytest.approx({"reader": 0.06, "worker": 0.01, "writer": 0.15})
+    assert costs.frame_rate_ceiling(readers=1, workers=1, writers=1) == pytest.approx(1 / 0.15)  # the writer
+    assert costs.frame_rate_ceiling(readers=1, workers=1, writers=6) == pytest.approx(1 / 0.06)  # now the reader

@@ -304,7 +304,7 @@ class ScriptedEngine:
     def warm_up(self) -> None:
         pass
 
-    def enhance(self, frame):
+    def enhance(self, frame, window=None):
         from drdaemon.engines import Enhanced
 
         self.calls += 1

@@ -8,6 +8,7 @@ from drdaemon.engines.base import Engine
 from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.tiling import TileSize
 from drdaemon.model.normalise import frame_to_unit, unit_to_u16
 from drdaemon.model.weights import file_sha256, save_weights
 
@@ -67,14 +68,33 @@ def test_engine_tiles_only_over_budget_and_tiles_change_nothing(scale):
     assert np.abs(whole.pixels.astype(int) - tiled.pixels).max() <= 1  # 1e-4 in float is 6.5 levels
 
 
-def test_compiled_model_gives_the_pixels_of_the_eager_model():
-    """``engine.compile = true`` (torch.compile) changes the speed, never the output."""
+def test_compiled_model_gives_the_pixels_of_the_eager_model_whole_and_in_tiles():
+    """``engine.compile = true`` (torch.compile) changes the speed, never the output, tiled or not."""
     net = lit_enhancer(in_ch=3)
     frame = xray_like((70, 53))
-    eager = cpu_engine(net).enhance(frame)
+    eager = cpu_engine(net)
     compiled = NetEngine(prepare_runtime(net, torch.device("cpu"), compile_model=True), "f" * 64, "float32")
     assert compiled.runtime.forward is not compiled.runtime.model  # the compiled module runs
-    assert np.abs(compiled.enhance(frame).pixels.astype(int) - eager.pixels).max() <= 1
+    assert compiled.runtime.tiled is not None  # and the tiler has its own compiled parts
+    assert np.abs(compiled.enhance(frame).pixels.astype(int) - eager.enhance(frame).pixels).max() <= 1
+    tile = TileSize(32, 24)
+    tiled = compiled.enhance_in_tiles(frame, tile)
+    assert tiled.parameters["tiled"] is True
+    assert np.abs(tiled.pixels.astype(int) - eager.enhance_in_tiles(frame, tile).pixels).max() <= 1
+
+
+def test_three_channel_weights_are_folded_to_one_channel_with_the_same_illumination():
+    """The first convolution summed over its input channels equals it on a replicated gray frame."""
+    net = lit_enhancer(in_ch=3)
+    runtime = prepare_runtime(net, torch.device("cpu"), channels_last=False)
+    assert runtime.model.model.stem[0].in_channels == 1
+    assert net.stem[0].in_channels == 3  # the caller's model is left as it was
+    assert runtime.model.model.spec.in_ch == 3  # the weights' spec is still what the sidecar records
+    gray = torch.rand(1, 1, 41, 57)
+    with torch.no_grad():
+        expanded = net.full_illumination(gray.expand(-1, 3, -1, -1))
+        folded = runtime.model.model.full_illumination(gray)
+    assert torch.allclose(folded, expanded, rtol=1e-5, atol=1e-6)
 
 
 def psnr_u16(a, b):
@@ -176,6 +196,25 @@ def test_out_of_memory_fails_only_the_frame_with_a_device_reason():
         engine.enhance(xray_like((20, 20)))
     assert (info.value.stage, info.value.reason) == (Stage.ENHANCE, Reason.DEVICE_ERROR)
     assert "out of memory" in str(info.value)
+
+
+def test_a_failed_frame_waits_for_its_queued_copies_before_the_buffers_serve_the_next(monkeypatch):
+    """Once the non-blocking upload is queued, a failure must not hand the pinned buffer to
+    the next frame while the copy may still read it: the worker synchronises its copy stream."""
+    from contextlib import nullcontext
+
+    class CopyStream:
+        synchronized = 0
+
+        def synchronize(self):
+            self.synchronized += 1
+
+    engine = failing_engine(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    engine.copy_stream = CopyStream()  # the CPU engine has none; stand in for a GPU worker's
+    monkeypatch.setattr(engine, "_on", lambda stream: nullcontext())
+    with pytest.raises(FrameError):
+        engine.enhance(xray_like((20, 20)))
+    assert engine.copy_stream.synchronized == 1
 
 
 def test_other_engine_failures_are_engine_errors():

@@ -9,6 +9,10 @@ For a synthetic frame (5732 x 2333 uint16 by default) it prints:
   float32 (PSNR, RMS and maximum in 16-bit output levels); with ``--tile-check`` also the
   exact tiler's error against the whole-frame pass in the same precision;
 * ``--engine classical``: the median read, enhance and write times of one frame;
+* ``--engine identity``: the daemon's host cost per frame by stage (read, hashes, window,
+  staging copies, encode, write, fsync, sidecar) and the frame rate the reader, worker and
+  writer counts allow (:mod:`drdaemon.bench.host`), then the folder test with the identity
+  engine, whose daemon/bare ratio is the pipeline's own overhead;
 * for both, the end-to-end rate of a real ``drdaemon run`` process on a folder of frames
   against the bare engine loop (read, enhance, write) on the same frames.
 
@@ -44,7 +48,7 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=("classical", "net"), default="classical",
+    parser.add_argument("--engine", choices=("classical", "net", "identity"), default="classical",
                         help="which engine to benchmark (default: classical)")
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="frame height (default 2333)")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="frame width (default 5732)")
@@ -68,6 +72,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on the daemon after this long")
     parser.add_argument("--frame", type=Path, default=None,
                         help="benchmark on this frame file (TIFF, PNG or DICOM) instead of a synthetic one")
+    parser.add_argument("--readers", type=int, default=0,
+                        help="daemon service.readers in the folder test (0: the daemon's default)")
+    parser.add_argument("--writers", type=int, default=0,
+                        help="daemon service.writers in the folder test (0: the daemon's default)")
     parser.add_argument("--tile-check", type=int, default=0, metavar="SIDE",
                         help="net: also run the exact tiler with SIDE x SIDE tiles and print its error "
                              "against the whole frame in the same precision (0: off)")
@@ -208,7 +216,8 @@ def bare_loop(engine: Engine, paths: list[Path], out: Path, compression: str) ->
     return FolderRun(len(paths), time.perf_counter() - start)
 
 
-def daemon_config(root: Path, engine_table: dict[str, object], compression: str, stability_wait: float) -> Path:
+def daemon_config(root: Path, engine_table: dict[str, object], compression: str, stability_wait: float,
+                  service: dict[str, object] | None = None) -> Path:
     """A daemon configuration for the folder test: folders under ``root``, no metrics, quiet logs."""
     import tomli_w
 
@@ -220,19 +229,21 @@ def daemon_config(root: Path, engine_table: dict[str, object], compression: str,
         "metrics": {"enabled": False},
         "logging": {"level": "WARNING", "format": "json"},
     }
+    if service:
+        config["service"] = service
     path = root / "bench.toml"
     path.write_text(tomli_w.dumps(config))
     return path
 
 
 def run_daemon_on_folder(root: Path, staged: list[Path], engine_table: dict[str, object], compression: str,
-                         stability_wait: float, timeout: float) -> FolderRun:
+                         stability_wait: float, timeout: float, service: dict[str, object] | None = None) -> FolderRun:
     """Start ``drdaemon run``, wait until it is ready, drop the frames in, time until all sidecars exist.
 
     Readiness comes over the systemd notify protocol (a socket of our own), so engine
     start-up and warm-up are not counted; the frames are moved in at once by rename.
     """
-    config = daemon_config(root, engine_table, compression, stability_wait)
+    config = daemon_config(root, engine_table, compression, stability_wait, service)
     inbox, outbox = root / "inbox", root / "outbox"
     for folder in ("inbox", "outbox", "archive", "failed", "work"):
         (root / folder).mkdir(exist_ok=True)
@@ -306,7 +317,7 @@ def folder_comparison(engine: Engine, engine_table: dict[str, object], frame: np
         shutil.rmtree(root / "bare-out")
         try:
             daemon = run_daemon_on_folder(root, staged, engine_table, args.compression,
-                                          args.stability_wait, args.timeout)
+                                          args.stability_wait, args.timeout, service_table(args))
         except (RuntimeError, OSError) as exc:
             print(f"  {label}: daemon end-to-end FAILED: {exc}")
             return
@@ -317,7 +328,29 @@ def folder_comparison(engine: Engine, engine_table: dict[str, object], frame: np
           f"ratio {daemon.rate / bare_rate:.2f}", flush=True)
 
 
+def service_table(args: argparse.Namespace) -> dict[str, object]:
+    """The daemon's ``[service]`` keys the benchmark was asked to set (reader and writer counts)."""
+    return {key: value for key, value in (("readers", args.readers), ("writers", args.writers)) if value > 0}
+
+
 # -- the engines ----------------------------------------------------------------------------
+
+
+def bench_identity(args: argparse.Namespace, frame: np.ndarray) -> None:
+    """The host path alone: stage costs per frame, then the daemon against the bare loop."""
+    from drdaemon.bench.host import host_cost_lines, measure_host_costs
+    from drdaemon.engines.classical import ClassicalEngine
+    from drdaemon.service.threads import stage_threads
+
+    pixels = frame if frame.dtype == np.uint16 else ClassicalEngine(method="identity").enhance(frame).pixels
+    costs = measure_host_costs(pixels, args.compression, args.repeats)
+    readers, writers = stage_threads(1, args.readers, args.writers)
+    print(f"identity engine, {args.compression} output, median of {args.repeats}:")
+    for line in host_cost_lines(costs, readers, 1, writers):
+        print("  " + line)
+    if args.frames > 0:
+        folder_comparison(ClassicalEngine(method="identity"), {"name": "identity"}, frame, args,
+                          f"identity, {readers} reader(s), {writers} writer(s)")
 
 
 def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
@@ -377,8 +410,10 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
     else:
         torch.manual_seed(0)
         random_net = Enhancer(EnhancerSpec(in_ch=args.in_ch))
+        bias = random_net.head.conv.bias
+        assert bias is not None  # the head's convolution is built with a bias
         with torch.no_grad():
-            random_net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
+            bias.fill_(0.3)  # an illumination map that is not all zero
         state, in_ch = random_net.state_dict(), args.in_ch
         print("weights: random (speed does not depend on the values; PSNR is indicative only)")
     print(f"enhancer: {count_parameters(Enhancer(EnhancerSpec(in_ch=in_ch))):,} parameters with in_ch {in_ch} "
@@ -464,6 +499,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"frame: {frame.shape[1]} x {frame.shape[0]} ({frame.size / 1e6:.2f} MP), {source}")
     if args.engine == "classical":
         bench_classical(args, frame)
+    elif args.engine == "identity":
+        bench_identity(args, frame)
     else:
         bench_net(args, frame)
     return 0

@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from drdaemon.model.normalise import Window
+
 
 @dataclass
 class Enhanced:
@@ -40,7 +42,10 @@ class Engine(Protocol):
         """sha256 of the weights file, or None for engines without weights."""
         ...
 
-    def enhance(self, frame: np.ndarray) -> Enhanced: ...
+    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
+        """Enhance one frame; ``window`` is its percentile window when the caller measured it
+        already (the daemon's readers do), else the engine measures it."""
+        ...
 
     def warm_up(self) -> None:
         """Run once on a small frame so the first real frame pays no start-up cost."""

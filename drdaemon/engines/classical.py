@@ -27,7 +27,7 @@ from drdaemon.defaults import (
     ClassicalMethod,
 )
 from drdaemon.engines.base import Enhanced
-from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, unit_to_u16
+from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, to_unit, unit_to_u16
 
 
 #: Gray levels the 16-bit CLAHE tells apart in its tile histograms (12 bits).
@@ -99,10 +99,13 @@ class ClassicalEngine:
             raise ValueError(f"unknown classical method {self.method!r}")
         self.name = self.method
 
-    def enhance(self, frame: np.ndarray) -> Enhanced:
+    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
         if self.method == "identity":
             return Enhanced(to_u16(frame), {"method": "identity"})
-        unit, window = frame_to_unit(frame, self.low_percentile, self.high_percentile)
+        if window is None:
+            unit, window = frame_to_unit(frame, self.low_percentile, self.high_percentile)
+        else:
+            unit = to_unit(frame.astype(np.float32, copy=False), window).astype(np.float32, copy=False)
         windowed = unit_to_u16(unit)
         parameters: dict[str, object] = {
             "method": self.method,

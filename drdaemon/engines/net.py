@@ -8,9 +8,11 @@ Design of the GPU path, per device:
   two frames never interleave, so the activations of only one frame are alive and the peak
   memory is that of one frame (the caching allocator reuses the same blocks frame after
   frame because they all belong to that stream);
-* per worker, a **copy stream** and reusable pinned host buffers: worker A uploads its next
-  frame and downloads its last result while worker B's frame computes, which keeps the GPU
-  busy while the daemon reads and writes files.
+* per worker, a **copy stream** and a reusable pinned upload buffer; each result is
+  downloaded into a pinned block of torch's caching host allocator and handed to the writer
+  as it is (no second frame-sized copy): worker A uploads its next frame and downloads its
+  last result while worker B's frame computes, which keeps the GPU busy while the daemon
+  reads and writes files.
 
 The raw frame goes up as it is (uint16 is half the bytes of float32) and is normalised on
 the device with :func:`drdaemon.model.normalise.to_unit`, the function the trainer uses.
@@ -29,9 +31,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -71,22 +74,34 @@ WARM_UP_TILE = TileSize(40, 32)
 class GrayEnhancer(nn.Module):
     """The enhancer applied to a one-channel frame, whatever the weights' ``in_ch``.
 
-    Three-channel weights see the gray frame replicated (as CLIP saw it in training); the
-    division always uses the gray frame itself, so the output has one channel.
+    Three-channel weights saw the gray frame replicated (as CLIP saw it in training). A
+    convolution of three equal channels is the convolution of one channel with the weights
+    summed over the input channels, so the first convolution is folded to one channel here,
+    once: the frame is not expanded to three channels on every pass. The division always uses
+    the gray frame itself, so the output has one channel.
     """
 
     def __init__(self, model: Enhancer) -> None:
         super().__init__()
+        fold_gray_input(model)
         self.model = model
 
-    def network_input(self, gray: Tensor) -> Tensor:
-        return gray.expand(-1, self.model.spec.in_ch, -1, -1)
-
     def forward(self, gray: Tensor) -> Tensor:
-        return apply_illumination(gray, self.model.full_illumination(self.network_input(gray)))
+        return apply_illumination(gray, self.model.full_illumination(gray))
 
     def tiled(self, gray: Tensor, tile: TileSize) -> Tensor:
-        return apply_illumination(gray, tiled_full_illumination(self.model, self.network_input(gray), tile))
+        return apply_illumination(gray, tiled_full_illumination(self.model, gray, tile))
+
+
+def fold_gray_input(model: Enhancer) -> None:
+    """Sum the first convolution's weights over its input channels (in place): exact for a
+    replicated gray input. The spec keeps ``in_ch``, which names the weights, not the layer."""
+    first = model.stem[0]
+    if not isinstance(first, nn.Conv2d) or first.in_channels == 1:
+        return
+    with torch.no_grad():
+        first.weight = nn.Parameter(first.weight.sum(dim=1, keepdim=True), requires_grad=first.weight.requires_grad)
+    first.in_channels = 1
 
 
 @dataclass
@@ -95,12 +110,19 @@ class DeviceRuntime:
 
     device: torch.device
     model: GrayEnhancer
+    #: The whole-frame pass (compiled per frame size when ``engine.compile`` is on).
     forward: Callable[[Tensor], Tensor]
     compute_stream: torch.cuda.Stream | None
     #: Peak activation maps per input pixel (bytes per pixel per byte of dtype); calibrated
     #: on CUDA in the warm-up.
     activation_maps: float
+    #: The exact tiler's pass (its per-tile parts compiled with dynamic shapes when
+    #: ``engine.compile`` is on); None: the eager tiler of ``model``.
+    tiled: Callable[[Tensor, TileSize], Tensor] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_tiled(self, gray: Tensor, tile: TileSize) -> Tensor:
+        return (self.tiled or self.model.tiled)(gray, tile)
 
     @property
     def is_cuda(self) -> bool:
@@ -202,19 +224,18 @@ class NetEngine:
         cuda = runtime.is_cuda
         self.copy_stream = torch.cuda.Stream(runtime.device) if cuda else None
         self._host_in = PinnedBuffer(pinned=cuda)
-        self._host_out = PinnedBuffer(pinned=cuda)
 
     # -- the Engine interface -------------------------------------------------------------
 
-    def enhance(self, frame: np.ndarray) -> Enhanced:
+    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
         if frame.ndim != 2:
             raise FrameError(Stage.ENHANCE, Reason.UNSUPPORTED, f"expected a 2-D frame, got shape {frame.shape}")
-        return self._run(frame, self.tile_for(*frame.shape))
+        return self._run(frame, self.tile_for(*frame.shape), window)
 
-    def enhance_in_tiles(self, frame: np.ndarray, tile: TileSize) -> Enhanced:
+    def enhance_in_tiles(self, frame: np.ndarray, tile: TileSize, window: Window | None = None) -> Enhanced:
         """The frame through the exact tiler with a given tile size, whatever the budget
         (benchmarks and checks compare it with the whole-frame pass)."""
-        return self._run(frame, tile)
+        return self._run(frame, tile, window)
 
     def warm_up(self) -> None:
         """Before the daemon is ready: calibrate memory (CUDA), run a small frame whole and in
@@ -244,18 +265,32 @@ class NetEngine:
         return plan_tiles(height, width, self.spec.illumination_scale, self.memory_budget_mb << 20,
                           self.runtime.activation_maps * element, stem_halo(model) + head_halo(model))
 
-    def _run(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
+    def _run(self, frame: np.ndarray, tile: TileSize | None, window: Window | None = None) -> Enhanced:
         """:meth:`_enhance`, with every failure mapped to a frame error or a lost device."""
         try:
-            return self._enhance(frame, tile)
+            return self._enhance(frame, tile, window)
         except (FrameError, DeviceLost):
+            self._settle_copies()
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped to a frame or device error
+        except Exception as exc:  # every failure is mapped to a frame or device error
+            self._settle_copies()
             raise self._classify(exc) from exc
 
-    def _enhance(self, frame: np.ndarray, tile: TileSize | None) -> Enhanced:
+    def _settle_copies(self) -> None:
+        """After a failure, wait for this worker's queued copies: the next frame rewrites the
+        pinned upload buffer a queued upload may still be reading. A dead device cannot be
+        waited for; its error is the one being raised anyway."""
+        if self.copy_stream is None:
+            return
+        try:
+            self.copy_stream.synchronize()
+        except Exception as exc:  # noqa: BLE001 - the original failure is what the caller reports
+            log.warning("net_copy_stream_unsettled", device=self.device, error=f"{type(exc).__name__}: {exc}")
+
+    def _enhance(self, frame: np.ndarray, tile: TileSize | None, window: Window | None) -> Enhanced:
         runtime = self.runtime
-        window = robust_window(frame, self.low_percentile, self.high_percentile)
+        if window is None:
+            window = robust_window(frame, self.low_percentile, self.high_percentile)
         clock = StageClock(runtime.is_cuda)
         upload = host_upload_view(frame)
         host_in = self._host_in.take(frame.shape, UPLOAD_DTYPES[upload.dtype])
@@ -274,7 +309,10 @@ class NetEngine:
             enhanced, not_finite = self._compute(raw, window, tile)
             clock.mark("compute_end", runtime.compute_stream)
 
-        host_out = self._host_out.take(frame.shape, torch.int16)
+        # A fresh output block per frame from torch's caching host allocator (pinned on CUDA):
+        # the result goes to the writer without another frame-sized copy, and the allocator
+        # hands the block out again only after the writer dropped it and its copy has ended.
+        host_out = torch.empty(frame.shape, dtype=torch.int16, pin_memory=runtime.is_cuda)
         with self._on(self.copy_stream):
             if self.copy_stream is not None:
                 self.copy_stream.wait_event(clock.event("compute_end"))
@@ -288,7 +326,7 @@ class NetEngine:
             raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR,
                              f"the network's output is not finite (NaN or infinity) in {bad} of {frame.size} "
                              f"pixels ({self.precision} on {self.device}); nothing was written for this frame")
-        pixels = host_out.numpy().view(np.uint16).copy()  # the pinned buffer serves the next frame too
+        pixels = host_out.numpy().view(np.uint16)
 
         return Enhanced(
             pixels=pixels,
@@ -311,7 +349,7 @@ class NetEngine:
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype,
                                                     enabled=dtype != torch.float32):
-            out = runtime.forward(gray) if tile is None else runtime.model.tiled(gray, tile)
+            out = runtime.forward(gray) if tile is None else runtime.run_tiled(gray, tile)
             not_finite = out.numel() - torch.isfinite(out).sum()
         return unit_to_u16_bits(out[0, 0]), not_finite
 
@@ -442,15 +480,37 @@ def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool =
     """Place a copy of the model on ``device`` and set up what its workers share."""
     if device.type == "cuda":
         configure_cudnn(cudnn_benchmark)
-    gray = GrayEnhancer(copy.deepcopy(model)).to(device).eval().requires_grad_(False)
-    if channels_last:
-        gray = gray.to(memory_format=torch.channels_last)
+    gray = place_model(model, device, channels_last)
     forward: Callable[[Tensor], Tensor] = gray
+    tiled: Callable[[Tensor, TileSize], Tensor] | None = None
     if compile_model:
-        forward = torch.compile(gray, dynamic=True)
+        forward, tiled = compile_passes(gray)
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     return DeviceRuntime(device=device, model=gray, forward=forward, compute_stream=stream,
-                         activation_maps=cpu_activation_maps(channels_last))
+                         activation_maps=cpu_activation_maps(channels_last), tiled=tiled)
+
+
+def place_model(model: Enhancer, device: torch.device, channels_last: bool) -> GrayEnhancer:
+    """A copy of ``model`` on ``device``, folded for gray input, in eval mode without gradients."""
+    gray = GrayEnhancer(copy.deepcopy(model)).to(device).eval().requires_grad_(False)
+    return gray.to(memory_format=torch.channels_last) if channels_last else gray
+
+
+def compile_passes(gray: GrayEnhancer) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, TileSize], Tensor]]:
+    """``torch.compile`` for the whole-frame pass and the exact tiler.
+
+    Whole frames: static shapes, one compilation per frame size (the region sums and the
+    residual blocks' row bands specialise on the shape anyway, so ``dynamic=True`` bought
+    nothing); the warm-up compiles the configured detector size before the daemon is ready.
+    Tiles: the tiler's Python loop stays eager and its per-tile parts (stem, body layers,
+    head) are compiled with dynamic shapes, on a copy of the model (the model is tiny) so no
+    compiled region nests in the whole-frame one. A size beyond torch's recompile limit runs
+    eagerly, with the same pixels.
+    """
+    tiler = copy.deepcopy(gray)
+    for part in (tiler.model.stem, *tiler.model.body, tiler.model.head):
+        part.compile(dynamic=True)
+    return torch.compile(gray, dynamic=False), tiler.tiled
 
 
 def build_net_engines(config: EngineConfig) -> list[NetEngine]:
@@ -465,6 +525,10 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
         loaded = load_weights(config.weights, allow_pickle=config.allow_pickle)
     except WeightsError as exc:
         raise ConfigError(f"engine.weights: {exc}") from exc
+    if config.compile and config.warm_up_frame_size is None:
+        log.warning("net_compile_without_warm_up_size",
+                    note="engine.compile compiles once per frame size; without engine.warm_up_frame_size the "
+                         "first real frame pays the compilation, which may outlast the service's WatchdogSec")
     devices: list[torch.device] = []
     for name in config.devices:
         device = resolve_device(name)
@@ -490,5 +554,14 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     return engines
 
 
-__all__ = ["NetEngine", "GrayEnhancer", "build_net_engines", "resolve_device", "prepare_runtime",
-           "unit_to_u16_bits", "uploaded_to_float", "host_upload_view"]
+__all__ = [
+    "GrayEnhancer",
+    "NetEngine",
+    "build_net_engines",
+    "fold_gray_input",
+    "host_upload_view",
+    "prepare_runtime",
+    "resolve_device",
+    "unit_to_u16_bits",
+    "uploaded_to_float",
+]

@@ -33,7 +33,7 @@ from drdaemon.defaults import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, CLASSICAL_METHO
 from drdaemon.engines import Engine, Enhanced, build_engines
 from drdaemon.engines.classical import clahe_u16
 from drdaemon.evaluate.quality import noise_sigma
-from drdaemon.model.normalise import U16_MAX, frame_to_unit, robust_window, to_unit, unit_to_u16
+from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, to_unit, unit_to_u16
 
 DEFAULT_GAMMA = 0.5
 DENOISERS = ("nlm", "median", "gaussian")
@@ -79,8 +79,11 @@ class FilteredEngine:
         return cv2.fastNlMeansDenoising(windowed, h=[strength], templateWindowSize=7, searchWindowSize=21,
                                         normType=cv2.NORM_L1)
 
-    def enhance(self, frame: np.ndarray) -> Enhanced:
-        unit, window = frame_to_unit(frame, self.low_percentile, self.high_percentile)
+    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
+        if window is None:
+            unit, window = frame_to_unit(frame, self.low_percentile, self.high_percentile)
+        else:
+            unit = to_unit(frame.astype(np.float32, copy=False), window)
         equalised = clahe_u16(self.denoise(unit_to_u16(unit)), self.clahe_clip_limit, self.clahe_tile_grid)
         stretch = robust_window(equalised, *self.stretch_percentiles)
         out = unit_to_u16(to_unit(equalised.astype(np.float32), stretch))

@@ -7,10 +7,15 @@ Threads and the hand-offs between them (each hand-off is a small bounded :class:
 * *intake* watches the inbox and claims a ready frame only when the next stage has room,
   so unclaimed frames wait in the inbox (where the station can still see them) and a stop
   leaves little to finish;
-* *readers* read, hash and decode, so a frame's I/O overlaps the previous frame's enhancement;
+* *readers* read, hash, decode and measure the percentile window, so a frame's I/O overlaps
+  the previous frame's enhancement and the workers' serial path holds only the engine;
 * *workers*, one per engine from :func:`drdaemon.engines.build_engines`, all take from the
   same pipe, so the least busy engine (device) gets the next frame;
 * *writers* encode, write and commit (:mod:`drdaemon.folders.commit`).
+
+Readers and writers are counted apart from the engines (``service.readers``,
+``service.writers``; :mod:`drdaemon.service.threads`): their host work per frame is larger
+than a GPU's compute.
 
 A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
 daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
@@ -41,6 +46,7 @@ from drdaemon.io.formats import configured_output_format
 from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.pipe import Pipe
+from drdaemon.service.threads import stage_threads
 from drdaemon.service.frame import (
     as_frame_error,
     EnhancedFrame,
@@ -95,6 +101,7 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         self.limits = read_limits(settings.input)
+        self.window_percentiles = (settings.engine.low_percentile, settings.engine.high_percentile)
         self.finisher = Finisher.for_folders(
             self.folders,
             preview=settings.output.preview_png,
@@ -216,16 +223,20 @@ class Daemon:
         self._loaded.abort()
 
     def _start_pipeline(self, engines: list[Engine], recovered: list[Path]) -> None:
-        lanes = max(1, len(engines))
-        self._claimed: Pipe[WorkItem] = Pipe(capacity=lanes, producers=1)
-        self._loaded: Pipe[LoadedFrame] = Pipe(capacity=lanes, producers=lanes)
-        self._enhanced: Pipe[EnhancedFrame] = Pipe(capacity=lanes, producers=len(engines))
+        service = self.settings.service
+        readers, writers = stage_threads(len(engines), service.readers, service.writers)
+        log.info("pipeline_threads", readers=readers, workers=len(engines), writers=writers)
+        # Each pipe holds about one frame per consumer: enough to keep every thread busy,
+        # no more (unclaimed frames wait in the inbox, not in memory).
+        self._claimed: Pipe[WorkItem] = Pipe(capacity=readers, producers=1)
+        self._loaded: Pipe[LoadedFrame] = Pipe(capacity=len(engines), producers=readers)
+        self._enhanced: Pipe[EnhancedFrame] = Pipe(capacity=writers, producers=len(engines))
         self._spawn("intake", self._intake_loop, recovered)
-        for index in range(lanes):
+        for index in range(readers):
             self._spawn(f"reader-{index}", self._reader_loop)
         for index, engine in enumerate(engines):
             self._spawn(f"worker-{index}", self._worker_loop, engine)
-        for index in range(lanes):
+        for index in range(writers):
             self._spawn(f"writer-{index}", self._writer_loop)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
@@ -323,7 +334,7 @@ class Daemon:
         try:
             while (item := self._claimed.get()) is not None:
                 try:
-                    loaded = load_frame(item, self.limits)
+                    loaded = load_frame(item, self.limits, self.window_percentiles)
                 except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
                     self._fail(item, as_frame_error(Stage.READ, exc))
                     continue

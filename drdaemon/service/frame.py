@@ -25,6 +25,7 @@ from drdaemon.io.formats import DicomOutput, format_for_frame
 from drdaemon.io.limits import RawLayout, ReadLimits
 from drdaemon.io.readers import Frame, read_frame_bytes
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
+from drdaemon.model.normalise import Window, robust_window
 
 
 @dataclass
@@ -37,6 +38,9 @@ class LoadedFrame:
     nbytes: int
     started_wall: float
     read_s: float
+    #: The percentile window, measured by the reader (None: the engine measures it).
+    window: Window | None = None
+    window_s: float = 0.0
 
 
 @dataclass
@@ -56,20 +60,29 @@ def read_limits(config: InputConfig) -> ReadLimits:
     return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes, raw=layout)
 
 
-def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
-    """Read the claimed file once, hash those bytes, decode them; raises :class:`FrameError`."""
+def load_frame(item: WorkItem, limits: ReadLimits, percentiles: tuple[float, float] | None = None) -> LoadedFrame:
+    """Read the claimed file once, hash those bytes, decode them; raises :class:`FrameError`.
+
+    With ``percentiles`` also measure the frame's window (:func:`robust_window`) here, on the
+    reader's thread, so the engine's worker does not.
+    """
     started_wall = time.time()
     start = time.perf_counter()
     frame, data = read_frame_bytes(item.path, limits)
     digest = hashlib.sha256(data).hexdigest()
-    return LoadedFrame(item, frame, digest, len(data), started_wall, time.perf_counter() - start)
+    read_s = time.perf_counter() - start
+    window, window_s = None, 0.0
+    if percentiles is not None:
+        window = robust_window(frame.pixels, *percentiles)
+        window_s = time.perf_counter() - start - read_s
+    return LoadedFrame(item, frame, digest, len(data), started_wall, read_s, window, window_s)
 
 
 def enhance_frame(loaded: LoadedFrame, engine: Engine) -> EnhancedFrame:
     """Run the engine; anything it raises except :class:`DeviceLost` becomes a :class:`FrameError`."""
     start = time.perf_counter()
     try:
-        result = engine.enhance(loaded.frame.pixels)
+        result = engine.enhance(loaded.frame.pixels, loaded.window)
     except (FrameError, DeviceLost):
         raise
     except Exception as exc:
@@ -103,7 +116,8 @@ def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
         ),
         software=software_record(done.device),
         started_wall=loaded.started_wall,
-        timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "enhance": done.enhance_s},
+        timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "window": loaded.window_s,
+                 "enhance": done.enhance_s},
         engine_timings=dict(done.result.timings),
         input_format=loaded.frame.format,
         input_dicom=dicom_record(loaded.frame.dicom),
