@@ -43,7 +43,7 @@ def test_daemon_runs_the_learned_engine_and_records_the_weights_hash(tmp_path: P
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=2)).eval()
     with torch.no_grad():
-        net.body[-2].bias.fill_(0.3)
+        net.head.conv.bias.fill_(0.3)
     weights = tmp_path / "enhancer.safetensors"
     digest = save_weights(weights, net, {"run": "daemon-test"})
     config = write_config(tmp_path, weights)

@@ -18,7 +18,7 @@ def lit_enhancer(in_ch=1, scale=1):
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
     with torch.no_grad():
-        net.body[-2].bias.fill_(0.3)  # an illumination map that is not all zero
+        net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
     return net
 
 
@@ -230,3 +230,13 @@ def test_sixteen_bit_pixels_survive_the_int16_carrier_both_ways():
     unit = np.array([[0.0, 0.25, 0.5, 0.500008, 0.75, 1.0, 1.5, -0.2]], dtype=np.float32)
     bits = unit_to_u16_bits(torch.from_numpy(unit)).numpy().view(np.uint16)
     assert np.array_equal(bits, unit_to_u16(unit))
+
+
+def test_a_frame_whose_output_is_not_finite_fails_as_engine_error_instead_of_black_pixels():
+    net = lit_enhancer()
+    with torch.no_grad():
+        net.head.conv.bias.fill_(float("nan"))
+    with pytest.raises(FrameError) as caught:
+        cpu_engine(net).enhance(xray_like((40, 30)))
+    assert caught.value.reason is Reason.ENGINE_ERROR
+    assert "not finite" in str(caught.value) and "1200 of 1200" in str(caught.value)

@@ -133,3 +133,35 @@ def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "--clip-weights" in proc.stderr and "local-dir:" in proc.stderr
     assert elapsed < 60, f"took {elapsed:.1f} s to give up"
+
+
+def test_score_temperature_is_the_loaded_clips_own_unless_a_number_is_set(tmp_path, tiny_json):
+    import math
+
+    from trainer.config import ClipConfig, TrainConfigError, load_config
+    from trainer.loop import score_temperature
+
+    assert ClipConfig().logit_scale == "model" and ClipConfig().feature_size == "model"
+    clip = reference_clip()
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(50.0))
+    checkpoint = tmp_path / "clip.pt"
+    torch.save(clip.state_dict(), checkpoint)
+    loaded = load_backbone(str(tiny_json), str(checkpoint))
+    assert score_temperature("model", loaded) == pytest.approx(50.0, rel=1e-5)
+    assert score_temperature(7.0, loaded) == 7.0
+    assert score_temperature("model", load_backbone(str(tiny_json), "none")) == 100.0
+    assert load_config(None, ["clip.logit_scale=100"]).clip.logit_scale == 100.0
+    for bad in ("clip.logit_scale=0", 'clip.logit_scale="own"', 'clip.feature_size="crop"'):
+        with pytest.raises(TrainConfigError):
+            load_config(None, [bad])
+
+
+def test_feature_maps_at_the_tower_input_size(tiny_json):
+    backbone = load_backbone(str(tiny_json), "none")
+    x = torch.rand(2, 1, 48, 48)
+    maps = backbone.feature_maps(x, size=backbone.image_size)  # the tiny tower's input is 32 px
+    assert [m.shape[-1] for m in maps] == [8, 8, 4, 2, 1]
+    resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False,
+                                              antialias=True)
+    assert torch.allclose(maps[2], backbone.feature_maps(resized)[2], atol=1e-6)

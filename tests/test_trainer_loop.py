@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from drdaemon.model.normalise import frame_to_unit, unit_to_u16
-from drdaemon.model.weights import load_weights
+from drdaemon.model.weights import file_sha256, load_weights
 from trainer.config import load_config
 from trainer.errors import TrainerError
 from trainer.loop import Trainer
@@ -91,6 +91,8 @@ def test_interrupted_and_resumed_run_gives_the_same_weights(setup, tmp_path):
     a, b = load_file(str(straight)), load_file(str(resumed))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # Identical content gives an identical file: the sidecar's weights_sha256 names the model.
+    assert result.weights_sha256 == file_sha256(straight)
 
 
 def test_resume_without_checkpoint_or_with_another_clip_is_refused(setup, tmp_path):
@@ -125,6 +127,8 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
     assert card["data"]["abnormal"]["files"] == 3 and len(card["data"]["normal"]["file_list_sha256"]) == 64
     assert card["config"]["schedule"]["total_iters"] == 14 and card["clip"]["weights"] == "none"
     assert set(card["final_losses"]) and card["duration_s"] > 0 and card["versions"]["torch"]
+    # The score's temperature and feature scale actually used: a random CLIP's own is 100.
+    assert card["score"] == {"logit_scale": 100.0, "feature_size": [32, 32]}
 
     from drdaemon.config import EngineConfig
     from drdaemon.engines.net import build_net_engines

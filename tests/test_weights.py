@@ -45,3 +45,42 @@ def test_provenance_hash_names_the_training_run_and_catches_edited_metadata(tmp_
     save_file(load_file(str(path)), str(path), metadata=metadata)
     with pytest.raises(WeightsError, match="provenance"):
         load_weights(path)
+
+
+SAVE_IN_A_NEW_PROCESS = """
+import sys, torch
+from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.weights import save_weights
+torch.manual_seed(0)
+print(save_weights(sys.argv[1], Enhancer(EnhancerSpec(illumination_scale=2)), {"run": "x", "data": {"files": 3}}))
+"""
+
+
+def test_the_same_weights_give_the_same_file_in_every_process(tmp_path):
+    """The sha256 a sidecar records names the model: safetensors alone orders its metadata per process."""
+    import subprocess
+    import sys
+
+    digests = set()
+    for i in range(3):
+        path = tmp_path / f"w{i}.safetensors"
+        done = subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(path)], check=True,
+                              capture_output=True, text=True)
+        digests.add(done.stdout.strip())
+        assert load_weights(path).provenance == {"run": "x", "data": {"files": 3}}
+    assert len(digests) == 1
+
+
+def test_weights_saved_before_the_head_was_named_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    net = Enhancer(EnhancerSpec()).eval()
+    old_keys = {("body.6." + k[len("head.conv."):] if k.startswith("head.conv.") else k): v.contiguous()
+                for k, v in net.state_dict().items()}
+    path = tmp_path / "old.safetensors"
+    save_file(old_keys, str(path), metadata={"format_version": "1", "in_ch": "1", "illumination_scale": "1",
+                                             "architecture": "retinex-ppm-v1"})
+    x = torch.rand(1, 1, 30, 20)
+    with torch.no_grad():
+        assert torch.equal(load_weights(path).model(x), net(x))

@@ -1,7 +1,8 @@
 """The frozen CLIP model and the three views of it the losses need.
 
 * :meth:`ClipBackbone.feature_maps`: the ResNet visual tower's maps at levels 0..4 (0 is the
-  stem's output after its average pool, 1..4 the four residual stages), at training size.
+  stem's output after its average pool, 1..4 the four residual stages), at the input's own
+  size or resized to a given one (the tower's input size by default in training).
 * :meth:`ClipBackbone.image_features`: the image embedding, the image resized inside the
   graph to the tower's input size.
 * :meth:`ClipBackbone.encode_prompts`: the text transformer run on learned token embeddings.
@@ -24,6 +25,9 @@ from trainer.clip_weights import ClipSource, ClipUnavailable, build_clip
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The score temperature of a randomly initialised CLIP: the value trained CLIPs reach (OpenAI's
+#: weights hold exactly 100); open_clip's initial 1/0.07 is only a starting point of training.
+UNTRAINED_TEMPERATURE = 100.0
 
 
 def image_size_of(visual: nn.Module) -> tuple[int, int]:
@@ -57,10 +61,17 @@ class ClipBackbone(nn.Module):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
-    def feature_maps(self, gray: Tensor, levels: int = 5) -> list[Tensor]:
-        """Maps at levels 0..levels-1 of the visual tower, at the input's own size."""
+    def own_temperature(self) -> float:
+        """The CLIP's own temperature on cosine similarities, ``logit_scale.exp()`` of its weights."""
+        if self.source.checkpoint is None:
+            return UNTRAINED_TEMPERATURE
+        return float(self.clip.logit_scale.detach().float().exp())
+
+    def feature_maps(self, gray: Tensor, levels: int = 5, size: tuple[int, int] | None = None) -> list[Tensor]:
+        """Maps at levels 0..levels-1 of the visual tower, the image first resized to ``size``
+        (antialiased bilinear, in the graph) when one is given, else at its own size."""
         visual = self.clip.visual
-        x = visual.stem(self._normalise(gray, None))
+        x = visual.stem(self._normalise(gray, size))
         maps = [x]
         for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4)[: levels - 1]:
             x = stage(x)

@@ -17,8 +17,16 @@ Choices the project made (also in ``docs/method.md``), written down here once:
   so the run sees the published batch whatever the GPU count.
 * The feature distance ``|| a - b ||_2`` is the mean squared difference over the feature
   map's elements, so levels of different sizes weigh by alpha/gamma alone.
-* The score uses ``logit_scale = 1`` (the bare cosine similarities); CLIP's own
-  temperature is 100 and may be set instead.
+* The score's temperature is the loaded CLIP's own (``clip.logit_scale = "model"``:
+  ``logit_scale.exp()`` of the model, 100 for OpenAI's weights, 100 for a randomly
+  initialised CLIP), as in the reference implementation: at temperature 1 the score stays
+  within about [0.12, 0.88], the m0 = 0.9 margin can never be met, every ranking hinge is
+  always active, and the enhanced outputs drop out of the prompt-refinement gradient. A
+  number overrides it.
+* The feature maps of L_identity and L_CLAHE are computed at the CLIP tower's input size
+  (``clip.feature_size = "model"``, 224 for RN101), as the reference does for the score and
+  the feature maps alike, so each level sees structures of the size its weights alpha and
+  gamma were chosen for; ``"train"`` computes them at the training crop size instead.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -58,7 +66,10 @@ class ClipConfig(Section):
     model: str = "RN101-quickgelu"
     weights: str = "openai"
     cache_dir: str | None = None
-    logit_scale: float = Field(1.0, gt=0, description="temperature on the cosine similarities of the score")
+    logit_scale: Annotated[float, Field(gt=0)] | Literal["model"] = Field(
+        "model", description='temperature on the cosine similarities of the score; "model": the CLIP\'s own')
+    feature_size: Literal["model", "train"] = Field(
+        "model", description='feature maps of the feature losses at the CLIP input size ("model") or the crop size')
 
 
 class PromptConfig(Section):

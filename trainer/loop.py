@@ -79,12 +79,17 @@ def start_near_identity(enhancer: Enhancer, weight_scale: float = 0.1) -> Enhanc
     enhancer never starts learning. A bias of 1 on the last convolution (its weights scaled
     down) starts from the identity, which the self-reconstruction warm-up then refines.
     """
-    head = [m for m in enhancer.body.modules() if isinstance(m, nn.Conv2d)][-1]
+    head = enhancer.head.conv
     with torch.no_grad():
         head.weight.mul_(weight_scale)
         if head.bias is not None:
             head.bias.fill_(1.0)
     return enhancer
+
+
+def score_temperature(setting: float | str, backbone: ClipBackbone) -> float:
+    """``clip.logit_scale``: a number as given, or ``"model"`` for the CLIP's own temperature."""
+    return backbone.own_temperature() if setting == "model" else float(setting)
 
 
 def clone_state(module: nn.Module) -> dict[str, Tensor]:
@@ -109,6 +114,8 @@ class Trainer:
         self.enhancer = start_near_identity(Enhancer(EnhancerSpec(
             in_ch=cfg.enhancer.in_ch, illumination_scale=cfg.enhancer.illumination_scale))).to(self.device)
         self.prompts = PromptPair(self.backbone, cfg.prompts.n_tokens, cfg.prompts.init_std).to(self.device)
+        self.logit_scale = score_temperature(cfg.clip.logit_scale, self.backbone)
+        self.feature_size = self.backbone.image_size if cfg.clip.feature_size == "model" else None
         self.previous_enhancer = copy.deepcopy(self.enhancer).requires_grad_(False).eval()
         self.snapshots: dict[str, dict[str, Tensor] | None] = {"latest": None, "previous": None}
         o = cfg.optim
@@ -179,7 +186,7 @@ class Trainer:
             images = self.backbone.image_features(torch.cat([abnormal, normal]))
         with self._autocast():
             text = self.prompts_ddp(self.backbone)
-        logits = L.pair_logits(images, text, self.cfg.clip.logit_scale)
+        logits = L.pair_logits(images, text, self.logit_scale)
         loss = L.prompt_init_loss(logits[: len(abnormal)], logits[len(abnormal):])
         self._prompt_step(loss)
         return {"prompt_init": loss.detach()}
@@ -194,7 +201,7 @@ class Trainer:
             images = self.backbone.image_features(torch.cat(stack))
         with self._autocast():
             text = self.prompts_ddp(self.backbone)
-        scores = L.negative_score(L.pair_logits(images, text, self.cfg.clip.logit_scale)).split(len(abnormal))
+        scores = L.negative_score(L.pair_logits(images, text, self.logit_scale)).split(len(abnormal))
         m = self.cfg.loss
         if later:
             loss = L.ranking_loss_later(scores[1], scores[0], scores[2], scores[3], m.m0, m.m1, m.m2)
@@ -211,17 +218,18 @@ class Trainer:
         levels = L.deepest_level(alpha, gamma)
         text = None if warmup else self._current_text_features()
         with torch.no_grad(), self._autocast():
-            targets = [m.split(len(abnormal)) for m in self.backbone.feature_maps(torch.cat([abnormal, prior]), levels)]
+            targets = [m.split(len(abnormal))
+                       for m in self.backbone.feature_maps(torch.cat([abnormal, prior]), levels, self.feature_size)]
         with self._autocast():
             output = self.enhancer_ddp(abnormal)
-            maps = self.backbone.feature_maps(output, levels)
+            maps = self.backbone.feature_maps(output, levels, self.feature_size)
             identity = L.feature_loss(maps, [t[0] for t in targets], alpha)
             clahe = L.feature_loss(maps, [t[1] for t in targets], gamma)
             loss = w.beta * identity + w.omega * clahe
             parts = {"identity": identity.detach(), "clahe": clahe.detach()}
             if text is not None:
                 score = L.negative_score(L.pair_logits(self.backbone.image_features(output), text,
-                                                       self.cfg.clip.logit_scale))
+                                                       self.logit_scale))
                 clip = L.clip_loss(score)
                 loss = loss + clip
                 parts["clip"] = clip.detach()
@@ -374,5 +382,7 @@ class Trainer:
             data=self.data_summary, clip=self.backbone.source, final_losses=self.loss_values(),
             iterations=self.iteration, duration_s=duration,
             extra={"run": {"seed": self.cfg.run.seed, "world_size": self.ctx.world, "device": str(self.device),
-                           "precision": str(self.amp_dtype or torch.float32), "run_dir": str(self.run_dir)}},
+                           "precision": str(self.amp_dtype or torch.float32), "run_dir": str(self.run_dir)},
+                   "score": {"logit_scale": self.logit_scale,
+                             "feature_size": list(self.feature_size) if self.feature_size else "train"}},
         )

@@ -1,9 +1,25 @@
-"""The training losses of ``docs/method.md`` as pure tensor functions, batched (no per-image loops).
+"""The training losses of the method (docs/method.md) as pure tensor functions, batched.
 
 Conventions: ``text_features`` is (2, D) with row 0 the negative prompt and row 1 the
 positive one; image features are (B, D); both unit-norm. A score ``S`` is the softmax
 weight of the negative prompt, shape (B,). Every loss is a mean over the batch, so a
 batch split over DDP processes averages to the loss of the whole batch.
+
+Two choices fix what the numbers mean (made by the caller, :mod:`trainer.loop`, from
+``[clip]`` in the config):
+
+* **Temperature.** The cosines are multiplied by ``logit_scale`` before the softmax. The
+  default is the CLIP's own temperature (``clip.logit_scale = "model"``, 100 for OpenAI's
+  weights), as in the reference implementation: only then does S span most of [0, 1], so
+  the margins m0 = 0.9 and m1 = m2 = 0.2 can be met and some hinges switch off. At 1 (the
+  formula as printed, still this function's default) every hinge stays active and
+  L_prompt1 collapses to ``2 (S(I_w) - S(I_b))`` plus a constant: the enhanced outputs get
+  no weight in prompt refinement.
+* **Feature scale.** The feature maps that :func:`feature_loss` compares are computed at
+  the CLIP tower's input size (``clip.feature_size = "model"``: images resized to 224 for
+  RN101, as the reference does), so level l sees structures of the size the layer weights
+  alpha_l and gamma_l were chosen for; ``"train"`` uses the crop size (512 by default),
+  where each level sees structures 2.3 times smaller.
 """
 
 from __future__ import annotations

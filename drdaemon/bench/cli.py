@@ -5,7 +5,9 @@ For a synthetic frame (5732 x 2333 uint16 by default) it prints:
 * ``--engine net``: parameter count, then per illumination scale and precision the compute
   time per frame (median after warm-up; CUDA events on a GPU), megapixels per second, the
   whole ``enhance`` call (upload and download included), peak device memory (peak resident
-  memory on the CPU), whether the frame was tiled, and the PSNR of half against float32;
+  memory on the CPU), whether the frame was tiled, and for half precision its error against
+  float32 (PSNR, RMS and maximum in 16-bit output levels); with ``--tile-check`` also the
+  exact tiler's error against the whole-frame pass in the same precision;
 * ``--engine classical``: the median read, enhance and write times of one frame;
 * for both, the end-to-end rate of a real ``drdaemon run`` process on a folder of frames
   against the bare engine loop (read, enhance, write) on the same frames.
@@ -64,6 +66,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stability-wait", type=float, default=0.2,
                         help="daemon watch.stability_wait_s in the folder test (seconds)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on the daemon after this long")
+    parser.add_argument("--frame", type=Path, default=None,
+                        help="benchmark on this frame file (TIFF, PNG or DICOM) instead of a synthetic one")
+    parser.add_argument("--tile-check", type=int, default=0, metavar="SIDE",
+                        help="net: also run the exact tiler with SIDE x SIDE tiles and print its error "
+                             "against the whole frame in the same precision (0: off)")
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -116,6 +123,21 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
 def psnr_u16(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(65535.0**2 / mse)
+
+
+def difference_text(reference: np.ndarray, pixels: np.ndarray, label: str) -> str:
+    """PSNR, RMS and maximum absolute difference of two 16-bit frames, in output levels."""
+    diff = reference.astype(np.float64) - pixels.astype(np.float64)
+    rms, worst = float(np.sqrt(np.mean(diff**2))), float(np.abs(diff).max())
+    return f"PSNR vs {label} {psnr_u16(reference, pixels):.1f} dB, RMS {rms:.1f} levels, max {worst:.0f} levels"
+
+
+def load_frame(path: Path) -> np.ndarray:
+    """A frame file as the daemon would enhance it (DICOM through the evaluation's reader)."""
+    from drdaemon.evaluate.dicom import is_dicom, read_dicom
+    from drdaemon.io.readers import read_frame
+
+    return read_dicom(path) if is_dicom(path) else read_frame(path).pixels
 
 
 class ResidentPeak:
@@ -343,6 +365,7 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
 
     from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
     from drdaemon.model.network import Enhancer, EnhancerSpec, count_parameters
+    from drdaemon.model.tiling import TileSize
     from drdaemon.model.weights import load_weights, save_weights
 
     device = resolve_device(args.device)
@@ -355,7 +378,7 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
         torch.manual_seed(0)
         random_net = Enhancer(EnhancerSpec(in_ch=args.in_ch))
         with torch.no_grad():
-            random_net.body[-2].bias.fill_(0.3)  # an illumination map that is not all zero
+            random_net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
         state, in_ch = random_net.state_dict(), args.in_ch
         print("weights: random (speed does not depend on the values; PSNR is indicative only)")
     print(f"enhancer: {count_parameters(Enhancer(EnhancerSpec(in_ch=in_ch))):,} parameters with in_ch {in_ch} "
@@ -408,8 +431,13 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
             if reference is None and precision == "float32":
                 reference = pixels
             elif reference is not None:
-                line += f", PSNR vs float32 {psnr_u16(reference, pixels):.1f} dB"
+                line += f", {difference_text(reference, pixels, 'float32')}"
             print(line, flush=True)
+            if args.tile_check > 0:
+                side = args.tile_check
+                tiled = engine.enhance_in_tiles(frame, TileSize(side, side)).pixels
+                print(f"    exact tiler, {side} x {side} tiles, {precision}: "
+                      f"{difference_text(pixels, tiled, 'whole frame')}", flush=True)
             if args.frames > 0 and scale in daemon_scales:
                 with tempfile.TemporaryDirectory(prefix="drdaemon-weights-") as tmp:
                     weights = Path(tmp) / "bench.safetensors"
@@ -427,8 +455,13 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     for line in machine_description():
         print(line)
-    print(f"frame: {args.width} x {args.height} uint16 ({args.width * args.height / 1e6:.2f} MP), synthetic")
-    frame = synthetic_frame(args.height, args.width)
+    if args.frame is not None:
+        frame = load_frame(args.frame)
+        source = f"{args.frame.name}, {frame.dtype}"
+    else:
+        frame = synthetic_frame(args.height, args.width)
+        source = "uint16, synthetic"
+    print(f"frame: {frame.shape[1]} x {frame.shape[0]} ({frame.size / 1e6:.2f} MP), {source}")
     if args.engine == "classical":
         bench_classical(args, frame)
     else:

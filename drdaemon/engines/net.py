@@ -45,9 +45,9 @@ from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
 from drdaemon.model.normalise import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.tiling import (
-    CPU_ACTIVATION_MAPS,
     TileSize,
     activation_maps_from_peak,
+    cpu_activation_maps,
     head_halo,
     plan_tiles,
     stem_halo,
@@ -97,9 +97,10 @@ class DeviceRuntime:
     model: GrayEnhancer
     forward: Callable[[Tensor], Tensor]
     compute_stream: torch.cuda.Stream | None
+    #: Peak activation maps per input pixel (bytes per pixel per byte of dtype); calibrated
+    #: on CUDA in the warm-up.
+    activation_maps: float
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Peak activation bytes per input pixel per byte of dtype; calibrated on CUDA in warm-up.
-    activation_maps: float = CPU_ACTIVATION_MAPS
 
     @property
     def is_cuda(self) -> bool:
@@ -210,6 +211,11 @@ class NetEngine:
             raise FrameError(Stage.ENHANCE, Reason.UNSUPPORTED, f"expected a 2-D frame, got shape {frame.shape}")
         return self._run(frame, self.tile_for(*frame.shape))
 
+    def enhance_in_tiles(self, frame: np.ndarray, tile: TileSize) -> Enhanced:
+        """The frame through the exact tiler with a given tile size, whatever the budget
+        (benchmarks and checks compare it with the whole-frame pass)."""
+        return self._run(frame, tile)
+
     def warm_up(self) -> None:
         """Before the daemon is ready: calibrate memory (CUDA), run a small frame whole and in
         tiles, then one frame of the detector's size when it is configured."""
@@ -265,7 +271,7 @@ class NetEngine:
                 runtime.compute_stream.wait_event(clock.event("upload_end"))
                 raw.record_stream(runtime.compute_stream)
             clock.mark("compute_start", runtime.compute_stream)
-            enhanced = self._compute(raw, window, tile)
+            enhanced, not_finite = self._compute(raw, window, tile)
             clock.mark("compute_end", runtime.compute_stream)
 
         host_out = self._host_out.take(frame.shape, torch.int16)
@@ -277,6 +283,11 @@ class NetEngine:
             host_out.copy_(enhanced, non_blocking=True)
             clock.mark("download_end", self.copy_stream)
         clock.wait("download_end")
+        bad = int(not_finite)  # computed before compute_end, which the download waited for
+        if bad:
+            raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR,
+                             f"the network's output is not finite (NaN or infinity) in {bad} of {frame.size} "
+                             f"pixels ({self.precision} on {self.device}); nothing was written for this frame")
         pixels = host_out.numpy().view(np.uint16).copy()  # the pinned buffer serves the next frame too
 
         return Enhanced(
@@ -289,15 +300,20 @@ class NetEngine:
             },
         )
 
-    def _compute(self, raw: Tensor, window: Window, tile: TileSize | None) -> Tensor:
-        """Normalise on the device, run the network, map back to uint16 (still on the device)."""
+    def _compute(self, raw: Tensor, window: Window, tile: TileSize | None) -> tuple[Tensor, Tensor]:
+        """Normalise on the device, run the network, map back to uint16 (still on the device).
+
+        Also returns the count of output pixels that are not finite (a device scalar, read
+        after the download): converting NaN to an integer would write black pixels.
+        """
         runtime = self.runtime
         gray = to_unit(uploaded_to_float(raw), window)[None, None]
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype,
                                                     enabled=dtype != torch.float32):
             out = runtime.forward(gray) if tile is None else runtime.model.tiled(gray, tile)
-        return unit_to_u16_bits(out[0, 0])
+            not_finite = out.numel() - torch.isfinite(out).sum()
+        return unit_to_u16_bits(out[0, 0]), not_finite
 
     def _parameters(self, window: Window, tile: TileSize | None) -> dict[str, Any]:
         spec = self.spec
@@ -433,7 +449,8 @@ def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool =
     if compile_model:
         forward = torch.compile(gray, dynamic=True)
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    return DeviceRuntime(device=device, model=gray, forward=forward, compute_stream=stream)
+    return DeviceRuntime(device=device, model=gray, forward=forward, compute_stream=stream,
+                         activation_maps=cpu_activation_maps(channels_last))
 
 
 def build_net_engines(config: EngineConfig) -> list[NetEngine]:

@@ -6,6 +6,19 @@ for it explicitly), so it runs on a whole DR frame in one pass; the only global 
 the pyramid pooling context block, whose pooled averages the exact tiler in
 :mod:`drdaemon.model.tiling` reproduces tile by tile.
 
+Four named parts, in order: ``stem`` (features at full resolution), ``context`` (pyramid
+pooling), ``body`` (the residual trunk) and ``head`` (the 32 -> 1 convolution that gives L).
+
+Precision. Under float16/bfloat16 autocast the head, the upsampling of L and the division
+run in float32: near L = 1 one float16 step of L is 2^-10 (64 of 65535 output levels), a
+bfloat16 step eight times coarser, which shows as contour steps under an inspector's narrow
+window. The trunk stays in the fast half precision.
+
+Memory. Without autograd (inference, or the trainer's no-grad passes) the residual blocks
+add in place and compute their second convolution in bands of rows, and the trunk runs
+layer by layer, so at most two 64-channel maps and one band are alive at once instead of
+three maps. With autograd the plain out-of-place form runs, which autograd needs.
+
 Bias choices (not spelled out by the published description) follow the reference code of
 this architecture family: the residual blocks' convolutions and the pyramid pooling's
 convolutions carry no bias. With ``in_ch = 3`` the network then has exactly 278,790
@@ -28,6 +41,12 @@ ILLUMINATION_EPS = 1e-4
 #: The pyramid pooling bins, in output grid cells per side.
 PYRAMID_BINS = (1, 2, 3, 6)
 ALLOWED_SCALES = (1, 2, 4, 8)
+#: Slope of the leaky ReLUs.
+LEAKY_SLOPE = 0.2
+#: Bands of rows a residual block's second convolution runs in without autograd (and the
+#: fewest rows a band has): one band's output is the only third map alive.
+RESIDUAL_BANDS = 16
+MIN_BAND_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,9 @@ class EnhancerSpec:
     in_ch: int = 1
     illumination_scale: int = 1
     architecture: str = "retinex-ppm-v1"
+    #: Channels of the stem, context and outer trunk, and of the trunk's wide middle.
+    width: int = 32
+    wide_width: int = 64
 
     def __post_init__(self) -> None:
         if self.in_ch not in (1, 3):
@@ -52,6 +74,13 @@ def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=bias)
 
 
+def row_bands(height: int, bands: int = RESIDUAL_BANDS, min_rows: int = MIN_BAND_ROWS) -> list[tuple[int, int]]:
+    """``[start, stop)`` rows cutting ``height`` into at most ``bands`` parts of at least ``min_rows``."""
+    count = max(1, min(bands, height // min_rows))
+    cuts = [height * i // count for i in range(count + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 class ResidualBlock(nn.Module):
     """conv - LeakyReLU - conv, plus the input, then LeakyReLU."""
 
@@ -59,10 +88,27 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = conv3x3(channels, channels, bias=False)
         self.conv2 = conv3x3(channels, channels, bias=False)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(LEAKY_SLOPE)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(x + self.conv2(self.act(self.conv1(x))))
+        if torch.is_grad_enabled():
+            return self.act(x + self.conv2(self.act(self.conv1(x))))
+        return self.forward_in_place(x)
+
+    def forward_in_place(self, x: Tensor) -> Tensor:
+        """The same sum without autograd, written into ``x``: two maps and one band alive.
+
+        Each band of ``conv2``'s output reads one row more of ``conv1``'s map on each side,
+        clipped at the frame's edge, so the zero padding is where the whole map has it.
+        """
+        inner = F.leaky_relu(self.conv1(x), LEAKY_SLOPE, inplace=True)
+        height = x.shape[-2]
+        for start, stop in row_bands(height):
+            top, bottom = max(start - 1, 0), min(stop + 1, height)
+            band = self.conv2(inner[..., top:bottom, :])
+            x[..., start:stop, :] += band[..., start - top:band.shape[-2] - (bottom - stop), :]
+        del inner
+        return F.leaky_relu(x, LEAKY_SLOPE, inplace=True)
 
 
 class PyramidPooling(nn.Module):
@@ -95,13 +141,12 @@ class PyramidPooling(nn.Module):
         """
         h, w = x.shape[-2:]
         full_size = full_size or (h, w)
+        conv, act = self.fuse_conv
         # The window path answers in float32; keep x's dtype so the 64-channel concatenation
-        # costs what it costs in the whole-frame pass.
-        contexts = [
-            upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
-            for branch, p in zip(self.branches, pooled)
-        ]
-        return self.fuse_conv(torch.cat([x, *contexts], dim=1))
+        # costs what it costs in the whole-frame pass. No names for the upsampled contexts and
+        # the concatenation: each is freed as soon as the next step has consumed it.
+        return act(conv(torch.cat([x, *(upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
+                                        for branch, p in zip(self.branches, pooled))], dim=1)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(x, self.pool(x))
@@ -134,24 +179,48 @@ def _align_corners_coords(start: int, count: int, full: int, like: Tensor) -> Te
     return index / (full - 1) * 2 - 1
 
 
+class IlluminationHead(nn.Module):
+    """The last convolution and its ReLU, in float32 whatever the autocast dtype (see above)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(channels, 1)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.act(self.conv(x.float()))
+
+
 class Enhancer(nn.Module):
     """The illumination-map enhancer; see the module docstring for the structure."""
 
     def __init__(self, spec: EnhancerSpec = EnhancerSpec()) -> None:
         super().__init__()
         self.spec = spec
-        act = nn.LeakyReLU(0.2)
-        self.stem = nn.Sequential(conv3x3(spec.in_ch, 32), act, ResidualBlock(32), ResidualBlock(32))
-        self.context = PyramidPooling(32)
+        width, wide = spec.width, spec.wide_width
+        self.stem = nn.Sequential(conv3x3(spec.in_ch, width), nn.LeakyReLU(LEAKY_SLOPE),
+                                  ResidualBlock(width), ResidualBlock(width))
+        self.context = PyramidPooling(width)
         self.body = nn.Sequential(
-            conv3x3(32, 64), ResidualBlock(64), ResidualBlock(64),
-            conv3x3(64, 32), ResidualBlock(32), ResidualBlock(32),
-            conv3x3(32, 1), nn.ReLU(),
+            conv3x3(width, wide), ResidualBlock(wide), ResidualBlock(wide),
+            conv3x3(wide, width), ResidualBlock(width), ResidualBlock(width),
         )
+        self.head = IlluminationHead(width)
 
     def illumination(self, x: Tensor) -> Tensor:
-        """The illumination map at the input's resolution (before any upsampling)."""
-        return self.body(self.context(self.stem(x)))
+        """The illumination map at the input's resolution (before any upsampling), float32."""
+        return self.illumination_from_context(self.context(self.stem(x)))
+
+    def illumination_from_context(self, features: Tensor) -> Tensor:
+        """Body and head on the context block's output (the exact tiler calls this per tile).
+
+        Layer by layer rather than through the Sequential, whose call would keep its input
+        map alive to the end.
+        """
+        for layer in self.body:
+            features = layer(features)
+        return self.head(features)
 
     def forward(self, x: Tensor) -> Tensor:
         return apply_illumination(x, self.full_illumination(x))
@@ -179,14 +248,25 @@ def expand_illumination(illumination: Tensor, size: tuple[int, int]) -> Tensor:
 
     Bilinear, not guided: the illumination is smooth by construction, the upsampling stays
     local (each output pixel reads a 2 x 2 neighbourhood), and trainer and daemon use this
-    same function. Edges sharper than s pixels in the illumination are softened.
+    same function. Edges sharper than s pixels in the illumination are softened. In float32,
+    like the head that made the map.
     """
-    return F.interpolate(illumination, size=tuple(size), mode="bilinear", align_corners=False)
+    with torch.autocast(illumination.device.type, enabled=False):
+        return F.interpolate(illumination.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def apply_illumination(x: Tensor, illumination: Tensor) -> Tensor:
-    """Retinex division: the enhanced frame is the input over its illumination, in [0, 1]."""
-    return (x / (illumination + ILLUMINATION_EPS)).clamp(0.0, 1.0)
+    """Retinex division: the enhanced frame is the input over its illumination, in [0, 1].
+
+    In float32 whatever the inputs' dtypes (see the module docstring).
+    """
+    return (x.float() / (illumination.float() + ILLUMINATION_EPS)).clamp(0.0, 1.0)
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights saved before the head was its own part kept it as ``body.6``: rename its keys."""
+    renamed = {"body.6.weight": "head.conv.weight", "body.6.bias": "head.conv.bias"}
+    return {renamed.get(key, key): value for key, value in state.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

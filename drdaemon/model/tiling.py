@@ -28,14 +28,22 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from drdaemon.model.network import Enhancer, apply_illumination, expand_illumination, shrink_for_illumination
+from drdaemon.model.network import Enhancer, expand_illumination, shrink_for_illumination
 from drdaemon.model.pooling import RegionSums
 
 #: Peak live activations of a whole-frame forward pass, in channel maps of the compute dtype.
-#: Three 64-channel maps are alive inside a residual block of the body (192); the rest covers
-#: backend reorder buffers. Measured on the CPU (peak RSS of a 1024 x 1024 forward pass:
-#: 227 maps with channels_last, 290 without); CUDA engines calibrate it in their warm-up.
-CPU_ACTIVATION_MAPS = 300
+#: Without autograd two 64-channel maps and one band of a residual block are alive at once
+#: (128 + 4, see :mod:`drdaemon.model.network`). Measured on the CPU as the peak resident
+#: memory of a 1024 x 2048 pass: 132 maps in bfloat16 and 135 in float32 with channels_last
+#: (224 before the in-place residual blocks); in plain NCHW layout oneDNN adds reorder
+#: buffers (257 maps in bfloat16, 192 in float32). CUDA engines calibrate it in their warm-up.
+CPU_ACTIVATION_MAPS = 138
+CPU_ACTIVATION_MAPS_NCHW = 270
+
+
+def cpu_activation_maps(channels_last: bool) -> float:
+    """The planner's activation maps on the CPU, which has no warm-up calibration."""
+    return CPU_ACTIVATION_MAPS if channels_last else CPU_ACTIVATION_MAPS_NCHW
 #: Per-pixel bytes of the frame-sized buffers outside the network: raw upload, float input,
 #: illumination map, float and uint16 output.
 FRAME_BYTES_PER_PIXEL = 24
@@ -58,8 +66,8 @@ def stem_halo(model: Enhancer) -> int:
 
 
 def head_halo(model: Enhancer) -> int:
-    """Halo of the convolutions after the pooling: the fuse conv and the body (12)."""
-    return conv_halo(model.context.fuse_conv) + conv_halo(model.body)
+    """Halo of the convolutions after the pooling: the fuse conv, the body and the head (12)."""
+    return conv_halo(model.context.fuse_conv) + conv_halo(model.body) + conv_halo(model.head)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ def tiled_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
         # Keep only the stem output the rest of the network needs (exact up to its halo).
         feature = feature[..., fr[0] - wr[0]:fr[1] - wr[0], fc[0] - wc[0]:fc[1] - wc[0]]
         fused = model.context.fuse(feature, pooled, full_size=(height, width), offset=(fr[0], fc[0]))
-        illumination = model.body(fused)
+        illumination = model.illumination_from_context(fused)
         core = illumination[..., rows[0] - fr[0]:rows[1] - fr[0], cols[0] - fc[0]:cols[1] - fc[0]]
         if out is None:
             out = core.new_empty((*core.shape[:2], height, width))
@@ -133,11 +141,6 @@ def tiled_full_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tenso
         return tiled_illumination(model, x, tile)
     small = shrink_for_illumination(x, s)
     return expand_illumination(tiled_illumination(model, small, tile), x.shape[-2:])
-
-
-def tiled_forward(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
-    """``model(x)`` within a memory budget: the enhanced frame, equal to the whole-frame pass."""
-    return apply_illumination(x, tiled_full_illumination(model, x, tile))
 
 
 def activation_maps_from_peak(peak_bytes: int, side: int, illumination_scale: int, element_size: int) -> float:

@@ -1,7 +1,10 @@
 """Enhancer weights on disk: safetensors with the architecture in the metadata.
 
 safetensors cannot execute code on load, which matters for a file copied onto a production
-station. Pickle-based checkpoints (``.pt``/``.pth``) are refused unless the caller allows
+station. The file is written canonically (header keys sorted), so the same weights and
+provenance always give the same bytes and ``engine.weights_sha256`` names a model, not a
+particular export of it: the safetensors library itself writes its metadata in an order
+that changes from process to process. Pickle-based checkpoints (``.pt``/``.pth``) are refused unless the caller allows
 them explicitly, and even then are read with ``torch.load(weights_only=True)``.
 """
 
@@ -14,9 +17,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.network import Enhancer, EnhancerSpec, upgrade_state_dict
 
 FORMAT_VERSION = "1"
 
@@ -59,8 +62,21 @@ def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | No
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    path.write_bytes(canonical_safetensors(save(tensors, metadata=metadata)))
     return file_sha256(path)
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted (tensor data unchanged).
+
+    Layout: 8 bytes little-endian header length, the JSON header padded with spaces to a
+    multiple of 8, then the tensor data, whose offsets count from the data's start.
+    """
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + length:]
 
 
 def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
@@ -91,7 +107,7 @@ def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
                            f"this drdaemon runs {EnhancerSpec.architecture!r}")
     model = Enhancer(spec)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_state_dict(state))
     except RuntimeError as exc:
         raise WeightsError(f"{path.name} does not match the enhancer: {exc}") from exc
     record = metadata.get("provenance", "{}")
