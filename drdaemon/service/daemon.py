@@ -21,6 +21,7 @@ SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -35,7 +36,7 @@ import structlog
 from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_checked_engines
-from drdaemon.errors import DeviceLost, FrameError, Stage
+from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
 from drdaemon.io.formats import output_format
 from drdaemon.service.prometheus import DaemonMetrics
@@ -52,7 +53,7 @@ from drdaemon.service.frame import (
     stage_timings,
 )
 from drdaemon.folders.claim import WorkItem, WorkLock, claim
-from drdaemon.folders.commit import Finisher, fail_frame
+from drdaemon.folders.commit import Finisher, Plan, display_name, fail_frame
 from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
@@ -161,9 +162,11 @@ class Daemon:
             if self.settings.metrics.enabled:
                 self.metrics_port = self._serve_metrics()
                 log.info("metrics_serving", address=self.settings.metrics.address, port=self.metrics_port)
-            recovered = self.finisher.recover(self.folders.work)
-            if recovered:
-                log.info("work_recovered", frames=len(recovered))
+            recovery = self.finisher.recover_all(self.folders.work)
+            self._count_recovered(recovery.finished)
+            recovered = recovery.redo
+            if recovered or recovery.finished:
+                log.info("work_recovered", frames=len(recovered), finished=len(recovery.finished))
             if install_signal_handlers:
                 self._install_signal_handlers()
             self.watcher.start()
@@ -179,6 +182,23 @@ class Daemon:
                 self.metrics.close()
             log.info("daemon_stopped", exit_status=self.exit_status)
             return self.exit_status
+
+    def _count_recovered(self, finished: list[Plan]) -> None:
+        """Frames the last run committed but did not clean up: logged and counted like any other."""
+        for plan in finished:
+            frame = display_name(plan.work)
+            if plan.kind == "ok":
+                log.info("frame_done", frame=frame, output=plan.output, recovered=True)
+                self.metrics.frame_recovered()
+                continue
+            try:
+                reason = json.loads(Path(plan.reason or "").read_text(encoding="utf-8"))
+                stage, why = Stage(reason["stage"]), Reason(reason["reason"])
+            except (OSError, ValueError, KeyError):
+                stage, why = Stage.READ, Reason.UNREADABLE
+            log.warning("frame_failed", frame=frame, stage=stage.value, reason=why.value,
+                        moved_to=plan.failed, recovered=True)
+            self.metrics.frame_failed(stage=stage, reason=why)
 
     def _serve_metrics(self) -> int:
         address, port = self.settings.metrics.address, self.settings.metrics.port

@@ -196,6 +196,11 @@ class DaemonMetrics:
         self.latency.observe(latency_s)
         self.last_success.set(time.time())
 
+    def frame_recovered(self) -> None:
+        """A frame whose commit the last run completed and this start finished (no latency known)."""
+        self.frames.labels(result="ok").inc()
+        self.last_success.set(time.time())
+
     def frame_failed(self, *, stage: str | Stage, reason: str | Reason) -> None:
         stage_label = _label(stage, ERROR_STAGES, "stage")
         reason_label = _label(reason, REASONS, "reason")
