@@ -499,17 +499,31 @@ def file_signature(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _check_unchanged(item: WorkItem, signature: tuple[int, int, int] | None) -> None:
+#: A write this close (seconds) to the read may leave the mtime as it was (coarse file timestamps).
+_MTIME_GRAIN_S = 1.0
+
+
+def _check_unchanged(item: WorkItem, result: FrameOutput) -> None:
+    """Raise :class:`FrameChanged` unless the work file still is what was read and hashed.
+
+    Inode, size and mtime tell almost every change; a file modified within the timestamp's
+    grain of its read could keep all three, so such a recent file is hashed again.
+    """
+    signature = result.signature
     if signature is None:
         return
+    name = display_name(item.original.name)
     try:
         now = file_signature(item.path)
     except OSError as exc:
-        raise FrameChanged(f"{display_name(item.original.name)} vanished from work/ before its commit: {exc}") from exc
+        raise FrameChanged(f"{name} vanished from work/ before its commit: {exc}") from exc
     if now != signature:
-        raise FrameChanged(
-            f"{display_name(item.original.name)} changed after it was read (inode, size, mtime {signature} -> {now})"
-        )
+        raise FrameChanged(f"{name} changed after it was read (inode, size, mtime {signature} -> {now})")
+    if (
+        now[2] / 1e9 > result.draft.started_wall - _MTIME_GRAIN_S
+        and file_sha256(item.path) != result.draft.input_sha256
+    ):
+        raise FrameChanged(f"{name} changed after it was read (same size and mtime, new content)")
 
 
 def _reserve_outputs(
@@ -556,7 +570,8 @@ def commit_output(item: WorkItem, result: FrameOutput, finisher: Finisher, *, re
     try:
         if retire_input and plan.archive is not None:
             finisher.reserve_archive(item.path, plan, kind="archive")
-        _check_unchanged(item, result.signature if retire_input else None)
+        if retire_input:
+            _check_unchanged(item, result)
         start = time.perf_counter()
         sidecar = result.draft.complete(
             input_path=display_name(plan.archive or str(item.original)),

@@ -34,8 +34,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from drdaemon.config import WatchConfig
+from drdaemon.folders.claim import held_for_writing, is_hidden_or_temporary
 from drdaemon.io.readers import looks_complete
-from drdaemon.folders.claim import is_hidden_or_temporary
 
 log = structlog.get_logger(__name__)
 
@@ -211,6 +211,10 @@ class InboxWatcher:
             return False
         stable_for = now - candidate.changed_mono
         if stable_for < self.config.stability_wait_s:
+            return False
+        if held_for_writing(candidate.path):
+            # A writer that pre-sized the file or pauses between chunks: unchanged, but not done.
+            candidate.changed_mono = now
             return False
         if not candidate.complete and now - candidate.checked_complete_mono >= _COMPLETENESS_RECHECK_S:
             candidate.checked_complete_mono = now

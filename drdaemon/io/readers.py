@@ -10,6 +10,8 @@ gigapixel cannot exhaust memory.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,17 +61,64 @@ def read_frame_bytes(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Fra
 
     The daemon hashes exactly the bytes it decoded, so a frame is never read twice.
     """
+    frame, data, _ = read_frame_file(path, limits)
+    return frame, data
+
+
+def read_frame_file(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[Frame, bytes, os.stat_result]:
+    """Like :func:`read_frame_bytes`, with the file's status as it was when read (to detect change)."""
     path = Path(path)
+    data, status = read_regular(path, limits)
+    return decode_frame(data, path.name, limits), data, status
+
+
+_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (for the reason file)."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def open_regular(path: Path) -> int:
+    """Open ``path`` for reading only if it is a regular file: never follows a symlink, never blocks.
+
+    A FIFO opened without ``O_NONBLOCK`` would block until a writer appears; a symlink would
+    lead outside the inbox. Both are refused as :data:`Reason.UNSUPPORTED` before any byte is read.
+    """
+    name = Path(path).name
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot stat {path.name}: {exc}") from exc
-    _check_size(path.name, size, limits)
+        try:
+            kind = file_kind(os.lstat(path).st_mode)
+        except OSError:
+            kind = ""
+        if kind and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise FrameError(Stage.READ, Reason.UNSUPPORTED,
+                             f"{name} is {kind}; only regular files are read") from exc
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot open {name}: {exc}") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} is {file_kind(mode)}; only regular files are read")
+    return fd
+
+
+def read_regular(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[bytes, os.stat_result]:
+    """The whole content of a regular file, and its status before the read; size-checked first."""
+    fd = open_regular(path)
     try:
-        data = path.read_bytes()
+        status = os.fstat(fd)
+        _check_size(Path(path).name, status.st_size, limits)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limits.max_bytes + 1)
     except OSError as exc:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {path.name}: {exc}") from exc
-    return decode_frame(data, path.name, limits), data
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {Path(path).name}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return data, status
 
 
 def decode_frame(data: bytes, name: str, limits: ReadLimits = ReadLimits()) -> Frame:
@@ -195,15 +244,24 @@ def looks_complete(path: Path) -> bool:
 
     Used by the watcher before claiming; a file that fails here stays in the inbox and is
     looked at again, while a file that is stable but never completes is claimed after all
-    and fails in :func:`read_frame` with a reason file.
+    and fails in :func:`read_frame` with a reason file. Only a regular file is opened.
     """
     try:
-        with Path(path).open("rb") as fh:
+        fd = open_regular(path)
+    except FrameError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(8)
-        if head.startswith(PNG_SIGNATURE):
-            return png_complete(path)
-        with tifffile.TiffFile(path) as tif:
-            end = _tiff_data_end(tif.pages.first)
-            return 0 < end <= Path(path).stat().st_size
+            if head.startswith(PNG_SIGNATURE):
+                size = fh.seek(0, 2)
+                if size < 12:
+                    return False
+                fh.seek(-12, 2)
+                return _ends_with_iend(fh.read(12))
+            fh.seek(0)
+            with tifffile.TiffFile(fh, name=Path(path).name) as tif:
+                end = _tiff_data_end(tif.pages.first)
+                return 0 < end <= os.fstat(fh.fileno()).st_size
     except Exception:  # noqa: BLE001 - anything unparsable is "not complete yet"
         return False

@@ -52,11 +52,14 @@ from drdaemon.service.frame import (
     read_limits,
     stage_timings,
 )
-from drdaemon.folders.claim import WorkItem, WorkLock, claim
-from drdaemon.folders.commit import Finisher, Plan, display_name, fail_frame
+from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
+from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
 from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
+
+#: Times a claimed frame may be found changed (and read again) before it fails as ``changed``.
+MAX_CHANGES = 5
 
 class Progress:
     """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
@@ -102,6 +105,7 @@ class Daemon:
             output_format=output_format(settings.output.format, settings.output.compression),
         )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
+        self.settling = SettlingWork(settings.watch.stability_wait_s)
         self.progress = Progress()
         self.stop_requested = threading.Event()
         self.exit_status = EXIT_OK
@@ -222,6 +226,9 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        # The check for writers still holding a frame open takes a lease for an instant; were a
+        # writer to open the file in that instant, the kernel would signal SIGIO (fatal by default).
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def _fatal(self, status: int, cause: str) -> None:
         """Stop fast: unstarted frames stay in work/ and are redone at the next start.
@@ -320,6 +327,9 @@ class Daemon:
                     self.progress.finished()
             tick = self.watcher.tick_s()
             while not self.stop_requested.is_set():
+                for item in self.settling.settled():
+                    if not self._claimed.put(item):
+                        self.progress.finished()
                 self.watcher.ensure_observer()
                 for candidate in self.watcher.poll():
                     # Claim only when a reader can take the frame soon: the rest wait in the inbox.
@@ -344,6 +354,9 @@ class Daemon:
             while (item := self._claimed.get()) is not None:
                 try:
                     loaded = load_frame(item, self.limits)
+                except FrameChanged as exc:
+                    self._changed(item, exc)
+                    continue
                 except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
                     self._fail(item, as_frame_error(Stage.READ, exc))
                     continue
@@ -378,6 +391,9 @@ class Daemon:
             item = done.loaded.item
             try:
                 committed = commit_frame(done, self.finisher)
+            except FrameChanged as exc:
+                self._changed(item, exc)
+                continue
             except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
                 self._fail(item, as_frame_error(Stage.WRITE, exc))
                 continue
@@ -400,6 +416,17 @@ class Daemon:
                 timings=sidecar.timings | {"sidecar": round(committed.sidecar_s, 6)},
             )
             self.progress.finished()
+
+    def _changed(self, item: WorkItem, exc: FrameChanged) -> None:
+        """A frame changed after its claim: read it again once it settles, a bounded number of times."""
+        item.changes += 1
+        if item.changes > MAX_CHANGES:
+            self._fail(item, FrameError(Stage.READ, Reason.CHANGED,
+                                        f"{exc}; still changing after {MAX_CHANGES} reads"))
+            return
+        log.warning("frame_changed", frame=display_name(item.original.name), error=str(exc), reads=item.changes,
+                    note="not committed; read again once it has settled")
+        self.settling.add(item)
 
     def _fail(self, item: WorkItem, error: FrameError) -> None:
         """Move a failed frame to failed/ with its reason, then count it; the daemon carries on."""

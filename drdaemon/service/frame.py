@@ -16,9 +16,9 @@ import numpy as np
 from drdaemon.config import InputConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
-from drdaemon.io.readers import Frame, ReadLimits, read_frame_bytes
+from drdaemon.io.readers import Frame, ReadLimits, read_frame_file
 from drdaemon.folders.claim import WorkItem
-from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
+from drdaemon.folders.commit import Committed, Finisher, FrameChanged, FrameOutput, commit_output, file_signature
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
 
 
@@ -32,6 +32,8 @@ class LoadedFrame:
     nbytes: int
     started_wall: float
     read_s: float
+    #: (inode, size, mtime_ns) when read: the commit refuses a frame that changed since.
+    signature: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -53,9 +55,12 @@ def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
     """Read the claimed file once, hash those bytes, decode them; raises :class:`FrameError`."""
     started_wall = time.time()
     start = time.perf_counter()
-    frame, data = read_frame_bytes(item.path, limits)
+    frame, data, status = read_frame_file(item.path, limits)
+    signature = (status.st_ino, status.st_size, status.st_mtime_ns)
+    if file_signature(item.path) != signature or len(data) != status.st_size:
+        raise FrameChanged(f"{item.path.name} changed while it was read")
     digest = hashlib.sha256(data).hexdigest()
-    return LoadedFrame(item, frame, digest, len(data), started_wall, time.perf_counter() - start)
+    return LoadedFrame(item, frame, digest, len(data), started_wall, time.perf_counter() - start, signature)
 
 
 def enhance_frame(loaded: LoadedFrame, engine: Engine) -> EnhancedFrame:
@@ -103,7 +108,7 @@ def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
 
 def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool = True) -> Committed:
     """Hand the enhanced frame to the commit (:func:`drdaemon.folders.commit.commit_output`)."""
-    result = FrameOutput(done.result.pixels, done.loaded.frame.tags, sidecar_draft(done))
+    result = FrameOutput(done.result.pixels, done.loaded.frame.tags, sidecar_draft(done), done.loaded.signature)
     return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
 
 

@@ -39,6 +39,7 @@ BUCKETS_S: Final = (
 _EXPECTED_ERRORS: Final = {
     Stage.READ.value: (
         Reason.UNREADABLE, Reason.TRUNCATED, Reason.UNSUPPORTED, Reason.TOO_LARGE, Reason.EMPTY,
+        Reason.CHANGED,
     ),
     Stage.ENHANCE.value: (Reason.ENGINE_ERROR, Reason.DEVICE_ERROR),
     Stage.WRITE.value: (Reason.WRITE_ERROR,),
