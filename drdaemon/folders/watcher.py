@@ -17,6 +17,7 @@ from collections.abc import Callable
 import fnmatch
 import os
 import queue
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,9 @@ class InboxWatcher:
             log.error("inbox_scan_failed", inbox=str(self.inbox), error=str(exc))
             return
         for entry in entries:
-            if self.accepts(entry.name) and entry.is_file(follow_symlinks=False):
+            # Symlinks, FIFOs, sockets and devices are candidates too: they are claimed and refused
+            # with a reason (never opened), rather than left in the inbox unexplained.
+            if self.accepts(entry.name) and not entry.is_dir(follow_symlinks=False):
                 self._add(Path(entry.path), now)
 
     def _drain_events(self, now: float) -> None:
@@ -202,6 +205,11 @@ class InboxWatcher:
             return False
         except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                self.forget(candidate.path)
+                return False
+            return True  # not a frame: claimed at once (a rename, nothing is opened) and refused
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         if signature != candidate.signature:
             candidate.signature = signature
@@ -230,6 +238,8 @@ class InboxWatcher:
             st = os.stat(candidate.path, follow_symlinks=False)
         except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            return not stat.S_ISDIR(st.st_mode)
         return (st.st_ino, st.st_size, st.st_mtime_ns) == candidate.signature
 
 

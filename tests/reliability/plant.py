@@ -46,7 +46,7 @@ def sha(data: bytes) -> str:
 class Daemon:
     """One ``drdaemon run`` process of a plant, with its own work folder and log."""
 
-    def __init__(self, plant: Plant, name: str, extra: str) -> None:
+    def __init__(self, plant: Plant, name: str, extra: str, watch: str = "") -> None:
         self.plant = plant
         self.name = name
         self.work = plant.root / f"work-{name}"
@@ -55,7 +55,7 @@ class Daemon:
         folders = "".join(f'{n} = "{plant.dirs[n]}"\n' for n in SHARED) + f'work = "{self.work}"\n'
         self.config.write_text(
             "[folders]\n" + folders
-            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
+            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n" + watch
             + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -107,8 +107,9 @@ class Plant:
             path.mkdir(parents=True, exist_ok=True)
         self.daemons: list[Daemon] = []
 
-    def daemon(self, name: str, extra: str = "") -> Daemon:
-        daemon = Daemon(self, name, extra)
+    def daemon(self, name: str, extra: str = "", watch: str = "") -> Daemon:
+        """A daemon on the plant's folders; ``extra`` adds tables, ``watch`` keys of ``[watch]``."""
+        daemon = Daemon(self, name, extra, watch)
         self.daemons.append(daemon)
         return daemon
 
