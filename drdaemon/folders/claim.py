@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drdaemon.io.durable import NAME_MAX
+
 LOCK_NAME = ".drdaemon.lock"
 
 
@@ -25,11 +27,16 @@ class WorkFolderBusy(RuntimeError):
 
 
 def distinct_name(name: str, index: int) -> str:
-    """``name`` itself for index 0, else ``<stem>~<index><suffix>`` (``a.tif`` -> ``a~2.tif``)."""
+    """``name`` itself for index 0, else ``<stem>~<index><suffix>`` (``a.tif`` -> ``a~2.tif``).
+
+    A stem too long to take ``~<index>`` within NAME_MAX bytes is cut to fit.
+    """
     if index == 0:
         return name
     path = Path(name)
-    return f"{path.stem}~{index}{path.suffix}"
+    tail = f"~{index}{path.suffix}"
+    stem = os.fsencode(path.stem)[: NAME_MAX - len(os.fsencode(tail))]
+    return os.fsdecode(stem) + tail
 
 
 def free_name(target: Path) -> Path:

@@ -375,7 +375,7 @@ class Daemon:
                     self._fail(loaded.item, error)
                     continue
                 except DeviceLost as exc:
-                    log.error("device_lost", device=engine.device, frame=loaded.item.original.name,
+                    log.error("device_lost", device=engine.device, frame=display_name(loaded.item.original.name),
                               error=str(exc), note="frame stays in work/ and is redone at the next start")
                     self.progress.finished()
                     self._fatal(EXIT_DEVICE_LOST, "device_lost")
@@ -404,7 +404,7 @@ class Daemon:
             sidecar = committed.sidecar
             log.info(
                 "frame_done",
-                frame=item.original.name,
+                frame=display_name(item.original.name),
                 id=sidecar.input.sha256[:16],
                 input_bytes=sidecar.input.bytes,
                 output_bytes=sidecar.output.bytes,
@@ -433,10 +433,10 @@ class Daemon:
         try:
             destination = fail_frame(item, error, self.finisher)
         except OSError as exc:
-            log.error("frame_fail_unrecorded", frame=item.original.name, error=str(exc),
+            log.error("frame_fail_unrecorded", frame=display_name(item.original.name), error=str(exc),
                       note="frame stays in work/ and is retried at the next start")
         else:
-            log.warning("frame_failed", frame=item.original.name, stage=error.stage.value,
+            log.warning("frame_failed", frame=display_name(item.original.name), stage=error.stage.value,
                         reason=error.reason.value, message=str(error), moved_to=str(destination))
         self.metrics.frame_failed(stage=error.stage, reason=error.reason)
         self.progress.finished()

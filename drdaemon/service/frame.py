@@ -18,7 +18,16 @@ from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.readers import Frame, ReadLimits, read_frame_file
 from drdaemon.folders.claim import WorkItem
-from drdaemon.folders.commit import Committed, Finisher, FrameChanged, FrameOutput, commit_output, file_signature
+from drdaemon.folders.commit import (
+    Committed,
+    Finisher,
+    FrameChanged,
+    FrameOutput,
+    commit_output,
+    display_name,
+    file_signature,
+    name_hex,
+)
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
 
 
@@ -90,8 +99,10 @@ def engine_stage_timings(done: EnhancedFrame) -> dict[str, float]:
 def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
     """Everything the sidecar says about the frame's input, engine and stages so far."""
     loaded = done.loaded
+    original = str(loaded.item.original)
     return SidecarDraft(
-        original_path=str(loaded.item.original),
+        original_path=display_name(original),
+        original_path_hex=name_hex(original),
         input_sha256=loaded.sha256,
         input_bytes=loaded.nbytes,
         input_shape=list(loaded.frame.shape),

@@ -115,7 +115,7 @@ class Plant:
 
     def drop(self, name: str, data: bytes) -> None:
         """Write a frame the way a careful station does: a temporary name, then a rename."""
-        temp = self.dirs["inbox"] / f".{name}.part"
+        temp = self.dirs["inbox"] / f".{sha(os.fsencode(name))[:16]}.part"  # any name may be 255 bytes long
         temp.write_bytes(data)
         os.rename(temp, self.dirs["inbox"] / name)
 
