@@ -38,6 +38,7 @@ from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_checked_engines
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
+from drdaemon.io.durable import current_owner
 from drdaemon.io.formats import output_format
 from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
@@ -129,6 +130,8 @@ class Daemon:
                 "folders.inbox, folders.work, folders.archive and folders.failed must be on one "
                 f"filesystem (frames move between them by rename); found devices {devices}"
             )
+        for name in ("inbox", "archive", "failed"):
+            probe_rename(self.folders.work, getattr(self.folders, name), name)
 
     def load_engines(self) -> list[Engine]:
         """Build the engines (unless given); see :func:`drdaemon.engines.build_checked_engines`."""
@@ -440,6 +443,28 @@ class Daemon:
                         reason=error.reason.value, message=str(error), moved_to=str(destination))
         self.metrics.frame_failed(stage=error.stage, reason=error.reason)
         self.progress.finished()
+
+
+def probe_rename(work: Path, other: Path, name: str) -> None:
+    """Prove that a file renames between ``work`` and ``other`` and back; a ConfigError if not.
+
+    Equal device numbers are not enough: two bind mounts of one filesystem share a device
+    number, yet the kernel refuses a rename between them (EXDEV) — at the first frame.
+    """
+    probe = work / f".drdaemon-probe.{current_owner().token}"
+    moved = other / probe.name
+    probe.write_bytes(b"")
+    try:
+        os.rename(probe, moved)
+        os.rename(moved, probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"folders.work ({work}) and folders.{name} ({other}) must be one filesystem mount: a rename "
+            f"between them fails ({exc.strerror}); a bind mount counts as another mount"
+        ) from exc
+    finally:
+        probe.unlink(missing_ok=True)
+        moved.unlink(missing_ok=True)
 
 
 def run_daemon(settings: Settings) -> int:
