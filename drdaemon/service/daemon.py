@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from drdaemon.io.durable import current_owner
 from drdaemon.io.formats import output_format
 from drdaemon.service.prometheus import DaemonMetrics
 from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.output import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutputGate, blocking_reason
 from drdaemon.service.pipe import Pipe
 from drdaemon.service.frame import (
     as_frame_error,
@@ -58,6 +60,8 @@ from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, 
 from drdaemon.folders.watcher import InboxWatcher
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Times a claimed frame may be found changed (and read again) before it fails as ``changed``.
 MAX_CHANGES = 5
@@ -107,6 +111,9 @@ class Daemon:
         )
         self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
         self.settling = SettlingWork(settings.watch.stability_wait_s)
+        self.output_gate = OutputGate(
+            self.metrics, [self.folders.outbox, self.folders.archive, self.folders.failed, self.folders.work]
+        )
         self.progress = Progress()
         self.stop_requested = threading.Event()
         self.exit_status = EXIT_OK
@@ -330,6 +337,9 @@ class Daemon:
                     self.progress.finished()
             tick = self.watcher.tick_s()
             while not self.stop_requested.is_set():
+                if not self.output_gate.open.is_set():
+                    self.stop_requested.wait(tick)  # frames wait in the inbox until the output clears
+                    continue
                 for item in self.settling.settled():
                     if not self._claimed.put(item):
                         self.progress.finished()
@@ -393,12 +403,15 @@ class Daemon:
         while (done := self._enhanced.get()) is not None:
             item = done.loaded.item
             try:
-                committed = commit_frame(done, self.finisher)
+                committed = self._while_output_blocked(item, lambda: commit_frame(done, self.finisher))
             except FrameChanged as exc:
                 self._changed(item, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
                 self._fail(item, as_frame_error(Stage.WRITE, exc))
+                continue
+            if committed is None:  # stopped while the output was blocked: redone at the next start
+                self.progress.finished()
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
             for stage, seconds in stage_timings(done, committed).items():
@@ -420,6 +433,29 @@ class Daemon:
             )
             self.progress.finished()
 
+    def _while_output_blocked(self, item: WorkItem, commit: Callable[[], T]) -> T | None:
+        """Run ``commit``; while an output fault refuses it, hold the frame and retry with backoff.
+
+        Returns None when a stop comes first (the frame stays in work/). A fault that is not
+        the output's (a bad frame, or the frame itself gone from work/) is raised.
+        """
+        backoff = BACKOFF_FIRST_S
+        while True:
+            try:
+                result = commit()
+            except Exception as exc:
+                reason = blocking_reason(exc)
+                if reason is None or not os.path.lexists(item.path):
+                    raise
+                self.output_gate.block(reason, exc)
+                if self.stop_requested.wait(backoff):
+                    return None
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+                self.output_gate.recreate_folders()
+                continue
+            self.output_gate.clear()
+            return result
+
     def _changed(self, item: WorkItem, exc: FrameChanged) -> None:
         """A frame changed after its claim: read it again once it settles, a bounded number of times."""
         item.changes += 1
@@ -434,11 +470,14 @@ class Daemon:
     def _fail(self, item: WorkItem, error: FrameError) -> None:
         """Move a failed frame to failed/ with its reason, then count it; the daemon carries on."""
         try:
-            destination = fail_frame(item, error, self.finisher)
+            destination = self._while_output_blocked(item, lambda: fail_frame(item, error, self.finisher))
         except OSError as exc:
             log.error("frame_fail_unrecorded", frame=display_name(item.original.name), error=str(exc),
                       note="frame stays in work/ and is retried at the next start")
         else:
+            if destination is None:  # stopped while failed/ refused: redone at the next start
+                self.progress.finished()
+                return
             log.warning("frame_failed", frame=display_name(item.original.name), stage=error.stage.value,
                         reason=error.reason.value, message=str(error), moved_to=str(destination))
         self.metrics.frame_failed(stage=error.stage, reason=error.reason)
