@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drdaemon.io.durable import NAME_MAX
+from drdaemon.io.durable import NAME_MAX, fsync_directory
 
 LOCK_NAME = ".drdaemon.lock"
 
@@ -201,6 +201,9 @@ def claim(candidate: Path, work: Path, arrived_wall: float, arrived_mono: float)
         os.rename(candidate, target)
     except FileNotFoundError:
         return None
+    # Durable before any result exists: after a power cut the frame must not be back in the inbox.
+    fsync_directory(target.parent)
+    fsync_directory(candidate.parent)
     return WorkItem(path=target, original=candidate, arrived_wall=arrived_wall, arrived_mono=arrived_mono)
 
 

@@ -343,6 +343,7 @@ class Finisher:
         for name in (plan.output, plan.preview):
             if name is not None:
                 temp_path_for(Path(name), owner=owner).unlink(missing_ok=True)
+        fsync_directory(self.outbox)
 
     def reserve_archive(self, work_file: Path, plan: Plan, *, kind: Literal["archive", "failed"]) -> bool:
         """Link the raw frame under its final archive (or failed) name; choose again while taken.

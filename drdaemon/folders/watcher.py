@@ -18,6 +18,7 @@ import fnmatch
 import os
 import queue
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import structlog
 from watchdog.events import (
     EVENT_TYPE_CLOSED,
     EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
     FileSystemEvent,
@@ -64,12 +66,20 @@ class _EnqueueHandler(FileSystemEventHandler):
 
     _RELEVANT = frozenset({EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED})
 
-    def __init__(self, sink: queue.SimpleQueue[str], accepts: Callable[[str], bool]) -> None:
+    def __init__(
+        self, sink: queue.SimpleQueue[str], accepts: Callable[[str], bool], inbox: Path, lost: threading.Event
+    ) -> None:
         super().__init__()
         self._sink = sink
         self._accepts = accepts
+        self._inbox = os.fsdecode(inbox)
+        self._lost = lost
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+            if os.fsdecode(event.src_path).rstrip("/") == self._inbox.rstrip("/"):
+                self._lost.set()  # the watched inbox itself went: this watch sees nothing any more
+            return
         if event.is_directory or event.event_type not in self._RELEVANT:
             return
         path = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
@@ -93,6 +103,8 @@ class InboxWatcher:
         self._next_scan_mono = 0.0  # scan at the first poll
         self._patterns = tuple(config.patterns)
         self._next_restart_mono = 0.0
+        self._watched: tuple[int, int] | None = None  # (device, inode) of the inbox the observer watches
+        self._lost = threading.Event()  # set by the observer when the watched inbox is deleted or moved
 
     # -- which names count --------------------------------------------------------------------
     def accepts(self, name: str) -> bool:
@@ -105,9 +117,19 @@ class InboxWatcher:
         if not self.config.polling:
             self._start_observer()
 
+    def _inbox_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.inbox)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def _start_observer(self) -> None:
+        self._watched = self._inbox_identity()
+        self._lost.clear()
         observer = Observer()
-        observer.schedule(_EnqueueHandler(self._events, self.accepts), str(self.inbox), recursive=False)
+        handler = _EnqueueHandler(self._events, self.accepts, self.inbox, self._lost)
+        observer.schedule(handler, str(self.inbox), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -123,7 +145,11 @@ class InboxWatcher:
         """True while frames can be noticed: the observer runs (or polling mode needs none)."""
         if self.config.polling:
             return self.inbox.is_dir()
-        return self._observer is not None and self._observer.is_alive()
+        if self._observer is None or not self._observer.is_alive() or self._lost.is_set():
+            return False
+        # A deleted and re-created (or re-mounted) inbox is another directory: the old watch is blind.
+        identity = self._inbox_identity()
+        return identity is not None and identity == self._watched
 
     def ensure_observer(self) -> bool:
         """Restart a dead observer (e.g. the inbox was unmounted and came back); True if restarted."""
@@ -133,7 +159,9 @@ class InboxWatcher:
         if now < self._next_restart_mono:
             return False
         self._next_restart_mono = now + _RESTART_BACKOFF_S
-        log.warning("watcher_restart", inbox=str(self.inbox))
+        log.warning("watcher_restart", inbox=str(self.inbox),
+                    cause="inbox replaced" if self._observer is not None and self._observer.is_alive()
+                    else "observer stopped")
         if self._observer is not None:
             self._observer.stop()
             self._observer = None

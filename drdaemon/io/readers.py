@@ -35,6 +35,13 @@ class ReadLimits:
 
     max_pixels: int = defaults.MAX_PIXELS
     max_bytes: int = defaults.MAX_BYTES
+    #: Bytes the decoded pixels may take; None: ``max_bytes``. Checked from the header, so a
+    #: small compressed file that would decode to gigabytes fails without the allocation.
+    max_decoded_bytes: int | None = None
+
+    @property
+    def decoded_limit(self) -> int:
+        return self.max_decoded_bytes if self.max_decoded_bytes is not None else self.max_bytes
 
 
 @dataclass
@@ -113,7 +120,7 @@ def read_regular(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[bytes, 
         status = os.fstat(fd)
         _check_size(Path(path).name, status.st_size, limits)
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(limits.max_bytes + 1)
+            data = fh.read(status.st_size)  # a file that grows meanwhile is caught by the change check
     except OSError as exc:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {Path(path).name}: {exc}") from exc
     finally:
@@ -155,6 +162,13 @@ def _check_shape(name: str, shape: tuple[int, ...], limits: ReadLimits) -> None:
                          f"input.max_pixels={limits.max_pixels}")
 
 
+def _check_decoded(name: str, decoded: int, limits: ReadLimits) -> None:
+    if decoded > limits.decoded_limit:
+        key = "input.max_decoded_bytes" if limits.max_decoded_bytes is not None else "input.max_bytes"
+        raise FrameError(Stage.READ, Reason.TOO_LARGE,
+                         f"{name} would decode to {decoded} bytes, more than {key}={limits.decoded_limit}")
+
+
 def _check_pixels(name: str, pixels: np.ndarray) -> None:
     if pixels.dtype not in SUPPORTED_DTYPES:
         raise FrameError(Stage.READ, Reason.UNSUPPORTED,
@@ -172,6 +186,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
             _check_shape(name, shape, limits)
+            _check_decoded(name, int(np.prod(page.shaped)) * page.dtype.itemsize if page.dtype else 0, limits)
             _check_tiff_complete(name, page, len(data))
             pixels = page.asarray()
             tags = _carried_tags(page)
@@ -228,8 +243,15 @@ def png_complete(path: Path) -> bool:
         return _ends_with_iend(fh.read(12))
 
 
+#: Samples per pixel of each PNG colour type (gray, RGB, palette, gray+alpha, RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
 def _read_png(data: bytes, name: str, limits: ReadLimits) -> Frame:
-    _check_shape(name, _png_size(data, name), limits)
+    height, width = _png_size(data, name)
+    _check_shape(name, (height, width), limits)
+    bit_depth, colour = data[24], data[25]
+    _check_decoded(name, height * width * _PNG_CHANNELS.get(colour, 4) * max(1, bit_depth // 8), limits)
     if not _ends_with_iend(data):
         raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: no IEND chunk")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -165,7 +165,15 @@ class Daemon:
 
     # -- the run --------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> int:
-        """Run until a stop signal (exit 0) or a lost device (exit 70)."""
+        """Run until a stop signal (exit 0) or a lost device (exit 70).
+
+        The signal handlers come first: a SIGTERM during start-up (loading weights, warm-up,
+        recovery) lets the step finish and exits 0 before any frame is claimed.
+        """
+        if install_signal_handlers:
+            self._install_signal_handlers()
+            # ``drdaemon`` blocks them from its first instant; one that came meanwhile arrives now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         self.prepare_folders()
         with WorkLock(self.folders.work):
             engines = self.load_engines()
@@ -181,8 +189,11 @@ class Daemon:
             recovered = recovery.redo
             if recovered or recovery.finished:
                 log.info("work_recovered", frames=len(recovered), finished=len(recovery.finished))
-            if install_signal_handlers:
-                self._install_signal_handlers()
+            if self.stop_requested.is_set():
+                self.metrics.close()
+                log.info("daemon_stopped", exit_status=self.exit_status, signal=self._stop_signal,
+                         note="stopped during start-up, before claiming any frame")
+                return self.exit_status
             self.watcher.start()
             self._start_pipeline(engines, recovered)
             self.notifier.ready(f"watching {self.folders.inbox} with {len(engines)} engine(s)")
@@ -229,10 +240,14 @@ class Daemon:
         """
         self.stop_requested.set()
 
+    def stop_from_signal(self, name: str) -> None:
+        """A stop asked for by a signal (``SIGTERM``): graceful, and the signal is logged."""
+        self._stop_signal = name
+        self.request_stop()
+
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: object) -> None:
-            self._stop_signal = signal.Signals(signum).name
-            self.request_stop()
+            self.stop_from_signal(signal.Signals(signum).name)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

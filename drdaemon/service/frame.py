@@ -57,7 +57,9 @@ class EnhancedFrame:
 
 def read_limits(config: InputConfig) -> ReadLimits:
     """The reader's size limits from the ``[input]`` table."""
-    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+    return ReadLimits(
+        max_pixels=config.max_pixels, max_bytes=config.max_bytes, max_decoded_bytes=config.max_decoded_bytes
+    )
 
 
 def load_frame(item: WorkItem, limits: ReadLimits) -> LoadedFrame:
