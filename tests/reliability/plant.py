@@ -15,16 +15,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 
-from drdaemon.io.durable import TEMP_SUFFIX
+from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner
 from drdaemon.io.sidecar import Sidecar
 
 SHARED = ("inbox", "outbox", "archive", "failed")
@@ -41,6 +43,27 @@ def frame_bytes(seed: int, shape: tuple[int, int] = (40, 48), **kwargs: object) 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def dead_owner() -> Owner:
+    """The owner token of a process that no longer runs on this host (a daemon killed with -9)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return Owner(current_owner().host, child.pid, 1)
+
+
+def run_until(daemon: Any, condition: Callable[[], bool], timeout: float = 20.0) -> int:
+    """Run an in-process daemon until ``condition`` holds (or ``timeout``), then stop it; its exit status."""
+
+    def stop_when_done() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.02)
+        daemon.request_stop()
+
+    threading.Thread(target=stop_when_done, daemon=True).start()
+    status: int = daemon.run(install_signal_handlers=False)
+    return status
 
 
 class Daemon:

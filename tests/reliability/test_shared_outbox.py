@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from plant import Plant, frame_bytes, ledger, sha
+from plant import Plant, dead_owner, frame_bytes, ledger, sha
 
 from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
@@ -20,12 +18,6 @@ from drdaemon.io.readers import ReadLimits
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 
 pytestmark = pytest.mark.reliability
-
-
-def dead_owner() -> Owner:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return Owner(current_owner().host, child.pid, 1)
 
 
 def two_hosts(tmp_path: Path) -> tuple[Folders, Folders]:

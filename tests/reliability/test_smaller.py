@@ -7,9 +7,6 @@ import io
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -17,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from plant import Plant, frame_bytes, ledger
+from plant import Plant, dead_owner, frame_bytes, ledger
 
 from drdaemon.config import Folders, Settings, WatchConfig
 from drdaemon.engines import ClassicalEngine
@@ -27,7 +24,6 @@ from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import Finisher
 from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io import durable
-from drdaemon.io.durable import Owner, current_owner
 from drdaemon.io.readers import ReadLimits, read_frame
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 
@@ -50,7 +46,10 @@ def test_a_deleted_and_recreated_inbox_is_noticed_and_watched_again(folders: Fol
         assert watcher.alive
         shutil.rmtree(folders.inbox)
         folders.inbox.mkdir()
-        assert not watcher.alive  # drdaemon_watcher_up follows this: 0 until re-armed
+        deadline = time.monotonic() + 5
+        while watcher.alive:  # drdaemon_watcher_up follows this: 0 until re-armed
+            assert time.monotonic() < deadline, "the lost watch went unnoticed"
+            time.sleep(0.02)
         assert watcher.ensure_observer() and watcher.alive
         (folders.inbox / "after.tif").write_bytes(frame_bytes(1))
         deadline = time.monotonic() + 10
@@ -79,12 +78,6 @@ def test_sigterm_at_any_moment_of_start_up_exits_0(tmp_path: Path) -> None:
         # From the interpreter's first import of drdaemon (0.3 s) through loading and warm-up.
         time.sleep(rng.uniform(0.3, 2.5))
         assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
-
-
-def dead_owner() -> Owner:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return Owner(current_owner().host, child.pid, 1)
 
 
 def test_frames_finished_by_recovery_are_logged_and_counted(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from plant import Plant, frame_bytes, ledger, sha
+from plant import Plant, frame_bytes, ledger, run_until, sha
 
 from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
@@ -117,15 +117,3 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
     assert record.input.sha256 == sha(final) and (settings.folders.archive / "late.tif").read_bytes() == final
     assert list(settings.folders.work.iterdir()) == [settings.folders.work / ".drdaemon.lock"]
 
-
-def run_until(daemon, condition, timeout: float = 20.0) -> int:
-    import threading
-
-    def stop_when_done() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not condition():
-            time.sleep(0.02)
-        daemon.request_stop()
-
-    threading.Thread(target=stop_when_done, daemon=True).start()
-    return daemon.run(install_signal_handlers=False)
