@@ -116,6 +116,7 @@ class Daemon:
         )
         self.progress = Progress()
         self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()  # SIGHUP: reload the weights
         self.exit_status = EXIT_OK
         self._fatal_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -173,7 +174,7 @@ class Daemon:
         if install_signal_handlers:
             self._install_signal_handlers()
             # ``drdaemon`` blocks them from its first instant; one that came meanwhile arrives now.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         self.prepare_folders()
         with WorkLock(self.folders.work):
             engines = self.load_engines()
@@ -251,6 +252,7 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload_requested.set())
         # The check for writers still holding a frame open takes a lease for an instant; were a
         # writer to open the file in that instant, the kernel would signal SIGIO (fatal by default).
         signal.signal(signal.SIGIO, signal.SIG_IGN)
@@ -276,7 +278,7 @@ class Daemon:
         for index in range(lanes):
             self._spawn(f"reader-{index}", self._reader_loop)
         for index, engine in enumerate(engines):
-            self._spawn(f"worker-{index}", self._worker_loop, engine)
+            self._spawn(f"worker-{index}", self._worker_loop, engines, index)
         for index in range(lanes):
             self._spawn(f"writer-{index}", self._writer_loop)
 
@@ -300,6 +302,9 @@ class Daemon:
         last_ping_progress = self.progress.last_progress_mono
         while any(t.is_alive() for t in self._threads):
             self._announce_stop()
+            if self.reload_requested.is_set() and not self.stop_requested.is_set():
+                self.reload_requested.clear()
+                self._reload_engines(engines)
             self._update_gauges(engines)
             now = time.monotonic()
             if ping_every and now - last_ping_mono >= ping_every:
@@ -317,6 +322,29 @@ class Daemon:
                 self.stop_requested.wait(tick)
         self._announce_stop()
         self._update_gauges(engines)
+
+    def _reload_engines(self, engines: list[Engine]) -> None:
+        """SIGHUP: build the engines again from the configured weights file; keep the old on any failure.
+
+        Until then the loaded weights stay in use whatever happens to the file. A frame being
+        enhanced meanwhile finishes with the engine it started with, and its sidecar names that
+        engine's weights.
+        """
+        log.info("reload_requested", weights=str(self.settings.engine.weights))
+        try:
+            fresh = build_checked_engines(self.settings.engine)
+            if len(fresh) != len(engines):
+                raise ConfigError(f"the reload yields {len(fresh)} engine(s), the daemon runs {len(engines)}")
+            for engine in fresh:
+                engine.warm_up()
+        except Exception as exc:  # noqa: BLE001 - a bad new file must never stop the daemon
+            log.error("reload_refused", error=f"{type(exc).__name__}: {exc}",
+                      kept_weights_sha256=engines[0].weights_sha256)
+            return
+        for index, engine in enumerate(fresh):
+            engines[index] = engine
+        self._publish_build_info(engines)
+        log.info("engines_reloaded", engine=engines[0].name, weights_sha256=engines[0].weights_sha256)
 
     def _announce_stop(self) -> None:
         if self.stop_requested.is_set() and not self._stop_announced:
@@ -394,9 +422,11 @@ class Daemon:
         finally:
             self._loaded.producer_done()
 
-    def _worker_loop(self, engine: Engine) -> None:
+    def _worker_loop(self, engines: list[Engine], index: int) -> None:
+        """Enhance frames with ``engines[index]``, looked up per frame so that a reload takes effect."""
         try:
             while (loaded := self._loaded.get()) is not None:
+                engine = engines[index]
                 try:
                     done = enhance_frame(loaded, engine)
                 except FrameError as error:
