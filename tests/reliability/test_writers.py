@@ -117,3 +117,34 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
     assert record.input.sha256 == sha(final) and (settings.folders.archive / "late.tif").read_bytes() == final
     assert list(settings.folders.work.iterdir()) == [settings.folders.work / ".drdaemon.lock"]
 
+
+
+def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_reads(tmp_path: Path) -> None:
+    import json
+
+    from drdaemon.config import Settings
+    from drdaemon.service.daemon import MAX_CHANGES, Daemon
+
+    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
+    settings.folders = settings.folders.resolved(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    engine = ClassicalEngine()
+    enhance = engine.enhance
+    calls: list[int] = []
+
+    def enhance_while_rewritten(pixels):
+        claimed = settings.folders.work / "restless.tif"
+        if claimed.exists():  # a writer that never stops: new content during every enhancement
+            calls.append(1)
+            claimed.write_bytes(frame_bytes(100 + len(calls), (40, 48)))
+        return enhance(pixels)
+
+    engine.enhance = enhance_while_rewritten
+    (settings.folders.inbox / "restless.tif").write_bytes(frame_bytes(100, (40, 48)))
+    daemon = Daemon(settings, engines=[engine])
+    reason_file = settings.folders.failed / "restless.tif.reason.json"
+    assert run_until(daemon, reason_file.exists, timeout=60) == 0
+    assert json.loads(reason_file.read_text())["reason"] == "changed"
+    assert len(calls) == MAX_CHANGES + 1 and list(settings.folders.outbox.iterdir()) == []
+    assert daemon.metrics.registry.get_sample_value("drdaemon_errors_total",
+                                                    {"stage": "read", "reason": "changed"}) == 1
