@@ -109,6 +109,8 @@ class Daemon:
 
     def events(self) -> list[dict[str, object]]:
         out = []
+        if not self.log.exists():
+            return out
         for line in self.log.read_text(errors="replace").splitlines():
             try:
                 out.append(json.loads(line))
