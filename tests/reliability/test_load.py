@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
 from pathlib import Path
 
 import pytest
-from plant import Plant, frame_bytes, ledger
+from plant import LEDGER_DIR, Plant, frame_bytes, ledger
 
 pytestmark = pytest.mark.reliability
 
@@ -99,7 +100,9 @@ def test_a_sustained_stream_of_large_frames_keeps_memory_flat(tmp_path: Path) ->
     warm = max(rss for t, rss in samples if t < seconds / 4)
     late = max(rss for t, rss in samples if t >= seconds / 2)
     peak = max(rss for _, rss in samples)
-    (tmp_path.parent / "soak.txt").write_text(f"frames={len(frames)} warm={warm} late={late} peak={peak}\n")
+    LEDGER_DIR.mkdir(parents=True, exist_ok=True)
+    (LEDGER_DIR / "sustained_large_memory.json").write_text(
+        json.dumps({"seconds": seconds, "frames": len(frames), "rss_early": warm, "rss_late": late, "rss_peak": peak}))
     assert len(frames) >= 20
     assert late <= warm + (64 << 20), f"resident memory grew: {warm >> 20} MiB early, {late >> 20} MiB late"
     assert peak < 1 << 30
