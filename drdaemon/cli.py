@@ -8,6 +8,7 @@ Exit statuses (:mod:`drdaemon.exits`) follow sysexits so that systemd can tell t
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # The benchmark's options are only needed (and its module only imported) for `bench`.
     args = build_parser(with_bench="bench" in argv or "-h" in argv or "--help" in argv).parse_args(argv)
+    if args.verb != "run":  # the daemon unblocks the stop signals once its handlers are in place
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         return _COMMANDS[args.verb](args)
     except ConfigError as error:

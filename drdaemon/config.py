@@ -140,6 +140,8 @@ class InputConfig(_Table):
     max_pixels: int = Field(defaults.MAX_PIXELS, ge=1)
     max_bytes: int = Field(defaults.MAX_BYTES, ge=1)
     raw: RawInputConfig | None = None
+    # Bytes the decoded pixels may take (checked from the header, before decoding); unset: max_bytes.
+    max_decoded_bytes: int | None = Field(None, ge=1)
 
 
 #: A DICOM UID root: dot-separated numbers without leading zeros, short enough to add a suffix.

@@ -24,6 +24,7 @@ class Reason(str, Enum):
     ENGINE_ERROR = "engine_error"  # the enhancer raised
     DEVICE_ERROR = "device_error"  # CUDA out of memory or driver fault
     WRITE_ERROR = "write_error"  # output could not be written
+    CHANGED = "changed"  # the file kept changing after it was claimed (a writer still at work)
 
 
 class FrameError(Exception):

@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +21,9 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.durable import TEMP_SUFFIX, temp_path_for
+from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner, temp_path_for
 from drdaemon.io.formats import encode_tiff_u16
-from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
 from drdaemon.folders.commit import Finisher, fail_frame, plan_path
 from drdaemon.folders.watcher import InboxWatcher
@@ -98,52 +100,74 @@ def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
     assert not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
 
 
-def crash_at(step: int, folders: Folders, finisher: Finisher, item: WorkItem) -> None:
+def dead_owner() -> Owner:
+    """The owner token of a process that no longer runs on this host (a daemon killed with -9)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return Owner(current_owner().host, child.pid, 1)
+
+
+STEPS = ["claimed", "planned", "stranger-committed", "temp-output", "output", "archive-linked", "sidecar", "archived"]
+
+
+def crash_at(step: str, folders: Folders, finisher: Finisher, item: WorkItem) -> None:
     """Carry the commit protocol of ``item`` up to ``step`` and stop as kill -9 would."""
     done = enhance_frame(load_frame(item, ReadLimits()), ENGINE)
-    if step == 0:
+    if step == "claimed":
         return  # claimed, nothing written
     plan = finisher.plan_success(item.path, item.original.name)
-    if step == 1:
+    if step == "planned":
         return
     data = encode_tiff_u16(done.result.pixels, {}, "zstd")
-    if step == 2:  # half an output under its temporary name
-        temp_path_for(Path(plan.output)).write_bytes(data[: len(data) // 2])
+    if step == "stranger-committed":  # another daemon committed its own frame under the planned name
+        Path(plan.output).write_bytes(b"another daemon's output")
+        stranger = sidecar_for(done, plan, b"another daemon's output")
+        stranger.input.sha256 = sha(b"another frame")
+        Path(plan.sidecar).write_bytes(stranger.to_bytes())
+        return
+    if step == "temp-output":  # half an output under its temporary name
+        temp_path_for(Path(plan.output), owner=finisher.owner).write_bytes(data[: len(data) // 2])
         return
     finisher.write_output(plan, data)
-    if step == 3:
+    if step == "output":
         return
-    finisher.write_sidecar(plan, b'{"not": "checked by recovery"}')
-    if step == 4:
+    finisher.reserve_archive(item.path, plan, kind="archive")
+    if step == "archive-linked":
         return
-    os.rename(item.path, plan.archive)  # step 5: archived, plan not yet removed
+    finisher.write_sidecar(plan, sidecar_for(done, plan, data).to_bytes())
+    if step == "sidecar":
+        return
+    item.path.unlink()  # archived (the link exists), plan not yet removed
     assert plan_path(item.path).exists()
 
 
-@pytest.mark.parametrize("step", range(6), ids=["claimed", "planned", "temp-output", "output",
-                                                 "sidecar", "archived"])
-def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Folders, step: int) -> None:
+def sidecar_for(done, plan, data: bytes) -> Sidecar:
+    return sidecar_draft(done).complete(input_path=plan.archive, output_path=plan.output, data=data,
+                                        shape=[48, 64], dtype="uint16", compression="zstd", preview=None, write_s=0.0)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Folders, step: str) -> None:
     inputs = {"a.tif": frame_bytes(1), "b.tif": frame_bytes(2)}
     for name, data in inputs.items():
         (folders.inbox / name).write_bytes(data)
     crashed = claim(folders.inbox / "a.tif", folders.work, time.time(), time.monotonic())
-    crash_at(step, folders, Finisher.for_folders(folders, preview=False), crashed)
+    crash_at(step, folders, Finisher.for_folders(folders, preview=False, owner=dead_owner()), crashed)
 
     restarted = Finisher.for_folders(folders, preview=False)
-    redo = restarted.recover(folders.work)
-    assert [p.name for p in redo] == (["a.tif"] if step < 4 else [])
-    for path in redo:
+    recovery = restarted.recover_all(folders.work)
+    committed = step in ("sidecar", "archived")
+    assert [p.name for p in recovery.redo] == ([] if committed else ["a.tif"])
+    assert len(recovery.finished) == (step == "sidecar")
+    for path in recovery.redo:
         process(WorkItem(path=path, original=path), restarted)
     process(claim(folders.inbox / "b.tif", folders.work, time.time(), time.monotonic()), restarted)
-    if step >= 4:  # the sidecar written before the crash is the one that stays
-        inputs_with_fake = {k: v for k, v in inputs.items() if k != "a.tif"}
-        assert json.loads((folders.outbox / "a.tif.json").read_bytes()) == {"not": "checked by recovery"}
+    if step == "stranger-committed":  # the stranger's files stay untouched, the frame took the next name
+        assert (folders.outbox / "a.tif").read_bytes() == b"another daemon's output"
+        assert (folders.outbox / "a~1.tif.json").exists()
         (folders.outbox / "a.tif.json").unlink()
         (folders.outbox / "a.tif").unlink()
-        (folders.archive / "a.tif").unlink()
-        assert_exactly_once(folders, inputs_with_fake)
-    else:
-        assert_exactly_once(folders, inputs)
+    assert_exactly_once(folders, inputs)
 
 
 class RawOutput:
@@ -396,25 +420,46 @@ def test_an_internal_error_exits_70_and_says_it_was_not_the_device(tmp_path: Pat
     assert (settings.folders.outbox / "one.tif.json").exists()  # committed before the bug struck
 
 
-def test_write_failure_fails_the_frame_and_spares_a_strangers_file(folders: Folders, monkeypatch) -> None:
+def test_a_name_taken_after_it_was_chosen_is_chosen_again_and_the_strangers_file_spared(
+    folders: Folders, monkeypatch
+) -> None:
     (folders.inbox / "w.tif").write_bytes(frame_bytes(11))
     item = claim(folders.inbox / "w.tif", folders.work, time.time(), time.monotonic())
     finisher = Finisher.for_folders(folders, preview=False)
     plan_success = finisher.plan_success
+    taken: list[str] = []
 
     def plan_then_someone_writes(*args, **kwargs):
         plan = plan_success(*args, **kwargs)
-        Path(plan.output).write_bytes(b"a stranger's file, created after the name was chosen")
+        if not taken:  # another host's daemon links its output under the name just chosen
+            Path(plan.output).write_bytes(b"a stranger's file, created after the name was chosen")
+            taken.append(plan.output)
         return plan
 
     monkeypatch.setattr(finisher, "plan_success", plan_then_someone_writes)
+    process(item, finisher)
+    assert (folders.outbox / "w.tif").read_bytes().startswith(b"a stranger's file")
+    assert not (folders.outbox / "w.tif.json").exists()
+    record = Sidecar.model_validate_json((folders.outbox / "w~1.tif.json").read_bytes())
+    assert record.output.path == str(folders.outbox / "w~1.tif")
+    assert Path(record.input.path).read_bytes() == (folders.archive / "w.tif").read_bytes()
+    assert list(folders.work.iterdir()) == [] and not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
+
+
+def test_a_full_outbox_fails_the_write_and_leaves_nothing_under_a_final_name(folders: Folders, monkeypatch) -> None:
+    (folders.inbox / "w.tif").write_bytes(frame_bytes(11))
+    item = claim(folders.inbox / "w.tif", folders.work, time.time(), time.monotonic())
+    finisher = Finisher.for_folders(folders, preview=False)
+
+    def always_taken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(finisher, "write_sidecar", always_taken)
     with pytest.raises(FrameError) as error:
         process(item, finisher)
     assert error.value.stage is Stage.WRITE and error.value.reason is Reason.WRITE_ERROR
-    assert (folders.outbox / "w.tif").read_bytes().startswith(b"a stranger's file")
-    assert not (folders.outbox / "w.tif.json").exists()
-    fail_frame(item, error.value, finisher)
-    assert json.loads((folders.failed / "w.tif.reason.json").read_text())["error_class"] == "FileExistsError"
+    assert list(folders.outbox.iterdir()) == [] and list(folders.archive.iterdir()) == []
+    assert [p.name for p in folders.work.iterdir()] == ["w.tif"]
 
 
 def test_preview_is_written_before_the_sidecar_and_named_in_it(folders: Folders) -> None:

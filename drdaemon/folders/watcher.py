@@ -17,6 +17,8 @@ from collections.abc import Callable
 import fnmatch
 import os
 import queue
+import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import structlog
 from watchdog.events import (
     EVENT_TYPE_CLOSED,
     EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
     FileSystemEvent,
@@ -34,8 +37,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from drdaemon.config import WatchConfig
+from drdaemon.folders.claim import held_for_writing, is_hidden_or_temporary
 from drdaemon.io.readers import looks_complete
-from drdaemon.folders.claim import is_hidden_or_temporary
 
 log = structlog.get_logger(__name__)
 
@@ -63,12 +66,20 @@ class _EnqueueHandler(FileSystemEventHandler):
 
     _RELEVANT = frozenset({EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED})
 
-    def __init__(self, sink: queue.SimpleQueue[str], accepts: Callable[[str], bool]) -> None:
+    def __init__(
+        self, sink: queue.SimpleQueue[str], accepts: Callable[[str], bool], inbox: Path, lost: threading.Event
+    ) -> None:
         super().__init__()
         self._sink = sink
         self._accepts = accepts
+        self._inbox = os.fsdecode(inbox)
+        self._lost = lost
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+            if os.fsdecode(event.src_path).rstrip("/") == self._inbox.rstrip("/"):
+                self._lost.set()  # the watched inbox itself went: this watch sees nothing any more
+            return
         if event.is_directory or event.event_type not in self._RELEVANT:
             return
         path = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
@@ -92,6 +103,8 @@ class InboxWatcher:
         self._next_scan_mono = 0.0  # scan at the first poll
         self._patterns = tuple(config.patterns)
         self._next_restart_mono = 0.0
+        self._watched: tuple[int, int] | None = None  # (device, inode) of the inbox the observer watches
+        self._lost = threading.Event()  # set by the observer when the watched inbox is deleted or moved
 
     # -- which names count --------------------------------------------------------------------
     def accepts(self, name: str) -> bool:
@@ -104,9 +117,19 @@ class InboxWatcher:
         if not self.config.polling:
             self._start_observer()
 
+    def _inbox_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.inbox)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def _start_observer(self) -> None:
+        self._watched = self._inbox_identity()
+        self._lost.clear()
         observer = Observer()
-        observer.schedule(_EnqueueHandler(self._events, self.accepts), str(self.inbox), recursive=False)
+        handler = _EnqueueHandler(self._events, self.accepts, self.inbox, self._lost)
+        observer.schedule(handler, str(self.inbox), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -122,7 +145,11 @@ class InboxWatcher:
         """True while frames can be noticed: the observer runs (or polling mode needs none)."""
         if self.config.polling:
             return self.inbox.is_dir()
-        return self._observer is not None and self._observer.is_alive()
+        if self._observer is None or not self._observer.is_alive() or self._lost.is_set():
+            return False
+        # A deleted and re-created (or re-mounted) inbox is another directory: the old watch is blind.
+        identity = self._inbox_identity()
+        return identity is not None and identity == self._watched
 
     def ensure_observer(self) -> bool:
         """Restart a dead observer (e.g. the inbox was unmounted and came back); True if restarted."""
@@ -132,7 +159,9 @@ class InboxWatcher:
         if now < self._next_restart_mono:
             return False
         self._next_restart_mono = now + _RESTART_BACKOFF_S
-        log.warning("watcher_restart", inbox=str(self.inbox))
+        log.warning("watcher_restart", inbox=str(self.inbox),
+                    cause="inbox replaced" if self._observer is not None and self._observer.is_alive()
+                    else "observer stopped")
         if self._observer is not None:
             self._observer.stop()
             self._observer = None
@@ -178,7 +207,9 @@ class InboxWatcher:
             log.error("inbox_scan_failed", inbox=str(self.inbox), error=str(exc))
             return
         for entry in entries:
-            if self.accepts(entry.name) and entry.is_file(follow_symlinks=False):
+            # Symlinks, FIFOs, sockets and devices are candidates too: they are claimed and refused
+            # with a reason (never opened), rather than left in the inbox unexplained.
+            if self.accepts(entry.name) and not entry.is_dir(follow_symlinks=False):
                 self._add(Path(entry.path), now)
 
     def _drain_events(self, now: float) -> None:
@@ -202,6 +233,11 @@ class InboxWatcher:
             return False
         except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                self.forget(candidate.path)
+                return False
+            return True  # not a frame: claimed at once (a rename, nothing is opened) and refused
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         if signature != candidate.signature:
             candidate.signature = signature
@@ -211,6 +247,10 @@ class InboxWatcher:
             return False
         stable_for = now - candidate.changed_mono
         if stable_for < self.config.stability_wait_s:
+            return False
+        if held_for_writing(candidate.path):
+            # A writer that pre-sized the file or pauses between chunks: unchanged, but not done.
+            candidate.changed_mono = now
             return False
         if not candidate.complete and now - candidate.checked_complete_mono >= _COMPLETENESS_RECHECK_S:
             candidate.checked_complete_mono = now
@@ -226,6 +266,8 @@ class InboxWatcher:
             st = os.stat(candidate.path, follow_symlinks=False)
         except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            return not stat.S_ISDIR(st.st_mode)
         return (st.st_ino, st.st_size, st.st_mtime_ns) == candidate.signature
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from drdaemon.errors import FrameError, Reason, Stage
-from drdaemon.io.limits import ReadLimits, check_shape, refuse_frames
+from drdaemon.io.limits import ReadLimits, check_decoded, check_shape, refuse_frames
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -135,6 +135,7 @@ def check_dicom_header(dataset: Dataset, name: str, limits: ReadLimits) -> tuple
         raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} has a Modality LUT Sequence; only rescale is applied")
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     check_shape(name, (rows, columns), limits)
+    check_decoded(name, rows * columns * allocated // 8, limits)
     if not dataset.file_meta.TransferSyntaxUID.is_encapsulated:
         expected = rows * columns * allocated // 8
         if len(dataset.PixelData) < expected:

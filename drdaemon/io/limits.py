@@ -34,6 +34,13 @@ class ReadLimits:
     max_bytes: int = defaults.MAX_BYTES
     #: The geometry of ``.raw`` frames; None: ``.raw`` files fail as unsupported, naming the table.
     raw: RawLayout | None = None
+    #: Bytes the decoded pixels may take; None: ``max_bytes``. Checked from the header, so a
+    #: small compressed file that would decode to gigabytes fails without the allocation.
+    max_decoded_bytes: int | None = None
+
+    @property
+    def decoded_limit(self) -> int:
+        return self.max_decoded_bytes if self.max_decoded_bytes is not None else self.max_bytes
 
 
 #: The limits of a default ``[input]`` table, for callers without a configuration.
@@ -66,6 +73,17 @@ def check_shape(name: str, shape: tuple[int, ...], limits: ReadLimits) -> None:
         )
 
 
+def check_decoded(name: str, decoded: int, limits: ReadLimits) -> None:
+    """The bytes a header says the decoded pixels take against ``input.max_decoded_bytes`` (or ``max_bytes``)."""
+    if decoded > limits.decoded_limit:
+        key = "input.max_decoded_bytes" if limits.max_decoded_bytes is not None else "input.max_bytes"
+        raise FrameError(
+            Stage.READ,
+            Reason.TOO_LARGE,
+            f"{name} would decode to {decoded} bytes, more than {key}={limits.decoded_limit}",
+        )
+
+
 def refuse_frames(name: str, frames: int, what: str) -> None:
     """Multi-frame objects are refused: one file is one frame, as the lifecycle and sidecar assume."""
     if frames != 1:
@@ -76,4 +94,4 @@ def refuse_frames(name: str, frames: int, what: str) -> None:
         )
 
 
-__all__ = ["DEFAULT_LIMITS", "RawDtype", "RawLayout", "ReadLimits", "check_shape", "check_size", "refuse_frames"]
+__all__ = ["DEFAULT_LIMITS", "RawDtype", "RawLayout", "ReadLimits", "check_decoded", "check_shape", "check_size", "refuse_frames"]

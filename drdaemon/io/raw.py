@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from drdaemon.errors import FrameError, Reason, Stage
-from drdaemon.io.limits import RawLayout, ReadLimits, check_shape, refuse_frames
+from drdaemon.io.limits import RawLayout, ReadLimits, check_decoded, check_shape, refuse_frames
 
 RAW_SUFFIXES = {".raw"}
 HIS_SUFFIXES = {".his"}
@@ -65,6 +65,7 @@ def decode_raw(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray, 
         )
     check_shape(name, (layout.height, layout.width), limits)
     dtype = _dtype(layout)
+    check_decoded(name, layout.width * layout.height * dtype.itemsize, limits)
     expected = layout.header_bytes + layout.width * layout.height * dtype.itemsize
     if len(data) < expected:
         raise FrameError(
@@ -130,6 +131,7 @@ def decode_his(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray, 
     geometry, dtype = his_geometry(data, name)
     check_shape(name, (geometry.height, geometry.width), limits)
     refuse_frames(name, geometry.frames, ".his stack")
+    check_decoded(name, geometry.width * geometry.height * dtype.itemsize, limits)
     expected = geometry.header_bytes + geometry.width * geometry.height * dtype.itemsize
     if len(data) < expected:
         raise FrameError(

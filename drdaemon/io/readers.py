@@ -13,9 +13,12 @@ PNG and TIFF) and by its suffix where it has none (``.raw``, ``.his``).
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -23,7 +26,7 @@ import tifffile
 
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.dicom import DICOM_SUFFIXES, DicomSource, decode_dicom, dicom_complete, has_dicom_marker
-from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits, check_shape, check_size
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits, check_decoded, check_shape, check_size
 from drdaemon.io.raw import HIS_SUFFIXES, RAW_SUFFIXES, RawGeometry, decode_his, decode_raw, his_complete
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -65,17 +68,64 @@ def read_frame_bytes(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[F
 
     The daemon hashes exactly the bytes it decoded, so a frame is never read twice.
     """
+    frame, data, _ = read_frame_file(path, limits)
+    return frame, data
+
+
+def read_frame_file(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[Frame, bytes, os.stat_result]:
+    """Like :func:`read_frame_bytes`, with the file's status as it was when read (to detect change)."""
     path = Path(path)
+    data, status = read_regular(path, limits)
+    return decode_frame(data, path.name, limits), data, status
+
+
+_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (for the reason file)."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def open_regular(path: Path) -> int:
+    """Open ``path`` for reading only if it is a regular file: never follows a symlink, never blocks.
+
+    A FIFO opened without ``O_NONBLOCK`` would block until a writer appears; a symlink would
+    lead outside the inbox. Both are refused as :data:`Reason.UNSUPPORTED` before any byte is read.
+    """
+    name = Path(path).name
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot stat {path.name}: {exc}") from exc
-    check_size(path.name, size, limits)
+        try:
+            kind = file_kind(os.lstat(path).st_mode)
+        except OSError:
+            kind = ""
+        if kind and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise FrameError(Stage.READ, Reason.UNSUPPORTED,
+                             f"{name} is {kind}; only regular files are read") from exc
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot open {name}: {exc}") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} is {file_kind(mode)}; only regular files are read")
+    return fd
+
+
+def read_regular(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[bytes, os.stat_result]:
+    """The whole content of a regular file, and its status before the read; size-checked first."""
+    fd = open_regular(path)
     try:
-        data = path.read_bytes()
+        status = os.fstat(fd)
+        check_size(Path(path).name, status.st_size, limits)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(status.st_size)  # a file that grows meanwhile is caught by the change check
     except OSError as exc:
-        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {path.name}: {exc}") from exc
-    return decode_frame(data, path.name, limits), data
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {Path(path).name}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return data, status
 
 
 def decode_frame(data: bytes, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> Frame:
@@ -122,6 +172,7 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
             check_shape(name, shape, limits)
+            check_decoded(name, int(np.prod(page.shaped)) * page.dtype.itemsize if page.dtype else 0, limits)
             _check_tiff_complete(name, page, len(data))
             pixels = page.asarray()
             tags = _carried_tags(page)
@@ -168,18 +219,32 @@ def _ends_with_iend(tail: bytes) -> bool:
     return len(tail) >= 12 and tail[-12:][4:8] == b"IEND"
 
 
+def _png_file_complete(fh: BinaryIO, size: int) -> bool:
+    if size < 12:
+        return False
+    fh.seek(-12, 2)
+    return _ends_with_iend(fh.read(12))
+
+
 def png_complete(path: Path) -> bool:
-    """A PNG is complete when its last chunk, IEND, has been written."""
-    with Path(path).open("rb") as fh:
-        fh.seek(0, 2)
-        if fh.tell() < 12:
-            return False
-        fh.seek(-12, 2)
-        return _ends_with_iend(fh.read(12))
+    """A PNG is complete when its last chunk, IEND, has been written (a regular file only)."""
+    try:
+        fd = open_regular(path)
+    except FrameError:
+        return False
+    with os.fdopen(fd, "rb") as fh:
+        return _png_file_complete(fh, os.fstat(fh.fileno()).st_size)
+
+
+#: Samples per pixel of each PNG colour type (gray, RGB, palette, gray+alpha, RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
 def _read_png(data: bytes, name: str, limits: ReadLimits) -> Frame:
-    check_shape(name, _png_size(data, name), limits)
+    height, width = _png_size(data, name)
+    check_shape(name, (height, width), limits)
+    bit_depth, colour = data[24], data[25]
+    check_decoded(name, height * width * _PNG_CHANNELS.get(colour, 4) * max(1, bit_depth // 8), limits)
     if not _ends_with_iend(data):
         raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: no IEND chunk")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -194,23 +259,29 @@ def looks_complete(path: Path) -> bool:
 
     Used by the watcher before claiming; a file that fails here stays in the inbox and is
     looked at again, while a file that is stable but never completes is claimed after all
-    and fails in :func:`read_frame` with a reason file.
+    and fails in :func:`read_frame` with a reason file. Only a regular file is opened.
     """
     try:
-        path = Path(path)
-        with path.open("rb") as fh:
+        fd = open_regular(path)
+    except FrameError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(HEAD_BYTES)
-        if has_dicom_marker(head):
-            return dicom_complete(path.read_bytes())
-        suffix = path.suffix.lower()
-        if suffix in HIS_SUFFIXES:
-            return his_complete(head, path.stat().st_size)
-        if suffix in RAW_SUFFIXES:
-            return True  # nothing to tell a whole file by: the size is checked on reading
-        if head.startswith(PNG_SIGNATURE):
-            return png_complete(path)
-        with tifffile.TiffFile(path) as tif:
-            end = _tiff_data_end(tif.pages.first)
-            return 0 < end <= Path(path).stat().st_size
+            size = os.fstat(fh.fileno()).st_size
+            if has_dicom_marker(head):
+                fh.seek(0)
+                return dicom_complete(fh.read(size))
+            suffix = Path(path).suffix.lower()
+            if suffix in HIS_SUFFIXES:
+                return his_complete(head, size)
+            if suffix in RAW_SUFFIXES:
+                return True  # nothing to tell a whole file by: the size is checked on reading
+            if head.startswith(PNG_SIGNATURE):
+                return _png_file_complete(fh, size)
+            fh.seek(0)
+            with tifffile.TiffFile(fh, name=Path(path).name) as tif:
+                end = _tiff_data_end(tif.pages.first)
+                return 0 < end <= size
     except Exception:  # noqa: BLE001 - anything unparsable is "not complete yet"
         return False

@@ -54,7 +54,9 @@ class RawRecord(_Record):
 
 class InputRecord(_Record):
     path: str  # where the raw frame rests now (the archive), byte-identical to what arrived
-    original_path: str  # where it arrived (the inbox)
+    original_path: str  # where it arrived (the inbox); bytes that are not UTF-8 shown as \xNN
+    #: The exact bytes of ``original_path`` in hex, only when it is not valid UTF-8 (else None).
+    original_path_hex: str | None = None
     sha256: str
     bytes: int
     shape: list[int]
@@ -134,6 +136,8 @@ class SidecarDraft:
     input_raw: RawRecord | None = None
     #: The UIDs of a DICOM output, fixed when its format is bound to the frame, before encoding.
     output_dicom: DicomRecord | None = None
+    #: The exact bytes of the original path in hex when they are not valid UTF-8.
+    original_path_hex: str | None = None
 
     def complete(
         self,
@@ -155,6 +159,7 @@ class SidecarDraft:
             input=InputRecord(
                 path=input_path,
                 original_path=self.original_path,
+                original_path_hex=self.original_path_hex,
                 sha256=self.input_sha256,
                 bytes=self.input_bytes,
                 shape=self.input_shape,

@@ -19,11 +19,20 @@ from drdaemon.config import InputConfig
 from drdaemon.engines.base import Engine, Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.folders.claim import WorkItem
-from drdaemon.folders.commit import Committed, Finisher, FrameOutput, commit_output
+from drdaemon.folders.commit import (
+    Committed,
+    Finisher,
+    FrameChanged,
+    FrameOutput,
+    commit_output,
+    display_name,
+    file_signature,
+    name_hex,
+)
 from drdaemon.io.dicom_writer import Derivation
 from drdaemon.io.formats import DicomOutput, format_for_frame
 from drdaemon.io.limits import RawLayout, ReadLimits
-from drdaemon.io.readers import Frame, read_frame_bytes
+from drdaemon.io.readers import Frame, read_frame_file
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
 from drdaemon.model.normalise import Window, robust_window
 
@@ -41,6 +50,8 @@ class LoadedFrame:
     #: The percentile window, measured by the reader (None: the engine measures it).
     window: Window | None = None
     window_s: float = 0.0
+    #: (inode, size, mtime_ns) when read: the commit refuses a frame that changed since.
+    signature: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -57,7 +68,12 @@ def read_limits(config: InputConfig) -> ReadLimits:
     """The reader's size limits and ``.raw`` layout from the ``[input]`` table."""
     raw = config.raw
     layout = None if raw is None else RawLayout(raw.width, raw.height, raw.dtype, raw.byte_order, raw.header_bytes)
-    return ReadLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes, raw=layout)
+    return ReadLimits(
+        max_pixels=config.max_pixels,
+        max_bytes=config.max_bytes,
+        raw=layout,
+        max_decoded_bytes=config.max_decoded_bytes,
+    )
 
 
 def load_frame(item: WorkItem, limits: ReadLimits, percentiles: tuple[float, float] | None = None) -> LoadedFrame:
@@ -68,14 +84,17 @@ def load_frame(item: WorkItem, limits: ReadLimits, percentiles: tuple[float, flo
     """
     started_wall = time.time()
     start = time.perf_counter()
-    frame, data = read_frame_bytes(item.path, limits)
+    frame, data, status = read_frame_file(item.path, limits)
+    signature = (status.st_ino, status.st_size, status.st_mtime_ns)
+    if file_signature(item.path) != signature or len(data) != status.st_size:
+        raise FrameChanged(f"{item.path.name} changed while it was read")
     digest = hashlib.sha256(data).hexdigest()
     read_s = time.perf_counter() - start
     window, window_s = None, 0.0
     if percentiles is not None:
         window = robust_window(frame.pixels, *percentiles)
         window_s = time.perf_counter() - start - read_s
-    return LoadedFrame(item, frame, digest, len(data), started_wall, read_s, window, window_s)
+    return LoadedFrame(item, frame, digest, len(data), started_wall, read_s, window, window_s, signature)
 
 
 def enhance_frame(loaded: LoadedFrame, engine: Engine) -> EnhancedFrame:
@@ -105,8 +124,10 @@ def engine_stage_timings(done: EnhancedFrame) -> dict[str, float]:
 def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
     """Everything the sidecar says about the frame's input, engine and stages so far."""
     loaded = done.loaded
+    original = str(loaded.item.original)
     return SidecarDraft(
-        original_path=str(loaded.item.original),
+        original_path=display_name(original),
+        original_path_hex=name_hex(original),
         input_sha256=loaded.sha256,
         input_bytes=loaded.nbytes,
         input_shape=list(loaded.frame.shape),
@@ -138,7 +159,7 @@ def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool 
     draft = sidecar_draft(done)
     if isinstance(output_format, DicomOutput):
         draft.output_dicom = dicom_record(output_format.identity)
-    result = FrameOutput(done.result.pixels, frame.tags, draft, output_format)
+    result = FrameOutput(done.result.pixels, frame.tags, draft, output_format, done.loaded.signature)
     return commit_output(done.loaded.item, result, finisher, retire_input=retire_input)
 
 

@@ -39,6 +39,7 @@ BUCKETS_S: Final = (
 _EXPECTED_ERRORS: Final = {
     Stage.READ.value: (
         Reason.UNREADABLE, Reason.TRUNCATED, Reason.UNSUPPORTED, Reason.TOO_LARGE, Reason.EMPTY,
+        Reason.CHANGED,
     ),
     Stage.ENHANCE.value: (Reason.ENGINE_ERROR, Reason.DEVICE_ERROR),
     Stage.WRITE.value: (Reason.WRITE_ERROR,),
@@ -48,6 +49,9 @@ _EXPECTED_ERRORS: Final = {
 #: plus the fine timing stages, so a failure can be pinned to e.g. ``upload``.
 ERROR_STAGES: Final = tuple(dict.fromkeys([s.value for s in Stage] + list(STAGES)))
 REASONS: Final = tuple(r.value for r in Reason)
+#: Why the output side refuses writes (``drdaemon_output_blocked{reason}``), see
+#: :mod:`drdaemon.service.output`.
+OUTPUT_BLOCKED_REASONS: Final = ("disk_full", "read_only", "permission", "missing", "io_error")
 #: Why the daemon stopped with exit status 70 (:mod:`drdaemon.exits`).
 FATAL_CAUSES: Final = ("device_lost", "internal_error")
 
@@ -139,12 +143,20 @@ class DaemonMetrics:
             ["version", "engine", "weights_sha256", "torch", "cuda"],
             registry=reg,
         )
+        self.output_blocked = Gauge(
+            "drdaemon_output_blocked",
+            "1 while frames cannot be committed for this reason (the daemon holds them and retries), else 0.",
+            ["reason"],
+            registry=reg,
+        )
         # Resident memory, CPU time and open files of the daemon process itself.
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
 
         for cause in FATAL_CAUSES:
             self.fatal_errors.labels(cause=cause)
+        for blocked in OUTPUT_BLOCKED_REASONS:
+            self.output_blocked.labels(reason=blocked)
         for result in ("ok", "failed"):
             self.frames.labels(result=result)
         for stage in STAGES:
@@ -196,6 +208,11 @@ class DaemonMetrics:
         self.latency.observe(latency_s)
         self.last_success.set(time.time())
 
+    def frame_recovered(self) -> None:
+        """A frame whose commit the last run completed and this start finished (no latency known)."""
+        self.frames.labels(result="ok").inc()
+        self.last_success.set(time.time())
+
     def frame_failed(self, *, stage: str | Stage, reason: str | Reason) -> None:
         stage_label = _label(stage, ERROR_STAGES, "stage")
         reason_label = _label(reason, REASONS, "reason")
@@ -216,6 +233,11 @@ class DaemonMetrics:
 
     def set_watcher_up(self, up: bool) -> None:
         self.watcher_up.set(1 if up else 0)
+
+    def set_output_blocked(self, reason: str | None) -> None:
+        """Which output fault holds frames back now (None: none); exactly one reason is 1 at a time."""
+        for label in OUTPUT_BLOCKED_REASONS:
+            self.output_blocked.labels(reason=label).set(1 if label == reason else 0)
 
     def set_device_memory(self, device: str, in_use: int, reserved: int) -> None:
         self.device_memory_in_use.labels(device=device).set(in_use)

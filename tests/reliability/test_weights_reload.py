@@ -1,0 +1,60 @@
+"""The weights file replaced while the daemon runs: the loaded weights stay until SIGHUP; a bad file is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from plant import Plant, frame_bytes
+
+from drdaemon.io.sidecar import Sidecar
+from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.weights import save_weights
+
+pytestmark = pytest.mark.reliability
+
+
+def weights_file(path: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=2)).eval()
+    return save_weights(path, net, {"run": f"reload-{seed}"})
+
+
+def test_replaced_weights_are_used_only_after_sighup_and_a_bad_file_is_refused(tmp_path: Path) -> None:
+    plant = Plant(tmp_path)
+    live = tmp_path / "enhancer.safetensors"
+    first = weights_file(live, 0)
+    second = weights_file(tmp_path / "second.safetensors", 1)
+    daemon = plant.daemon("a", f'[engine]\nname = "net"\nweights = "{live}"\ndevices = ["cpu"]\nprecision = "float32"\n')
+    daemon.start()
+    used: list[str | None] = []
+
+    def enhance_one(index: int) -> None:
+        plant.drop(f"w{index}.tif", frame_bytes(index))
+        plant.wait_for(lambda: (plant.dirs["outbox"] / f"w{index}.tif.json").exists(), 60)
+        record = Sidecar.model_validate_json((plant.dirs["outbox"] / f"w{index}.tif.json").read_bytes())
+        used.append(record.engine.weights_sha256)
+
+    def events(name: str) -> int:
+        return sum(e.get("event") == name for e in daemon.events())
+
+    try:
+        daemon.wait_ready(120)
+        enhance_one(0)
+        os.replace(tmp_path / "second.safetensors", live)  # a retrained file lands while it runs
+        enhance_one(1)
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+        plant.wait_for(lambda: events("engines_reloaded") == 1, 120)
+        enhance_one(2)
+        live.write_bytes(b"half a file")  # a broken upload, then a reload: refused, the last good stays
+        daemon.process.send_signal(signal.SIGHUP)
+        plant.wait_for(lambda: events("reload_refused") == 1, 120)
+        enhance_one(3)
+        assert daemon.stop() == 0
+    finally:
+        plant.stop_all()
+    assert used == [first, first, second, second]
