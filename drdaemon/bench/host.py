@@ -21,7 +21,8 @@ import numpy as np
 from drdaemon.bench.cli import median_seconds
 from drdaemon.io.durable import atomic_write, fsync_directory
 from drdaemon.io.formats import output_format
-from drdaemon.io.readers import ReadLimits, read_frame_bytes
+from drdaemon.io.limits import ReadLimits
+from drdaemon.io.readers import read_frame_bytes
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
 from drdaemon.model.normalise import robust_window
 

@@ -33,9 +33,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -44,26 +44,26 @@ from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_checked_engines
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
+from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
+from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
+from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io.durable import current_owner
 from drdaemon.io.formats import configured_output_format
-from drdaemon.service.prometheus import DaemonMetrics
-from drdaemon.service.notify import SystemdNotifier
-from drdaemon.service.output import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutputGate, blocking_reason
-from drdaemon.service.pipe import Pipe
-from drdaemon.service.threads import stage_threads
 from drdaemon.service.frame import (
-    as_frame_error,
     EnhancedFrame,
     LoadedFrame,
+    as_frame_error,
     commit_frame,
     enhance_frame,
     load_frame,
     read_limits,
     stage_timings,
 )
-from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
-from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
-from drdaemon.folders.watcher import InboxWatcher
+from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.output import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutputGate, blocking_reason
+from drdaemon.service.pipe import Pipe
+from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.threads import stage_threads
 
 log = structlog.get_logger(__name__)
 
@@ -288,7 +288,7 @@ class Daemon:
         self._spawn("intake", self._intake_loop, recovered)
         for index in range(readers):
             self._spawn(f"reader-{index}", self._reader_loop)
-        for index, engine in enumerate(engines):
+        for index in range(len(engines)):
             self._spawn(f"worker-{index}", self._worker_loop, engines, index)
         for index in range(writers):
             self._spawn(f"writer-{index}", self._writer_loop)
