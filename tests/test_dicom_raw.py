@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -600,3 +601,43 @@ def test_daemon_takes_dicom_and_his_frames_through_the_folder_lifecycle(tmp_path
     assert reasons == {"cut.dcm": "truncated", "stack.his": "unsupported"}
     for name, data in bad.items():
         assert (station.dirs["failed"] / name).read_bytes() == data
+
+
+# -- the reliability guards (issue 13) hold for DICOM and detector frames too ---------------------
+def _decoded_limit_cases() -> list[tuple[str, bytes, ReadLimits]]:
+    pixels = ramp((32, 32))
+    layout = RawLayout(width=32, height=32)
+    return [
+        ("frame.dcm", dicom_bytes(diconde_dataset(pixels)), ReadLimits(max_decoded_bytes=1000)),
+        ("frame.raw", pixels.astype("<u2").tobytes(), ReadLimits(raw=layout, max_decoded_bytes=1000)),
+        ("frame.his", encode_his(pixels), ReadLimits(max_decoded_bytes=1000)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_decoded_size_is_checked_from_the_header_for_dicom_raw_and_his(index: int) -> None:
+    name, data, limits = _decoded_limit_cases()[index]
+    with pytest.raises(FrameError) as error:
+        decode_frame(data, name, limits)
+    assert error.value.reason is Reason.TOO_LARGE and "input.max_decoded_bytes=1000" in str(error.value)
+    roomy = ReadLimits(raw=limits.raw, max_decoded_bytes=32 * 32 * 2)
+    assert decode_frame(data, name, roomy).shape == (32, 32)
+
+
+@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_only_regular_dicom_raw_and_his_files_are_opened(tmp_path: Path, index: int, kind: str) -> None:
+    name, data, limits = _decoded_limit_cases()[index]
+    limits = ReadLimits(raw=limits.raw)
+    target = tmp_path / f"target{Path(name).suffix}"
+    target.write_bytes(data)
+    path = tmp_path / name
+    if kind == "symlink":
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    assert read_frame(target, limits).shape == (32, 32) and looks_complete(target)
+    with pytest.raises(FrameError) as error:
+        read_frame(path, limits)  # a FIFO would block without O_NONBLOCK
+    assert error.value.reason is Reason.UNSUPPORTED and "only regular files are read" in str(error.value)
+    assert not looks_complete(path)
