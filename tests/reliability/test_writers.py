@@ -100,13 +100,13 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
     enhance = engine.enhance
     calls: list[int] = []
 
-    def enhance_while_rewritten(pixels):
+    def enhance_while_rewritten(pixels, window=None):
         claimed = settings.folders.work / "late.tif"
         if claimed.exists():  # not the warm-up
             if not calls:
                 claimed.write_bytes(final)  # the same inode and size, new content
             calls.append(1)
-        return enhance(pixels)
+        return enhance(pixels, window)
 
     engine.enhance = enhance_while_rewritten
     (settings.folders.inbox / "late.tif").write_bytes(first)
@@ -132,12 +132,12 @@ def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_r
     enhance = engine.enhance
     calls: list[int] = []
 
-    def enhance_while_rewritten(pixels):
+    def enhance_while_rewritten(pixels, window=None):
         claimed = settings.folders.work / "restless.tif"
         if claimed.exists():  # a writer that never stops: new content during every enhancement
             calls.append(1)
             claimed.write_bytes(frame_bytes(100 + len(calls), (40, 48)))
-        return enhance(pixels)
+        return enhance(pixels, window)
 
     engine.enhance = enhance_while_rewritten
     (settings.folders.inbox / "restless.tif").write_bytes(frame_bytes(100, (40, 48)))
