@@ -118,7 +118,7 @@ def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path,
         loss.backward()
         optim.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update()
         bar.set_postfix(mse=f"{np.mean(losses[-20:]):.4g}")
         if time.perf_counter() - started > cfg.minutes * 60:

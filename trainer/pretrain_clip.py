@@ -1,0 +1,390 @@
+"""``python -m trainer.pretrain_clip``: pretrain a small CLIP on captioned, generated radiographs.
+
+The data is :mod:`trainer.radiograph_data` (every part in every graded exposure state, a
+caption per frame). A batch holds ``parts_per_batch`` parts with ``states_per_part`` of
+their states each (the well exposed label always among them), every state of a part seen
+through the same random crop, rotation and flips as the trainer makes them
+(:func:`trainer.data.random_view`), so the states of one part differ only in exposure.
+
+The objective knows the grades:
+
+* **class-aware contrastive**: image-to-caption and caption-to-image cross-entropy whose
+  targets spread evenly over every caption of the same state in the batch, so two frames
+  both "slightly too dark" are not pushed apart as negatives;
+* **zero-shot term**: cross-entropy of each clearly well or badly exposed frame between the
+  two prompts the judge uses (near misses left out);
+* **ranking term**: within a part, a rendering with a higher PSNR against the label (by at
+  least ``rank_min_db``) must score higher (cosine to the well prompt minus cosine to the
+  bad prompt) by ``rank_margin``: the judge learns the order the labels define, not only
+  the classes.
+
+Each batch is a pure function of (seed, step), so ``--resume`` continues exactly. The result
+is an open_clip checkpoint (``open_clip_model.safetensors`` plus ``open_clip_config.json``, so
+``local-dir:DIR`` works too) and ``model_card.json`` with the data recipe, the losses and the
+judge's figures (:mod:`trainer.clip_judge`) on held-out parts and on real CR frames. The
+trainer loads it with ``--clip trainer/model_configs/radiograph-clip.json --clip-weights
+DIR/open_clip_model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from trainer.clip_backbone import read_model_config, sha256_file
+from trainer.clip_judge import JudgeReport, clip_input, judge_captioned, judge_real, prompt_features, real_frame_paths
+from trainer.config import DataConfig
+from trainer.data import random_view
+from trainer.export import package_versions
+from trainer.radiograph_data import (HELD_OUT_CLIPPED_PERCENT, HELD_OUT_SET, PRETRAIN_SET, STATE_INDEX, STATES,
+                                     TEMPLATES, CaptionedSet, make_captioned_set)
+
+DEFAULT_CONFIG = Path(__file__).parent / "model_configs" / "radiograph-clip.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+BATCH_STREAM, VIEW_STREAM = 11, 12
+MODEL_NAME = "radiograph-clip"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything a pretraining run depends on (stored in the checkpoint and the card)."""
+
+    model_config: str = str(DEFAULT_CONFIG)
+    frames: int = 5400  # captioned training frames: parts x len(STATES)
+    size: int = 256  # generator frame side, pixels
+    held_out_parts: int = 40
+    seed: int = 0
+    steps: int = 2000
+    parts_per_batch: int = 8
+    states_per_part: int = 6
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    zero_shot_weight: float = 1.0
+    rank_weight: float = 1.0
+    rank_margin: float = 0.05
+    rank_min_db: float = 1.0
+    scale_min: float = 0.5  # smallest crop, share of the frame's short side (as the trainer's data)
+
+    @property
+    def parts(self) -> int:
+        return max(1, self.frames // len(STATES))
+
+
+@dataclass
+class PretrainResult:
+    steps: int
+    duration_s: float
+    final_losses: dict[str, float]
+    weights: Path
+    card: Path
+    held_out: JudgeReport | None = None
+    real: JudgeReport | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def build_model(model_config: str) -> tuple[nn.Module, dict]:
+    import open_clip
+
+    _, cfg = read_model_config(model_config)
+    return open_clip.CLIP(**cfg), cfg
+
+
+def batch_members(step: int, cfg: PretrainConfig, parts: int) -> list[tuple[int, int]]:
+    """(part, state) pairs of one step's batch; the label state is in every part's group."""
+    rng = np.random.default_rng([cfg.seed, BATCH_STREAM, step])
+    chosen = rng.choice(parts, size=min(cfg.parts_per_batch, parts), replace=False)
+    others = [k for k in range(len(STATES)) if k != STATE_INDEX["label"]]
+    members = []
+    for part in chosen:
+        states = rng.choice(others, size=min(cfg.states_per_part - 1, len(others)), replace=False)
+        members += [(int(part), STATE_INDEX["label"])] + [(int(part), int(s)) for s in states]
+    return members
+
+
+def batch_views(data: CaptionedSet, members: list[tuple[int, int]], step: int, cfg: PretrainConfig,
+                image_size: int) -> Tensor:
+    """(B, 1, S, S) views; the states of one part share one random crop (same view seed)."""
+    view_cfg = DataConfig(crop_size=image_size, scale_min=cfg.scale_min, workers=0)
+    views = []
+    for part, state in members:
+        rng = np.random.default_rng([cfg.seed, VIEW_STREAM, step, part])
+        unit = data.frames[part, state].astype(np.float32) / 65535.0
+        views.append(random_view(unit, rng, view_cfg))
+    return torch.from_numpy(np.stack(views))[:, None]
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def class_aware_contrastive(logits: Tensor, classes: Tensor) -> Tensor:
+    """Both directions' cross-entropy, targets spread over every same-class pair."""
+    same = (classes[:, None] == classes[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.t(), targets.t()))
+
+
+def zero_shot_loss(image_features: Tensor, prompts: Tensor, scale: Tensor, well: Tensor) -> Tensor:
+    """Cross-entropy between the bad (0) and well (1) prompts; ``well`` is 1, 0 or -1 (left out)."""
+    known = well >= 0
+    if not known.any():
+        return image_features.new_zeros(())
+    logits = scale * image_features[known] @ prompts.t()
+    return F.cross_entropy(logits, well[known])
+
+
+def ranking_loss(image_features: Tensor, prompts: Tensor, psnr: Tensor, parts: Tensor, margin: float,
+                 min_db: float) -> Tensor:
+    """Hinge on every same-part pair whose PSNR differs by ``min_db``: the better one scores higher."""
+    score = image_features @ (prompts[1] - prompts[0])
+    better = (parts[:, None] == parts[None, :]) & (psnr[:, None] > psnr[None, :] + min_db)
+    if not better.any():
+        return image_features.new_zeros(())
+    gaps = score[:, None] - score[None, :]
+    return F.relu(margin - gaps[better]).mean()
+
+
+def pretrain_losses(clip: nn.Module, views: Tensor, tokens: Tensor, prompt_tokens: Tensor, classes: Tensor,
+                    well: Tensor, psnr: Tensor, parts: Tensor, cfg: PretrainConfig, image_size: int
+                    ) -> dict[str, Tensor]:
+    image_features = F.normalize(clip.encode_image(clip_input(views, image_size)), dim=-1)
+    text_features = F.normalize(clip.encode_text(tokens), dim=-1)
+    prompts = F.normalize(clip.encode_text(prompt_tokens), dim=-1)
+    scale = clip.logit_scale.exp().clamp(max=100.0)
+    losses = {
+        "contrastive": class_aware_contrastive(scale * image_features @ text_features.t(), classes),
+        "zero_shot": zero_shot_loss(image_features, prompts, scale, well),
+        "rank": ranking_loss(image_features, prompts, psnr, parts, cfg.rank_margin, cfg.rank_min_db),
+    }
+    losses["total"] = (losses["contrastive"] + cfg.zero_shot_weight * losses["zero_shot"]
+                       + cfg.rank_weight * losses["rank"])
+    return losses
+
+
+class BatchMaker:
+    """Tensors of one step's batch from the captioned set (tokenised captions cached)."""
+
+    def __init__(self, data: CaptionedSet, cfg: PretrainConfig, image_size: int, context_length: int) -> None:
+        from open_clip.tokenizer import tokenize
+
+        from trainer.radiograph_data import BAD_PROMPT, WELL_PROMPT
+
+        self.data, self.cfg, self.image_size = data, cfg, image_size
+        self.tokens = tokenize([r.caption for r in data.renderings], context_length=context_length)
+        self.prompt_tokens = tokenize([BAD_PROMPT, WELL_PROMPT], context_length=context_length)
+
+    def __call__(self, step: int) -> dict[str, Tensor]:
+        members = batch_members(step, self.cfg, self.data.frames.shape[0])
+        index = [part * len(STATES) + state for part, state in members]
+        records = [self.data.renderings[i] for i in index]
+        return {
+            "views": batch_views(self.data, members, step, self.cfg, self.image_size),
+            "tokens": self.tokens[index], "prompt_tokens": self.prompt_tokens,
+            "classes": torch.tensor([state for _, state in members]),
+            "well": torch.tensor([-1 if r.well is None else int(r.well) for r in records]),
+            "psnr": torch.tensor([r.psnr for r in records], dtype=torch.float32),
+            "parts": torch.tensor([part for part, _ in members]),
+        }
+
+
+def learning_rate(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0))))
+
+
+def data_sha256(data: CaptionedSet) -> str:
+    """Identifies a captioned set: its frames' bytes and its captions."""
+    digest = hashlib.sha256(np.ascontiguousarray(data.frames).tobytes())
+    for r in data.renderings:
+        digest.update(f"{r.state}\t{r.caption}\t{r.psnr:.4f}\n".encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, clip: nn.Module, optim: torch.optim.Optimizer, step: int, cfg: PretrainConfig,
+                    history: list[dict[str, float]], elapsed: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"clip": clip.state_dict(), "optim": optim.state_dict(), "step": step, "config": asdict(cfg),
+                "history": history, "elapsed": elapsed}, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: PretrainConfig, out: Path, resume: bool = False, progress: bool = True, log_every: int = 25,
+          checkpoint_every: int = 100, minutes: float | None = None) -> PretrainResult:
+    """Pretrain, export the checkpoint, judge it and write the card."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    clip, model_cfg = build_model(cfg.model_config)
+    image_size = int(model_cfg["vision_cfg"]["image_size"])
+    context_length = int(model_cfg["text_cfg"].get("context_length", 77))
+    optim = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history, elapsed_before = 0, [], 0.0
+    checkpoint = out / CHECKPOINT_NAME
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no {checkpoint}")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"--resume: {checkpoint} was made with another config: {state['config']}")
+        clip.load_state_dict(state["clip"])
+        optim.load_state_dict(state["optim"])
+        step, history, elapsed_before = state["step"], state["history"], state["elapsed"]
+    data = make_captioned_set(cfg.seed, cfg.parts, cfg.size, held_out=False, progress=progress)
+    batches = BatchMaker(data, cfg, image_size, context_length)
+    started = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", disable=not progress)
+    clip.train()
+    while step < cfg.steps:
+        for group in optim.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        batch = batches(step)
+        losses = pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
+                                 batch["well"], batch["psnr"], batch["parts"], cfg, image_size)
+        optim.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optim.step()
+        step += 1
+        history.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
+        bar.update()
+        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k != "step"})
+        if not progress and (step % log_every == 0 or step == cfg.steps):
+            print("pretrain step " + " ".join(f"{k}={v}" for k, v in history[-1].items() if k != "step")
+                  + f" step={step}/{cfg.steps}", flush=True)
+        out_of_time = minutes is not None and time.perf_counter() - started > minutes * 60
+        if step % checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            save_checkpoint(checkpoint, clip, optim, step, cfg, history,
+                            elapsed_before + time.perf_counter() - started)
+        if out_of_time:
+            break
+    bar.close()
+    duration = elapsed_before + time.perf_counter() - started
+    return export(clip, model_cfg, cfg, out, data, history, duration, image_size, context_length, progress)
+
+
+def mean_losses(history: list[dict[str, float]], last: int = 50) -> dict[str, float]:
+    tail = history[-last:]
+    return {k: round(float(np.mean([h[k] for h in tail])), 5) for k in tail[0] if k != "step"} if tail else {}
+
+
+def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, data: CaptionedSet,
+           history: list[dict[str, float]], duration: float, image_size: int, context_length: int,
+           progress: bool) -> PretrainResult:
+    """Weights, open_clip config, judge figures and the model card."""
+    from safetensors.torch import save_file
+
+    clip.eval()
+    weights = out / WEIGHTS_NAME
+    save_file({k: v.detach().contiguous() for k, v in clip.state_dict().items()}, str(weights))
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2) + "\n")
+    held_out_set = make_captioned_set(cfg.seed, cfg.held_out_parts, cfg.size, held_out=True, progress=progress)
+    held_out, _ = judge_captioned(clip, held_out_set, image_size, context_length)
+    paths = real_frame_paths()
+    real, real_scores = judge_real(clip, paths, image_size, context_length) if paths else (None, {})
+    card = {
+        "name": MODEL_NAME,
+        "weights": {"path": str(weights.resolve()), "sha256": sha256_file(weights), "format": "open_clip state dict"},
+        "model_config": {"path": cfg.model_config, "model_cfg": model_cfg},
+        "use": f"python -m trainer --clip {cfg.model_config} --clip-weights {weights}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(cfg),
+        "data": {"generator": "drdaemon.evaluate.synth via trainer.radiograph_data", "seed": cfg.seed,
+                 "train_subset": PRETRAIN_SET, "held_out_subset": HELD_OUT_SET,
+                 "held_out_rule": f"training parts clip < {HELD_OUT_CLIPPED_PERCENT} % of the part, held-out "
+                                  f"parts >= {HELD_OUT_CLIPPED_PERCENT} %, from another seed subset",
+                 "parts": int(data.frames.shape[0]), "frames": len(data), "size": cfg.size,
+                 "states": [{"name": s.name, "grade": s.grade, "well": s.well} for s in STATES],
+                 "templates": list(TEMPLATES), "sha256": data_sha256(data),
+                 "held_out_parts": int(held_out_set.frames.shape[0]), "held_out_sha256": data_sha256(held_out_set)},
+        "steps": len(history), "duration_s": round(duration, 1),
+        "first_losses": history[0] if history else {}, "final_losses": mean_losses(history),
+        "logit_scale": round(float(clip.logit_scale.detach().exp()), 4),
+        "judge": {"held_out": held_out.as_dict(), "real_cr": real.as_dict() if real else None,
+                  "real_cr_scores": real_scores, "real_cr_frames": [p.name for p in paths],
+                  "targets": {"accuracy": 0.95, "spearman": 0.8}},
+        "versions": package_versions(),
+    }
+    card_path = out / "model_card.json"
+    card_path.write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
+    return PretrainResult(len(history), duration, mean_losses(history), weights, card_path, held_out, real)
+
+
+def _report_line(name: str, report: JudgeReport | None) -> str:
+    if report is None:
+        return f"judge {name}: not run (pydicom-data not installed)"
+    return (f"judge {name}: {report.frames} frames of {report.parts} parts; zero-shot well vs badly exposed "
+            f"{100 * report.accuracy:.1f} % (well {100 * report.accuracy_well:.1f} %, bad "
+            f"{100 * report.accuracy_bad:.1f} %); per-part Spearman vs PSNR {report.spearman_psnr:.3f}, "
+            f"vs SSIM {report.spearman_ssim:.3f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = PretrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.pretrain_clip",
+        description="Pretrain a small CLIP on radiographs made by the project's physics generator, captioned with "
+                    "their exposure state, part, defects and noise; write an open_clip checkpoint and a model card "
+                    "with the judge's figures (zero-shot accuracy, per-part rank correlation with PSNR/SSIM).",
+        epilog="The trainer then loads it: python -m trainer --clip trainer/model_configs/radiograph-clip.json "
+               "--clip-weights DIR/open_clip_model.safetensors ...")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (checkpoint, weights, card)")
+    parser.add_argument("--frames", type=int, default=defaults.frames,
+                        help=f"captioned training frames, {len(STATES)} states per part (default {defaults.frames})")
+    parser.add_argument("--size", type=int, default=defaults.size, help="generated frame side in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default {defaults.steps})")
+    parser.add_argument("--model-config", default=defaults.model_config,
+                        help="open_clip model-config JSON (default: the shipped radiograph-clip.json)")
+    parser.add_argument("--held-out-parts", type=int, default=defaults.held_out_parts)
+    parser.add_argument("--parts-per-batch", type=int, default=defaults.parts_per_batch)
+    parser.add_argument("--states-per-part", type=int, default=defaults.states_per_part)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop (checkpointed, exported and judged) after this many minutes of training")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--log-every", type=int, default=25, help="steps between log lines without a progress bar")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.frames < len(STATES) or args.size < 64 or args.steps < 1:
+        print(f"pretrain_clip: need --frames >= {len(STATES)}, --size >= 64 and --steps >= 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PretrainConfig(model_config=args.model_config, frames=args.frames, size=args.size,
+                         held_out_parts=args.held_out_parts, seed=args.seed, steps=args.steps,
+                         parts_per_batch=args.parts_per_batch, states_per_part=args.states_per_part, lr=args.lr)
+    try:
+        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, log_every=args.log_every,
+                       minutes=args.minutes)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pretrain_clip: {exc}", file=sys.stderr)
+        return 2
+    print(f"pretrain_clip: {result.steps} steps in {result.duration_s:.0f} s; final losses {result.final_losses}")
+    print(_report_line("held-out parts", result.held_out))
+    print(_report_line("real CR frames", result.real))
+    print(f"wrote {result.weights} and {result.card}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
