@@ -141,7 +141,7 @@ def _clahe(unit: np.ndarray, clip: float, tiles: int = 8) -> np.ndarray:
     """The daemon's CLAHE, with as many gray levels per tile pixel as a 1024-pixel frame has, so
     that the clip limit acts on small frames too (see :func:`clahe_u16`)."""
     tile_pixels = unit.size // (tiles * tiles)
-    levels = int(np.clip(4096 * tile_pixels // (128 * 128), 256, 4096))
+    levels = 2 ** int(np.clip(np.floor(np.log2(max(tile_pixels // 4, 1))), 4, 12))  # 4096 at 1024 pixels
     return clahe_u16(unit_to_u16(unit), clip, tiles, levels).astype(np.float32) / U16_MAX
 
 
