@@ -8,15 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trainer_testkit import write_tiny_clip_config
 
 from drdaemon.model.weights import load_weights
 from trainer.clip_backbone import load_backbone
-from trainer.clip_judge import (judge, mean_part_spearman, real_frame_renderings, well_scores,
-                                zero_shot_accuracy)
-from trainer.pretrain_clip import (WEIGHTS_NAME, BatchMaker, PretrainConfig, build_model, class_aware_contrastive,
-                                   pretrain_losses, ranking_loss, train)
+from trainer.clip_judge import judge, mean_part_spearman, real_frame_renderings, well_scores, zero_shot_accuracy
+from trainer.pretrain_clip import (
+    WEIGHTS_NAME,
+    BatchMaker,
+    PretrainConfig,
+    build_model,
+    class_aware_contrastive,
+    pretrain_losses,
+    ranking_loss,
+    train,
+)
 from trainer.radiograph_data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, make_captioned_set
-from trainer_testkit import write_tiny_clip_config
 
 
 @pytest.fixture(scope="module")

@@ -44,12 +44,20 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer.clip_backbone import read_model_config, sha256_file
-from trainer.clip_judge import JudgeReport, clip_input, judge_captioned, judge_real, prompt_features, real_frame_paths
+from trainer.clip_judge import JudgeReport, clip_input, judge_captioned, judge_real, real_frame_paths
 from trainer.config import DataConfig
 from trainer.data import random_view
 from trainer.export import package_versions
-from trainer.radiograph_data import (HELD_OUT_CLIPPED_PERCENT, HELD_OUT_SET, PRETRAIN_SET, STATE_INDEX, STATES,
-                                     TEMPLATES, CaptionedSet, make_captioned_set)
+from trainer.radiograph_data import (
+    HELD_OUT_CLIPPED_PERCENT,
+    HELD_OUT_SET,
+    PRETRAIN_SET,
+    STATE_INDEX,
+    STATES,
+    TEMPLATES,
+    CaptionedSet,
+    make_captioned_set,
+)
 
 DEFAULT_CONFIG = Path(__file__).parent / "model_configs" / "radiograph-clip.json"
 CHECKPOINT_NAME = "checkpoint.pt"

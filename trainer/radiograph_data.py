@@ -31,8 +31,16 @@ from tqdm import tqdm
 
 from drdaemon.engines.classical import clahe_u16
 from drdaemon.evaluate.metrics import psnr, ssim
-from drdaemon.evaluate.synth import (Part, Physics, expected_transmission, expose, make_part, part_rng, render,
-                                     to_detector)
+from drdaemon.evaluate.synth import (
+    Part,
+    Physics,
+    expected_transmission,
+    expose,
+    make_part,
+    part_rng,
+    render,
+    to_detector,
+)
 from drdaemon.model.normalise import U16_MAX, frame_to_unit, unit_to_u16
 
 PRETRAIN_SET, HELD_OUT_SET = 4, 5
