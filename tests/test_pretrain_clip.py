@@ -173,7 +173,7 @@ def test_a_few_pretraining_iterations_lower_the_loss(tmp_path, tiny_set):
 
 def test_checkpoint_loads_through_the_trainers_clip_path(tmp_path):
     cfg = tiny_config(tmp_path)
-    result = train(cfg, tmp_path / "rclip", progress=False)
+    result = train(cfg, tmp_path / "rclip", progress=False, judge_every=2)
     weights = tmp_path / "rclip" / WEIGHTS_NAME
     assert result.weights == weights and weights.is_file() and result.card.is_file()
     backbone = load_backbone(cfg.model_config, str(weights))  # what --clip CONFIG --clip-weights PATH runs
@@ -185,6 +185,7 @@ def test_checkpoint_loads_through_the_trainers_clip_path(tmp_path):
 
     card = json.loads(result.card.read_text())
     assert card["judge"]["held_out"]["frames"] == len(STATES)
+    assert [j["step"] for j in card["judge"]["during_training"]] == [2, 4]
     assert card["steps"] == cfg.steps and card["weights"]["sha256"] == backbone.source.checkpoint_sha256
 
 

@@ -48,6 +48,9 @@ class JudgeReport:
     accuracy_bad: float  # on the badly exposed frames alone
     spearman_psnr: float  # mean over parts of the per-part rank correlation
     spearman_ssim: float
+    #: The same without the reference rendering itself (the label): the order among the flawed ones.
+    spearman_psnr_flawed: float = float("nan")
+    spearman_ssim_flawed: float = float("nan")
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -131,6 +134,9 @@ def judge(clip: nn.Module, frames: list[np.ndarray], well: list[bool | None], ps
                          accuracy_well=on_well, accuracy_bad=on_bad,
                          spearman_psnr=mean_part_spearman(scores, psnrs, parts),
                          spearman_ssim=mean_part_spearman(scores, ssims, parts))
+    flawed = psnrs < LABEL_PSNR
+    report.spearman_psnr_flawed = mean_part_spearman(scores[flawed], psnrs[flawed], parts[flawed])
+    report.spearman_ssim_flawed = mean_part_spearman(scores[flawed], ssims[flawed], parts[flawed])
     return report, scores
 
 

@@ -225,64 +225,87 @@ def data_sha256(data: CaptionedSet) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: Path, clip: nn.Module, optim: torch.optim.Optimizer, step: int, cfg: PretrainConfig,
-                    history: list[dict[str, float]], elapsed: float) -> None:
+@dataclass
+class RunState:
+    """What a checkpoint restores besides the weights: where the run is and what it measured."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    judge_history: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+def save_checkpoint(path: Path, clip: nn.Module, optim: torch.optim.Optimizer, cfg: PretrainConfig,
+                    run: RunState) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"clip": clip.state_dict(), "optim": optim.state_dict(), "step": step, "config": asdict(cfg),
-                "history": history, "elapsed": elapsed}, tmp)
+    torch.save({"clip": clip.state_dict(), "optim": optim.state_dict(), "config": asdict(cfg), **asdict(run)}, tmp)
     tmp.replace(path)
 
 
+def restore(path: Path, clip: nn.Module, optim: torch.optim.Optimizer, cfg: PretrainConfig) -> RunState:
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["config"] != asdict(cfg):
+        raise ValueError(f"--resume: {path} was made with another config: {state['config']}")
+    clip.load_state_dict(state["clip"])
+    optim.load_state_dict(state["optim"])
+    return RunState(state["step"], state["history"], state.get("judge_history", []), state["elapsed"])
+
+
+def optimise(clip: nn.Module, optim: torch.optim.Optimizer, batch: dict[str, Tensor], cfg: PretrainConfig,
+             lr: float, image_size: int) -> dict[str, float]:
+    """One step on one batch; the losses as floats."""
+    for group in optim.param_groups:
+        group["lr"] = lr
+    losses = pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
+                             batch["well"], batch["psnr"], batch["parts"], cfg, image_size)
+    optim.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optim.step()
+    return {k: round(float(v.detach()), 5) for k, v in losses.items()}
+
+
 def train(cfg: PretrainConfig, out: Path, resume: bool = False, progress: bool = True, log_every: int = 25,
-          checkpoint_every: int = 100, minutes: float | None = None) -> PretrainResult:
-    """Pretrain, export the checkpoint, judge it and write the card."""
+          checkpoint_every: int = 100, minutes: float | None = None, judge_every: int = 0) -> PretrainResult:
+    """Pretrain (judging the held-out set every ``judge_every`` steps), export, judge, write the card."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     clip, model_cfg = build_model(cfg.model_config)
     image_size = int(model_cfg["vision_cfg"]["image_size"])
     context_length = int(model_cfg["text_cfg"].get("context_length", 77))
     optim = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history, elapsed_before = 0, [], 0.0
     checkpoint = out / CHECKPOINT_NAME
-    if resume:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"--resume: no {checkpoint}")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg):
-            raise ValueError(f"--resume: {checkpoint} was made with another config: {state['config']}")
-        clip.load_state_dict(state["clip"])
-        optim.load_state_dict(state["optim"])
-        step, history, elapsed_before = state["step"], state["history"], state["elapsed"]
+    run = restore(checkpoint, clip, optim, cfg) if resume else RunState()
     data = make_captioned_set(cfg.seed, cfg.parts, cfg.size, held_out=False, progress=progress)
+    held_out = make_captioned_set(cfg.seed, cfg.held_out_parts, cfg.size, held_out=True, progress=progress)
     batches = BatchMaker(data, cfg, image_size, context_length)
     started = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="pretrain", unit="step", disable=not progress)
     clip.train()
-    while step < cfg.steps:
-        for group in optim.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        batch = batches(step)
-        losses = pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
-                                 batch["well"], batch["psnr"], batch["parts"], cfg, image_size)
-        optim.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optim.step()
-        step += 1
-        history.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
+    while run.step < cfg.steps:
+        losses = optimise(clip, optim, batches(run.step), cfg, learning_rate(run.step, cfg), image_size)
+        run.step += 1
+        run.history.append({"step": run.step, **losses})
         bar.update()
-        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k != "step"})
-        if not progress and (step % log_every == 0 or step == cfg.steps):
-            print("pretrain step " + " ".join(f"{k}={v}" for k, v in history[-1].items() if k != "step")
-                  + f" step={step}/{cfg.steps}", flush=True)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+        if not progress and (run.step % log_every == 0 or run.step == cfg.steps):
+            print("pretrain " + " ".join(f"{k}={v}" for k, v in losses.items()) + f" step={run.step}/{cfg.steps}",
+                  flush=True)
+        if judge_every and run.step % judge_every == 0:
+            report, _ = judge_captioned(clip, held_out, image_size, context_length)
+            run.judge_history.append({"step": run.step, **report.as_dict()})
+            tqdm.write(_report_line(f"held-out parts at step {run.step}", report))
         out_of_time = minutes is not None and time.perf_counter() - started > minutes * 60
-        if step % checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            save_checkpoint(checkpoint, clip, optim, step, cfg, history,
-                            elapsed_before + time.perf_counter() - started)
+        if run.step % checkpoint_every == 0 or run.step == cfg.steps or out_of_time:
+            run.elapsed += time.perf_counter() - started
+            started = time.perf_counter()
+            save_checkpoint(checkpoint, clip, optim, cfg, run)
         if out_of_time:
             break
     bar.close()
-    duration = elapsed_before + time.perf_counter() - started
-    return export(clip, model_cfg, cfg, out, data, history, duration, image_size, context_length, progress)
+    run.elapsed += time.perf_counter() - started
+    return export(clip, model_cfg, cfg, out, data, held_out, run, image_size, context_length)
 
 
 def mean_losses(history: list[dict[str, float]], last: int = 50) -> dict[str, float]:
@@ -291,8 +314,7 @@ def mean_losses(history: list[dict[str, float]], last: int = 50) -> dict[str, fl
 
 
 def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, data: CaptionedSet,
-           history: list[dict[str, float]], duration: float, image_size: int, context_length: int,
-           progress: bool) -> PretrainResult:
+           held_out_set: CaptionedSet, run: RunState, image_size: int, context_length: int) -> PretrainResult:
     """Weights, open_clip config, judge figures and the model card."""
     from safetensors.torch import save_file
 
@@ -300,7 +322,6 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
     weights = out / WEIGHTS_NAME
     save_file({k: v.detach().contiguous() for k, v in clip.state_dict().items()}, str(weights))
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2) + "\n")
-    held_out_set = make_captioned_set(cfg.seed, cfg.held_out_parts, cfg.size, held_out=True, progress=progress)
     held_out, _ = judge_captioned(clip, held_out_set, image_size, context_length)
     paths = real_frame_paths()
     real, real_scores = judge_real(clip, paths, image_size, context_length) if paths else (None, {})
@@ -319,17 +340,17 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
                  "states": [{"name": s.name, "grade": s.grade, "well": s.well} for s in STATES],
                  "templates": list(TEMPLATES), "sha256": data_sha256(data),
                  "held_out_parts": int(held_out_set.frames.shape[0]), "held_out_sha256": data_sha256(held_out_set)},
-        "steps": len(history), "duration_s": round(duration, 1),
-        "first_losses": history[0] if history else {}, "final_losses": mean_losses(history),
+        "steps": run.step, "duration_s": round(run.elapsed, 1),
+        "first_losses": run.history[0] if run.history else {}, "final_losses": mean_losses(run.history),
         "logit_scale": round(float(clip.logit_scale.detach().exp()), 4),
         "judge": {"held_out": held_out.as_dict(), "real_cr": real.as_dict() if real else None,
                   "real_cr_scores": real_scores, "real_cr_frames": [p.name for p in paths],
-                  "targets": {"accuracy": 0.95, "spearman": 0.8}},
+                  "targets": {"accuracy": 0.95, "spearman": 0.8}, "during_training": run.judge_history},
         "versions": package_versions(),
     }
     card_path = out / "model_card.json"
     card_path.write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
-    return PretrainResult(len(history), duration, mean_losses(history), weights, card_path, held_out, real)
+    return PretrainResult(run.step, run.elapsed, mean_losses(run.history), weights, card_path, held_out, real)
 
 
 def _report_line(name: str, report: JudgeReport | None) -> str:
@@ -338,7 +359,8 @@ def _report_line(name: str, report: JudgeReport | None) -> str:
     return (f"judge {name}: {report.frames} frames of {report.parts} parts; zero-shot well vs badly exposed "
             f"{100 * report.accuracy:.1f} % (well {100 * report.accuracy_well:.1f} %, bad "
             f"{100 * report.accuracy_bad:.1f} %); per-part Spearman vs PSNR {report.spearman_psnr:.3f}, "
-            f"vs SSIM {report.spearman_ssim:.3f}")
+            f"vs SSIM {report.spearman_ssim:.3f} (without the reference rendering: {report.spearman_psnr_flawed:.3f}, "
+            f"{report.spearman_ssim_flawed:.3f})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,10 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parts-per-batch", type=int, default=defaults.parts_per_batch)
     parser.add_argument("--states-per-part", type=int, default=defaults.states_per_part)
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--rank-weight", type=float, default=defaults.rank_weight,
+                        help="weight of the within-part ranking term (0 leaves it out)")
+    parser.add_argument("--zero-shot-weight", type=float, default=defaults.zero_shot_weight,
+                        help="weight of the zero-shot prompt term (0 leaves it out)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop (checkpointed, exported and judged) after this many minutes of training")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--judge-every", type=int, default=0,
+                        help="judge the held-out parts every N steps, printed and kept in the card (default 0: at the end only)")
     parser.add_argument("--log-every", type=int, default=25, help="steps between log lines without a progress bar")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -380,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(model_config=args.model_config, frames=args.frames, size=args.size,
                          held_out_parts=args.held_out_parts, seed=args.seed, steps=args.steps,
-                         parts_per_batch=args.parts_per_batch, states_per_part=args.states_per_part, lr=args.lr)
+                         parts_per_batch=args.parts_per_batch, states_per_part=args.states_per_part, lr=args.lr,
+                         rank_weight=args.rank_weight, zero_shot_weight=args.zero_shot_weight)
     try:
         result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, log_every=args.log_every,
-                       minutes=args.minutes)
+                       minutes=args.minutes, judge_every=args.judge_every)
     except (FileNotFoundError, ValueError) as exc:
         print(f"pretrain_clip: {exc}", file=sys.stderr)
         return 2
