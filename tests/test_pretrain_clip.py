@@ -211,3 +211,27 @@ def test_oracle_fits_and_exports_labelled_weights(tmp_path):
     loaded = load_weights(Path(result.weights))
     assert loaded.model.spec.illumination_scale == 2 and loaded.provenance["note"] == ORACLE_NOTE
     assert result.iterations == 3
+
+
+def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
+    import json
+
+    from trainer.oracle import main
+
+    code = main(["--out", str(tmp_path / "o"), "--scales", "2,4", "--parts", "2", "--train-size", "96x96",
+                 "--net-pixels", "16", "--batch", "2", "--iterations", "2", "--pairs", "2", "--size", "96x96",
+                 "--baselines", "identity", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "REACHABILITY ORACLE" in printed and "net (oracle-s4)" in printed
+    rows = json.loads((tmp_path / "o" / "oracle.json").read_text())["rows"]
+    assert {"identity", "net (oracle-s2)", "net (oracle-s4)"} <= set(rows)
+    assert all(rows[k]["psnr"] is not None for k in ("net (oracle-s2)", "net (oracle-s4)"))
+
+
+def test_pretrain_command_answers_help_and_refuses_bad_sizes(capsys):
+    from trainer.pretrain_clip import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "--resume" in capsys.readouterr().out
+    assert main(["--out", "unused", "--frames", "3"]) == 2
