@@ -225,7 +225,7 @@ def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
     assert code == 0 and "REACHABILITY ORACLE" in printed and "net (oracle-s4)" in printed
     rows = json.loads((tmp_path / "o" / "oracle.json").read_text())["rows"]
     assert {"identity", "net (oracle-s2)", "net (oracle-s4)"} <= set(rows)
-    assert all(rows[k]["psnr"] is not None for k in ("net (oracle-s2)", "net (oracle-s4)"))
+    assert all(rows[k]["psnr"] is not None for k in ("net (oracle-s2)", "net (oracle-s4)", "ideal map s=2"))
 
 
 def test_pretrain_command_answers_help_and_refuses_bad_sizes(capsys):

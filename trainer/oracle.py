@@ -132,6 +132,32 @@ def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path,
                      str(out), sha256)
 
 
+def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -> dict[str, dict[str, float]]:
+    """PSNR/SSIM of ``I / L`` with the *ideal* map, ``I / label``, area-averaged to 1/s and expanded back.
+
+    No network and no training: what the division by a map at 1/s can reach at all, so the
+    gap between this row and a fitted row is the network's (and its budget's), not the form's.
+    """
+    from drdaemon.evaluate.cli import find_dataset, load_frame
+    from drdaemon.evaluate.metrics import psnr, ssim
+    from drdaemon.model.network import apply_illumination, expand_illumination, shrink_for_illumination
+    from drdaemon.model.normalise import unit_to_u16
+
+    dataset = find_dataset(bench)
+    labels = dataset.labels or []
+    scores: dict[int, list[tuple[float, float]]] = {s: [] for s in scales}
+    for path, label_path in list(zip(dataset.inputs, labels))[:limit]:
+        label = load_frame(label_path)
+        x = torch.from_numpy(frame_to_unit(load_frame(path))[0])[None, None]
+        ideal = x / torch.from_numpy(label.astype(np.float32) / U16_MAX).clamp(min=1.0 / U16_MAX)[None, None]
+        for s in scales:
+            smooth = ideal if s == 1 else expand_illumination(shrink_for_illumination(ideal, s), x.shape[-2:])
+            out = unit_to_u16(apply_illumination(x, smooth)[0, 0].numpy())
+            scores[s].append((psnr(label, out), ssim(label, out)))
+    return {f"ideal map s={s}": {"psnr": float(np.mean([p for p, _ in v])), "ssim": float(np.mean([q for _, q in v]))}
+            for s, v in scores.items() if v}
+
+
 def benchmark_folder(root: Path, pairs: int, size: tuple[int, int], seed: int, progress: bool) -> Path:
     """The README's synthetic benchmark under ``root``, generated unless it is already there."""
     manifest = root / "synth.json"
@@ -167,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench-seed", type=int, default=0, help="benchmark seed (the README's: 0)")
     parser.add_argument("--baselines", default="identity,gamma,clahe",
                         help="classical methods evaluated beside the oracle rows")
+    parser.add_argument("--no-fit", action="store_true",
+                        help="skip the fits: only the baselines and the ideal-map rows (no network)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training parts and the fit")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -191,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     base = OracleConfig(scale=scales[0], parts=args.parts, size=train_size, net_pixels=args.net_pixels,
                         batch=args.batch, lr=args.lr, iterations=args.iterations, minutes=args.minutes,
                         seed=args.seed)
-    inputs, targets = training_pairs(base, progress)
     fits = []
-    for scale in scales:
+    inputs, targets = training_pairs(base, progress) if not args.no_fit else (np.zeros((0, 1, 1)),) * 2
+    for scale in scales if not args.no_fit else []:
         cfg = OracleConfig(**{**asdict(base), "scale": scale, "size": train_size})
         fits.append(fit(cfg, inputs, targets, out / f"oracle-s{scale}" / "weights.safetensors", progress))
         print(f"oracle s={scale}: {fits[-1].iterations} iterations in {fits[-1].seconds:.0f} s, "
@@ -201,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = benchmark_folder(args.bench or out / "bench", args.pairs, bench_size, args.bench_seed, progress)
     methods = [m for m in args.baselines.split(",") if m.strip()] + [f"net:{f.weights}" for f in fits]
     result = evaluate(bench, methods, out / "eval", device="cpu", progress=progress)
+    ideal = ideal_map_scores(bench, scales)
     print(f"REACHABILITY ORACLE ({ORACLE_NOTE}); net (oracle-sN) = illumination scale N")
     print(result.table)
+    print("Ideal illumination map (I / label, area-averaged to 1/s; no network): "
+          + ", ".join(f"{k}: PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.3f}" for k, v in ideal.items()))
     rows = {s.label: {"psnr": s.means["psnr"], "ssim": s.means["ssim"], "noise_gain": s.means["noise_gain"]}
-            for s in result.summaries}
+            for s in result.summaries} | ideal
     record = {"note": ORACLE_NOTE, "bench": {"path": str(bench), "pairs": args.pairs, "size": args.size,
                                              "seed": args.bench_seed},
               "fits": [asdict(f) for f in fits], "config": {**asdict(base), "scale": scales}, "rows": rows}
