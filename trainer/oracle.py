@@ -53,6 +53,7 @@ class OracleConfig:
     lr: float = 2e-3
     iterations: int = 400
     minutes: float = 10.0  # wall-clock cap of the fit; whichever of the two comes first
+    grad_clip: float = 1.0  # a large step can push the head's ReLU to 0 everywhere, where no gradient flows
     seed: int = 0
 
 
@@ -116,6 +117,7 @@ def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path,
         loss = F.mse_loss(model(x), y)
         optim.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optim.step()
         schedule.step()
         losses.append(float(loss.detach()))
