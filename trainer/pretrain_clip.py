@@ -322,9 +322,7 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
     weights = out / WEIGHTS_NAME
     save_file({k: v.detach().contiguous() for k, v in clip.state_dict().items()}, str(weights))
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2) + "\n")
-    held_out, _ = judge_captioned(clip, held_out_set, image_size, context_length)
-    paths = real_frame_paths()
-    real, real_scores = judge_real(clip, paths, image_size, context_length) if paths else (None, {})
+    held_out, real, judged = judge_all(clip, held_out_set, image_size, context_length)
     card = {
         "name": MODEL_NAME,
         "weights": {"path": str(weights.resolve()), "sha256": sha256_file(weights), "format": "open_clip state dict"},
@@ -343,14 +341,41 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
         "steps": run.step, "duration_s": round(run.elapsed, 1),
         "first_losses": run.history[0] if run.history else {}, "final_losses": mean_losses(run.history),
         "logit_scale": round(float(clip.logit_scale.detach().exp()), 4),
-        "judge": {"held_out": held_out.as_dict(), "real_cr": real.as_dict() if real else None,
-                  "real_cr_scores": real_scores, "real_cr_frames": [p.name for p in paths],
-                  "targets": {"accuracy": 0.95, "spearman": 0.8}, "during_training": run.judge_history},
+        "judge": {**judged, "during_training": run.judge_history},
         "versions": package_versions(),
     }
     card_path = out / "model_card.json"
     card_path.write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
     return PretrainResult(run.step, run.elapsed, mean_losses(run.history), weights, card_path, held_out, real)
+
+
+def judge_all(clip: nn.Module, held_out_set: CaptionedSet, image_size: int, context_length: int
+              ) -> tuple[JudgeReport, JudgeReport | None, dict]:
+    """The judge on the held-out parts and on the real CR frames, and the card's record of both."""
+    held_out, _ = judge_captioned(clip, held_out_set, image_size, context_length)
+    paths = real_frame_paths()
+    real, real_scores = judge_real(clip, paths, image_size, context_length) if paths else (None, {})
+    record = {"held_out": held_out.as_dict(), "real_cr": real.as_dict() if real else None,
+              "real_cr_scores": real_scores, "real_cr_frames": [p.name for p in paths],
+              "targets": {"accuracy": 0.95, "spearman": 0.8}}
+    return held_out, real, record
+
+
+def rejudge(cfg: PretrainConfig, out: Path, progress: bool = True) -> tuple[JudgeReport, JudgeReport | None]:
+    """Judge an exported checkpoint again (same settings) and update its card's judge record."""
+    from safetensors.torch import load_file
+
+    clip, model_cfg = build_model(cfg.model_config)
+    clip.load_state_dict(load_file(str(out / WEIGHTS_NAME)))
+    clip.eval()
+    held_out_set = make_captioned_set(cfg.seed, cfg.held_out_parts, cfg.size, held_out=True, progress=progress)
+    held_out, real, record = judge_all(clip, held_out_set, int(model_cfg["vision_cfg"]["image_size"]),
+                                       int(model_cfg["text_cfg"].get("context_length", 77)))
+    card_path = out / "model_card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["judge"] = {**record, "during_training": card.get("judge", {}).get("during_training", [])}
+    card_path.write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
+    return held_out, real
 
 
 def _report_line(name: str, report: JudgeReport | None) -> str:
@@ -395,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge-every", type=int, default=0,
                         help="judge the held-out parts every N steps, printed and kept in the card (default 0: at the end only)")
     parser.add_argument("--log-every", type=int, default=25, help="steps between log lines without a progress bar")
+    parser.add_argument("--judge-only", action="store_true",
+                        help="do not train: judge OUT's exported checkpoint again and update its card")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -410,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                          held_out_parts=args.held_out_parts, seed=args.seed, steps=args.steps,
                          parts_per_batch=args.parts_per_batch, states_per_part=args.states_per_part, lr=args.lr,
                          rank_weight=args.rank_weight, zero_shot_weight=args.zero_shot_weight)
+    if args.judge_only:
+        held_out, real = rejudge(cfg, args.out, progress=not args.no_progress)
+        print(_report_line("held-out parts", held_out))
+        print(_report_line("real CR frames", real))
+        return 0
     try:
         result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, log_every=args.log_every,
                        minutes=args.minutes, judge_every=args.judge_every)
