@@ -149,7 +149,7 @@ def tiny_config(tmp_path: Path, **changes) -> PretrainConfig:
 
 
 def test_a_few_pretraining_iterations_lower_the_loss(tmp_path, tiny_set):
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, rank_ssim_weight=1.0)
     torch.manual_seed(0)
     clip, model_cfg = build_model(cfg.model_config)
     size = model_cfg["vision_cfg"]["image_size"]
@@ -157,7 +157,7 @@ def test_a_few_pretraining_iterations_lower_the_loss(tmp_path, tiny_set):
 
     def loss() -> torch.Tensor:
         return pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
-                               batch["well"], batch["psnr"], batch["parts"], cfg, size)["total"]
+                               batch["well"], batch["psnr"], batch["parts"], cfg, size, batch["ssim"])["total"]
 
     optim = torch.optim.Adam(clip.parameters(), lr=1e-3)
     with torch.no_grad():

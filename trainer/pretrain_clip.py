@@ -15,8 +15,8 @@ The objective knows the grades:
   two prompts the judge uses (near misses left out);
 * **ranking term**: within a part, a rendering with a higher PSNR against the label (by at
   least ``rank_min_db``) must score higher (cosine to the well prompt minus cosine to the
-  bad prompt) by ``rank_margin``: the judge learns the order the labels define, not only
-  the classes.
+  bad prompt) by ``rank_margin``, and likewise for SSIM (gap ``rank_min_ssim``, weight
+  ``rank_ssim_weight``): the judge learns the order the labels define, not only the classes.
 
 Each batch is a pure function of (seed, step), so ``--resume`` continues exactly. The result
 is an open_clip checkpoint (``open_clip_model.safetensors`` plus ``open_clip_config.json``, so
@@ -85,6 +85,9 @@ class PretrainConfig:
     rank_weight: float = 1.0
     rank_margin: float = 0.05
     rank_min_db: float = 1.0
+    rank_ssim_weight: float = 0.0
+    rank_min_ssim: float = 0.02
+    init: str | None = None  # open_clip state dict to start from (fine-tuning), else random
     scale_min: float = 0.5  # smallest crop, share of the frame's short side (as the trainer's data)
 
     @property
@@ -155,11 +158,12 @@ def zero_shot_loss(image_features: Tensor, prompts: Tensor, scale: Tensor, well:
     return F.cross_entropy(logits, well[known])
 
 
-def ranking_loss(image_features: Tensor, prompts: Tensor, psnr: Tensor, parts: Tensor, margin: float,
-                 min_db: float) -> Tensor:
-    """Hinge on every same-part pair whose PSNR differs by ``min_db``: the better one scores higher."""
+def ranking_loss(image_features: Tensor, prompts: Tensor, quality: Tensor, parts: Tensor, margin: float,
+                 min_gap: float) -> Tensor:
+    """Hinge on every same-part pair whose quality (PSNR, SSIM) differs by ``min_gap``: the better one
+    scores higher by ``margin``."""
     score = image_features @ (prompts[1] - prompts[0])
-    better = (parts[:, None] == parts[None, :]) & (psnr[:, None] > psnr[None, :] + min_db)
+    better = (parts[:, None] == parts[None, :]) & (quality[:, None] > quality[None, :] + min_gap)
     if not better.any():
         return image_features.new_zeros(())
     gaps = score[:, None] - score[None, :]
@@ -167,8 +171,8 @@ def ranking_loss(image_features: Tensor, prompts: Tensor, psnr: Tensor, parts: T
 
 
 def pretrain_losses(clip: nn.Module, views: Tensor, tokens: Tensor, prompt_tokens: Tensor, classes: Tensor,
-                    well: Tensor, psnr: Tensor, parts: Tensor, cfg: PretrainConfig, image_size: int
-                    ) -> dict[str, Tensor]:
+                    well: Tensor, psnr: Tensor, parts: Tensor, cfg: PretrainConfig, image_size: int,
+                    ssim: Tensor | None = None) -> dict[str, Tensor]:
     image_features = F.normalize(clip.encode_image(clip_input(views, image_size)), dim=-1)
     text_features = F.normalize(clip.encode_text(tokens), dim=-1)
     prompts = F.normalize(clip.encode_text(prompt_tokens), dim=-1)
@@ -178,8 +182,11 @@ def pretrain_losses(clip: nn.Module, views: Tensor, tokens: Tensor, prompt_token
         "zero_shot": zero_shot_loss(image_features, prompts, scale, well),
         "rank": ranking_loss(image_features, prompts, psnr, parts, cfg.rank_margin, cfg.rank_min_db),
     }
+    if cfg.rank_ssim_weight and ssim is not None:
+        losses["rank_ssim"] = ranking_loss(image_features, prompts, ssim, parts, cfg.rank_margin, cfg.rank_min_ssim)
     losses["total"] = (losses["contrastive"] + cfg.zero_shot_weight * losses["zero_shot"]
-                       + cfg.rank_weight * losses["rank"])
+                       + cfg.rank_weight * losses["rank"]
+                       + cfg.rank_ssim_weight * losses.get("rank_ssim", losses["rank"].new_zeros(())))
     return losses
 
 
@@ -205,6 +212,7 @@ class BatchMaker:
             "classes": torch.tensor([state for _, state in members]),
             "well": torch.tensor([-1 if r.well is None else int(r.well) for r in records]),
             "psnr": torch.tensor([r.psnr for r in records], dtype=torch.float32),
+            "ssim": torch.tensor([r.ssim for r in records], dtype=torch.float32),
             "parts": torch.tensor([part for part, _ in members]),
         }
 
@@ -259,7 +267,7 @@ def optimise(clip: nn.Module, optim: torch.optim.Optimizer, batch: dict[str, Ten
     for group in optim.param_groups:
         group["lr"] = lr
     losses = pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
-                             batch["well"], batch["psnr"], batch["parts"], cfg, image_size)
+                             batch["well"], batch["psnr"], batch["parts"], cfg, image_size, batch["ssim"])
     optim.zero_grad(set_to_none=True)
     losses["total"].backward()
     optim.step()
@@ -272,6 +280,10 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = False, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     clip, model_cfg = build_model(cfg.model_config)
+    if cfg.init:
+        from safetensors.torch import load_file
+
+        clip.load_state_dict(load_file(cfg.init))
     image_size = int(model_cfg["vision_cfg"]["image_size"])
     context_length = int(model_cfg["text_cfg"].get("context_length", 77))
     optim = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -411,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--rank-weight", type=float, default=defaults.rank_weight,
                         help="weight of the within-part ranking term (0 leaves it out)")
+    parser.add_argument("--rank-ssim-weight", type=float, default=defaults.rank_ssim_weight,
+                        help="weight of the within-part ranking term on SSIM against the label (default 0)")
+    parser.add_argument("--init", default=None, metavar="SAFETENSORS",
+                        help="start from this open_clip state dict (e.g. an earlier run's open_clip_model.safetensors)")
     parser.add_argument("--zero-shot-weight", type=float, default=defaults.zero_shot_weight,
                         help="weight of the zero-shot prompt term (0 leaves it out)")
     parser.add_argument("--minutes", type=float, default=None,
@@ -436,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PretrainConfig(model_config=args.model_config, frames=args.frames, size=args.size,
                          held_out_parts=args.held_out_parts, seed=args.seed, steps=args.steps,
                          parts_per_batch=args.parts_per_batch, states_per_part=args.states_per_part, lr=args.lr,
-                         rank_weight=args.rank_weight, zero_shot_weight=args.zero_shot_weight)
+                         rank_weight=args.rank_weight, zero_shot_weight=args.zero_shot_weight,
+                         rank_ssim_weight=args.rank_ssim_weight, init=args.init)
     if args.judge_only:
         held_out, real = rejudge(cfg, args.out, progress=not args.no_progress)
         print(_report_line("held-out parts", held_out))
