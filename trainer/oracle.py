@@ -141,7 +141,7 @@ def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -
     gap between this row and a fitted row is the network's (and its budget's), not the form's.
     """
     from drdaemon.evaluate.cli import find_dataset, load_frame
-    from drdaemon.evaluate.metrics import psnr, ssim
+    from drdaemon.evaluate.quality import psnr, ssim
     from drdaemon.model.network import apply_illumination, expand_illumination, shrink_for_illumination
     from drdaemon.model.normalise import unit_to_u16
 

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from trainer.clip_backbone import read_model_config, sha256_file
+from drdaemon.model.weights import file_sha256
+from trainer.clip_weights import read_model_config
 from trainer.clip_judge import JudgeReport, clip_input, judge_captioned, judge_real, real_frame_paths
 from trainer.config import DataConfig
 from trainer.data import random_view
@@ -337,7 +338,7 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
     held_out, real, judged = judge_all(clip, held_out_set, image_size, context_length)
     card = {
         "name": MODEL_NAME,
-        "weights": {"path": str(weights.resolve()), "sha256": sha256_file(weights), "format": "open_clip state dict"},
+        "weights": {"path": str(weights.resolve()), "sha256": file_sha256(weights), "format": "open_clip state dict"},
         "model_config": {"path": cfg.model_config, "model_cfg": model_cfg},
         "use": f"python -m trainer --clip {cfg.model_config} --clip-weights {weights}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

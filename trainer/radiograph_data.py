@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from drdaemon.engines.classical import clahe_u16
-from drdaemon.evaluate.metrics import psnr, ssim
+from drdaemon.evaluate.quality import psnr, ssim
 from drdaemon.evaluate.synth import (
     Part,
     Physics,
