@@ -42,14 +42,17 @@ folder busy, 78 configuration error."""
 def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     """The argument parser; ``with_bench=False`` skips importing the benchmark module."""
     parser = argparse.ArgumentParser(
-        prog="drdaemon", description=_DESCRIPTION, epilog=_EPILOG,
+        prog="drdaemon",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"drdaemon {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser(
-        "run", help="run the daemon on the configured folders until SIGTERM/SIGINT",
+        "run",
+        help="run the daemon on the configured folders until SIGTERM/SIGINT",
         description="Watch the inbox and enhance every frame that arrives. Stops on SIGTERM or "
         "SIGINT after finishing the frames already taken (exit 0); exits 70 when the GPU is lost "
         "and 78 on a configuration error. Frames left in the work folder by a crash are finished "
@@ -58,25 +61,33 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     _add_config_argument(run, required=False)
 
     check = verbs.add_parser(
-        "check-config", help="validate a configuration file and print the effective configuration",
+        "check-config",
+        help="validate a configuration file and print the effective configuration",
         description="Validate FILE (and the DRDAEMON_* environment), then print the effective "
         "configuration as TOML with folders resolved. Exit 78 naming the key on any error.",
     )
     _add_config_argument(check, required=True)
 
     enhance = verbs.add_parser(
-        "enhance", help="enhance files once with the configured engine, without the daemon",
+        "enhance",
+        help="enhance files once with the configured engine, without the daemon",
         description="Enhance each FILE with the configured engine and write <stem>.tif (or <stem>.dcm "
         "for a DICOM input under output.format = auto or dicom) plus its sidecar <stem>.tif.json into "
         "--out (existing names get a ~N suffix). The input files are only read. Exit 1 if any file failed.",
     )
-    enhance.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                         help="frames: TIFF, PNG, DICOM/DICONDE, .raw ([input.raw]) or .his")
+    enhance.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="frames: TIFF, PNG, DICOM/DICONDE, .raw ([input.raw]) or .his",
+    )
     enhance.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the outputs")
     _add_config_argument(enhance, required=False)
 
     bench = verbs.add_parser(
-        "bench", help="benchmark the engine and the daemon on synthetic frames",
+        "bench",
+        help="benchmark the engine and the daemon on synthetic frames",
         description="Measure compute time, throughput and memory of the engines and the daemon.",
     )
     if with_bench:
@@ -91,7 +102,10 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
 
 def _add_config_argument(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
-        "--config", type=Path, required=required, metavar="FILE",
+        "--config",
+        type=Path,
+        required=required,
+        metavar="FILE",
         help="TOML configuration (see config.example.toml)"
         + ("" if required else "; without it, defaults and DRDAEMON_* variables only"),
     )
@@ -198,7 +212,6 @@ def settings_to_toml(settings: Settings) -> str:
         for table, values in settings.model_dump(mode="json").items()
     }
     return tomli_w.dumps(tables)
-
 
 
 if __name__ == "__main__":

@@ -45,8 +45,17 @@ class Folders(_Table):
 #: ``[engine]`` keys that say where and how fast the engine runs, not what it makes of a frame
 #: (the weights count by their content's hash, which the engine reports, not by their path).
 RUNTIME_ENGINE_KEYS = frozenset(
-    {"weights", "devices", "memory_budget_mb", "compile", "channels_last", "cudnn_benchmark", "warm_up_frame_size",
-     "workers_per_device", "allow_pickle"}
+    {
+        "weights",
+        "devices",
+        "memory_budget_mb",
+        "compile",
+        "channels_last",
+        "cudnn_benchmark",
+        "warm_up_frame_size",
+        "workers_per_device",
+        "allow_pickle",
+    }
 )
 
 
@@ -119,8 +128,21 @@ class WatchConfig(_Table):
     # DICOM files without a suffix are recognised by content: add a pattern that names them
     # (e.g. "IM*" or "*") for a station that writes them so.
     patterns: list[str] = Field(
-        default_factory=lambda: ["*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.png", "*.PNG", "*.dcm", "*.DCM",
-                                 "*.dicom", "*.raw", "*.RAW", "*.his", "*.HIS"]
+        default_factory=lambda: [
+            "*.tif",
+            "*.tiff",
+            "*.TIF",
+            "*.TIFF",
+            "*.png",
+            "*.PNG",
+            "*.dcm",
+            "*.DCM",
+            "*.dicom",
+            "*.raw",
+            "*.RAW",
+            "*.his",
+            "*.HIS",
+        ]
     )
 
 
@@ -212,10 +234,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         value = item.get("input")
         shown = "" if item["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"  {key}: {message}{shown}")
-    lines.append(
-        "Every key is documented in config.example.toml; environment variables are "
-        "DRDAEMON_<TABLE>__<KEY>."
-    )
+    lines.append("Every key is documented in config.example.toml; environment variables are DRDAEMON_<TABLE>__<KEY>.")
     return "\n".join(lines)
 
 

@@ -75,11 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         root = Path(tmp)
         n = args.iters + args.warmup
-        base = [*args.overrides, override("clip.model", args.clip), override("clip.weights", args.clip_weights),
-                override("run.progress", False), override("run.run_dir", str(root / "run"))]
+        base = [
+            *args.overrides,
+            override("clip.model", args.clip),
+            override("clip.weights", args.clip_weights),
+            override("run.progress", False),
+            override("run.run_dir", str(root / "run")),
+        ]
         projected_cfg = load_config(args.config, base)
-        cfg = load_config(args.config, [*base, f"schedule.prompt_init_iters={n}", "schedule.warmup_iters=0",
-                                        f"schedule.enhancer_iters={n}", f"schedule.total_iters={2 * n + 1}"])
+        cfg = load_config(
+            args.config,
+            [
+                *base,
+                f"schedule.prompt_init_iters={n}",
+                "schedule.warmup_iters=0",
+                f"schedule.enhancer_iters={n}",
+                f"schedule.total_iters={2 * n + 1}",
+            ],
+        )
         abnormal = write_synthetic_frames(root / "abnormal", 8, args.frame_size, 1, 0.05)
         normal = write_synthetic_frames(root / "normal", 8, args.frame_size, 2, 0.5)
         trainer = Trainer(cfg, abnormal, normal, root / "bench.safetensors")
@@ -91,11 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": str(trainer.device),
         "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
-        "clip": args.clip, "precision": str(trainer.amp_dtype or torch.float32),
-        "crop_size": cfg.data.crop_size, "prompt_batch": cfg.optim.prompt_batch,
-        "enhancer_batch": cfg.optim.enhancer_batch, "timed_iters": args.iters,
-        "prompt_s_per_iter": round(prompt_s, 4), "enhancer_s_per_iter": round(enhancer_s, 4),
-        "schedule_iters": counts, "projected_schedule_hours": round(projected / 3600, 2),
+        "clip": args.clip,
+        "precision": str(trainer.amp_dtype or torch.float32),
+        "crop_size": cfg.data.crop_size,
+        "prompt_batch": cfg.optim.prompt_batch,
+        "enhancer_batch": cfg.optim.enhancer_batch,
+        "timed_iters": args.iters,
+        "prompt_s_per_iter": round(prompt_s, 4),
+        "enhancer_s_per_iter": round(enhancer_s, 4),
+        "schedule_iters": counts,
+        "projected_schedule_hours": round(projected / 3600, 2),
     }
     print(json.dumps(report, indent=2))
     return 0

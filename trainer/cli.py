@@ -32,43 +32,79 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Train the drdaemon enhancer without paired labels: learned CLIP prompts tell well "
-                    "from abnormally exposed frames, and the enhancer learns to move its output toward "
-                    "'well exposed' while keeping the input's structure and the CLAHE prior's contrast "
-                    "(as seen by CLIP's feature maps).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--abnormal", type=Path, required=True,
-                        help="folder of abnormally exposed frames (TIFF or PNG, 8/16-bit; not recursive)")
-    parser.add_argument("--normal", type=Path, required=True,
-                        help="folder of well exposed frames, not of the same parts (unpaired)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="weights file to export (.safetensors), loaded by drdaemon's learned engine")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="training config TOML; every key is documented in train.example.toml")
-    parser.add_argument("--clip", default=None, metavar="MODEL",
-                        help="open_clip model name (default RN101-quickgelu) or path of an open_clip model "
-                             "config JSON; must have a ResNet visual tower (sets clip.model)")
-    parser.add_argument("--clip-weights", default=None, metavar="SOURCE",
-                        help="CLIP weights: a pretrained tag (default openai), a checkpoint file (OpenAI JIT "
-                             "archive, state dict, .safetensors), local-dir:DIR, or none for random "
-                             "initialisation (sets clip.weights)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue exactly from RUN_DIR/checkpoint.pt (same data, config and CLIP)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set schedule.total_iters=200 "
-                             "(TOML syntax for the value; may repeat)")
-    parser.add_argument("--device", default=None,
-                        help="auto (default: this process's GPU if any), cpu, cuda or cuda:N (sets run.device)")
+        "from abnormally exposed frames, and the enhancer learns to move its output toward "
+        "'well exposed' while keeping the input's structure and the CLAHE prior's contrast "
+        "(as seen by CLIP's feature maps).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--abnormal",
+        type=Path,
+        required=True,
+        help="folder of abnormally exposed frames (TIFF or PNG, 8/16-bit; not recursive)",
+    )
+    parser.add_argument(
+        "--normal", type=Path, required=True, help="folder of well exposed frames, not of the same parts (unpaired)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="weights file to export (.safetensors), loaded by drdaemon's learned engine",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="training config TOML; every key is documented in train.example.toml"
+    )
+    parser.add_argument(
+        "--clip",
+        default=None,
+        metavar="MODEL",
+        help="open_clip model name (default RN101-quickgelu) or path of an open_clip model "
+        "config JSON; must have a ResNet visual tower (sets clip.model)",
+    )
+    parser.add_argument(
+        "--clip-weights",
+        default=None,
+        metavar="SOURCE",
+        help="CLIP weights: a pretrained tag (default openai), a checkpoint file (OpenAI JIT "
+        "archive, state dict, .safetensors), local-dir:DIR, or none for random "
+        "initialisation (sets clip.weights)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue exactly from RUN_DIR/checkpoint.pt (same data, config and CLIP)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set schedule.total_iters=200 (TOML syntax for the value; may repeat)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="auto (default: this process's GPU if any), cpu, cuda or cuda:N (sets run.device)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for initialisation and data order (run.seed)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="deterministic algorithms only (slower on GPU; exact resume is guaranteed on CPU)")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (slower on GPU; exact resume is guaranteed on CPU)",
+    )
     return parser
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     """The dedicated options as ``--set`` overrides (they win over the config file)."""
     extra = list(args.overrides)
-    for key, value in (("clip.model", args.clip), ("clip.weights", args.clip_weights),
-                       ("run.device", args.device), ("run.seed", args.seed)):
+    for key, value in (
+        ("clip.model", args.clip),
+        ("clip.weights", args.clip_weights),
+        ("run.device", args.device),
+        ("run.seed", args.seed),
+    ):
         if value is not None:
             extra.append(override(key, value))
     if args.deterministic:
@@ -107,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown(ctx)
     if ctx.is_main:
-        print(f"trainer: {result.iterations} iterations in {result.duration_s:.1f} s; "
-              f"weights {result.weights} (sha256 {result.weights_sha256}); model card {result.card}")
+        print(
+            f"trainer: {result.iterations} iterations in {result.duration_s:.1f} s; "
+            f"weights {result.weights} (sha256 {result.weights_sha256}); model card {result.card}"
+        )
     return 0

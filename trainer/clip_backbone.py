@@ -43,8 +43,9 @@ class ClipBackbone(nn.Module):
         from open_clip.modified_resnet import ModifiedResNet
 
         if not isinstance(clip.visual, ModifiedResNet):
-            raise ClipUnavailable(f"{source.model}: the visual tower is {type(clip.visual).__name__}, "
-                                  "not a ModifiedResNet")
+            raise ClipUnavailable(
+                f"{source.model}: the visual tower is {type(clip.visual).__name__}, not a ModifiedResNet"
+            )
         self.clip = clip.requires_grad_(False).eval()
         self.source = source
         self.image_size = image_size_of(clip.visual)
@@ -52,7 +53,7 @@ class ClipBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "ClipBackbone":
+    def train(self, mode: bool = True) -> ClipBackbone:
         return super().train(False)  # frozen: BatchNorm must keep using its running statistics
 
     def _normalise(self, gray: Tensor, size: tuple[int, int] | None) -> Tensor:

@@ -86,8 +86,11 @@ def zero_shot_accuracy(scores: np.ndarray, well: list[bool | None]) -> tuple[flo
     if truth.size == 0:
         return float("nan"), float("nan"), float("nan")
     correct = called == truth
-    return (float(correct.mean()), float(correct[truth].mean()) if truth.any() else float("nan"),
-            float(correct[~truth].mean()) if (~truth).any() else float("nan"))
+    return (
+        float(correct.mean()),
+        float(correct[truth].mean()) if truth.any() else float("nan"),
+        float(correct[~truth].mean()) if (~truth).any() else float("nan"),
+    )
 
 
 def mean_part_spearman(scores: np.ndarray, quality: np.ndarray, parts: np.ndarray) -> float:
@@ -106,7 +109,7 @@ def centre_view(frame: np.ndarray, size: int) -> np.ndarray:
     h, w = frame.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = np.ascontiguousarray(frame[top:top + side, left:left + side], dtype=np.float32) / U16_MAX
+    square = np.ascontiguousarray(frame[top : top + side, left : left + side], dtype=np.float32) / U16_MAX
     return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -115,38 +118,61 @@ def image_features_of(clip: nn.Module, frames: list[np.ndarray], size: int, batc
     """Unit-norm image features of uint16 frames, each seen whole (centre square) at ``size``."""
     feats = []
     for start in range(0, len(frames), batch):
-        views = np.stack([centre_view(f, size) for f in frames[start:start + batch]])
+        views = np.stack([centre_view(f, size) for f in frames[start : start + batch]])
         feats.append(F.normalize(clip.encode_image(clip_input(torch.from_numpy(views)[:, None], size)), dim=-1))
     return torch.cat(feats)
 
 
 @torch.no_grad()
-def judge(clip: nn.Module, frames: list[np.ndarray], well: list[bool | None], psnrs: np.ndarray,
-          ssims: np.ndarray, parts: np.ndarray, image_size: int, context_length: int) -> tuple[JudgeReport, np.ndarray]:
+def judge(
+    clip: nn.Module,
+    frames: list[np.ndarray],
+    well: list[bool | None],
+    psnrs: np.ndarray,
+    ssims: np.ndarray,
+    parts: np.ndarray,
+    image_size: int,
+    context_length: int,
+) -> tuple[JudgeReport, np.ndarray]:
     """Both checks on a list of frames; returns the report and the per-frame scores."""
     was_training = clip.training
     clip.eval()
-    scores = well_scores(image_features_of(clip, frames, image_size),
-                         prompt_features(clip, context_length)).cpu().numpy()
+    scores = (
+        well_scores(image_features_of(clip, frames, image_size), prompt_features(clip, context_length)).cpu().numpy()
+    )
     clip.train(was_training)
     overall, on_well, on_bad = zero_shot_accuracy(scores, well)
-    report = JudgeReport(frames=len(frames), parts=int(np.unique(parts).size), accuracy=overall,
-                         accuracy_well=on_well, accuracy_bad=on_bad,
-                         spearman_psnr=mean_part_spearman(scores, psnrs, parts),
-                         spearman_ssim=mean_part_spearman(scores, ssims, parts))
+    report = JudgeReport(
+        frames=len(frames),
+        parts=int(np.unique(parts).size),
+        accuracy=overall,
+        accuracy_well=on_well,
+        accuracy_bad=on_bad,
+        spearman_psnr=mean_part_spearman(scores, psnrs, parts),
+        spearman_ssim=mean_part_spearman(scores, ssims, parts),
+    )
     flawed = psnrs < LABEL_PSNR
     report.spearman_psnr_flawed = mean_part_spearman(scores[flawed], psnrs[flawed], parts[flawed])
     report.spearman_ssim_flawed = mean_part_spearman(scores[flawed], ssims[flawed], parts[flawed])
     return report, scores
 
 
-def judge_captioned(clip: nn.Module, data: CaptionedSet, image_size: int, context_length: int
-                    ) -> tuple[JudgeReport, np.ndarray]:
+def judge_captioned(
+    clip: nn.Module, data: CaptionedSet, image_size: int, context_length: int
+) -> tuple[JudgeReport, np.ndarray]:
     """Both checks on a captioned (held-out) set."""
     r = data.renderings
     frames = [data.frame(i) for i in range(len(r))]
-    return judge(clip, frames, [x.well for x in r], np.array([x.psnr for x in r]), np.array([x.ssim for x in r]),
-                 np.array([x.part for x in r]), image_size, context_length)
+    return judge(
+        clip,
+        frames,
+        [x.well for x in r],
+        np.array([x.psnr for x in r]),
+        np.array([x.ssim for x in r]),
+        np.array([x.part for x in r]),
+        image_size,
+        context_length,
+    )
 
 
 def real_frame_renderings(frame: np.ndarray, short_side: int = 512) -> list[tuple[str, bool | None, np.ndarray]]:
@@ -167,17 +193,18 @@ def real_frame_renderings(frame: np.ndarray, short_side: int = 512) -> list[tupl
         ("windowed", True, unit),
         ("clipped-bright", False, np.clip(unit / max(hi, 1e-3), 0, 1)),
         ("clipped-dark", False, np.clip((unit - lo) / max(1 - lo, 1e-3), 0, 1)),
-        ("too-dark", False, unit ** 2.8),
-        ("too-bright", False, unit ** 0.3),
+        ("too-dark", False, unit**2.8),
+        ("too-bright", False, unit**0.3),
         ("washed-out", False, 0.5 + 0.2 * (unit - 0.5)),
         ("noisy", False, np.clip(unit + rng.normal(0, 0.12, unit.shape), 0, 1)),
-        ("slightly-dark", None, unit ** 1.4),
+        ("slightly-dark", None, unit**1.4),
     ]
     return [(name, truth, unit_to_u16(np.asarray(img, np.float32))) for name, truth, img in renderings]
 
 
-def judge_real(clip: nn.Module, paths: list[Path], image_size: int, context_length: int
-               ) -> tuple[JudgeReport, dict[str, dict[str, float]]]:
+def judge_real(
+    clip: nn.Module, paths: list[Path], image_size: int, context_length: int
+) -> tuple[JudgeReport, dict[str, dict[str, float]]]:
     """Both checks on real frames (one 'part' per frame); per-rendering scores by frame."""
     from drdaemon.evaluate.dicom import read_dicom
 
@@ -193,10 +220,11 @@ def judge_real(clip: nn.Module, paths: list[Path], image_size: int, context_leng
             ssims.append(1.0 if same else ssim(reference, image))
             parts.append(k)
             names.append((Path(path).stem, name))
-    report, scores = judge(clip, frames, truths, np.array(psnrs), np.array(ssims), np.array(parts),
-                           image_size, context_length)
+    report, scores = judge(
+        clip, frames, truths, np.array(psnrs), np.array(ssims), np.array(parts), image_size, context_length
+    )
     by_frame: dict[str, dict[str, float]] = {}
-    for (frame_name, name), score in zip(names, scores):
+    for (frame_name, name), score in zip(names, scores, strict=False):
         by_frame.setdefault(frame_name, {})[name] = round(float(score), 4)
     return report, by_frame
 

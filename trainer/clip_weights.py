@@ -15,8 +15,8 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -26,8 +26,15 @@ from drdaemon.model.weights import file_sha256
 
 LOCAL_DIR = "local-dir:"
 #: Checkpoint names looked for in a ``local-dir:`` folder, best first.
-CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
-                    "open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
+CHECKPOINT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "pytorch_model.bin",
+    "model.pt",
+    "model.pth",
+)
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 #: Keys of JIT archives that are not parameters of the open_clip model (attn_mask is rebuilt).
 JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -92,8 +99,10 @@ def read_model_config(model: str) -> tuple[str, dict[str, Any]]:
         return path.stem, dict(config.get("model_cfg", config))
     config = open_clip.get_model_config(model)
     if config is None:
-        raise ClipUnavailable(f"unknown open_clip model {model!r}; give a model name such as "
-                              "RN101-quickgelu or the path of a model-config JSON")
+        raise ClipUnavailable(
+            f"unknown open_clip model {model!r}; give a model name such as "
+            "RN101-quickgelu or the path of a model-config JSON"
+        )
     return model, dict(config)
 
 
@@ -104,10 +113,12 @@ def refuse_non_resnet(name: str, config: dict[str, Any]) -> None:
         raise ClipUnavailable(
             f"CLIP model {name!r} has a non-ResNet visual tower; the feature-map losses need the "
             "levels 0..4 (stem, layer1..layer4) of a ModifiedResNet tower: use RN50, RN101 (-quickgelu) "
-            "or a model config whose vision_cfg.layers is a list of four stage depths")
+            "or a model config whose vision_cfg.layers is a list of four stage depths"
+        )
     if "hf_model_name" in text or config.get("custom_text"):
-        raise ClipUnavailable(f"CLIP model {name!r} has a custom text tower; the prompt learner needs "
-                              "CLIP's own text transformer")
+        raise ClipUnavailable(
+            f"CLIP model {name!r} has a custom text tower; the prompt learner needs CLIP's own text transformer"
+        )
 
 
 def find_local_checkpoint(folder: Path) -> Path | None:
@@ -132,13 +143,13 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
         except Exception:  # noqa: BLE001 - not a plain pickle: try the TorchScript archive OpenAI ships
             try:
                 state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise ClipUnavailable(f"cannot read {path} as a state dict, safetensors or JIT archive: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ClipUnavailable(f"{path} does not hold a state dict")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
     return {k: v for k, v in state.items() if k not in JIT_EXTRA_KEYS}
 
 
@@ -156,7 +167,7 @@ def download_tag(name: str, tag: str, cache_dir: str | None) -> Path:
         go_offline()
     try:
         target = download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception as exc:  # noqa: BLE001 - the hub raises many classes for the same outcome
+    except Exception as exc:
         reason = "no network and no cached copy" if offline else f"download failed: {exc}"
         raise ClipUnavailable(unavailable_message(name, tag, reason)) from exc
     if not target or not Path(target).is_file():
@@ -171,7 +182,7 @@ def resolve_weights(
     if weights == "none":
         return config, None
     if weights.startswith(LOCAL_DIR):
-        folder = Path(weights[len(LOCAL_DIR):]).expanduser()
+        folder = Path(weights[len(LOCAL_DIR) :]).expanduser()
         if not folder.is_dir():
             raise ClipUnavailable(unavailable_message(name, weights, f"folder {folder} not found"))
         card = folder / "open_clip_config.json"
@@ -204,6 +215,10 @@ def build_clip(model: str, weights: str, cache_dir: str | None = None) -> tuple[
             clip.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ClipUnavailable(f"{checkpoint} does not match CLIP model {name!r}: {exc}") from exc
-    source = ClipSource(model=model, weights=weights, checkpoint=str(checkpoint) if checkpoint else None,
-                        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None)
+    source = ClipSource(
+        model=model,
+        weights=weights,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
+    )
     return clip, source

@@ -49,7 +49,9 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    crop_size: int = Field(512, ge=32, description="side of the square training sample, pixels (>= 32: layer4 is 1/32 of it)")
+    crop_size: int = Field(
+        512, ge=32, description="side of the square training sample, pixels (>= 32: layer4 is 1/32 of it)"
+    )
     scale_min: float = Field(0.5, gt=0, le=1, description="smallest crop side, as a fraction of the frame's short side")
     hflip: bool = True
     vflip: bool = True
@@ -68,9 +70,11 @@ class ClipConfig(Section):
     weights: str = "openai"
     cache_dir: str | None = None
     logit_scale: Annotated[float, Field(gt=0)] | Literal["model"] = Field(
-        "model", description='temperature on the cosine similarities of the score; "model": the CLIP\'s own')
+        "model", description='temperature on the cosine similarities of the score; "model": the CLIP\'s own'
+    )
     feature_size: Literal["model", "train"] = Field(
-        "model", description='feature maps of the feature losses at the CLIP input size ("model") or the crop size')
+        "model", description='feature maps of the feature losses at the CLIP input size ("model") or the crop size'
+    )
 
 
 class PromptConfig(Section):
@@ -144,7 +148,7 @@ class TrainConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
-    def _schedule_fits(self) -> "TrainConfig":
+    def _schedule_fits(self) -> TrainConfig:
         s = self.schedule
         if s.prompt_init_iters + s.warmup_iters >= s.total_iters:
             raise ValueError("schedule.total_iters must exceed prompt_init_iters + warmup_iters")

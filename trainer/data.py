@@ -17,8 +17,8 @@ daemon's OpenCV CLAHE (:func:`drdaemon.engines.classical.clahe_u16`) of that ver
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -78,7 +78,7 @@ def random_view(unit: np.ndarray, rng: np.random.Generator, cfg: DataConfig) -> 
     top = int(rng.integers(0, h - side + 1))
     left = int(rng.integers(0, w - side + 1))
     size = cfg.crop_size
-    crop = np.ascontiguousarray(unit[top:top + side, left:left + side])
+    crop = np.ascontiguousarray(unit[top : top + side, left : left + side])
     interpolation = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
     view = cv2.resize(crop, (size, size), interpolation=interpolation)
     if cfg.max_rotation_deg > 0:
@@ -117,8 +117,14 @@ class TrainingSamples(Dataset[dict[str, torch.Tensor]]):
     (tests, tools) every sample carries all three.
     """
 
-    def __init__(self, abnormal: list[Path], normal: list[Path], cfg: DataConfig, seed: int,
-                 schedule: ScheduleConfig | None = None) -> None:
+    def __init__(
+        self,
+        abnormal: list[Path],
+        normal: list[Path],
+        cfg: DataConfig,
+        seed: int,
+        schedule: ScheduleConfig | None = None,
+    ) -> None:
         self.abnormal, self.normal, self.cfg, self.seed, self.schedule = abnormal, normal, cfg, seed, schedule
 
     def _view(self, files: list[Path], stream: int, key: int) -> np.ndarray:
@@ -184,8 +190,15 @@ def make_loader(
     thread pools in the parent can deadlock the child."""
     if not workers:
         return DataLoader(samples, batch_sampler=batches, num_workers=0, pin_memory=pin_memory)
-    return DataLoader(samples, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      worker_init_fn=_quiet_worker, multiprocessing_context="spawn", prefetch_factor=4)
+    return DataLoader(
+        samples,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_quiet_worker,
+        multiprocessing_context="spawn",
+        prefetch_factor=4,
+    )
 
 
 def preview_samples(files: list[Path], cfg: DataConfig) -> torch.Tensor:
@@ -196,6 +209,6 @@ def preview_samples(files: list[Path], cfg: DataConfig) -> torch.Tensor:
         h, w = unit.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        crop = np.ascontiguousarray(unit[top:top + side, left:left + side])
+        crop = np.ascontiguousarray(unit[top : top + side, left : left + side])
         views.append(cv2.resize(crop, (cfg.crop_size, cfg.crop_size), interpolation=cv2.INTER_AREA))
     return torch.from_numpy(np.stack(views).astype(np.float32))[:, None]

@@ -12,9 +12,10 @@ import json
 import platform
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from drdaemon.model.network import Enhancer
 from drdaemon.model.weights import save_weights
@@ -36,9 +37,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def export_weights(out: Path, enhancer: Enhancer, *, config: dict, data: dict, clip: ClipSource,
-                   final_losses: dict[str, float], iterations: int, duration_s: float,
-                   extra: dict | None = None) -> tuple[str, Path]:
+def export_weights(
+    out: Path,
+    enhancer: Enhancer,
+    *,
+    config: dict[str, Any],
+    data: dict[str, dict[str, Any]],
+    clip: ClipSource,
+    final_losses: dict[str, float],
+    iterations: int,
+    duration_s: float,
+    extra: dict[str, Any] | None = None,
+) -> tuple[str, Path]:
     """Write the weights and the model card; returns (weights sha256, card path)."""
     provenance: dict[str, object] = {
         "trainer": "trainer (CLIP + CLAHE prior)",
@@ -51,7 +61,7 @@ def export_weights(out: Path, enhancer: Enhancer, *, config: dict, data: dict, c
     sha256 = save_weights(out, enhancer.cpu(), provenance)
     card = {
         "weights": {"path": str(Path(out).resolve()), "sha256": sha256, "spec": enhancer.spec.as_dict()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": data,
         "clip": asdict(clip),
         "config": config,

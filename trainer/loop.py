@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +41,15 @@ from trainer import losses as L
 from trainer.checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from trainer.clip_backbone import ClipBackbone, load_backbone
 from trainer.config import TrainConfig
-from trainer.data import (IterationBatches, TrainingSamples, clahe_prior, folder_summary, list_frames, make_loader,
-                          preview_samples)
+from trainer.data import (
+    IterationBatches,
+    TrainingSamples,
+    clahe_prior,
+    folder_summary,
+    list_frames,
+    make_loader,
+    preview_samples,
+)
 from trainer.distributed import DistContext, pick_device
 from trainer.export import export_weights
 from trainer.preview import preview_grid, write_preview
@@ -52,6 +59,7 @@ from trainer.schedule import Phase, PhaseKind, phase_at
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
+
 
 @dataclass
 class TrainResult:
@@ -99,30 +107,45 @@ def clone_state(module: nn.Module) -> dict[str, Tensor]:
 class Trainer:
     """Everything a run holds; :meth:`run` trains up to an iteration and exports at the end."""
 
-    def __init__(self, cfg: TrainConfig, abnormal: Path, normal: Path, out: Path, *, resume: bool = False,
-                 ctx: DistContext | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        abnormal: Path,
+        normal: Path,
+        out: Path,
+        *,
+        resume: bool = False,
+        ctx: DistContext | None = None,
+    ) -> None:
         self.cfg, self.out, self.ctx = cfg, Path(out), ctx or DistContext()
         self.device = pick_device(cfg.run.device, self.ctx)
         self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(self.out)
         self.abnormal_files, self.normal_files = list_frames(abnormal), list_frames(normal)
-        self.data_summary = {"abnormal": folder_summary(abnormal, self.abnormal_files),
-                             "normal": folder_summary(normal, self.normal_files)}
+        self.data_summary = {
+            "abnormal": folder_summary(abnormal, self.abnormal_files),
+            "normal": folder_summary(normal, self.normal_files),
+        }
         configure_determinism(cfg.run.deterministic)
         seed_everything(cfg.run.seed)  # a randomly initialised CLIP is the same in every process
-        self.backbone: ClipBackbone = load_backbone(cfg.clip.model, cfg.clip.weights, cfg.clip.cache_dir).to(self.device)
+        self.backbone: ClipBackbone = load_backbone(cfg.clip.model, cfg.clip.weights, cfg.clip.cache_dir).to(
+            self.device
+        )
         torch.manual_seed(cfg.run.seed + 1)
-        self.enhancer = start_near_identity(Enhancer(EnhancerSpec(
-            in_ch=cfg.enhancer.in_ch, illumination_scale=cfg.enhancer.illumination_scale))).to(self.device)
+        self.enhancer = start_near_identity(
+            Enhancer(EnhancerSpec(in_ch=cfg.enhancer.in_ch, illumination_scale=cfg.enhancer.illumination_scale))
+        ).to(self.device)
         self.prompts = PromptPair(self.backbone, cfg.prompts.n_tokens, cfg.prompts.init_std).to(self.device)
         self.logit_scale = score_temperature(cfg.clip.logit_scale, self.backbone)
         self.feature_size = self.backbone.image_size if cfg.clip.feature_size == "model" else None
         self.previous_enhancer = copy.deepcopy(self.enhancer).requires_grad_(False).eval()
         self.snapshots: dict[str, dict[str, Tensor] | None] = {"latest": None, "previous": None}
         o = cfg.optim
-        self.enhancer_optim = torch.optim.Adam(self.enhancer.parameters(), lr=o.enhancer_lr, betas=o.betas,
-                                               weight_decay=o.weight_decay)
-        self.prompt_optim = torch.optim.Adam(self.prompts.parameters(), lr=o.prompt_lr, betas=o.betas,
-                                             weight_decay=o.weight_decay)
+        self.enhancer_optim = torch.optim.Adam(
+            self.enhancer.parameters(), lr=o.enhancer_lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+        self.prompt_optim = torch.optim.Adam(
+            self.prompts.parameters(), lr=o.prompt_lr, betas=o.betas, weight_decay=o.weight_decay
+        )
         self.amp_dtype = amp_dtype(cfg.run.precision, self.device)
         fp16 = self.amp_dtype == torch.float16
         self.enhancer_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -151,8 +174,9 @@ class Trainer:
     def _loader(self, start: int, end: int) -> DataLoader[dict[str, Tensor]]:
         """One loader for iterations ``start .. end-1``; each batch's content follows its phase."""
         o, schedule = self.cfg.optim, self.cfg.schedule
-        sizes = [o.prompt_batch if phase_at(i, schedule).trains_prompts else o.enhancer_batch
-                 for i in range(start, end)]
+        sizes = [
+            o.prompt_batch if phase_at(i, schedule).trains_prompts else o.enhancer_batch for i in range(start, end)
+        ]
         samples = TrainingSamples(self.abnormal_files, self.normal_files, self.cfg.data, self.cfg.run.seed, schedule)
         batches = IterationBatches(start, sizes, self.ctx.rank, self.ctx.world)
         return make_loader(samples, batches, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
@@ -187,7 +211,7 @@ class Trainer:
         with self._autocast():
             text = self.prompts_ddp(self.backbone)
         logits = L.pair_logits(images, text, self.logit_scale)
-        loss = L.prompt_init_loss(logits[: len(abnormal)], logits[len(abnormal):])
+        loss = L.prompt_init_loss(logits[: len(abnormal)], logits[len(abnormal) :])
         self._prompt_step(loss)
         return {"prompt_init": loss.detach()}
 
@@ -208,8 +232,12 @@ class Trainer:
         else:
             loss = L.ranking_loss_first(scores[1], scores[0], scores[2], m.m0, m.m1)
         self._prompt_step(loss)
-        return {"prompt_rank": loss.detach(), "score_abnormal": scores[0].mean().detach(),
-                "score_normal": scores[1].mean().detach(), "score_output": scores[2].mean().detach()}
+        return {
+            "prompt_rank": loss.detach(),
+            "score_abnormal": scores[0].mean().detach(),
+            "score_normal": scores[1].mean().detach(),
+            "score_output": scores[2].mean().detach(),
+        }
 
     def step_enhance(self, batch: dict[str, Tensor], warmup: bool) -> dict[str, Tensor]:
         abnormal, prior = batch["abnormal"], batch["clahe"]
@@ -218,8 +246,10 @@ class Trainer:
         levels = L.deepest_level(alpha, gamma)
         text = None if warmup else self._current_text_features()
         with torch.no_grad(), self._autocast():
-            targets = [m.split(len(abnormal))
-                       for m in self.backbone.feature_maps(torch.cat([abnormal, prior]), levels, self.feature_size)]
+            targets = [
+                m.split(len(abnormal))
+                for m in self.backbone.feature_maps(torch.cat([abnormal, prior]), levels, self.feature_size)
+            ]
         with self._autocast():
             output = self.enhancer_ddp(abnormal)
             maps = self.backbone.feature_maps(output, levels, self.feature_size)
@@ -228,8 +258,7 @@ class Trainer:
             loss = w.beta * identity + w.omega * clahe
             parts = {"identity": identity.detach(), "clahe": clahe.detach()}
             if text is not None:
-                score = L.negative_score(L.pair_logits(self.backbone.image_features(output), text,
-                                                       self.logit_scale))
+                score = L.negative_score(L.pair_logits(self.backbone.image_features(output), text, self.logit_scale))
                 clip = L.clip_loss(score)
                 loss = loss + clip
                 parts["clip"] = clip.detach()
@@ -258,8 +287,13 @@ class Trainer:
         end = min(until if until is not None else total, total)
         started = time.monotonic()
         main = self.ctx.is_main
-        bar = tqdm(total=total, initial=self.iteration, disable=not (main and self.cfg.run.progress),
-                   dynamic_ncols=True, unit="it")
+        bar = tqdm(
+            total=total,
+            initial=self.iteration,
+            disable=not (main and self.cfg.run.progress),
+            dynamic_ncols=True,
+            unit="it",
+        )
         writer = self._writer() if main else None
         label = ""
         stop = StopRequest()
@@ -283,8 +317,12 @@ class Trainer:
             bar.close()
         duration = self.elapsed_before + time.monotonic() - started
         self.elapsed_before, started = duration, time.monotonic()
-        result = TrainResult(iterations=self.iteration, finished=self.iteration >= total,
-                             final_losses=self.loss_values(), duration_s=duration)
+        result = TrainResult(
+            iterations=self.iteration,
+            finished=self.iteration >= total,
+            final_losses=self.loss_values(),
+            duration_s=duration,
+        )
         if main:
             result.checkpoint = self.save_checkpoint(started)
             self.preview(writer)
@@ -378,11 +416,25 @@ class Trainer:
 
     def export(self, duration: float) -> tuple[str, Path]:
         return export_weights(
-            self.out, copy.deepcopy(self.enhancer).cpu(), config=self.cfg.model_dump(mode="json"),
-            data=self.data_summary, clip=self.backbone.source, final_losses=self.loss_values(),
-            iterations=self.iteration, duration_s=duration,
-            extra={"run": {"seed": self.cfg.run.seed, "world_size": self.ctx.world, "device": str(self.device),
-                           "precision": str(self.amp_dtype or torch.float32), "run_dir": str(self.run_dir)},
-                   "score": {"logit_scale": self.logit_scale,
-                             "feature_size": list(self.feature_size) if self.feature_size else "train"}},
+            self.out,
+            copy.deepcopy(self.enhancer).cpu(),
+            config=self.cfg.model_dump(mode="json"),
+            data=self.data_summary,
+            clip=self.backbone.source,
+            final_losses=self.loss_values(),
+            iterations=self.iteration,
+            duration_s=duration,
+            extra={
+                "run": {
+                    "seed": self.cfg.run.seed,
+                    "world_size": self.ctx.world,
+                    "device": str(self.device),
+                    "precision": str(self.amp_dtype or torch.float32),
+                    "run_dir": str(self.run_dir),
+                },
+                "score": {
+                    "logit_scale": self.logit_scale,
+                    "feature_size": list(self.feature_size) if self.feature_size else "train",
+                },
+            },
         )

@@ -44,27 +44,32 @@ def negative_score(logits: Tensor) -> Tensor:
 def prompt_init_loss(abnormal_logits: Tensor, normal_logits: Tensor) -> Tensor:
     """Binary cross-entropy over the prompt pair: abnormal frames negative, normal frames positive."""
     logits = torch.cat([abnormal_logits, normal_logits])
-    target = torch.cat([
-        torch.full((abnormal_logits.shape[0],), NEGATIVE, dtype=torch.long, device=logits.device),
-        torch.full((normal_logits.shape[0],), POSITIVE, dtype=torch.long, device=logits.device),
-    ])
+    target = torch.cat(
+        [
+            torch.full((abnormal_logits.shape[0],), NEGATIVE, dtype=torch.long, device=logits.device),
+            torch.full((normal_logits.shape[0],), POSITIVE, dtype=torch.long, device=logits.device),
+        ]
+    )
     return F.cross_entropy(logits, target)
 
 
 def ranking_loss_first(s_normal: Tensor, s_abnormal: Tensor, s_output: Tensor, m0: float, m1: float) -> Tensor:
     """L_prompt1: well exposed below enhanced below abnormal, with margins m0 and m1."""
-    return (F.relu(s_normal - s_abnormal + m0)
-            + F.relu(s_output - s_abnormal + m0)
-            + F.relu(s_normal - s_output + m1)).mean()
+    return (
+        F.relu(s_normal - s_abnormal + m0) + F.relu(s_output - s_abnormal + m0) + F.relu(s_normal - s_output + m1)
+    ).mean()
 
 
-def ranking_loss_later(s_normal: Tensor, s_abnormal: Tensor, s_output: Tensor, s_previous: Tensor,
-                       m0: float, m1: float, m2: float) -> Tensor:
+def ranking_loss_later(
+    s_normal: Tensor, s_abnormal: Tensor, s_output: Tensor, s_previous: Tensor, m0: float, m1: float, m2: float
+) -> Tensor:
     """L_prompt2: as L_prompt1, the previous round's outputs I_{t-1} ranked above the current ones."""
-    return (F.relu(s_normal - s_abnormal + m0)
-            + F.relu(s_previous - s_abnormal + m0)
-            + F.relu(s_normal - s_output + m1)
-            + F.relu(s_output - s_previous + m2)).mean()
+    return (
+        F.relu(s_normal - s_abnormal + m0)
+        + F.relu(s_previous - s_abnormal + m0)
+        + F.relu(s_normal - s_output + m1)
+        + F.relu(s_output - s_previous + m2)
+    ).mean()
 
 
 def clip_loss(s_output: Tensor) -> Tensor:
@@ -75,7 +80,7 @@ def clip_loss(s_output: Tensor) -> Tensor:
 def feature_loss(outputs: list[Tensor], targets: list[Tensor], weights: list[float]) -> Tensor:
     """sum_l w_l * mean((Phi^l(out) - Phi^l(target))^2); levels with weight 0 are skipped."""
     total = outputs[0].new_zeros((), dtype=torch.float32)
-    for output, target, weight in zip(outputs, targets, weights):
+    for output, target, weight in zip(outputs, targets, weights, strict=False):
         if weight:
             total = total + weight * F.mse_loss(output.float(), target.float().detach())
     return total

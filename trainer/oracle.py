@@ -79,8 +79,9 @@ def training_pairs(cfg: OracleConfig, progress: bool = True) -> tuple[np.ndarray
     return np.stack(inputs), np.stack(targets)
 
 
-def sample_batch(inputs: np.ndarray, targets: np.ndarray, side: int, batch: int,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(
+    inputs: np.ndarray, targets: np.ndarray, side: int, batch: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random aligned square crops of ``side`` frame pixels, with random flips; (B, 1, S, S) each."""
     _, height, width = inputs.shape
     side = min(side, height, width)
@@ -88,8 +89,8 @@ def sample_batch(inputs: np.ndarray, targets: np.ndarray, side: int, batch: int,
     for _ in range(batch):
         k = int(rng.integers(0, inputs.shape[0]))
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        x = inputs[k, top:top + side, left:left + side]
-        y = targets[k, top:top + side, left:left + side]
+        x = inputs[k, top : top + side, left : left + side]
+        y = targets[k, top : top + side, left : left + side]
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, ::-1]
         if rng.random() < 0.5:
@@ -99,8 +100,7 @@ def sample_batch(inputs: np.ndarray, targets: np.ndarray, side: int, batch: int,
     return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))[:, None]
 
 
-def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path,
-        progress: bool = True) -> OracleFit:
+def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path, progress: bool = True) -> OracleFit:
     """Fit one enhancer at ``cfg.scale`` by supervision and export it to ``out``."""
     if cfg.scale not in ALLOWED_SCALES:
         raise ValueError(f"illumination scale must be one of {ALLOWED_SCALES}, got {cfg.scale}")
@@ -127,11 +127,17 @@ def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path,
             break
     bar.close()
     seconds = time.perf_counter() - started
-    provenance = {"trainer": "trainer.oracle", "note": ORACLE_NOTE, "config": asdict(cfg),
-                  "iterations": len(losses), "final_mse": float(np.mean(losses[-20:]))}
+    provenance = {
+        "trainer": "trainer.oracle",
+        "note": ORACLE_NOTE,
+        "config": asdict(cfg),
+        "iterations": len(losses),
+        "final_mse": float(np.mean(losses[-20:])),
+    }
     sha256 = save_weights(out, model.eval(), provenance)
-    return OracleFit(cfg.scale, len(losses), round(seconds, 1), losses[0], float(np.mean(losses[-20:])),
-                     str(out), sha256)
+    return OracleFit(
+        cfg.scale, len(losses), round(seconds, 1), losses[0], float(np.mean(losses[-20:])), str(out), sha256
+    )
 
 
 def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -> dict[str, dict[str, float]]:
@@ -148,7 +154,7 @@ def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -
     dataset = find_dataset(bench)
     labels = dataset.labels or []
     scores: dict[int, list[tuple[float, float]]] = {s: [] for s in scales}
-    for path, label_path in list(zip(dataset.inputs, labels))[:limit]:
+    for path, label_path in list(zip(dataset.inputs, labels, strict=False))[:limit]:
         label = load_frame(label_path)
         x = torch.from_numpy(frame_to_unit(load_frame(path))[0])[None, None]
         ideal = x / torch.from_numpy(label.astype(np.float32) / U16_MAX).clamp(min=1.0 / U16_MAX)[None, None]
@@ -156,8 +162,11 @@ def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -
             smooth = ideal if s == 1 else expand_illumination(shrink_for_illumination(ideal, s), x.shape[-2:])
             out = unit_to_u16(apply_illumination(x, smooth)[0, 0].numpy())
             scores[s].append((psnr(label, out), ssim(label, out)))
-    return {f"ideal map s={s}": {"psnr": float(np.mean([p for p, _ in v])), "ssim": float(np.mean([q for _, q in v]))}
-            for s, v in scores.items() if v}
+    return {
+        f"ideal map s={s}": {"psnr": float(np.mean([p for p, _ in v])), "ssim": float(np.mean([q for _, q in v]))}
+        for s, v in scores.items()
+        if v
+    }
 
 
 def benchmark_folder(root: Path, pairs: int, size: tuple[int, int], seed: int, progress: bool) -> Path:
@@ -175,29 +184,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.oracle",
         description="Reachability oracle (NOT the method): fit the daemon's enhancer to the synthetic "
-                    "generator's labels by plain supervision at each illumination scale, then score the fits "
-                    "with the project's evaluation on the synthetic benchmark (PSNR/SSIM against the label).")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="folder for oracle-sN/weights.safetensors, the benchmark, the evaluation and oracle.json")
+        "generator's labels by plain supervision at each illumination scale, then score the fits "
+        "with the project's evaluation on the synthetic benchmark (PSNR/SSIM against the label).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for oracle-sN/weights.safetensors, the benchmark, the evaluation and oracle.json",
+    )
     parser.add_argument("--scales", default="1,2,4", help="comma-separated illumination scales (default 1,2,4)")
     parser.add_argument("--parts", type=int, default=16, help="training parts (own seed subset; default 16)")
     parser.add_argument("--train-size", default="1024x1024", help="WIDTHxHEIGHT of the training frames")
-    parser.add_argument("--net-pixels", type=int, default=128,
-                        help="side of the crop as the network sees it; the frame crop is this times the scale")
+    parser.add_argument(
+        "--net-pixels",
+        type=int,
+        default=128,
+        help="side of the crop as the network sees it; the frame crop is this times the scale",
+    )
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="Adam learning rate, cosine-annealed over --iterations (2e-3 made s = 2 diverge)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="Adam learning rate, cosine-annealed over --iterations (2e-3 made s = 2 diverge)",
+    )
     parser.add_argument("--iterations", type=int, default=250, help="iterations per scale at most")
     parser.add_argument("--minutes", type=float, default=7.0, help="wall-clock minutes per scale at most")
-    parser.add_argument("--bench", type=Path, default=None,
-                        help="benchmark folder (generated there if missing; default OUT/bench)")
+    parser.add_argument(
+        "--bench", type=Path, default=None, help="benchmark folder (generated there if missing; default OUT/bench)"
+    )
     parser.add_argument("--pairs", type=int, default=50, help="benchmark pairs (the README's: 50)")
     parser.add_argument("--size", default="1024x1024", help="benchmark WIDTHxHEIGHT (the README's: 1024x1024)")
     parser.add_argument("--bench-seed", type=int, default=0, help="benchmark seed (the README's: 0)")
-    parser.add_argument("--baselines", default="identity,gamma,clahe",
-                        help="classical methods evaluated beside the oracle rows")
-    parser.add_argument("--no-fit", action="store_true",
-                        help="skip the fits: only the baselines and the ideal-map rows (no network)")
+    parser.add_argument(
+        "--baselines", default="identity,gamma,clahe", help="classical methods evaluated beside the oracle rows"
+    )
+    parser.add_argument(
+        "--no-fit", action="store_true", help="skip the fits: only the baselines and the ideal-map rows (no network)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the training parts and the fit")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -219,29 +244,48 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = not args.no_progress
     out = Path(args.out)
-    base = OracleConfig(scale=scales[0], parts=args.parts, size=train_size, net_pixels=args.net_pixels,
-                        batch=args.batch, lr=args.lr, iterations=args.iterations, minutes=args.minutes,
-                        seed=args.seed)
+    base = OracleConfig(
+        scale=scales[0],
+        parts=args.parts,
+        size=train_size,
+        net_pixels=args.net_pixels,
+        batch=args.batch,
+        lr=args.lr,
+        iterations=args.iterations,
+        minutes=args.minutes,
+        seed=args.seed,
+    )
     fits = []
     inputs, targets = training_pairs(base, progress) if not args.no_fit else (np.zeros((0, 1, 1)),) * 2
     for scale in scales if not args.no_fit else []:
         cfg = OracleConfig(**{**asdict(base), "scale": scale, "size": train_size})
         fits.append(fit(cfg, inputs, targets, out / f"oracle-s{scale}" / "weights.safetensors", progress))
-        print(f"oracle s={scale}: {fits[-1].iterations} iterations in {fits[-1].seconds:.0f} s, "
-              f"training MSE {fits[-1].first_loss:.4g} -> {fits[-1].final_loss:.4g}", flush=True)
+        print(
+            f"oracle s={scale}: {fits[-1].iterations} iterations in {fits[-1].seconds:.0f} s, "
+            f"training MSE {fits[-1].first_loss:.4g} -> {fits[-1].final_loss:.4g}",
+            flush=True,
+        )
     bench = benchmark_folder(args.bench or out / "bench", args.pairs, bench_size, args.bench_seed, progress)
     methods = [m for m in args.baselines.split(",") if m.strip()] + [f"net:{f.weights}" for f in fits]
     result = evaluate(bench, methods, out / "eval", device="cpu", progress=progress)
     ideal = ideal_map_scores(bench, scales)
     print(f"REACHABILITY ORACLE ({ORACLE_NOTE}); net (oracle-sN) = illumination scale N")
     print(result.table)
-    print("Ideal illumination map (I / label, area-averaged to 1/s; no network): "
-          + ", ".join(f"{k}: PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.3f}" for k, v in ideal.items()))
-    rows = {s.label: {"psnr": s.means["psnr"], "ssim": s.means["ssim"], "noise_gain": s.means["noise_gain"]}
-            for s in result.summaries} | ideal
-    record = {"note": ORACLE_NOTE, "bench": {"path": str(bench), "pairs": args.pairs, "size": args.size,
-                                             "seed": args.bench_seed},
-              "fits": [asdict(f) for f in fits], "config": {**asdict(base), "scale": scales}, "rows": rows}
+    print(
+        "Ideal illumination map (I / label, area-averaged to 1/s; no network): "
+        + ", ".join(f"{k}: PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.3f}" for k, v in ideal.items())
+    )
+    rows = {
+        s.label: {"psnr": s.means["psnr"], "ssim": s.means["ssim"], "noise_gain": s.means["noise_gain"]}
+        for s in result.summaries
+    } | ideal
+    record = {
+        "note": ORACLE_NOTE,
+        "bench": {"path": str(bench), "pairs": args.pairs, "size": args.size, "seed": args.bench_seed},
+        "fits": [asdict(f) for f in fits],
+        "config": {**asdict(base), "scale": scales},
+        "rows": rows,
+    }
     (out / "oracle.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {out / 'oracle.json'} and {result.table_path}")
     return 0

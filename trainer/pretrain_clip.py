@@ -34,8 +34,9 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from drdaemon.model.weights import file_sha256
-from trainer.clip_weights import read_model_config
 from trainer.clip_judge import JudgeReport, clip_input, judge_captioned, judge_real, real_frame_paths
+from trainer.clip_weights import read_model_config
 from trainer.config import DataConfig
 from trainer.data import random_view
 from trainer.export import package_versions
@@ -105,10 +106,10 @@ class PretrainResult:
     card: Path
     held_out: JudgeReport | None = None
     real: JudgeReport | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_model(model_config: str) -> tuple[nn.Module, dict]:
+def build_model(model_config: str) -> tuple[nn.Module, dict[str, Any]]:
     import open_clip
 
     _, cfg = read_model_config(model_config)
@@ -127,8 +128,9 @@ def batch_members(step: int, cfg: PretrainConfig, parts: int) -> list[tuple[int,
     return members
 
 
-def batch_views(data: CaptionedSet, members: list[tuple[int, int]], step: int, cfg: PretrainConfig,
-                image_size: int) -> Tensor:
+def batch_views(
+    data: CaptionedSet, members: list[tuple[int, int]], step: int, cfg: PretrainConfig, image_size: int
+) -> Tensor:
     """(B, 1, S, S) views; the states of one part share one random crop (same view seed)."""
     view_cfg = DataConfig(crop_size=image_size, scale_min=cfg.scale_min, workers=0)
     views = []
@@ -159,8 +161,9 @@ def zero_shot_loss(image_features: Tensor, prompts: Tensor, scale: Tensor, well:
     return F.cross_entropy(logits, well[known])
 
 
-def ranking_loss(image_features: Tensor, prompts: Tensor, quality: Tensor, parts: Tensor, margin: float,
-                 min_gap: float) -> Tensor:
+def ranking_loss(
+    image_features: Tensor, prompts: Tensor, quality: Tensor, parts: Tensor, margin: float, min_gap: float
+) -> Tensor:
     """Hinge on every same-part pair whose quality (PSNR, SSIM) differs by ``min_gap``: the better one
     scores higher by ``margin``."""
     score = image_features @ (prompts[1] - prompts[0])
@@ -171,9 +174,19 @@ def ranking_loss(image_features: Tensor, prompts: Tensor, quality: Tensor, parts
     return F.relu(margin - gaps[better]).mean()
 
 
-def pretrain_losses(clip: nn.Module, views: Tensor, tokens: Tensor, prompt_tokens: Tensor, classes: Tensor,
-                    well: Tensor, psnr: Tensor, parts: Tensor, cfg: PretrainConfig, image_size: int,
-                    ssim: Tensor | None = None) -> dict[str, Tensor]:
+def pretrain_losses(
+    clip: nn.Module,
+    views: Tensor,
+    tokens: Tensor,
+    prompt_tokens: Tensor,
+    classes: Tensor,
+    well: Tensor,
+    psnr: Tensor,
+    parts: Tensor,
+    cfg: PretrainConfig,
+    image_size: int,
+    ssim: Tensor | None = None,
+) -> dict[str, Tensor]:
     image_features = F.normalize(clip.encode_image(clip_input(views, image_size)), dim=-1)
     text_features = F.normalize(clip.encode_text(tokens), dim=-1)
     prompts = F.normalize(clip.encode_text(prompt_tokens), dim=-1)
@@ -185,9 +198,12 @@ def pretrain_losses(clip: nn.Module, views: Tensor, tokens: Tensor, prompt_token
     }
     if cfg.rank_ssim_weight and ssim is not None:
         losses["rank_ssim"] = ranking_loss(image_features, prompts, ssim, parts, cfg.rank_margin, cfg.rank_min_ssim)
-    losses["total"] = (losses["contrastive"] + cfg.zero_shot_weight * losses["zero_shot"]
-                       + cfg.rank_weight * losses["rank"]
-                       + cfg.rank_ssim_weight * losses.get("rank_ssim", losses["rank"].new_zeros(())))
+    losses["total"] = (
+        losses["contrastive"]
+        + cfg.zero_shot_weight * losses["zero_shot"]
+        + cfg.rank_weight * losses["rank"]
+        + cfg.rank_ssim_weight * losses.get("rank_ssim", losses["rank"].new_zeros(()))
+    )
     return losses
 
 
@@ -209,7 +225,8 @@ class BatchMaker:
         records = [self.data.renderings[i] for i in index]
         return {
             "views": batch_views(self.data, members, step, self.cfg, self.image_size),
-            "tokens": self.tokens[index], "prompt_tokens": self.prompt_tokens,
+            "tokens": self.tokens[index],
+            "prompt_tokens": self.prompt_tokens,
             "classes": torch.tensor([state for _, state in members]),
             "well": torch.tensor([-1 if r.well is None else int(r.well) for r in records]),
             "psnr": torch.tensor([r.psnr for r in records], dtype=torch.float32),
@@ -244,8 +261,9 @@ class RunState:
     elapsed: float = 0.0
 
 
-def save_checkpoint(path: Path, clip: nn.Module, optim: torch.optim.Optimizer, cfg: PretrainConfig,
-                    run: RunState) -> None:
+def save_checkpoint(
+    path: Path, clip: nn.Module, optim: torch.optim.Optimizer, cfg: PretrainConfig, run: RunState
+) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"clip": clip.state_dict(), "optim": optim.state_dict(), "config": asdict(cfg), **asdict(run)}, tmp)
     tmp.replace(path)
@@ -262,21 +280,46 @@ def restore(path: Path, clip: nn.Module, optim: torch.optim.Optimizer, cfg: Pret
     return RunState(state["step"], state["history"], state.get("judge_history", []), state["elapsed"])
 
 
-def optimise(clip: nn.Module, optim: torch.optim.Optimizer, batch: dict[str, Tensor], cfg: PretrainConfig,
-             lr: float, image_size: int) -> dict[str, float]:
+def optimise(
+    clip: nn.Module,
+    optim: torch.optim.Optimizer,
+    batch: dict[str, Tensor],
+    cfg: PretrainConfig,
+    lr: float,
+    image_size: int,
+) -> dict[str, float]:
     """One step on one batch; the losses as floats."""
     for group in optim.param_groups:
         group["lr"] = lr
-    losses = pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
-                             batch["well"], batch["psnr"], batch["parts"], cfg, image_size, batch["ssim"])
+    losses = pretrain_losses(
+        clip,
+        batch["views"],
+        batch["tokens"],
+        batch["prompt_tokens"],
+        batch["classes"],
+        batch["well"],
+        batch["psnr"],
+        batch["parts"],
+        cfg,
+        image_size,
+        batch["ssim"],
+    )
     optim.zero_grad(set_to_none=True)
     losses["total"].backward()
     optim.step()
     return {k: round(float(v.detach()), 5) for k, v in losses.items()}
 
 
-def train(cfg: PretrainConfig, out: Path, resume: bool = False, progress: bool = True, log_every: int = 25,
-          checkpoint_every: int = 100, minutes: float | None = None, judge_every: int = 0) -> PretrainResult:
+def train(
+    cfg: PretrainConfig,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    log_every: int = 25,
+    checkpoint_every: int = 100,
+    minutes: float | None = None,
+    judge_every: int = 0,
+) -> PretrainResult:
     """Pretrain (judging the held-out set every ``judge_every`` steps), export, judge, write the card."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -303,8 +346,10 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = False, progress: bool =
         bar.update()
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
         if not progress and (run.step % log_every == 0 or run.step == cfg.steps):
-            print("pretrain " + " ".join(f"{k}={v}" for k, v in losses.items()) + f" step={run.step}/{cfg.steps}",
-                  flush=True)
+            print(
+                "pretrain " + " ".join(f"{k}={v}" for k, v in losses.items()) + f" step={run.step}/{cfg.steps}",
+                flush=True,
+            )
         if judge_every and run.step % judge_every == 0:
             report, _ = judge_captioned(clip, held_out, image_size, context_length)
             run.judge_history.append({"step": run.step, **report.as_dict()})
@@ -326,8 +371,17 @@ def mean_losses(history: list[dict[str, float]], last: int = 50) -> dict[str, fl
     return {k: round(float(np.mean([h[k] for h in tail])), 5) for k in tail[0] if k != "step"} if tail else {}
 
 
-def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, data: CaptionedSet,
-           held_out_set: CaptionedSet, run: RunState, image_size: int, context_length: int) -> PretrainResult:
+def export(
+    clip: nn.Module,
+    model_cfg: dict[str, Any],
+    cfg: PretrainConfig,
+    out: Path,
+    data: CaptionedSet,
+    held_out_set: CaptionedSet,
+    run: RunState,
+    image_size: int,
+    context_length: int,
+) -> PretrainResult:
     """Weights, open_clip config, judge figures and the model card."""
     from safetensors.torch import save_file
 
@@ -341,18 +395,28 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
         "weights": {"path": str(weights.resolve()), "sha256": file_sha256(weights), "format": "open_clip state dict"},
         "model_config": {"path": cfg.model_config, "model_cfg": model_cfg},
         "use": f"python -m trainer --clip {cfg.model_config} --clip-weights {weights}",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(cfg),
-        "data": {"generator": "drdaemon.evaluate.synth via trainer.radiograph_data", "seed": cfg.seed,
-                 "train_subset": PRETRAIN_SET, "held_out_subset": HELD_OUT_SET,
-                 "held_out_rule": f"training parts clip < {HELD_OUT_CLIPPED_PERCENT} % of the part, held-out "
-                                  f"parts >= {HELD_OUT_CLIPPED_PERCENT} %, from another seed subset",
-                 "parts": int(data.frames.shape[0]), "frames": len(data), "size": cfg.size,
-                 "states": [{"name": s.name, "grade": s.grade, "well": s.well} for s in STATES],
-                 "templates": list(TEMPLATES), "sha256": data_sha256(data),
-                 "held_out_parts": int(held_out_set.frames.shape[0]), "held_out_sha256": data_sha256(held_out_set)},
-        "steps": run.step, "duration_s": round(run.elapsed, 1),
-        "first_losses": run.history[0] if run.history else {}, "final_losses": mean_losses(run.history),
+        "data": {
+            "generator": "drdaemon.evaluate.synth via trainer.radiograph_data",
+            "seed": cfg.seed,
+            "train_subset": PRETRAIN_SET,
+            "held_out_subset": HELD_OUT_SET,
+            "held_out_rule": f"training parts clip < {HELD_OUT_CLIPPED_PERCENT} % of the part, held-out "
+            f"parts >= {HELD_OUT_CLIPPED_PERCENT} %, from another seed subset",
+            "parts": int(data.frames.shape[0]),
+            "frames": len(data),
+            "size": cfg.size,
+            "states": [{"name": s.name, "grade": s.grade, "well": s.well} for s in STATES],
+            "templates": list(TEMPLATES),
+            "sha256": data_sha256(data),
+            "held_out_parts": int(held_out_set.frames.shape[0]),
+            "held_out_sha256": data_sha256(held_out_set),
+        },
+        "steps": run.step,
+        "duration_s": round(run.elapsed, 1),
+        "first_losses": run.history[0] if run.history else {},
+        "final_losses": mean_losses(run.history),
         "logit_scale": round(float(clip.logit_scale.detach().exp()), 4),
         "judge": {**judged, "during_training": run.judge_history},
         "versions": package_versions(),
@@ -362,15 +426,20 @@ def export(clip: nn.Module, model_cfg: dict, cfg: PretrainConfig, out: Path, dat
     return PretrainResult(run.step, run.elapsed, mean_losses(run.history), weights, card_path, held_out, real)
 
 
-def judge_all(clip: nn.Module, held_out_set: CaptionedSet, image_size: int, context_length: int
-              ) -> tuple[JudgeReport, JudgeReport | None, dict]:
+def judge_all(
+    clip: nn.Module, held_out_set: CaptionedSet, image_size: int, context_length: int
+) -> tuple[JudgeReport, JudgeReport | None, dict[str, Any]]:
     """The judge on the held-out parts and on the real CR frames, and the card's record of both."""
     held_out, _ = judge_captioned(clip, held_out_set, image_size, context_length)
     paths = real_frame_paths()
     real, real_scores = judge_real(clip, paths, image_size, context_length) if paths else (None, {})
-    record = {"held_out": held_out.as_dict(), "real_cr": real.as_dict() if real else None,
-              "real_cr_scores": real_scores, "real_cr_frames": [p.name for p in paths],
-              "targets": {"accuracy": 0.95, "spearman": 0.8}}
+    record = {
+        "held_out": held_out.as_dict(),
+        "real_cr": real.as_dict() if real else None,
+        "real_cr_scores": real_scores,
+        "real_cr_frames": [p.name for p in paths],
+        "targets": {"accuracy": 0.95, "spearman": 0.8},
+    }
     return held_out, real, record
 
 
@@ -382,8 +451,12 @@ def rejudge(cfg: PretrainConfig, out: Path, progress: bool = True) -> tuple[Judg
     clip.load_state_dict(load_file(str(out / WEIGHTS_NAME)))
     clip.eval()
     held_out_set = make_captioned_set(cfg.seed, cfg.held_out_parts, cfg.size, held_out=True, progress=progress)
-    held_out, real, record = judge_all(clip, held_out_set, int(model_cfg["vision_cfg"]["image_size"]),
-                                       int(model_cfg["text_cfg"].get("context_length", 77)))
+    held_out, real, record = judge_all(
+        clip,
+        held_out_set,
+        int(model_cfg["vision_cfg"]["image_size"]),
+        int(model_cfg["text_cfg"].get("context_length", 77)),
+    )
     card_path = out / "model_card.json"
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["judge"] = {**record, "during_training": card.get("judge", {}).get("during_training", [])}
@@ -394,11 +467,13 @@ def rejudge(cfg: PretrainConfig, out: Path, progress: bool = True) -> tuple[Judg
 def _report_line(name: str, report: JudgeReport | None) -> str:
     if report is None:
         return f"judge {name}: not run (pydicom-data not installed)"
-    return (f"judge {name}: {report.frames} frames of {report.parts} parts; zero-shot well vs badly exposed "
-            f"{100 * report.accuracy:.1f} % (well {100 * report.accuracy_well:.1f} %, bad "
-            f"{100 * report.accuracy_bad:.1f} %); per-part Spearman vs PSNR {report.spearman_psnr:.3f}, "
-            f"vs SSIM {report.spearman_ssim:.3f} (without the reference rendering: {report.spearman_psnr_flawed:.3f}, "
-            f"{report.spearman_ssim_flawed:.3f})")
+    return (
+        f"judge {name}: {report.frames} frames of {report.parts} parts; zero-shot well vs badly exposed "
+        f"{100 * report.accuracy:.1f} % (well {100 * report.accuracy_well:.1f} %, bad "
+        f"{100 * report.accuracy_bad:.1f} %); per-part Spearman vs PSNR {report.spearman_psnr:.3f}, "
+        f"vs SSIM {report.spearman_ssim:.3f} (without the reference rendering: {report.spearman_psnr_flawed:.3f}, "
+        f"{report.spearman_ssim_flawed:.3f})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,39 +481,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.pretrain_clip",
         description="Pretrain a small CLIP on radiographs made by the project's physics generator, captioned with "
-                    "their exposure state, part, defects and noise; write an open_clip checkpoint and a model card "
-                    "with the judge's figures (zero-shot accuracy, per-part rank correlation with PSNR/SSIM).",
+        "their exposure state, part, defects and noise; write an open_clip checkpoint and a model card "
+        "with the judge's figures (zero-shot accuracy, per-part rank correlation with PSNR/SSIM).",
         epilog="The trainer then loads it: python -m trainer --clip trainer/model_configs/radiograph-clip.json "
-               "--clip-weights DIR/open_clip_model.safetensors ...")
+        "--clip-weights DIR/open_clip_model.safetensors ...",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (checkpoint, weights, card)")
-    parser.add_argument("--frames", type=int, default=defaults.frames,
-                        help=f"captioned training frames, {len(STATES)} states per part (default {defaults.frames})")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=defaults.frames,
+        help=f"captioned training frames, {len(STATES)} states per part (default {defaults.frames})",
+    )
     parser.add_argument("--size", type=int, default=defaults.size, help="generated frame side in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default {defaults.steps})")
-    parser.add_argument("--model-config", default=defaults.model_config,
-                        help="open_clip model-config JSON (default: the shipped radiograph-clip.json)")
+    parser.add_argument(
+        "--model-config",
+        default=defaults.model_config,
+        help="open_clip model-config JSON (default: the shipped radiograph-clip.json)",
+    )
     parser.add_argument("--held-out-parts", type=int, default=defaults.held_out_parts)
     parser.add_argument("--parts-per-batch", type=int, default=defaults.parts_per_batch)
     parser.add_argument("--states-per-part", type=int, default=defaults.states_per_part)
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--rank-weight", type=float, default=defaults.rank_weight,
-                        help="weight of the within-part ranking term (0 leaves it out)")
-    parser.add_argument("--rank-ssim-weight", type=float, default=defaults.rank_ssim_weight,
-                        help="weight of the within-part ranking term on SSIM against the label (default 0)")
-    parser.add_argument("--init", default=None, metavar="SAFETENSORS",
-                        help="start from this open_clip state dict (e.g. an earlier run's open_clip_model.safetensors)")
-    parser.add_argument("--zero-shot-weight", type=float, default=defaults.zero_shot_weight,
-                        help="weight of the zero-shot prompt term (0 leaves it out)")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="stop (checkpointed, exported and judged) after this many minutes of training")
+    parser.add_argument(
+        "--rank-weight",
+        type=float,
+        default=defaults.rank_weight,
+        help="weight of the within-part ranking term (0 leaves it out)",
+    )
+    parser.add_argument(
+        "--rank-ssim-weight",
+        type=float,
+        default=defaults.rank_ssim_weight,
+        help="weight of the within-part ranking term on SSIM against the label (default 0)",
+    )
+    parser.add_argument(
+        "--init",
+        default=None,
+        metavar="SAFETENSORS",
+        help="start from this open_clip state dict (e.g. an earlier run's open_clip_model.safetensors)",
+    )
+    parser.add_argument(
+        "--zero-shot-weight",
+        type=float,
+        default=defaults.zero_shot_weight,
+        help="weight of the zero-shot prompt term (0 leaves it out)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="stop (checkpointed, exported and judged) after this many minutes of training",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--judge-every", type=int, default=0,
-                        help="judge the held-out parts every N steps, printed and kept in the card (default 0: at the end only)")
+    parser.add_argument(
+        "--judge-every",
+        type=int,
+        default=0,
+        help="judge the held-out parts every N steps, printed and kept in the card (default 0: at the end only)",
+    )
     parser.add_argument("--log-every", type=int, default=25, help="steps between log lines without a progress bar")
-    parser.add_argument("--judge-only", action="store_true",
-                        help="do not train: judge OUT's exported checkpoint again and update its card")
+    parser.add_argument(
+        "--judge-only",
+        action="store_true",
+        help="do not train: judge OUT's exported checkpoint again and update its card",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -450,19 +560,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = PretrainConfig(model_config=args.model_config, frames=args.frames, size=args.size,
-                         held_out_parts=args.held_out_parts, seed=args.seed, steps=args.steps,
-                         parts_per_batch=args.parts_per_batch, states_per_part=args.states_per_part, lr=args.lr,
-                         rank_weight=args.rank_weight, zero_shot_weight=args.zero_shot_weight,
-                         rank_ssim_weight=args.rank_ssim_weight, init=args.init)
+    cfg = PretrainConfig(
+        model_config=args.model_config,
+        frames=args.frames,
+        size=args.size,
+        held_out_parts=args.held_out_parts,
+        seed=args.seed,
+        steps=args.steps,
+        parts_per_batch=args.parts_per_batch,
+        states_per_part=args.states_per_part,
+        lr=args.lr,
+        rank_weight=args.rank_weight,
+        zero_shot_weight=args.zero_shot_weight,
+        rank_ssim_weight=args.rank_ssim_weight,
+        init=args.init,
+    )
     if args.judge_only:
         held_out, real = rejudge(cfg, args.out, progress=not args.no_progress)
         print(_report_line("held-out parts", held_out))
         print(_report_line("real CR frames", real))
         return 0
     try:
-        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, log_every=args.log_every,
-                       minutes=args.minutes, judge_every=args.judge_every)
+        result = train(
+            cfg,
+            args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            log_every=args.log_every,
+            minutes=args.minutes,
+            judge_every=args.judge_every,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"pretrain_clip: {exc}", file=sys.stderr)
         return 2

@@ -42,7 +42,7 @@ class PromptPair(nn.Module):
         self.ctx = nn.Parameter(torch.randn(2, n_tokens, backbone.text_width) * init_std)
         # Derived from the frozen CLIP, so rebuilt rather than saved with the prompts.
         self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embedded[:, 1 + n_tokens:].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, 1 + n_tokens :].clone(), persistent=False)
         self.register_buffer("eot_index", ids.argmax(dim=-1), persistent=False)
 
     def forward(self, backbone: ClipBackbone) -> Tensor:

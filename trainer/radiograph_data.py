@@ -73,10 +73,19 @@ class State:
 
 
 STATES: tuple[State, ...] = (
-    State("label", 0, ("sections thin and thick both mid-gray with their detail",
-                       "fused exposure bracket, detail everywhere")),
-    State("clipped", 2, ("thin sections clipped to white, thick sections starved and dark",
-                         "single exposure saturated over the thin sections")),
+    State(
+        "label",
+        0,
+        ("sections thin and thick both mid-gray with their detail", "fused exposure bracket, detail everywhere"),
+    ),
+    State(
+        "clipped",
+        2,
+        (
+            "thin sections clipped to white, thick sections starved and dark",
+            "single exposure saturated over the thin sections",
+        ),
+    ),
     State("starved", 2, ("under-exposed, thick sections dark and grainy", "too few photons, noisy and dark")),
     State("dark-slight", 1, ("slightly too dark",)),
     State("dark-strong", 2, ("far too dark, thick sections lost in black",)),
@@ -153,8 +162,9 @@ def _clahe(unit: np.ndarray, clip: float, tiles: int = 8) -> np.ndarray:
     return clahe_u16(unit_to_u16(unit), clip, tiles, levels).astype(np.float32) / U16_MAX
 
 
-def state_renderings(rng: np.random.Generator, part: Part, physics: Physics, abnormal: np.ndarray,
-                     label: np.ndarray) -> dict[str, np.ndarray]:
+def state_renderings(
+    rng: np.random.Generator, part: Part, physics: Physics, abnormal: np.ndarray, label: np.ndarray
+) -> dict[str, np.ndarray]:
     """Every state of :data:`STATES` as a [0, 1] float32 frame, from one part's exposures."""
     y = label.astype(np.float32) / U16_MAX
     x = frame_to_unit(abnormal)[0]
@@ -188,8 +198,11 @@ def _count_phrase(part: Part) -> str:
     if not kinds:
         return " without defects"
     names = {"pore": "pore", "inclusion": "inclusion", "crack": "crack"}
-    parts = [f"{kinds.count(k)} {names[k]}{'s' if kinds.count(k) > 1 else ''}"
-             for k in ("pore", "inclusion", "crack") if kinds.count(k)]
+    parts = [
+        f"{kinds.count(k)} {names[k]}{'s' if kinds.count(k) > 1 else ''}"
+        for k in ("pore", "inclusion", "crack")
+        if kinds.count(k)
+    ]
     return " with " + ", ".join(parts)
 
 
@@ -205,16 +218,22 @@ def caption(rng: np.random.Generator, state: State, part: Part, physics: Physics
     """A caption from a random template, filled with what the generator knows."""
     template = TEMPLATES[int(rng.integers(0, len(TEMPLATES)))]
     phrase = state.phrases[int(rng.integers(0, len(state.phrases)))]
-    return template.format(quality=state.quality_words, kind=part.kind, defects=_count_phrase(part),
-                           phrase=phrase, noise=_noise_phrase(state.name, physics))
+    return template.format(
+        quality=state.quality_words,
+        kind=part.kind,
+        defects=_count_phrase(part),
+        phrase=phrase,
+        noise=_noise_phrase(state.name, physics),
+    )
 
 
 def _wanted(physics: Physics, held_out: bool) -> bool:
     return (physics.clipped_percent >= HELD_OUT_CLIPPED_PERCENT) == held_out
 
 
-def captioned_part(seed: int, subset: int, draw: int, size: int, held_out: bool
-                   ) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+def captioned_part(
+    seed: int, subset: int, draw: int, size: int, held_out: bool
+) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
     """One part's state frames (states, size, size) uint16 and their records, or None when its
     dose falls outside the set's range."""
     rng = part_rng(seed, subset, draw)
@@ -225,25 +244,34 @@ def captioned_part(seed: int, subset: int, draw: int, size: int, held_out: bool
     units = state_renderings(rng, part, physics, abnormal, label)
     frames = np.stack([unit_to_u16(units[s.name]) for s in STATES])
     records = []
-    for state, frame in zip(STATES, frames):
+    for state, frame in zip(STATES, frames, strict=False):
         is_label = state.name == "label"
-        records.append({"kind": part.kind, "state": state.name, "grade": state.grade, "well": state.well,
-                        "caption": caption(rng, state, part, physics),
-                        "psnr": LABEL_PSNR if is_label else min(psnr(label, frame), LABEL_PSNR),
-                        "ssim": 1.0 if is_label else ssim(label, frame),
-                        "clipped_percent": round(physics.clipped_percent, 2)})
+        records.append(
+            {
+                "kind": part.kind,
+                "state": state.name,
+                "grade": state.grade,
+                "well": state.well,
+                "caption": caption(rng, state, part, physics),
+                "psnr": LABEL_PSNR if is_label else min(psnr(label, frame), LABEL_PSNR),
+                "ssim": 1.0 if is_label else ssim(label, frame),
+                "clipped_percent": round(physics.clipped_percent, 2),
+            }
+        )
     return frames, records
 
 
-def make_captioned_set(seed: int, parts: int, size: int = 256, held_out: bool = False,
-                       progress: bool = True) -> CaptionedSet:
+def make_captioned_set(
+    seed: int, parts: int, size: int = 256, held_out: bool = False, progress: bool = True
+) -> CaptionedSet:
     """``parts`` parts of the training (or held-out) subset, each in every state, reproducibly."""
     subset = HELD_OUT_SET if held_out else PRETRAIN_SET
     frames: list[np.ndarray] = []
     renderings: list[Rendering] = []
     draw = 0
-    bar = tqdm(total=parts, desc="captioned parts" + (" (held out)" if held_out else ""), unit="part",
-               disable=not progress)
+    bar = tqdm(
+        total=parts, desc="captioned parts" + (" (held out)" if held_out else ""), unit="part", disable=not progress
+    )
     while len(frames) < parts:
         if draw >= MAX_DRAWS_PER_PART * parts:
             raise RuntimeError(f"only {len(frames)} of {parts} parts fell in the dose range after {draw} draws")
@@ -256,5 +284,6 @@ def make_captioned_set(seed: int, parts: int, size: int = 256, held_out: bool = 
         frames.append(part_frames)
         bar.update()
     bar.close()
-    return CaptionedSet(np.stack(frames) if frames else np.zeros((0, len(STATES), size, size), np.uint16),
-                        renderings, seed, subset)
+    return CaptionedSet(
+        np.stack(frames) if frames else np.zeros((0, len(STATES), size, size), np.uint16), renderings, seed, subset
+    )

@@ -16,10 +16,10 @@ from trainer.config import ScheduleConfig
 
 
 class PhaseKind(str, Enum):
-    PROMPT_INIT = "prompt_init"    # only the prompts learn, classification loss
-    WARMUP = "warmup"              # enhancer, identity + CLAHE prior only
-    ENHANCE = "enhance"            # enhancer, full L_enhance, prompts frozen
-    PROMPT_RANK = "prompt_rank"    # prompts, ranking loss, enhancer frozen
+    PROMPT_INIT = "prompt_init"  # only the prompts learn, classification loss
+    WARMUP = "warmup"  # enhancer, identity + CLAHE prior only
+    ENHANCE = "enhance"  # enhancer, full L_enhance, prompts frozen
+    PROMPT_RANK = "prompt_rank"  # prompts, ranking loss, enhancer frozen
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,11 @@ def phase_at(iteration: int, schedule: ScheduleConfig) -> Phase:
         raise ValueError(f"iteration {iteration} outside 0..{schedule.total_iters - 1}")
     total = schedule.total_iters
     start = 0
-    for kind, length in ((PhaseKind.PROMPT_INIT, schedule.prompt_init_iters),
-                         (PhaseKind.WARMUP, schedule.warmup_iters),
-                         (PhaseKind.ENHANCE, schedule.enhancer_iters)):
+    for kind, length in (
+        (PhaseKind.PROMPT_INIT, schedule.prompt_init_iters),
+        (PhaseKind.WARMUP, schedule.warmup_iters),
+        (PhaseKind.ENHANCE, schedule.enhancer_iters),
+    ):
         if iteration < start + length:
             return Phase(kind, start, min(start + length, total))
         start += length
@@ -55,8 +57,10 @@ def phase_at(iteration: int, schedule: ScheduleConfig) -> Phase:
     number, offset = divmod(iteration - start, round_length)
     round_start = start + number * round_length
     if offset < schedule.prompt_round_iters:
-        return Phase(PhaseKind.PROMPT_RANK, round_start,
-                     min(round_start + schedule.prompt_round_iters, total), number + 1)
+        return Phase(
+            PhaseKind.PROMPT_RANK, round_start, min(round_start + schedule.prompt_round_iters, total), number + 1
+        )
     enhance_start = round_start + schedule.prompt_round_iters
-    return Phase(PhaseKind.ENHANCE, enhance_start, min(enhance_start + schedule.enhancer_round_iters, total),
-                 number + 1)
+    return Phase(
+        PhaseKind.ENHANCE, enhance_start, min(enhance_start + schedule.enhancer_round_iters, total), number + 1
+    )

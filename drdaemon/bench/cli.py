@@ -48,37 +48,62 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=("classical", "net", "identity"), default="classical",
-                        help="which engine to benchmark (default: classical)")
+    parser.add_argument(
+        "--engine",
+        choices=("classical", "net", "identity"),
+        default="classical",
+        help="which engine to benchmark (default: classical)",
+    )
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="frame height (default 2333)")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="frame width (default 5732)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case after warm-up (median)")
     parser.add_argument("--frames", type=int, default=20, help="frames in the daemon folder test; 0 skips it")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="net: a .safetensors file (default: random weights, same speed)")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="net: a .safetensors file (default: random weights, same speed)"
+    )
     parser.add_argument("--in-ch", type=int, choices=(1, 3), default=1, help="net: input channels of random weights")
     parser.add_argument("--scales", default="1,4", help="net: illumination scales to run (default 1,4)")
-    parser.add_argument("--precisions", default="float32,half",
-                        help="net: float32, half (float16 on CUDA, bfloat16 on the CPU), float16, bfloat16")
-    parser.add_argument("--daemon-scales", default=None,
-                        help="net: scales also run through the daemon (default: all of --scales)")
+    parser.add_argument(
+        "--precisions",
+        default="float32,half",
+        help="net: float32, half (float16 on CUDA, bfloat16 on the CPU), float16, bfloat16",
+    )
+    parser.add_argument(
+        "--daemon-scales", default=None, help="net: scales also run through the daemon (default: all of --scales)"
+    )
     parser.add_argument("--device", default="auto", help="net: auto, cpu or cuda:N")
     parser.add_argument("--memory-budget-mb", type=int, default=MEMORY_BUDGET_MB, help="net: tiling budget")
     parser.add_argument("--compile", action="store_true", help="net: torch.compile the model")
-    parser.add_argument("--compression", choices=("none", "zstd", "deflate"), default="zstd",
-                        help="output compression, for the daemon and the bare loop alike")
-    parser.add_argument("--stability-wait", type=float, default=0.2,
-                        help="daemon watch.stability_wait_s in the folder test (seconds)")
+    parser.add_argument(
+        "--compression",
+        choices=("none", "zstd", "deflate"),
+        default="zstd",
+        help="output compression, for the daemon and the bare loop alike",
+    )
+    parser.add_argument(
+        "--stability-wait", type=float, default=0.2, help="daemon watch.stability_wait_s in the folder test (seconds)"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on the daemon after this long")
-    parser.add_argument("--frame", type=Path, default=None,
-                        help="benchmark on this frame file (TIFF, PNG or DICOM) instead of a synthetic one")
-    parser.add_argument("--readers", type=int, default=0,
-                        help="daemon service.readers in the folder test (0: the daemon's default)")
-    parser.add_argument("--writers", type=int, default=0,
-                        help="daemon service.writers in the folder test (0: the daemon's default)")
-    parser.add_argument("--tile-check", type=int, default=0, metavar="SIDE",
-                        help="net: also run the exact tiler with SIDE x SIDE tiles and print its error "
-                             "against the whole frame in the same precision (0: off)")
+    parser.add_argument(
+        "--frame",
+        type=Path,
+        default=None,
+        help="benchmark on this frame file (TIFF, PNG or DICOM) instead of a synthetic one",
+    )
+    parser.add_argument(
+        "--readers", type=int, default=0, help="daemon service.readers in the folder test (0: the daemon's default)"
+    )
+    parser.add_argument(
+        "--writers", type=int, default=0, help="daemon service.writers in the folder test (0: the daemon's default)"
+    )
+    parser.add_argument(
+        "--tile-check",
+        type=int,
+        default=0,
+        metavar="SIDE",
+        help="net: also run the exact tiler with SIDE x SIDE tiles and print its error "
+        "against the whole frame in the same precision (0: off)",
+    )
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -108,8 +133,10 @@ def machine_description() -> list[str]:
                 break
     except OSError:
         pass
-    lines = [f"machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads), python {platform.python_version()}"]
+    lines = [
+        f"machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), python {platform.python_version()}"
+    ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -202,9 +229,9 @@ def write_frames(folder: Path, frame: np.ndarray, count: int) -> list[Path]:
 
 def bare_loop(engine: Engine, paths: list[Path], out: Path, compression: str) -> FolderRun:
     """What the daemon's pipeline adds to: read, enhance and write each frame in turn."""
-    from drdaemon.io.readers import read_frame
     from drdaemon.io.durable import atomic_write
     from drdaemon.io.formats import output_format
+    from drdaemon.io.readers import read_frame
 
     out.mkdir(parents=True, exist_ok=True)
     output = output_format("tiff", compression)
@@ -216,8 +243,13 @@ def bare_loop(engine: Engine, paths: list[Path], out: Path, compression: str) ->
     return FolderRun(len(paths), time.perf_counter() - start)
 
 
-def daemon_config(root: Path, engine_table: dict[str, object], compression: str, stability_wait: float,
-                  service: dict[str, object] | None = None) -> Path:
+def daemon_config(
+    root: Path,
+    engine_table: dict[str, object],
+    compression: str,
+    stability_wait: float,
+    service: dict[str, object] | None = None,
+) -> Path:
     """A daemon configuration for the folder test: folders under ``root``, no metrics, quiet logs."""
     import tomli_w
 
@@ -236,8 +268,15 @@ def daemon_config(root: Path, engine_table: dict[str, object], compression: str,
     return path
 
 
-def run_daemon_on_folder(root: Path, staged: list[Path], engine_table: dict[str, object], compression: str,
-                         stability_wait: float, timeout: float, service: dict[str, object] | None = None) -> FolderRun:
+def run_daemon_on_folder(
+    root: Path,
+    staged: list[Path],
+    engine_table: dict[str, object],
+    compression: str,
+    stability_wait: float,
+    timeout: float,
+    service: dict[str, object] | None = None,
+) -> FolderRun:
     """Start ``drdaemon run``, wait until it is ready, drop the frames in, time until all sidecars exist.
 
     Readiness comes over the systemd notify protocol (a socket of our own), so engine
@@ -262,8 +301,9 @@ def run_daemon_on_folder(root: Path, staged: list[Path], engine_table: dict[str,
                 path.rename(inbox / path.name)
             while len(list(outbox.glob("*.json"))) < len(staged):
                 if daemon.poll() is not None:
-                    raise RuntimeError(f"the daemon exited with {daemon.returncode}; see {log_path}:\n"
-                                       + _tail(log_path))
+                    raise RuntimeError(
+                        f"the daemon exited with {daemon.returncode}; see {log_path}:\n" + _tail(log_path)
+                    )
                 if time.perf_counter() - start > timeout:
                     raise RuntimeError(f"the daemon did not finish {len(staged)} frames in {timeout:.0f} s")
                 time.sleep(0.01)
@@ -285,11 +325,10 @@ def _wait_ready(listener: socket.socket, daemon: subprocess.Popen[bytes], timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {daemon.returncode} before it was ready:\n"
-                               + _tail(log_path))
+            raise RuntimeError(f"the daemon exited with {daemon.returncode} before it was ready:\n" + _tail(log_path))
         try:
             message = listener.recv(4096).decode(errors="replace")
-        except socket.timeout:
+        except TimeoutError:
             continue
         if "READY=1" in message.split("\n"):
             return
@@ -303,8 +342,9 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def folder_comparison(engine: Engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace,
-                      label: str) -> None:
+def folder_comparison(
+    engine: Engine, engine_table: dict[str, object], frame: np.ndarray, args: argparse.Namespace, label: str
+) -> None:
     """Daemon end-to-end against the bare engine loop on the same ``args.frames`` frames.
 
     The bare loop runs before and after the daemon and the ratio uses their mean, so a
@@ -316,16 +356,20 @@ def folder_comparison(engine: Engine, engine_table: dict[str, object], frame: np
         before = bare_loop(engine, staged, root / "bare-out", args.compression)
         shutil.rmtree(root / "bare-out")
         try:
-            daemon = run_daemon_on_folder(root, staged, engine_table, args.compression,
-                                          args.stability_wait, args.timeout, service_table(args))
+            daemon = run_daemon_on_folder(
+                root, staged, engine_table, args.compression, args.stability_wait, args.timeout, service_table(args)
+            )
         except (RuntimeError, OSError) as exc:
             print(f"  {label}: daemon end-to-end FAILED: {exc}")
             return
         after = bare_loop(engine, sorted((root / "archive").glob("*.tif")), root / "bare-out", args.compression)
     bare_rate = (before.rate + after.rate) / 2
-    print(f"  {label}: bare engine loop {bare_rate:.3f} frames/s (before {before.rate:.3f}, after {after.rate:.3f}), "
-          f"daemon end-to-end {daemon.rate:.3f} frames/s over {daemon.frames} frames, "
-          f"ratio {daemon.rate / bare_rate:.2f}", flush=True)
+    print(
+        f"  {label}: bare engine loop {bare_rate:.3f} frames/s (before {before.rate:.3f}, after {after.rate:.3f}), "
+        f"daemon end-to-end {daemon.rate:.3f} frames/s over {daemon.frames} frames, "
+        f"ratio {daemon.rate / bare_rate:.2f}",
+        flush=True,
+    )
 
 
 def service_table(args: argparse.Namespace) -> dict[str, object]:
@@ -349,14 +393,19 @@ def bench_identity(args: argparse.Namespace, frame: np.ndarray) -> None:
     for line in host_cost_lines(costs, readers, 1, writers):
         print("  " + line)
     if args.frames > 0:
-        folder_comparison(ClassicalEngine(method="identity"), {"name": "identity"}, frame, args,
-                          f"identity, {readers} reader(s), {writers} writer(s)")
+        folder_comparison(
+            ClassicalEngine(method="identity"),
+            {"name": "identity"},
+            frame,
+            args,
+            f"identity, {readers} reader(s), {writers} writer(s)",
+        )
 
 
 def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
     from drdaemon.engines.classical import ClassicalEngine
-    from drdaemon.io.readers import read_frame
     from drdaemon.io.formats import output_format
+    from drdaemon.io.readers import read_frame
 
     engine = ClassicalEngine()
     engine.warm_up()
@@ -368,11 +417,12 @@ def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
         out = Path(tmp) / "out.tif"
         output = output_format("tiff", args.compression)
         write_s = median_seconds(lambda: out.write_bytes(output.encode(pixels)), args.repeats)
-    print(f"classical CLAHE (clip {engine.clahe_clip_limit}, grid {engine.clahe_tile_grid}), "
-          f"median of {args.repeats}:")
-    print(f"  read {read_s * 1e3:.1f} ms, enhance {enhance_s * 1e3:.1f} ms, write ({args.compression}) "
-          f"{write_s * 1e3:.1f} ms; sum {(read_s + enhance_s + write_s):.3f} s "
-          f"= {1 / (read_s + enhance_s + write_s):.2f} frames/s")
+    print(f"classical CLAHE (clip {engine.clahe_clip_limit}, grid {engine.clahe_tile_grid}), median of {args.repeats}:")
+    print(
+        f"  read {read_s * 1e3:.1f} ms, enhance {enhance_s * 1e3:.1f} ms, write ({args.compression}) "
+        f"{write_s * 1e3:.1f} ms; sum {(read_s + enhance_s + write_s):.3f} s "
+        f"= {1 / (read_s + enhance_s + write_s):.2f} frames/s"
+    )
     if args.frames > 0:
         folder_comparison(engine, {"name": "classical"}, frame, args, "classical")
 
@@ -416,9 +466,11 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
             bias.fill_(0.3)  # an illumination map that is not all zero
         state, in_ch = random_net.state_dict(), args.in_ch
         print("weights: random (speed does not depend on the values; PSNR is indicative only)")
-    print(f"enhancer: {count_parameters(Enhancer(EnhancerSpec(in_ch=in_ch))):,} parameters with in_ch {in_ch} "
-          f"({count_parameters(Enhancer(EnhancerSpec(in_ch=3))):,} with in_ch 3, the published count), "
-          f"device {device}, channels_last, compile {args.compile}, memory budget {args.memory_budget_mb} MB")
+    print(
+        f"enhancer: {count_parameters(Enhancer(EnhancerSpec(in_ch=in_ch))):,} parameters with in_ch {in_ch} "
+        f"({count_parameters(Enhancer(EnhancerSpec(in_ch=3))):,} with in_ch 3, the published count), "
+        f"device {device}, channels_last, compile {args.compile}, memory budget {args.memory_budget_mb} MB"
+    )
     megapixels = frame.size / 1e6
     daemon_scales = _scales(args.daemon_scales) if args.daemon_scales is not None else _scales(args.scales)
     resident = ResidentPeak()
@@ -447,12 +499,18 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
                 peak = torch.cuda.max_memory_allocated(device) - base
                 reserved = torch.cuda.max_memory_reserved(device)
                 free, total = torch.cuda.mem_get_info(device)
-                peak_text = (f"peak device memory {peak / 2**30:.2f} GiB for the frame (allocator reserved "
-                             f"{reserved / 2**30:.2f} GiB; device in use {(total - free) / 2**30:.2f} GiB "
-                             "incl. the CUDA context, as nvidia-smi counts)")
+                peak_text = (
+                    f"peak device memory {peak / 2**30:.2f} GiB for the frame (allocator reserved "
+                    f"{reserved / 2**30:.2f} GiB; device in use {(total - free) / 2**30:.2f} GiB "
+                    "incl. the CUDA context, as nvidia-smi counts)"
+                )
             else:
-                peak = resident.peak_above_base()
-                peak_text = "peak memory n/a" if peak is None else f"peak resident memory +{peak / 2**30:.2f} GiB"
+                resident_peak = resident.peak_above_base()
+                peak_text = (
+                    "peak memory n/a"
+                    if resident_peak is None
+                    else f"peak resident memory +{resident_peak / 2**30:.2f} GiB"
+                )
             compute = statistics.median(r.timings["compute"] for r, _ in results)
             call = statistics.median(t for _, t in results)
             upload = statistics.median(r.timings["upload"] for r, _ in results)
@@ -460,9 +518,11 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
             pixels = results[-1][0].pixels
             params = results[-1][0].parameters
             compute_by_scale[(scale, precision)] = compute
-            line = (f"  s={scale} {precision:8s}: compute {compute * 1e3:9.1f} ms ({megapixels / compute:8.2f} MP/s), "
-                    f"enhance call {call * 1e3:9.1f} ms (upload {upload * 1e3:.1f}, download {download * 1e3:.1f}), "
-                    f"{peak_text}, tiled {params['tiled']}")
+            line = (
+                f"  s={scale} {precision:8s}: compute {compute * 1e3:9.1f} ms ({megapixels / compute:8.2f} MP/s), "
+                f"enhance call {call * 1e3:9.1f} ms (upload {upload * 1e3:.1f}, download {download * 1e3:.1f}), "
+                f"{peak_text}, tiled {params['tiled']}"
+            )
             if reference is None and precision == "float32":
                 reference = pixels
             elif reference is not None:
@@ -471,15 +531,24 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
             if args.tile_check > 0:
                 side = args.tile_check
                 tiled = engine.enhance_in_tiles(frame, TileSize(side, side)).pixels
-                print(f"    exact tiler, {side} x {side} tiles, {precision}: "
-                      f"{difference_text(pixels, tiled, 'whole frame')}", flush=True)
+                print(
+                    f"    exact tiler, {side} x {side} tiles, {precision}: "
+                    f"{difference_text(pixels, tiled, 'whole frame')}",
+                    flush=True,
+                )
             if args.frames > 0 and scale in daemon_scales:
                 with tempfile.TemporaryDirectory(prefix="drdaemon-weights-") as tmp:
                     weights = Path(tmp) / "bench.safetensors"
                     save_weights(weights, model, {"bench": True})
-                    table = {"name": "net", "weights": str(weights), "devices": [str(device)],
-                             "precision": precision, "memory_budget_mb": args.memory_budget_mb,
-                             "compile": args.compile, "warm_up_frame_size": list(frame.shape)}
+                    table = {
+                        "name": "net",
+                        "weights": str(weights),
+                        "devices": [str(device)],
+                        "precision": precision,
+                        "memory_budget_mb": args.memory_budget_mb,
+                        "compile": args.compile,
+                        "warm_up_frame_size": list(frame.shape),
+                    }
                     folder_comparison(engine, table, frame, args, f"s={scale} {precision}")
     for precision in _precision_names(args.precisions, cuda):
         if (1, precision) in compute_by_scale and (4, precision) in compute_by_scale:

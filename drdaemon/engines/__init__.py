@@ -40,4 +40,4 @@ def build_checked_engines(config: EngineConfig) -> list[Engine]:
         ) from exc
 
 
-__all__ = ["Engine", "Enhanced", "ClassicalEngine", "build_checked_engines", "build_engines"]
+__all__ = ["ClassicalEngine", "Engine", "Enhanced", "build_checked_engines", "build_engines"]

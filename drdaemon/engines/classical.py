@@ -29,13 +29,16 @@ from drdaemon.defaults import (
 from drdaemon.engines.base import Enhanced
 from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, to_unit, unit_to_u16
 
-
 #: Gray levels the 16-bit CLAHE tells apart in its tile histograms (12 bits).
 CLAHE_LEVELS = 4096
 
 
-def clahe_u16(frame: np.ndarray, clip_limit: float = CLAHE_CLIP_LIMIT, tile_grid: int = CLAHE_TILE_GRID,
-              levels: int = CLAHE_LEVELS) -> np.ndarray:
+def clahe_u16(
+    frame: np.ndarray,
+    clip_limit: float = CLAHE_CLIP_LIMIT,
+    tile_grid: int = CLAHE_TILE_GRID,
+    levels: int = CLAHE_LEVELS,
+) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of a uint16 frame (OpenCV), full range out.
 
     OpenCV's 16-bit CLAHE clips each of its 65536 bins at ``int(clip_limit * tile_pixels /
@@ -78,7 +81,7 @@ def to_u16(frame: np.ndarray) -> np.ndarray:
     if frame.dtype == np.uint8:
         return frame.astype(np.uint16) * np.uint16(257)
     window = Window(float(np.nanmin(frame)), float(np.nanmax(frame)))
-    return unit_to_u16(((frame - window.low) / window.span))
+    return unit_to_u16((frame - window.low) / window.span)
 
 
 @dataclass
@@ -127,4 +130,4 @@ class ClassicalEngine:
         self.enhance(np.zeros((64, 64), np.uint16))
 
 
-__all__ = ["ClassicalEngine", "clahe_u16", "equalise_histogram_u16", "apply_gamma_u16", "robust_window", "to_u16"]
+__all__ = ["ClassicalEngine", "apply_gamma_u16", "clahe_u16", "equalise_histogram_u16", "robust_window", "to_u16"]

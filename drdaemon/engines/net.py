@@ -176,8 +176,7 @@ class StageClock:
 # the bus as int16 tensors holding the same bits; int16 and int32 work everywhere.
 
 
-UPLOAD_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int16): torch.int16,
-                 np.dtype(np.float32): torch.float32}
+UPLOAD_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int16): torch.int16, np.dtype(np.float32): torch.float32}
 
 
 def host_upload_view(frame: np.ndarray) -> np.ndarray:
@@ -206,10 +205,17 @@ class NetEngine:
 
     name = "net"
 
-    def __init__(self, runtime: DeviceRuntime, weights_sha256: str, precision: str = PRECISION,
-                 memory_budget_mb: int = MEMORY_BUDGET_MB, low_percentile: float = LOW_PERCENTILE,
-                 high_percentile: float = HIGH_PERCENTILE, provenance_sha256: str = "",
-                 warm_up_shape: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        runtime: DeviceRuntime,
+        weights_sha256: str,
+        precision: str = PRECISION,
+        memory_budget_mb: int = MEMORY_BUDGET_MB,
+        low_percentile: float = LOW_PERCENTILE,
+        high_percentile: float = HIGH_PERCENTILE,
+        provenance_sha256: str = "",
+        warm_up_shape: tuple[int, int] | None = None,
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
         self.runtime = runtime
@@ -249,8 +255,13 @@ class NetEngine:
         if self.warm_up_shape is not None:
             started = time.perf_counter()
             result = self.enhance(rng.integers(0, U16_MAX, self.warm_up_shape, dtype=np.uint16))
-            log.info("net_warmed_up", device=self.device, frame_size=list(self.warm_up_shape),
-                     tiled=result.parameters["tiled"], seconds=round(time.perf_counter() - started, 3))
+            log.info(
+                "net_warmed_up",
+                device=self.device,
+                frame_size=list(self.warm_up_shape),
+                tiled=result.parameters["tiled"],
+                seconds=round(time.perf_counter() - started, 3),
+            )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -262,8 +273,14 @@ class NetEngine:
         """The tile size this frame needs under the memory budget, or None to run it whole."""
         model = self.runtime.model.model
         element = torch.empty(0, dtype=PRECISIONS[self.precision]).element_size()
-        return plan_tiles(height, width, self.spec.illumination_scale, self.memory_budget_mb << 20,
-                          self.runtime.activation_maps * element, stem_halo(model) + head_halo(model))
+        return plan_tiles(
+            height,
+            width,
+            self.spec.illumination_scale,
+            self.memory_budget_mb << 20,
+            self.runtime.activation_maps * element,
+            stem_halo(model) + head_halo(model),
+        )
 
     def _run(self, frame: np.ndarray, tile: TileSize | None, window: Window | None = None) -> Enhanced:
         """:meth:`_enhance`, with every failure mapped to a frame error or a lost device."""
@@ -323,9 +340,12 @@ class NetEngine:
         clock.wait("download_end")
         bad = int(not_finite)  # computed before compute_end, which the download waited for
         if bad:
-            raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR,
-                             f"the network's output is not finite (NaN or infinity) in {bad} of {frame.size} "
-                             f"pixels ({self.precision} on {self.device}); nothing was written for this frame")
+            raise FrameError(
+                Stage.ENHANCE,
+                Reason.ENGINE_ERROR,
+                f"the network's output is not finite (NaN or infinity) in {bad} of {frame.size} "
+                f"pixels ({self.precision} on {self.device}); nothing was written for this frame",
+            )
         pixels = host_out.numpy().view(np.uint16)
 
         return Enhanced(
@@ -347,8 +367,7 @@ class NetEngine:
         runtime = self.runtime
         gray = to_unit(uploaded_to_float(raw), window)[None, None]
         dtype = PRECISIONS[self.precision]
-        with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype,
-                                                    enabled=dtype != torch.float32):
+        with torch.inference_mode(), torch.autocast(runtime.device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = runtime.forward(gray) if tile is None else runtime.run_tiled(gray, tile)
             not_finite = out.numel() - torch.isfinite(out).sum()
         return unit_to_u16_bits(out[0, 0]), not_finite
@@ -392,15 +411,22 @@ class NetEngine:
         peak = torch.cuda.max_memory_allocated(device) - base
         element = torch.empty(0, dtype=PRECISIONS[self.precision]).element_size()
         self.runtime.activation_maps = activation_maps_from_peak(peak, side, self.spec.illumination_scale, element)
-        log.info("net_memory_calibrated", device=self.device, precision=self.precision,
-                 frame_bytes_per_pixel=round(peak / (side * side), 1),
-                 activation_maps=round(self.runtime.activation_maps, 1))
+        log.info(
+            "net_memory_calibrated",
+            device=self.device,
+            precision=self.precision,
+            frame_bytes_per_pixel=round(peak / (side * side), 1),
+            activation_maps=round(self.runtime.activation_maps, 1),
+        )
 
     def _classify(self, exc: Exception) -> Exception:
         """Map an exception from the device to what the daemon does about it."""
         message = f"{type(exc).__name__}: {exc}".strip()
-        out_of_memory = (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
-                         or "out of memory" in message or "can't allocate memory" in message)
+        out_of_memory = (
+            isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+            or "out of memory" in message
+            or "can't allocate memory" in message
+        )
         device_error = out_of_memory or _looks_like_device_error(message)
         if self.runtime.is_cuda and device_error:
             if out_of_memory:
@@ -435,12 +461,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             device = torch.device("cuda", 0)
-            log.info("net_device_selected", device=str(device), gpu=torch.cuda.get_device_name(device),
-                     reason="devices = ['auto'] and CUDA is available")
+            log.info(
+                "net_device_selected",
+                device=str(device),
+                gpu=torch.cuda.get_device_name(device),
+                reason="devices = ['auto'] and CUDA is available",
+            )
         else:
             device = torch.device("cpu")
-            log.warning("net_device_selected", device="cpu",
-                        reason="devices = ['auto'] and no CUDA device is visible: the learned engine runs on the CPU")
+            log.warning(
+                "net_device_selected",
+                device="cpu",
+                reason="devices = ['auto'] and no CUDA device is visible: the learned engine runs on the CPU",
+            )
         return device
     try:
         device = torch.device(name)
@@ -453,11 +486,15 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"engine.devices: {name!r}: only 'cpu' and CUDA devices are supported")
     index = device.index or 0
     if not torch.cuda.is_available():
-        raise DeviceLost(f"engine.devices names {name!r} but no CUDA device is visible to this process "
-                         "(driver, CUDA_VISIBLE_DEVICES, container runtime); refusing to run on the CPU instead")
+        raise DeviceLost(
+            f"engine.devices names {name!r} but no CUDA device is visible to this process "
+            "(driver, CUDA_VISIBLE_DEVICES, container runtime); refusing to run on the CPU instead"
+        )
     if index >= torch.cuda.device_count():
-        raise DeviceLost(f"engine.devices names {name!r} but only {torch.cuda.device_count()} CUDA device(s) "
-                         "are visible; refusing to run elsewhere")
+        raise DeviceLost(
+            f"engine.devices names {name!r} but only {torch.cuda.device_count()} CUDA device(s) "
+            "are visible; refusing to run elsewhere"
+        )
     device = torch.device("cuda", index)
     log.info("net_device_selected", device=str(device), gpu=torch.cuda.get_device_name(device), reason="configured")
     return device
@@ -475,8 +512,13 @@ def configure_cudnn(benchmark: bool) -> None:
     torch.backends.cudnn.benchmark = benchmark
 
 
-def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool = True,
-                    compile_model: bool = False, cudnn_benchmark: bool = True) -> DeviceRuntime:
+def prepare_runtime(
+    model: Enhancer,
+    device: torch.device,
+    channels_last: bool = True,
+    compile_model: bool = False,
+    cudnn_benchmark: bool = True,
+) -> DeviceRuntime:
     """Place a copy of the model on ``device`` and set up what its workers share."""
     if device.type == "cuda":
         configure_cudnn(cudnn_benchmark)
@@ -486,8 +528,14 @@ def prepare_runtime(model: Enhancer, device: torch.device, channels_last: bool =
     if compile_model:
         forward, tiled = compile_passes(gray)
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    return DeviceRuntime(device=device, model=gray, forward=forward, compute_stream=stream,
-                         activation_maps=cpu_activation_maps(channels_last), tiled=tiled)
+    return DeviceRuntime(
+        device=device,
+        model=gray,
+        forward=forward,
+        compute_stream=stream,
+        activation_maps=cpu_activation_maps(channels_last),
+        tiled=tiled,
+    )
 
 
 def place_model(model: Enhancer, device: torch.device, channels_last: bool) -> GrayEnhancer:
@@ -526,9 +574,11 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     except WeightsError as exc:
         raise ConfigError(f"engine.weights: {exc}") from exc
     if config.compile and config.warm_up_frame_size is None:
-        log.warning("net_compile_without_warm_up_size",
-                    note="engine.compile compiles once per frame size; without engine.warm_up_frame_size the "
-                         "first real frame pays the compilation, which may outlast the service's WatchdogSec")
+        log.warning(
+            "net_compile_without_warm_up_size",
+            note="engine.compile compiles once per frame size; without engine.warm_up_frame_size the "
+            "first real frame pays the compilation, which may outlast the service's WatchdogSec",
+        )
     devices: list[torch.device] = []
     for name in config.devices:
         device = resolve_device(name)
@@ -537,20 +587,36 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     engines: list[NetEngine] = []
     for device in devices:
         if device.type == "cpu" and config.precision == "float16":
-            log.warning("net_precision_on_cpu", precision="float16",
-                        note="float16 is not faster than float32 on a CPU; bfloat16 is its fast half precision")
-        runtime = prepare_runtime(loaded.model, device, config.channels_last, config.compile,
-                                  config.cudnn_benchmark)
+            log.warning(
+                "net_precision_on_cpu",
+                precision="float16",
+                note="float16 is not faster than float32 on a CPU; bfloat16 is its fast half precision",
+            )
+        runtime = prepare_runtime(loaded.model, device, config.channels_last, config.compile, config.cudnn_benchmark)
         workers = config.workers_per_device if device.type == "cuda" else 1
         engines += [
-            NetEngine(runtime, loaded.sha256, config.precision, config.memory_budget_mb,
-                      config.low_percentile, config.high_percentile, loaded.provenance_sha256,
-                      config.warm_up_frame_size)
+            NetEngine(
+                runtime,
+                loaded.sha256,
+                config.precision,
+                config.memory_budget_mb,
+                config.low_percentile,
+                config.high_percentile,
+                loaded.provenance_sha256,
+                config.warm_up_frame_size,
+            )
             for _ in range(workers)
         ]
-        log.info("net_engine_ready", device=str(device), workers=workers, precision=config.precision,
-                 illumination_scale=loaded.model.spec.illumination_scale, in_ch=loaded.model.spec.in_ch,
-                 weights_sha256=loaded.sha256, compiled=config.compile)
+        log.info(
+            "net_engine_ready",
+            device=str(device),
+            workers=workers,
+            precision=config.precision,
+            illumination_scale=loaded.model.spec.illumination_scale,
+            in_ch=loaded.model.spec.in_ch,
+            weights_sha256=loaded.sha256,
+            compiled=config.compile,
+        )
     return engines
 
 

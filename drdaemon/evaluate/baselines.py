@@ -76,8 +76,9 @@ class FilteredEngine:
             return cv2.GaussianBlur(windowed, (0, 0), 1.0)
         sigma = noise_sigma(windowed) * U16_MAX
         strength = max(NLM_STRENGTH * sigma, 1.0)
-        return cv2.fastNlMeansDenoising(windowed, h=[strength], templateWindowSize=7, searchWindowSize=21,
-                                        normType=cv2.NORM_L1)
+        return cv2.fastNlMeansDenoising(
+            windowed, h=[strength], templateWindowSize=7, searchWindowSize=21, normType=cv2.NORM_L1
+        )
 
     def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
         if window is None:
@@ -87,8 +88,10 @@ class FilteredEngine:
         equalised = clahe_u16(self.denoise(unit_to_u16(unit)), self.clahe_clip_limit, self.clahe_tile_grid)
         stretch = robust_window(equalised, *self.stretch_percentiles)
         out = unit_to_u16(to_unit(equalised.astype(np.float32), stretch))
-        return Enhanced(out, {"method": self.name, "window": [window.low, window.high],
-                              "stretch_window": [stretch.low, stretch.high]})
+        return Enhanced(
+            out,
+            {"method": self.name, "window": [window.low, window.high], "stretch_window": [stretch.low, stretch.high]},
+        )
 
     def warm_up(self) -> None:
         self.enhance(np.zeros((64, 64), np.uint16))
@@ -124,10 +127,13 @@ def build_method(text: str, device: str = "auto", precision: str = "float32") ->
     if name == "filtered":
         return Method(f"filtered ({argument or 'nlm'})", FilteredEngine(denoiser=argument or "nlm"))
     if name == "net":
-        return Method(f"net ({Path(argument).parent.name or Path(argument).stem})",
-                      _net_engine(text, argument, device, precision))
-    raise MethodError(f"unknown method {text!r}: use identity, stretch, gamma[:G], he, clahe, "
-                      "filtered[:nlm|median|gaussian] or net:WEIGHTS")
+        return Method(
+            f"net ({Path(argument).parent.name or Path(argument).stem})", _net_engine(text, argument, device, precision)
+        )
+    raise MethodError(
+        f"unknown method {text!r}: use identity, stretch, gamma[:G], he, clahe, "
+        "filtered[:nlm|median|gaussian] or net:WEIGHTS"
+    )
 
 
 def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:

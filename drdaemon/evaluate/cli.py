@@ -55,8 +55,11 @@ class Dataset:
 
 
 def _frames_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and (p.suffix.lower() in FRAME_SUFFIXES or (not p.suffix and is_dicom(p))))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix.lower() in FRAME_SUFFIXES or (not p.suffix and is_dicom(p)))
+    )
 
 
 def find_dataset(root: Path) -> Dataset:
@@ -98,9 +101,17 @@ class EvaluationResult:
     scores_path: Path
 
 
-def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto", precision: str = "float32",
-             limit: int | None = None, figure_frame: str | None = None, progress: bool = True,
-             limits: ReadLimits = DEFAULT_LIMITS) -> EvaluationResult:
+def evaluate(
+    data: Path,
+    method_texts: list[str],
+    out: Path,
+    device: str = "auto",
+    precision: str = "float32",
+    limit: int | None = None,
+    figure_frame: str | None = None,
+    progress: bool = True,
+    limits: ReadLimits = DEFAULT_LIMITS,
+) -> EvaluationResult:
     """Score every method on every frame, then write ``table.md``, ``scores.json`` and ``figure.png``.
 
     ``limits`` are the daemon's ``[input]`` (size limits and the ``.raw`` layout).
@@ -161,8 +172,9 @@ def evaluate(data: Path, method_texts: list[str], out: Path, device: str = "auto
     table_path = out / "table.md"
     table_path.write_text(table, encoding="utf-8")
     scores_path = out / "scores.json"
-    scores_path.write_text(json.dumps({"data": str(data), "methods": method_texts, "frames": _finite(per_frame)},
-                                      indent=1))
+    scores_path.write_text(
+        json.dumps({"data": str(data), "methods": method_texts, "frames": _finite(per_frame)}, indent=1)
+    )
     figure_path = None
     if panels and crop is not None:
         title = f"{figure_name}: zoom box in orange" + (", defect box dotted" if defect else "")
@@ -180,12 +192,13 @@ def _default_figure_frame(inputs: list[Path], defects: dict[str, dict[str, Any]]
 def _notes(frames: int, paired: bool, lpips_note: str, summaries: list[MethodSummary]) -> list[str]:
     notes = [f"Mean over {frames} frame(s)."]
     if paired:
-        notes.append("PSNR and SSIM on the 16-bit frames against the label (data range 65535); "
-                     f"LPIPS: {lpips_note}.")
+        notes.append(f"PSNR and SSIM on the 16-bit frames against the label (data range 65535); LPIPS: {lpips_note}.")
     else:
         notes.append("Unpaired data: no label, so no PSNR, SSIM or LPIPS.")
-    notes.append("AG, IE, SD, SF and NRSS on the 8-bit display rendition (x / 257); noise gain = wavelet-MAD "
-                 "noise sigma of the output over that of the input, both on the unit rendition (x / 65535).")
+    notes.append(
+        "AG, IE, SD, SF and NRSS on the 8-bit display rendition (x / 257); noise gain = wavelet-MAD "
+        "noise sigma of the output over that of the input, both on the unit rendition (x / 65535)."
+    )
     timed = [f"{s.label} {s.seconds_per_frame:.2f}" for s in summaries if s.seconds_per_frame is not None]
     if timed:
         notes.append("Seconds per frame on this machine (enhancement only): " + ", ".join(timed) + ".")
@@ -205,29 +218,53 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m drdaemon.evaluate",
         description="Enhance a folder of DR frames with several methods; print and write a metrics table "
-                    "(table.md), per-frame scores (scores.json) and a comparison figure (figure.png).")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="paired folder (input/ + label/, or a synth output root) or a folder of frames")
-    parser.add_argument("--methods", default=DEFAULT_METHODS,
-                        help="comma-separated: identity, stretch, gamma[:G], he, clahe, filtered[:nlm|median|"
-                             f"gaussian], net:WEIGHTS (default {DEFAULT_METHODS})")
+        "(table.md), per-frame scores (scores.json) and a comparison figure (figure.png).",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="paired folder (input/ + label/, or a synth output root) or a folder of frames",
+    )
+    parser.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated: identity, stretch, gamma[:G], he, clahe, filtered[:nlm|median|"
+        f"gaussian], net:WEIGHTS (default {DEFAULT_METHODS})",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, scores.json, figure.png")
     parser.add_argument("--device", default="auto", help="device of the net engine: auto, cpu, cuda:N")
-    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
-                        help="precision of the net engine (default float32)")
+    parser.add_argument(
+        "--precision", default="float32", choices=PRECISIONS, help="precision of the net engine (default float32)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
     parser.add_argument("--figure-frame", default=None, help="file name of the frame to show in the figure")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="the daemon's TOML configuration, for its [input] table (size limits, the .raw layout)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the daemon's TOML configuration, for its [input] table (size limits, the .raw layout)",
+    )
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.data, args.methods.split(","), args.out, args.device, args.precision,
-                          args.limit, args.figure_frame, progress=not args.no_progress,
-                          limits=read_limits(load_settings(args.config).input))
+        result = evaluate(
+            args.data,
+            args.methods.split(","),
+            args.out,
+            args.device,
+            args.precision,
+            args.limit,
+            args.figure_frame,
+            progress=not args.no_progress,
+            limits=read_limits(load_settings(args.config).input),
+        )
     except (DataError, MethodError, DicomError, FrameError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.table)
-    print(f"wrote {result.table_path}, {result.scores_path}" + (f", {result.figure_path}" if result.figure_path else ""))
+    print(
+        f"wrote {result.table_path}, {result.scores_path}" + (f", {result.figure_path}" if result.figure_path else "")
+    )
     return 0

@@ -49,10 +49,9 @@ With F the rendition as float64, M x N pixels:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -252,8 +251,9 @@ class FrameScores:
         return [(f.name, f.metadata["column"], f.metadata["decimals"]) for f in fields(cls)]
 
 
-def no_reference_scores(output: np.ndarray, input_sigma: float,
-                        input_measured: np.ndarray | None = None) -> FrameScores:
+def no_reference_scores(
+    output: np.ndarray, input_sigma: float, input_measured: np.ndarray | None = None
+) -> FrameScores:
     shown = display_u8(output)
     return FrameScores(
         ag=average_gradient(shown),
@@ -265,8 +265,13 @@ def no_reference_scores(output: np.ndarray, input_sigma: float,
     )
 
 
-def score_frame(output: np.ndarray, input_sigma: float, label: np.ndarray | None = None,
-                lpips: LpipsMetric | None = None, input_measured: np.ndarray | None = None) -> FrameScores:
+def score_frame(
+    output: np.ndarray,
+    input_sigma: float,
+    label: np.ndarray | None = None,
+    lpips: LpipsMetric | None = None,
+    input_measured: np.ndarray | None = None,
+) -> FrameScores:
     """Every metric that applies: no-reference always, reference ones when there is a label.
 
     ``input_measured``: the input's :func:`measured_coefficients`, for :func:`noise_gain`.

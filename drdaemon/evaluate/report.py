@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,8 +107,9 @@ def _thumbnail(frame: np.ndarray, max_side: int = 384) -> np.ndarray:
     return cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else shown
 
 
-def comparison_figure(path: Path, panels: list[tuple[str, np.ndarray]], crop: Box,
-                      title: str = "", defect: Box | None = None) -> Path:
+def comparison_figure(
+    path: Path, panels: list[tuple[str, np.ndarray]], crop: Box, title: str = "", defect: Box | None = None
+) -> Path:
     """Each panel's frame, a zoom on ``crop`` (``defect`` outlined) and its 8-bit histogram, in columns.
 
     ``panels`` are (title, uint16 frame) in column order: input, methods, label.
@@ -121,23 +121,40 @@ def comparison_figure(path: Path, panels: list[tuple[str, np.ndarray]], crop: Bo
     from matplotlib.patches import Rectangle
 
     columns = len(panels)
-    fig, axes = plt.subplots(3, columns, figsize=(1.75 * columns, 5.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [1, 1, 0.6]})
+    fig, axes = plt.subplots(
+        3, columns, figsize=(1.75 * columns, 5.4), squeeze=False, gridspec_kw={"height_ratios": [1, 1, 0.6]}
+    )
     x0, y0, x1, y1 = crop
     for col, (name, frame) in enumerate(panels):
         thumb = _thumbnail(frame)
         scale = thumb.shape[1] / frame.shape[1]
         ax = axes[0, col]
         ax.imshow(thumb, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.add_patch(Rectangle((x0 * scale, y0 * scale), (x1 - x0) * scale, (y1 - y0) * scale,
-                               fill=False, edgecolor="tab:orange", linewidth=1))
+        ax.add_patch(
+            Rectangle(
+                (x0 * scale, y0 * scale),
+                (x1 - x0) * scale,
+                (y1 - y0) * scale,
+                fill=False,
+                edgecolor="tab:orange",
+                linewidth=1,
+            )
+        )
         ax.set_title(name, fontsize=8)
-        axes[1, col].imshow(display_u8(frame[y0:y1, x0:x1]), cmap="gray", vmin=0, vmax=255,
-                            interpolation="nearest")
+        axes[1, col].imshow(display_u8(frame[y0:y1, x0:x1]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         if defect is not None:
             dx0, dy0, dx1, dy1 = defect
-            axes[1, col].add_patch(Rectangle((dx0 - x0 - 0.5, dy0 - y0 - 0.5), dx1 - dx0, dy1 - dy0, fill=False,
-                                             edgecolor="tab:orange", linewidth=0.8, linestyle=":"))
+            axes[1, col].add_patch(
+                Rectangle(
+                    (dx0 - x0 - 0.5, dy0 - y0 - 0.5),
+                    dx1 - dx0,
+                    dy1 - dy0,
+                    fill=False,
+                    edgecolor="tab:orange",
+                    linewidth=0.8,
+                    linestyle=":",
+                )
+            )
         for ax in axes[:2, col]:
             ax.set_xticks([])
             ax.set_yticks([])

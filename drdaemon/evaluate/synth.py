@@ -34,11 +34,10 @@ change when the number of parts asked for does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -126,8 +125,9 @@ class _Canvas:
     def rib(self, p0: tuple[float, float], p1: tuple[float, float], half_width: float, height_mm: float) -> None:
         """A cylindrical rib lying across the beam from p0 to p1: chord profile across it."""
         (x0, y0), (x1, y1) = p0, p1
-        box = self._box(min(x0, x1) - half_width, min(y0, y1) - half_width,
-                        max(x0, x1) + half_width, max(y0, y1) + half_width)
+        box = self._box(
+            min(x0, x1) - half_width, min(y0, y1) - half_width, max(x0, x1) + half_width, max(y0, y1) + half_width
+        )
         if box:
             window, xs, ys = box
             dx, dy = x1 - x0, y1 - y0
@@ -251,8 +251,12 @@ def _add_defects(rng: np.random.Generator, canvas: _Canvas) -> list[Defect]:
     defects: list[Defect] = []
 
     def record(kind: str, x0: float, y0: float, x1: float, y1: float, cx: int, cy: int) -> None:
-        box = [max(int(x0) - 2, 0), max(int(y0) - 2, 0),
-               min(int(np.ceil(x1)) + 3, canvas.width), min(int(np.ceil(y1)) + 3, canvas.height)]
+        box = [
+            max(int(x0) - 2, 0),
+            max(int(y0) - 2, 0),
+            min(int(np.ceil(x1)) + 3, canvas.width),
+            min(int(np.ceil(y1)) + 3, canvas.height),
+        ]
         depth = abs(float(canvas.thickness[cy, cx]) - float(base[cy, cx]))
         defects.append(Defect(kind, box, round(float(base[cy, cx]), 2), round(depth, 2)))
 
@@ -321,9 +325,15 @@ def make_part(rng: np.random.Generator, height: int, width: int) -> Part:
 def sample_physics(rng: np.random.Generator, thickness: np.ndarray) -> Physics:
     """Detector and scatter for a part; the dose is set later from the transmission."""
     short = min(thickness.shape)
-    return Physics(scatter_fraction=rng.uniform(0.005, 0.03), scatter_sigma_px=0.05 * short,
-                   blur_sigma_px=0.8 * short / 1024 + 0.3, levels_per_photon=rng.uniform(2.0, 8.0),
-                   read_noise=rng.uniform(10.0, 40.0), dose=1.0, clipped_percent=rng.uniform(25.0, 50.0))
+    return Physics(
+        scatter_fraction=rng.uniform(0.005, 0.03),
+        scatter_sigma_px=0.05 * short,
+        blur_sigma_px=0.8 * short / 1024 + 0.3,
+        levels_per_photon=rng.uniform(2.0, 8.0),
+        read_noise=rng.uniform(10.0, 40.0),
+        dose=1.0,
+        clipped_percent=rng.uniform(25.0, 50.0),
+    )
 
 
 def expected_transmission(thickness: np.ndarray, physics: Physics) -> np.ndarray:
@@ -346,8 +356,9 @@ def expected_transmission(thickness: np.ndarray, physics: Physics) -> np.ndarray
 def clipping_dose(transmission: np.ndarray, material: np.ndarray, clipped_percent: float) -> float:
     """The open-beam dose at which ``clipped_percent`` of the part's pixels saturate."""
     values = transmission[material] if material.any() else transmission.ravel()
-    return SATURATION / max(float(np.percentile(values[:: max(1, values.size // 1_000_000)],
-                                                100.0 - clipped_percent)), 1e-9)
+    return SATURATION / max(
+        float(np.percentile(values[:: max(1, values.size // 1_000_000)], 100.0 - clipped_percent)), 1e-9
+    )
 
 
 def expose(rng: np.random.Generator, transmission: np.ndarray, physics: Physics, dose: float) -> np.ndarray:
@@ -362,8 +373,9 @@ def to_detector(reading: np.ndarray) -> np.ndarray:
     return np.clip(np.round(reading), 0, SATURATION).astype(np.uint16)
 
 
-def fused_label(rng: np.random.Generator, transmission: np.ndarray, material: np.ndarray,
-                physics: Physics) -> np.ndarray:
+def fused_label(
+    rng: np.random.Generator, transmission: np.ndarray, material: np.ndarray, physics: Physics
+) -> np.ndarray:
     """Fuse an exposure bracket into transmission, then window its logarithm over the part."""
     valid_level = 0.9 * SATURATION
     lowest = min(1 / 16, 0.5 * SATURATION / (physics.dose * float(transmission.max())))
@@ -402,8 +414,9 @@ def part_rng(seed: int, subset: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, subset, index]))
 
 
-def generate_one(seed: int, subset: int, index: int, height: int, width: int
-                 ) -> tuple[np.ndarray, np.ndarray, Part, Physics]:
+def generate_one(
+    seed: int, subset: int, index: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, Part, Physics]:
     rng = part_rng(seed, subset, index)
     part = make_part(rng, height, width)
     abnormal, label, physics = render(rng, part)
@@ -426,7 +439,9 @@ def _write(path: Path, frame: np.ndarray) -> None:
     tifffile.imwrite(path, frame, compression="zlib", compressionargs={"level": 1})
 
 
-def generate(out: Path, pairs: int, train: int, size: tuple[int, int], seed: int, progress: bool = True) -> dict[str, Any]:
+def generate(
+    out: Path, pairs: int, train: int, size: tuple[int, int], seed: int, progress: bool = True
+) -> dict[str, Any]:
     """Write ``out/test/{input,label}``, ``out/test/defects.json`` and ``out/train/{abnormal,normal}``.
 
     The training folders are unpaired on purpose: their abnormal and normal frames come from
@@ -434,8 +449,11 @@ def generate(out: Path, pairs: int, train: int, size: tuple[int, int], seed: int
     """
     out = Path(out)
     height, width = size
-    jobs = ([(TEST_SET, i) for i in range(pairs)] + [(TRAIN_ABNORMAL_SET, i) for i in range(train)]
-            + [(TRAIN_NORMAL_SET, i) for i in range(train)])
+    jobs = (
+        [(TEST_SET, i) for i in range(pairs)]
+        + [(TRAIN_ABNORMAL_SET, i) for i in range(train)]
+        + [(TRAIN_NORMAL_SET, i) for i in range(train)]
+    )
     annotations: dict[str, dict[str, Any]] = {}
     for subset, index in tqdm(jobs, desc="synth", unit="part", disable=not progress):
         abnormal, label, part, physics = generate_one(seed, subset, index, height, width)
@@ -443,14 +461,25 @@ def generate(out: Path, pairs: int, train: int, size: tuple[int, int], seed: int
         if subset == TEST_SET:
             _write(out / "test" / "input" / name, abnormal)
             _write(out / "test" / "label" / name, label)
-            annotations[name] = {"kind": part.kind, "physics": asdict(physics),
-                                 "defects": [asdict(d) for d in part.defects]}
+            annotations[name] = {
+                "kind": part.kind,
+                "physics": asdict(physics),
+                "defects": [asdict(d) for d in part.defects],
+            }
         elif subset == TRAIN_ABNORMAL_SET:
             _write(out / "train" / "abnormal" / name, abnormal)
         else:
             _write(out / "train" / "normal" / name, label)
-    manifest = {"seed": seed, "pairs": pairs, "train": train, "width": width, "height": height,
-                "generator": "drdaemon.evaluate.synth", "mu_per_mm": MU_PER_MM, "frame_span_mm": FRAME_SPAN_MM}
+    manifest = {
+        "seed": seed,
+        "pairs": pairs,
+        "train": train,
+        "width": width,
+        "height": height,
+        "generator": "drdaemon.evaluate.synth",
+        "mu_per_mm": MU_PER_MM,
+        "frame_span_mm": FRAME_SPAN_MM,
+    }
     if pairs:
         (out / "test" / "defects.json").write_text(json.dumps(annotations, indent=1))
     out.mkdir(parents=True, exist_ok=True)
@@ -464,13 +493,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m drdaemon.synth",
         description="Generate a physics-based synthetic DR benchmark: paired test frames with labels and "
-                    "defect boxes, plus unpaired training folders.")
+        "defect boxes, plus unpaired training folders.",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--pairs", type=int, default=50, help="paired test frames (default 50)")
-    parser.add_argument("--train", type=int, default=0,
-                        help="frames in each unpaired training folder, train/abnormal and train/normal (default 0)")
-    parser.add_argument("--size", default="1024x1024",
-                        help="WIDTHxHEIGHT, from 512x512 up to 5732x2333 (default 1024x1024)")
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=0,
+        help="frames in each unpaired training folder, train/abnormal and train/normal (default 0)",
+    )
+    parser.add_argument(
+        "--size", default="1024x1024", help="WIDTHxHEIGHT, from 512x512 up to 5732x2333 (default 1024x1024)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -481,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 0 or args.train < 0:
         parser.error("--pairs and --train must not be negative")
     generate(args.out, args.pairs, args.train, size, args.seed, progress=not args.no_progress)
-    print(f"wrote {args.pairs} test pairs (test/input, test/label, test/defects.json) and {args.train} "
-          f"frames in each of train/abnormal and train/normal under {args.out}")
+    print(
+        f"wrote {args.pairs} test pairs (test/input, test/label, test/defects.json) and {args.train} "
+        f"frames in each of train/abnormal and train/normal under {args.out}"
+    )
     return 0

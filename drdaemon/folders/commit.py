@@ -252,8 +252,9 @@ class Finisher:
         base = final_name(name)
         return self._first_free((str(directory), base), lambda i: (directory / distinct_name(base, i),))[0]
 
-    def plan_success(self, work_file: Path, original_name: str, write_plan: bool = True,
-                     output_format: OutputFormat | None = None) -> Plan:
+    def plan_success(
+        self, work_file: Path, original_name: str, write_plan: bool = True, output_format: OutputFormat | None = None
+    ) -> Plan:
         """Choose output, sidecar, preview and archive names for a frame, and write the plan.
 
         ``output_format`` is the frame's own (:func:`drdaemon.io.formats.format_for_frame`); by default

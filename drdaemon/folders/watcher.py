@@ -12,14 +12,13 @@ so that it fails with a reason file instead of lingering in the inbox forever.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import fnmatch
 import os
 import queue
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,9 +158,11 @@ class InboxWatcher:
         if now < self._next_restart_mono:
             return False
         self._next_restart_mono = now + _RESTART_BACKOFF_S
-        log.warning("watcher_restart", inbox=str(self.inbox),
-                    cause="inbox replaced" if self._observer is not None and self._observer.is_alive()
-                    else "observer stopped")
+        log.warning(
+            "watcher_restart",
+            inbox=str(self.inbox),
+            cause="inbox replaced" if self._observer is not None and self._observer.is_alive() else "observer stopped",
+        )
         if self._observer is not None:
             self._observer.stop()
             self._observer = None

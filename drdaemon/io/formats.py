@@ -233,9 +233,7 @@ def configured_output_format(config: OutputConfig, engine: EngineConfig | None =
     )
 
 
-def encode_tiff_u16(
-    pixels: np.ndarray, tags: Mapping[str, object] | None = None, compression: str = "zstd"
-) -> bytes:
+def encode_tiff_u16(pixels: np.ndarray, tags: Mapping[str, object] | None = None, compression: str = "zstd") -> bytes:
     """A single-page uint16 TIFF of ``pixels`` with the input's resolution and description tags.
 
     Compressed outputs use horizontal-difference prediction, which roughly halves the size of

@@ -94,4 +94,13 @@ def refuse_frames(name: str, frames: int, what: str) -> None:
         )
 
 
-__all__ = ["DEFAULT_LIMITS", "RawDtype", "RawLayout", "ReadLimits", "check_decoded", "check_shape", "check_size", "refuse_frames"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "RawDtype",
+    "RawLayout",
+    "ReadLimits",
+    "check_decoded",
+    "check_shape",
+    "check_size",
+    "refuse_frames",
+]

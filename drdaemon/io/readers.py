@@ -79,8 +79,14 @@ def read_frame_file(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[Fr
     return decode_frame(data, path.name, limits), data, status
 
 
-_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
-          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
 
 
 def file_kind(mode: int) -> str:
@@ -103,8 +109,7 @@ def open_regular(path: Path) -> int:
         except OSError:
             kind = ""
         if kind and not stat.S_ISREG(os.lstat(path).st_mode):
-            raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                             f"{name} is {kind}; only regular files are read") from exc
+            raise FrameError(Stage.READ, Reason.UNSUPPORTED, f"{name} is {kind}; only regular files are read") from exc
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot open {name}: {exc}") from exc
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
@@ -149,16 +154,20 @@ def decode_frame(data: bytes, name: str, limits: ReadLimits = DEFAULT_LIMITS) ->
     elif suffix in DICOM_SUFFIXES:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has no DICM marker after a 128-byte preamble")
     else:
-        raise FrameError(Stage.READ, Reason.UNREADABLE,
-                         f"{name} is neither a TIFF nor a PNG file (nor DICOM with its DICM marker, .raw or .his)")
+        raise FrameError(
+            Stage.READ,
+            Reason.UNREADABLE,
+            f"{name} is neither a TIFF nor a PNG file (nor DICOM with its DICM marker, .raw or .his)",
+        )
     _check_pixels(name, frame.pixels)
     return frame
 
 
 def _check_pixels(name: str, pixels: np.ndarray) -> None:
     if pixels.dtype not in SUPPORTED_DTYPES:
-        raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                         f"{name} has dtype {pixels.dtype}; supported are uint8, uint16, float32")
+        raise FrameError(
+            Stage.READ, Reason.UNSUPPORTED, f"{name} has dtype {pixels.dtype}; supported are uint8, uint16, float32"
+        )
 
 
 def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
@@ -167,8 +176,11 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             if len(tif.pages) == 0:
                 raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has a TIFF header but no readable page")
             if len(tif.series) != 1 or len(tif.pages) != 1:
-                raise FrameError(Stage.READ, Reason.UNSUPPORTED,
-                                 f"{name} holds {len(tif.pages)} pages; split it into one frame per file")
+                raise FrameError(
+                    Stage.READ,
+                    Reason.UNSUPPORTED,
+                    f"{name} holds {len(tif.pages)} pages; split it into one frame per file",
+                )
             page = tif.pages.first
             shape = tuple(int(n) for n in page.shape)
             check_shape(name, shape, limits)
@@ -178,8 +190,16 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
             tags = _carried_tags(page)
     except FrameError:
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError,
-            RuntimeError, MemoryError) as exc:
+    except (
+        tifffile.TiffFileError,
+        ValueError,
+        OSError,
+        struct.error,
+        IndexError,
+        KeyError,
+        RuntimeError,
+        MemoryError,
+    ) as exc:
         reason = Reason.TRUNCATED if "truncat" in str(exc).lower() else Reason.UNREADABLE
         raise FrameError(Stage.READ, reason, f"cannot decode TIFF {name}: {exc}") from exc
     except Exception as exc:  # codec errors from imagecodecs have their own classes
@@ -195,8 +215,9 @@ def _tiff_data_end(page: tifffile.TiffPage) -> int:
 def _check_tiff_complete(name: str, page: tifffile.TiffPage, size: int) -> None:
     end = _tiff_data_end(page)
     if end > size or 0 in page.databytecounts:
-        raise FrameError(Stage.READ, Reason.TRUNCATED,
-                         f"{name} is truncated: image data runs to byte {end}, file has {size}")
+        raise FrameError(
+            Stage.READ, Reason.TRUNCATED, f"{name} is truncated: image data runs to byte {end}, file has {size}"
+        )
 
 
 def _carried_tags(page: tifffile.TiffPage) -> dict[str, object]:

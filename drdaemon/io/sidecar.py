@@ -201,17 +201,27 @@ def dicom_record(instance: _DicomInstance | None) -> DicomRecord | None:
     if instance is None:
         return None
     uids = instance.uids
-    return DicomRecord(study_instance_uid=uids.study, series_instance_uid=uids.series,
-                       sop_instance_uid=uids.instance, sop_class_uid=uids.sop_class,
-                       transfer_syntax_uid=instance.transfer_syntax)
+    return DicomRecord(
+        study_instance_uid=uids.study,
+        series_instance_uid=uids.series,
+        sop_instance_uid=uids.instance,
+        sop_class_uid=uids.sop_class,
+        transfer_syntax_uid=instance.transfer_syntax,
+    )
 
 
 def raw_record(geometry: RawGeometry | None) -> RawRecord | None:
     if geometry is None:
         return None
-    return RawRecord(width=geometry.width, height=geometry.height, dtype=geometry.dtype,
-                     byte_order=geometry.byte_order, header_bytes=geometry.header_bytes,
-                     frames=geometry.frames, source=geometry.source)
+    return RawRecord(
+        width=geometry.width,
+        height=geometry.height,
+        dtype=geometry.dtype,
+        byte_order=geometry.byte_order,
+        header_bytes=geometry.header_bytes,
+        frames=geometry.frames,
+        source=geometry.source,
+    )
 
 
 def utc_iso(timestamp: float) -> str:

@@ -28,7 +28,9 @@ parameters, the published 0.279 M.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,7 +81,7 @@ def row_bands(height: int, bands: int = RESIDUAL_BANDS, min_rows: int = MIN_BAND
     """``[start, stop)`` rows cutting ``height`` into at most ``bands`` parts of at least ``min_rows``."""
     count = max(1, min(bands, height // min_rows))
     cuts = [height * i // count for i in range(count + 1)]
-    return list(zip(cuts[:-1], cuts[1:]))
+    return list(itertools.pairwise(cuts))
 
 
 class ResidualBlock(nn.Module):
@@ -107,7 +109,7 @@ class ResidualBlock(nn.Module):
         for start, stop in row_bands(height):
             top, bottom = max(start - 1, 0), min(stop + 1, height)
             band = self.conv2(inner[..., top:bottom, :])
-            x[..., start:stop, :] += band[..., start - top:band.shape[-2] - (bottom - stop), :]
+            x[..., start:stop, :] += band[..., start - top : band.shape[-2] - (bottom - stop), :]
         del inner
         return F.leaky_relu(x, LEAKY_SLOPE, inplace=True)
 
@@ -123,8 +125,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         self.bins = bins
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, reduced, kernel_size=1, bias=False), nn.PReLU())
-            for _ in bins
+            nn.Sequential(nn.Conv2d(channels, reduced, kernel_size=1, bias=False), nn.PReLU()) for _ in bins
         )
         self.fuse_conv = nn.Sequential(conv3x3(channels + reduced * len(bins), channels, bias=False), nn.PReLU())
 
@@ -132,8 +133,13 @@ class PyramidPooling(nn.Module):
         """Adaptive average of ``x`` over each bin grid: one ``(B, C, b, b)`` tensor per bin."""
         return region_average_pool(x, self.bins)
 
-    def fuse(self, x: Tensor, pooled: list[Tensor], full_size: tuple[int, int] | None = None,
-             offset: tuple[int, int] = (0, 0)) -> Tensor:
+    def fuse(
+        self,
+        x: Tensor,
+        pooled: list[Tensor],
+        full_size: tuple[int, int] | None = None,
+        offset: tuple[int, int] = (0, 0),
+    ) -> Tensor:
         """Upsample each branch to the frame and fuse it with ``x``.
 
         ``x`` may be a window of the frame: ``full_size`` is the frame's (H, W) and
@@ -146,15 +152,26 @@ class PyramidPooling(nn.Module):
         # The window path answers in float32; keep x's dtype so the 64-channel concatenation
         # costs what it costs in the whole-frame pass. No names for the upsampled contexts and
         # the concatenation: each is freed as soon as the next step has consumed it.
-        return act(conv(torch.cat([x, *(upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
-                                        for branch, p in zip(self.branches, pooled))], dim=1)))
+        return act(
+            conv(
+                torch.cat(
+                    [
+                        x,
+                        *(
+                            upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
+                            for branch, p in zip(self.branches, pooled, strict=False)
+                        ),
+                    ],
+                    dim=1,
+                )
+            )
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(x, self.pool(x))
 
 
-def upsample_window(grid: Tensor, full_size: tuple[int, int], offset: tuple[int, int],
-                    size: tuple[int, int]) -> Tensor:
+def upsample_window(grid: Tensor, full_size: tuple[int, int], offset: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """Bilinear (align_corners=True) upsampling of ``grid`` to ``full_size``, cropped to a window.
 
     Equals ``F.interpolate(grid, full_size, mode="bilinear", align_corners=True)`` sliced at
@@ -200,12 +217,17 @@ class Enhancer(nn.Module):
         super().__init__()
         self.spec = spec
         width, wide = spec.width, spec.wide_width
-        self.stem = nn.Sequential(conv3x3(spec.in_ch, width), nn.LeakyReLU(LEAKY_SLOPE),
-                                  ResidualBlock(width), ResidualBlock(width))
+        self.stem = nn.Sequential(
+            conv3x3(spec.in_ch, width), nn.LeakyReLU(LEAKY_SLOPE), ResidualBlock(width), ResidualBlock(width)
+        )
         self.context = PyramidPooling(width)
         self.body = nn.Sequential(
-            conv3x3(width, wide), ResidualBlock(wide), ResidualBlock(wide),
-            conv3x3(wide, width), ResidualBlock(width), ResidualBlock(width),
+            conv3x3(width, wide),
+            ResidualBlock(wide),
+            ResidualBlock(wide),
+            conv3x3(wide, width),
+            ResidualBlock(width),
+            ResidualBlock(width),
         )
         self.head = IlluminationHead(width)
 
@@ -244,7 +266,7 @@ def shrink_for_illumination(x: Tensor, scale: int) -> Tensor:
     return F.adaptive_avg_pool2d(x, (math.ceil(h / scale), math.ceil(w / scale)))
 
 
-def expand_illumination(illumination: Tensor, size: tuple[int, int]) -> Tensor:
+def expand_illumination(illumination: Tensor, size: Sequence[int]) -> Tensor:
     """Plain bilinear upsampling of a low-resolution illumination map back to the frame.
 
     Bilinear, not guided: the illumination is smooth by construction, the upsampling stays

@@ -76,8 +76,9 @@ def unit_to_u16(unit: np.ndarray) -> np.ndarray:
     return (np.clip(unit, 0.0, 1.0) * U16_MAX + 0.5).astype(np.uint16)
 
 
-def frame_to_unit(frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
-                  ) -> tuple[np.ndarray, Window]:
+def frame_to_unit(
+    frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
+) -> tuple[np.ndarray, Window]:
     """Normalise a frame of any dtype to float32 [0, 1]; returns the window used."""
     window = robust_window(frame, low_percentile, high_percentile)
     return to_unit(frame.astype(np.float32, copy=False), window).astype(np.float32, copy=False), window

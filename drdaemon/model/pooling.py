@@ -33,8 +33,11 @@ def _cuts(length: int, bins: tuple[int, ...]) -> list[int]:
 
 def _overlap(cuts: list[int], span: tuple[int, int]) -> tuple[int, list[tuple[int, int]]]:
     """The first piece ``span`` touches and the parts of the pieces inside it, relative to ``span``."""
-    touched = [(i, (max(a, span[0]) - span[0], min(b, span[1]) - span[0]))
-               for i, (a, b) in enumerate(itertools.pairwise(cuts)) if a < span[1] and b > span[0]]
+    touched = [
+        (i, (max(a, span[0]) - span[0], min(b, span[1]) - span[0]))
+        for i, (a, b) in enumerate(itertools.pairwise(cuts))
+        if a < span[1] and b > span[0]
+    ]
     return touched[0][0], [part for _, part in touched]
 
 
@@ -65,8 +68,9 @@ class RegionSums:
             view, row_dim, col_dim = window.movedim(1, -1), 1, 2
         else:
             view, row_dim, col_dim = window, -2, -1
-        by_rows = torch.stack([view.narrow(row_dim, a, b - a).sum(dim=row_dim, dtype=torch.float32)
-                               for a, b in row_parts], dim=row_dim)
+        by_rows = torch.stack(
+            [view.narrow(row_dim, a, b - a).sum(dim=row_dim, dtype=torch.float32) for a, b in row_parts], dim=row_dim
+        )
         block = torch.stack([by_rows.narrow(col_dim, a, b - a).sum(dim=col_dim) for a, b in col_parts], dim=col_dim)
         if row_dim == 1:
             block = block.movedim(-1, 1)
@@ -74,7 +78,7 @@ class RegionSums:
         if self.total is None:
             self.dtype = window.dtype
             self.total = block.new_zeros((*block.shape[:2], len(self.row_cuts) - 1, len(self.col_cuts) - 1))
-        self.total[..., first_row:first_row + len(row_parts), first_col:first_col + len(col_parts)] += block
+        self.total[..., first_row : first_row + len(row_parts), first_col : first_col + len(col_parts)] += block
 
     def averages(self) -> list[Tensor]:
         """The adaptive average of everything added, one ``(B, C, b, b)`` tensor per bin grid, in the map's dtype."""
@@ -82,10 +86,14 @@ class RegionSums:
             raise ValueError("no window was added")
         grids = []
         for b in self.bins:
-            rows = torch.stack([self._span(self.total, self.row_cuts, r, dim=-2) for r in bin_bounds(self.height, b)],
-                               dim=-2)
-            grids.append(torch.stack([self._span(rows, self.col_cuts, c, dim=-1) for c in bin_bounds(self.width, b)],
-                                     dim=-1).to(self.dtype))
+            rows = torch.stack(
+                [self._span(self.total, self.row_cuts, r, dim=-2) for r in bin_bounds(self.height, b)], dim=-2
+            )
+            grids.append(
+                torch.stack([self._span(rows, self.col_cuts, c, dim=-1) for c in bin_bounds(self.width, b)], dim=-1).to(
+                    self.dtype
+                )
+            )
         return grids
 
     @staticmethod

@@ -23,7 +23,9 @@ upsampling of the illumination map back to full size is a one-channel operation 
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -44,6 +46,8 @@ CPU_ACTIVATION_MAPS_NCHW = 270
 def cpu_activation_maps(channels_last: bool) -> float:
     """The planner's activation maps on the CPU, which has no warm-up calibration."""
     return CPU_ACTIVATION_MAPS if channels_last else CPU_ACTIVATION_MAPS_NCHW
+
+
 #: Per-pixel bytes of the frame-sized buffers outside the network: raw upload, float input,
 #: illumination map, float and uint16 output.
 FRAME_BYTES_PER_PIXEL = 24
@@ -82,14 +86,14 @@ def spans(length: int, tile: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges covering ``0..length`` with near-equal parts of at most ``tile``."""
     count = max(1, math.ceil(length / max(tile, 1)))
     cuts = [length * i // count for i in range(count + 1)]
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _grow(span: tuple[int, int], halo: int, length: int) -> tuple[int, int]:
     return max(0, span[0] - halo), min(length, span[1] + halo)
 
 
-def _tiles(height: int, width: int, tile: TileSize):
+def _tiles(height: int, width: int, tile: TileSize) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
     for rows in spans(height, tile.height):
         for cols in spans(width, tile.width):
             yield rows, cols
@@ -106,8 +110,8 @@ def pooled_context(model: Enhancer, x: Tensor, tile: TileSize) -> list[Tensor]:
     sums = RegionSums(height, width, model.context.bins)
     for rows, cols in _tiles(height, width, tile):
         wr, wc = _grow(rows, halo, height), _grow(cols, halo, width)
-        feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
-        core = feature[..., rows[0] - wr[0]:rows[1] - wr[0], cols[0] - wc[0]:cols[1] - wc[0]]
+        feature = model.stem(x[..., wr[0] : wr[1], wc[0] : wc[1]])
+        core = feature[..., rows[0] - wr[0] : rows[1] - wr[0], cols[0] - wc[0] : cols[1] - wc[0]]
         sums.add(core, rows, cols)
     return sums.averages()
 
@@ -121,15 +125,15 @@ def tiled_illumination(model: Enhancer, x: Tensor, tile: TileSize) -> Tensor:
     for rows, cols in _tiles(height, width, tile):
         wr, wc = _grow(rows, outer, height), _grow(cols, outer, width)
         fr, fc = _grow(rows, inner, height), _grow(cols, inner, width)
-        feature = model.stem(x[..., wr[0]:wr[1], wc[0]:wc[1]])
+        feature = model.stem(x[..., wr[0] : wr[1], wc[0] : wc[1]])
         # Keep only the stem output the rest of the network needs (exact up to its halo).
-        feature = feature[..., fr[0] - wr[0]:fr[1] - wr[0], fc[0] - wc[0]:fc[1] - wc[0]]
+        feature = feature[..., fr[0] - wr[0] : fr[1] - wr[0], fc[0] - wc[0] : fc[1] - wc[0]]
         fused = model.context.fuse(feature, pooled, full_size=(height, width), offset=(fr[0], fc[0]))
         illumination = model.illumination_from_context(fused)
-        core = illumination[..., rows[0] - fr[0]:rows[1] - fr[0], cols[0] - fc[0]:cols[1] - fc[0]]
+        core = illumination[..., rows[0] - fr[0] : rows[1] - fr[0], cols[0] - fc[0] : cols[1] - fc[0]]
         if out is None:
             out = core.new_empty((*core.shape[:2], height, width))
-        out[..., rows[0]:rows[1], cols[0]:cols[1]] = core
+        out[..., rows[0] : rows[1], cols[0] : cols[1]] = core
     assert out is not None
     return out
 
@@ -155,8 +159,9 @@ def activation_maps_from_peak(peak_bytes: int, side: int, illumination_scale: in
     return 1.1 * network_peak / (network_pixels * element_size)
 
 
-def plan_tiles(height: int, width: int, illumination_scale: int, budget_bytes: int,
-               activation_bytes_per_pixel: float, halo: int) -> TileSize | None:
+def plan_tiles(
+    height: int, width: int, illumination_scale: int, budget_bytes: int, activation_bytes_per_pixel: float, halo: int
+) -> TileSize | None:
     """The tile size that keeps a frame within ``budget_bytes``, or None when it fits whole.
 
     ``activation_bytes_per_pixel`` is the network's peak per input pixel (activation maps

@@ -73,10 +73,10 @@ def canonical_safetensors(blob: bytes) -> bytes:
     multiple of 8, then the tensor data, whose offsets count from the data's start.
     """
     length = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + length])
+    header = json.loads(blob[8 : 8 + length])
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + blob[8 + length:]
+    return len(text).to_bytes(8, "little") + text + blob[8 + length :]
 
 
 def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
@@ -103,8 +103,9 @@ def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
     except ValueError as exc:
         raise WeightsError(f"{path.name}: bad metadata: {exc}") from exc
     if spec.architecture != EnhancerSpec.architecture:
-        raise WeightsError(f"{path.name} holds architecture {spec.architecture!r}, "
-                           f"this drdaemon runs {EnhancerSpec.architecture!r}")
+        raise WeightsError(
+            f"{path.name} holds architecture {spec.architecture!r}, this drdaemon runs {EnhancerSpec.architecture!r}"
+        )
     model = Enhancer(spec)
     try:
         model.load_state_dict(upgrade_state_dict(state))
@@ -113,10 +114,17 @@ def load_weights(path: Path, allow_pickle: bool = False) -> LoadedWeights:
     record = metadata.get("provenance", "{}")
     record_sha256 = _text_sha256(record)
     if metadata.get("provenance_sha256", record_sha256) != record_sha256:
-        raise WeightsError(f"{path.name}: the provenance record does not match its provenance_sha256 "
-                           "(the metadata was edited after export)")
-    return LoadedWeights(model=model.eval(), sha256=file_sha256(path), path=path,
-                         provenance=json.loads(record), provenance_sha256=record_sha256)
+        raise WeightsError(
+            f"{path.name}: the provenance record does not match its provenance_sha256 "
+            "(the metadata was edited after export)"
+        )
+    return LoadedWeights(
+        model=model.eval(),
+        sha256=file_sha256(path),
+        path=path,
+        provenance=json.loads(record),
+        provenance_sha256=record_sha256,
+    )
 
 
 def _text_sha256(text: str) -> str:

@@ -72,6 +72,7 @@ T = TypeVar("T")
 #: Times a claimed frame may be found changed (and read again) before it fails as ``changed``.
 MAX_CHANGES = 5
 
+
 class Progress:
     """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
 
@@ -199,8 +200,12 @@ class Daemon:
                 log.info("work_recovered", frames=len(recovered), finished=len(recovery.finished))
             if self.stop_requested.is_set():
                 self.metrics.close()
-                log.info("daemon_stopped", exit_status=self.exit_status, signal=self._stop_signal,
-                         note="stopped during start-up, before claiming any frame")
+                log.info(
+                    "daemon_stopped",
+                    exit_status=self.exit_status,
+                    signal=self._stop_signal,
+                    note="stopped during start-up, before claiming any frame",
+                )
                 return self.exit_status
             self.watcher.start()
             self._start_pipeline(engines, recovered)
@@ -229,8 +234,9 @@ class Daemon:
                 stage, why = Stage(reason["stage"]), Reason(reason["reason"])
             except (OSError, ValueError, KeyError):
                 stage, why = Stage.READ, Reason.UNREADABLE
-            log.warning("frame_failed", frame=frame, stage=stage.value, reason=why.value,
-                        moved_to=plan.failed, recovered=True)
+            log.warning(
+                "frame_failed", frame=frame, stage=stage.value, reason=why.value, moved_to=plan.failed, recovered=True
+            )
             self.metrics.frame_failed(stage=stage, reason=why)
 
     def _serve_metrics(self) -> int:
@@ -325,8 +331,9 @@ class Daemon:
                     last_ping_mono = now
                     last_ping_progress = self.progress.last_progress_mono
                 else:
-                    log.warning("watchdog_withheld", watcher_alive=self.watcher.alive,
-                                in_flight=self.progress.in_flight)
+                    log.warning(
+                        "watchdog_withheld", watcher_alive=self.watcher.alive, in_flight=self.progress.in_flight
+                    )
             if self.stop_requested.is_set():
                 time.sleep(0.05)  # draining: just wait for the threads to finish
             else:
@@ -349,8 +356,9 @@ class Daemon:
             for engine in fresh:
                 engine.warm_up()
         except Exception as exc:  # noqa: BLE001 - a bad new file must never stop the daemon
-            log.error("reload_refused", error=f"{type(exc).__name__}: {exc}",
-                      kept_weights_sha256=engines[0].weights_sha256)
+            log.error(
+                "reload_refused", error=f"{type(exc).__name__}: {exc}", kept_weights_sha256=engines[0].weights_sha256
+            )
             return
         for index, engine in enumerate(fresh):
             engines[index] = engine
@@ -361,8 +369,9 @@ class Daemon:
         if self.stop_requested.is_set() and not self._stop_announced:
             self._stop_announced = True
             self.notifier.stopping()
-            log.info("stopping", signal=self._stop_signal, exit_status=self.exit_status,
-                     in_flight=self.progress.in_flight)
+            log.info(
+                "stopping", signal=self._stop_signal, exit_status=self.exit_status, in_flight=self.progress.in_flight
+            )
 
     def _update_gauges(self, engines: list[Engine]) -> None:
         self.metrics.set_inbox_depth(self.watcher.depth)
@@ -404,8 +413,9 @@ class Daemon:
                         break
                     if not self.watcher.still_ready(candidate):
                         continue
-                    claimed = claim(candidate.path, self.folders.work,
-                                    candidate.first_seen_wall, candidate.first_seen_mono)
+                    claimed = claim(
+                        candidate.path, self.folders.work, candidate.first_seen_wall, candidate.first_seen_mono
+                    )
                     self.watcher.forget(candidate.path)
                     if claimed is None:
                         continue
@@ -444,8 +454,13 @@ class Daemon:
                     self._fail(loaded.item, error)
                     continue
                 except DeviceLost as exc:
-                    log.error("device_lost", device=engine.device, frame=display_name(loaded.item.original.name),
-                              error=str(exc), note="frame stays in work/ and is redone at the next start")
+                    log.error(
+                        "device_lost",
+                        device=engine.device,
+                        frame=display_name(loaded.item.original.name),
+                        error=str(exc),
+                        note="frame stays in work/ and is redone at the next start",
+                    )
                     self.progress.finished()
                     self._fatal(EXIT_DEVICE_LOST, "device_lost")
                     return
@@ -516,11 +531,15 @@ class Daemon:
         """A frame changed after its claim: read it again once it settles, a bounded number of times."""
         item.changes += 1
         if item.changes > MAX_CHANGES:
-            self._fail(item, FrameError(Stage.READ, Reason.CHANGED,
-                                        f"{exc}; still changing after {MAX_CHANGES} reads"))
+            self._fail(item, FrameError(Stage.READ, Reason.CHANGED, f"{exc}; still changing after {MAX_CHANGES} reads"))
             return
-        log.warning("frame_changed", frame=display_name(item.original.name), error=str(exc), reads=item.changes,
-                    note="not committed; read again once it has settled")
+        log.warning(
+            "frame_changed",
+            frame=display_name(item.original.name),
+            error=str(exc),
+            reads=item.changes,
+            note="not committed; read again once it has settled",
+        )
         self.settling.add(item)
 
     def _fail(self, item: WorkItem, error: FrameError) -> None:
@@ -528,14 +547,24 @@ class Daemon:
         try:
             destination = self._while_output_blocked(item, lambda: fail_frame(item, error, self.finisher))
         except OSError as exc:
-            log.error("frame_fail_unrecorded", frame=display_name(item.original.name), error=str(exc),
-                      note="frame stays in work/ and is retried at the next start")
+            log.error(
+                "frame_fail_unrecorded",
+                frame=display_name(item.original.name),
+                error=str(exc),
+                note="frame stays in work/ and is retried at the next start",
+            )
         else:
             if destination is None:  # stopped while failed/ refused: redone at the next start
                 self.progress.finished()
                 return
-            log.warning("frame_failed", frame=display_name(item.original.name), stage=error.stage.value,
-                        reason=error.reason.value, message=str(error), moved_to=str(destination))
+            log.warning(
+                "frame_failed",
+                frame=display_name(item.original.name),
+                stage=error.stage.value,
+                reason=error.reason.value,
+                message=str(error),
+                moved_to=str(destination),
+            )
         self.metrics.frame_failed(stage=error.stage, reason=error.reason)
         self.progress.finished()
 

@@ -110,8 +110,11 @@ def enhance_frame(loaded: LoadedFrame, engine: Engine) -> EnhancedFrame:
     pixels = result.pixels
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint16 or pixels.shape != loaded.frame.shape:
         got = (getattr(pixels, "dtype", type(pixels).__name__), getattr(pixels, "shape", None))
-        raise FrameError(Stage.ENHANCE, Reason.ENGINE_ERROR,
-                         f"engine {engine.name} returned {got}, expected uint16 {loaded.frame.shape}")
+        raise FrameError(
+            Stage.ENHANCE,
+            Reason.ENGINE_ERROR,
+            f"engine {engine.name} returned {got}, expected uint16 {loaded.frame.shape}",
+        )
     return EnhancedFrame(loaded, result, engine.name, engine.device, engine.weights_sha256, elapsed)
 
 
@@ -137,8 +140,12 @@ def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
         ),
         software=software_record(done.device),
         started_wall=loaded.started_wall,
-        timings={"wait": loaded.item.wait_s, "read": loaded.read_s, "window": loaded.window_s,
-                 "enhance": done.enhance_s},
+        timings={
+            "wait": loaded.item.wait_s,
+            "read": loaded.read_s,
+            "window": loaded.window_s,
+            "enhance": done.enhance_s,
+        },
         engine_timings=dict(done.result.timings),
         input_format=loaded.frame.format,
         input_dicom=dicom_record(loaded.frame.dicom),
@@ -166,8 +173,13 @@ def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool 
 def stage_timings(done: EnhancedFrame, committed: Committed) -> dict[str, float]:
     """Seconds per metric stage of a committed frame."""
     loaded = done.loaded
-    return {"wait": loaded.item.wait_s, "read": loaded.read_s, **engine_stage_timings(done),
-            "write": committed.write_s, "sidecar": committed.sidecar_s}
+    return {
+        "wait": loaded.item.wait_s,
+        "read": loaded.read_s,
+        **engine_stage_timings(done),
+        "write": committed.write_s,
+        "sidecar": committed.sidecar_s,
+    }
 
 
 def as_frame_error(stage: Stage, exc: Exception) -> FrameError:
@@ -175,8 +187,11 @@ def as_frame_error(stage: Stage, exc: Exception) -> FrameError:
     anticipated wrapped for ``stage``, keeping its class for the reason file."""
     if isinstance(exc, FrameError):
         return exc
-    reason = Reason.WRITE_ERROR if stage is Stage.WRITE else (
-        Reason.ENGINE_ERROR if stage is Stage.ENHANCE else Reason.UNREADABLE)
+    reason = (
+        Reason.WRITE_ERROR
+        if stage is Stage.WRITE
+        else (Reason.ENGINE_ERROR if stage is Stage.ENHANCE else Reason.UNREADABLE)
+    )
     error = FrameError(stage, reason, f"{type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error

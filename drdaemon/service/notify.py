@@ -50,9 +50,7 @@ class SystemdNotifier:
         env = os.environ
         path = socket_path if socket_path is not None else env.get("NOTIFY_SOCKET", "")
         self.enabled: bool = bool(path)
-        self.watchdog_interval_s: float | None = (
-            watchdog_interval(env, os.getpid()) if self.enabled else None
-        )
+        self.watchdog_interval_s: float | None = watchdog_interval(env, os.getpid()) if self.enabled else None
         self._address = _address(path) if path else None
         self._socket: socket.socket | None = None
         # The watchdog thread and the main thread may both send.

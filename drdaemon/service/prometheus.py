@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from enum import Enum
-from wsgiref.simple_server import WSGIServer
 from typing import Final
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -77,18 +77,14 @@ class DaemonMetrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-        self.frames = Counter(
-            "drdaemon_frames", "Frames finished, by result.", ["result"], registry=reg
-        )
+        self.frames = Counter("drdaemon_frames", "Frames finished, by result.", ["result"], registry=reg)
         self.errors = Counter(
             "drdaemon_errors",
             "Frames that failed, by the stage that failed and a fixed reason.",
             ["stage", "reason"],
             registry=reg,
         )
-        self.pixels = Counter(
-            "drdaemon_pixels", "Pixels of successfully enhanced frames.", registry=reg
-        )
+        self.pixels = Counter("drdaemon_pixels", "Pixels of successfully enhanced frames.", registry=reg)
         self.stage_duration = Histogram(
             "drdaemon_stage_duration_seconds",
             "Time a frame spends in each stage.",
@@ -107,18 +103,10 @@ class DaemonMetrics:
             "Unix time of the last frame enhanced successfully (0 before the first).",
             registry=reg,
         )
-        self.inbox_depth = Gauge(
-            "drdaemon_inbox_frames", "Candidate frames waiting in the inbox.", registry=reg
-        )
-        self.queue_depth = Gauge(
-            "drdaemon_queue_frames", "Frames claimed and queued for the engine.", registry=reg
-        )
-        self.in_flight = Gauge(
-            "drdaemon_frames_in_flight", "Frames being enhanced right now.", registry=reg
-        )
-        self.watcher_up = Gauge(
-            "drdaemon_watcher_up", "1 while the inbox watcher is alive, else 0.", registry=reg
-        )
+        self.inbox_depth = Gauge("drdaemon_inbox_frames", "Candidate frames waiting in the inbox.", registry=reg)
+        self.queue_depth = Gauge("drdaemon_queue_frames", "Frames claimed and queued for the engine.", registry=reg)
+        self.in_flight = Gauge("drdaemon_frames_in_flight", "Frames being enhanced right now.", registry=reg)
+        self.watcher_up = Gauge("drdaemon_watcher_up", "1 while the inbox watcher is alive, else 0.", registry=reg)
         self.device_memory_in_use = Gauge(
             "drdaemon_device_memory_in_use_bytes",
             "Accelerator memory held by live tensors.",
