@@ -46,7 +46,8 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, watc
     result.assert_exact()
     assert result.outputs == frames
     # The kills hit frames in flight, not only idle daemons: some starts had work to recover.
-    assert sum(e.get("event") == "work_recovered" for e in daemon.events()) >= kills // 4
+    # How many depends on the machine's speed (11 of 20 on a quiet run, 4 of 20 under load).
+    assert sum(e.get("event") == "work_recovered" for e in daemon.events()) >= 1
 
 
 def test_a_burst_of_1000_small_frames(tmp_path: Path) -> None:
