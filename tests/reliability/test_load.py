@@ -36,7 +36,11 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, watc
                 plant.drop(f"f{index:04d}.tif", inputs[index])
             time.sleep(rng.uniform(0.05, 0.8))  # claiming, reading, enhancing or committing
             daemon.kill()
+        before = readies()
         daemon.start()
+        # Ready first: a SIGTERM inside the interpreter's own start-up, before drdaemon runs a
+        # line, is the one moment the daemon cannot answer with exit 0.
+        plant.wait_for(lambda: readies() > before, 120)
         plant.wait_for(lambda: plant.records() == frames, 180)
         assert daemon.stop() == 0
     finally:
@@ -46,8 +50,11 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, watc
     result.assert_exact()
     assert result.outputs == frames
     # The kills hit frames in flight, not only idle daemons: some starts had work to recover.
-    # How many depends on the machine's speed (11 of 20 on a quiet run, 4 of 20 under load).
-    assert sum(e.get("event") == "work_recovered" for e in daemon.events()) >= 1
+    # How many depends on the machine's speed (11 of 20 on a quiet run, 4 of 20 under load;
+    # the six kills of the polling run can all miss on a loaded machine), so only the long
+    # run checks it.
+    if kills >= 20:
+        assert sum(e.get("event") == "work_recovered" for e in daemon.events()) >= 1
 
 
 def test_a_burst_of_1000_small_frames(tmp_path: Path) -> None:
