@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from drdaemon.model.weights import file_sha256
+from drdaemon.io.durable import file_sha256
 
 LOCAL_DIR = "local-dir:"
 #: Checkpoint names looked for in a ``local-dir:`` folder, best first.

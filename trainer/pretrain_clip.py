@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from drdaemon.model.weights import file_sha256
+from drdaemon.io.durable import file_sha256
 from trainer.clip_judge import JudgeReport, clip_input, judge_captioned, judge_real, real_frame_paths
 from trainer.clip_weights import read_model_config
 from trainer.config import DataConfig

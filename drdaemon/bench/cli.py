@@ -167,14 +167,6 @@ def difference_text(reference: np.ndarray, pixels: np.ndarray, label: str) -> st
     return f"PSNR vs {label} {psnr_u16(reference, pixels):.1f} dB, RMS {rms:.1f} levels, max {worst:.0f} levels"
 
 
-def load_frame(path: Path) -> np.ndarray:
-    """A frame file as the daemon would enhance it (DICOM through the evaluation's reader)."""
-    from drdaemon.evaluate.dicom import is_dicom, read_dicom
-    from drdaemon.io.readers import read_frame
-
-    return read_dicom(path) if is_dicom(path) else read_frame(path).pixels
-
-
 class ResidentPeak:
     """Peak resident memory of this process on Linux, resettable through /proc/self/clear_refs."""
 
@@ -560,6 +552,9 @@ def run_bench(args: argparse.Namespace) -> int:
     for line in machine_description():
         print(line)
     if args.frame is not None:
+        # The evaluation's reading: the daemon's reader, a DICOM frame spread to 16 bits.
+        from drdaemon.evaluate.cli import load_frame
+
         frame = load_frame(args.frame)
         source = f"{args.frame.name}, {frame.dtype}"
     else:

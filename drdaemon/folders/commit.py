@@ -60,6 +60,7 @@ from drdaemon.io.durable import (
     Owner,
     atomic_write,
     current_owner,
+    file_sha256,
     fsync_directory,
     remove_temporaries,
     short_name,
@@ -171,10 +172,10 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def file_sha256(path: Path) -> str | None:
+def sha256_or_none(path: Path) -> str | None:
+    """:func:`file_sha256`, or None for a file that cannot be read (it vouches for nothing)."""
     try:
-        with open(path, "rb", buffering=0) as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -185,7 +186,7 @@ def sidecar_vouches(sidecar: Path, work_file: Path, output: str | None) -> bool:
         record = Sidecar.model_validate_json(sidecar.read_bytes())
     except (OSError, ValueError):
         return False
-    return record.output.path == output and record.input.sha256 == file_sha256(work_file)
+    return record.output.path == output and record.input.sha256 == sha256_or_none(work_file)
 
 
 @dataclass
@@ -531,7 +532,7 @@ def _check_unchanged(item: WorkItem, result: FrameOutput) -> None:
         raise FrameChanged(f"{name} changed after it was read (inode, size, mtime {signature} -> {now})")
     if (
         now[2] / 1e9 > result.draft.started_wall - _MTIME_GRAIN_S
-        and file_sha256(item.path) != result.draft.input_sha256
+        and sha256_or_none(item.path) != result.draft.input_sha256
     ):
         raise FrameChanged(f"{name} changed after it was read (same size and mtime, new content)")
 

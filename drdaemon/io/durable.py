@@ -54,6 +54,12 @@ class Owner:
         return process_start(self.pid) != self.start
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes as they are on disk (raw frames, weights, checkpoints)."""
+    with open(path, "rb", buffering=0) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
 

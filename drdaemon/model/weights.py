@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from drdaemon.io.durable import file_sha256
 from drdaemon.model.network import Enhancer, EnhancerSpec, upgrade_state_dict
 
 FORMAT_VERSION = "1"
@@ -37,14 +38,6 @@ class LoadedWeights:
     provenance: dict[str, object] = field(default_factory=dict)
     #: sha256 of the provenance record as stored: names the training run in every sidecar.
     provenance_sha256: str = ""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | None = None) -> str:
