@@ -150,22 +150,16 @@ class PyramidPooling(nn.Module):
         full_size = full_size or (h, w)
         conv, act = self.fuse_conv
         # The window path answers in float32; keep x's dtype so the 64-channel concatenation
-        # costs what it costs in the whole-frame pass. No names for the upsampled contexts and
-        # the concatenation: each is freed as soon as the next step has consumed it.
-        return act(
-            conv(
-                torch.cat(
-                    [
-                        x,
-                        *(
-                            upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
-                            for branch, p in zip(self.branches, pooled, strict=False)
-                        ),
-                    ],
-                    dim=1,
-                )
-            )
+        # costs what it costs in the whole-frame pass. The upsampled contexts live only inside
+        # the concatenation, and the concatenation is dropped before the activation.
+        contexts = (
+            upsample_window(branch(p), full_size, offset, (h, w)).to(x.dtype)
+            for branch, p in zip(self.branches, pooled, strict=True)
         )
+        fused = torch.cat([x, *contexts], dim=1)
+        features = conv(fused)
+        del fused
+        return act(features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(x, self.pool(x))
