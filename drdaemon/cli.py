@@ -8,6 +8,7 @@ Exit statuses (:mod:`drdaemon.exits`) follow sysexits so that systemd can tell t
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -62,9 +63,14 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
 
     check = verbs.add_parser(
         "check-config",
-        help="validate a configuration file and print the effective configuration",
-        description="Validate FILE (and the DRDAEMON_* environment), then print the effective "
-        "configuration as TOML with folders resolved. Exit 78 naming the key on any error.",
+        help="validate a configuration and run the daemon's start-up checks (a safe gate before a restart)",
+        description="Validate FILE (and the DRDAEMON_* environment), print the effective "
+        "configuration as TOML with folders resolved, then run every start-up check of `run` that "
+        "needs neither the work lock nor the inbox: folders exist or are created and are writable, "
+        "inbox, work, archive and failed share one filesystem mount (a rename probe), the weights "
+        "load and match their provenance, the engine builds on its device, the metrics port can be "
+        "bound (or is held by the daemon running on this work folder). Exit 78 naming the key on any "
+        "error, with the message `run` would give.",
     )
     _add_config_argument(check, required=True)
 
@@ -117,9 +123,29 @@ def _config_error(error: ConfigError) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate, then run every start-up check of ``run`` that needs neither the lock nor the inbox."""
+    from drdaemon.errors import DeviceLost
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.startup import check_start_up
+
     settings = load_settings(args.config)
+    configure_logging(settings.logging)
     print(f"# effective configuration of {args.config} (environment applied)")
     print(settings_to_toml(settings), end="")
+    if os.geteuid() == 0:
+        print(
+            "drdaemon: running as root; folders it creates belong to root. Run it as the service user "
+            "(sudo -u drdaemon drdaemon check-config ...) to check that user's access.",
+            file=sys.stderr,
+        )
+    try:
+        passed = check_start_up(settings)
+    except DeviceLost as exc:
+        print(f"drdaemon: device lost while building the engine: {exc}", file=sys.stderr)
+        return EXIT_DEVICE_LOST
+    print("# start-up checks passed:")
+    for line in passed:
+        print(f"#   {line}")
     return EXIT_OK
 
 

@@ -47,7 +47,6 @@ from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
 from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
 from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
 from drdaemon.folders.watcher import InboxWatcher
-from drdaemon.io.durable import current_owner
 from drdaemon.io.formats import configured_output_format
 from drdaemon.service.frame import (
     EnhancedFrame,
@@ -63,6 +62,7 @@ from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.output import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutputGate, blocking_reason
 from drdaemon.service.pipe import Pipe
 from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.startup import load_engines, prepare_folders, serve_metrics
 from drdaemon.service.threads import stage_threads
 
 log = structlog.get_logger(__name__)
@@ -134,25 +134,13 @@ class Daemon:
 
     # -- start-up -------------------------------------------------------------------------
     def prepare_folders(self) -> None:
-        """Create missing folders; refuse folders that cannot share atomic renames."""
-        for name, path in self.folders:
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"folders.{name}: cannot create {path}: {exc}") from exc
-        devices = {name: os.stat(path).st_dev for name, path in self.folders if name != "outbox"}
-        if len(set(devices.values())) > 1:
-            raise ConfigError(
-                "folders.inbox, folders.work, folders.archive and folders.failed must be on one "
-                f"filesystem (frames move between them by rename); found devices {devices}"
-            )
-        for name in ("inbox", "archive", "failed"):
-            probe_rename(self.folders.work, getattr(self.folders, name), name)
+        """Create missing folders; refuse folders that cannot share atomic renames (:mod:`.startup`)."""
+        prepare_folders(self.folders)
 
     def load_engines(self) -> list[Engine]:
-        """Build the engines (unless given); see :func:`drdaemon.engines.build_checked_engines`."""
+        """Build the engines (unless given); see :func:`drdaemon.service.startup.load_engines`."""
         if self._engines is None:
-            self._engines = build_checked_engines(self.settings.engine)
+            self._engines = load_engines(self.settings)
         if not self._engines:
             raise ConfigError("engine: the configuration yields no engine to run")
         return self._engines
@@ -240,11 +228,7 @@ class Daemon:
             self.metrics.frame_failed(stage=stage, reason=why)
 
     def _serve_metrics(self) -> int:
-        address, port = self.settings.metrics.address, self.settings.metrics.port
-        try:
-            return self.metrics.serve(address, port)
-        except OSError as exc:
-            raise ConfigError(f"metrics.port: cannot serve metrics on {address}:{port}: {exc}") from exc
+        return serve_metrics(self.metrics, self.settings.metrics)
 
     def request_stop(self) -> None:
         """Stop claiming; frames already claimed are finished (graceful).
@@ -567,28 +551,6 @@ class Daemon:
             )
         self.metrics.frame_failed(stage=error.stage, reason=error.reason)
         self.progress.finished()
-
-
-def probe_rename(work: Path, other: Path, name: str) -> None:
-    """Prove that a file renames between ``work`` and ``other`` and back; a ConfigError if not.
-
-    Equal device numbers are not enough: two bind mounts of one filesystem share a device
-    number, yet the kernel refuses a rename between them (EXDEV) — at the first frame.
-    """
-    probe = work / f".drdaemon-probe.{current_owner().token}"
-    moved = other / probe.name
-    probe.write_bytes(b"")
-    try:
-        os.rename(probe, moved)
-        os.rename(moved, probe)
-    except OSError as exc:
-        raise ConfigError(
-            f"folders.work ({work}) and folders.{name} ({other}) must be one filesystem mount: a rename "
-            f"between them fails ({exc.strerror}); a bind mount counts as another mount"
-        ) from exc
-    finally:
-        probe.unlink(missing_ok=True)
-        moved.unlink(missing_ok=True)
 
 
 def run_daemon(settings: Settings) -> int:

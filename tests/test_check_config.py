@@ -1,0 +1,157 @@
+"""`drdaemon check-config` is a safe gate: what `run` refuses with exit 78, it refuses too, in the same words."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from drdaemon.cli import main
+from drdaemon.exits import EXIT_CONFIG, EXIT_OK
+from drdaemon.folders.claim import WorkLock
+
+ERROR_HEADER = "drdaemon: configuration error\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(root: Path, port: int, extra: str = "", engine: str = 'name = "classical"\n') -> Path:
+    config = root / "config.toml"
+    config.write_text(
+        "[folders]\n"
+        'inbox = "inbox"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\nwork = "work"\n'
+        f"[engine]\n{engine}"
+        f'[metrics]\naddress = "127.0.0.1"\nport = {port}\n'
+        '[logging]\nformat = "json"\nlevel = "WARNING"\n' + extra
+    )
+    return config
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """`run` in-process installs its stop handlers; put the test runner's back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGIO)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def error_of(verb: str, config: Path, capsys) -> str:
+    """The configuration error `verb` prints, after checking that it exits 78."""
+    capsys.readouterr()
+    status = main([verb, "--config", str(config)])
+    err = capsys.readouterr().err
+    assert status == EXIT_CONFIG, err
+    assert ERROR_HEADER in err, err
+    return err.split(ERROR_HEADER, 1)[1].strip()
+
+
+def assert_same_refusal(config: Path, capsys, expected: str) -> None:
+    from_run = error_of("run", config, capsys)
+    from_check = error_of("check-config", config, capsys)
+    assert expected in from_run
+    assert from_run in from_check  # the very message run gives (check-config may add other findings)
+
+
+def test_a_good_configuration_passes_every_check_and_leaves_no_probe(tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path, free_port())
+    assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "start-up checks passed" in out and "engine: classical built on cpu" in out
+    for name in ("inbox", "outbox", "archive", "failed", "work"):  # created, as run would, and left empty
+        assert list((tmp_path / name).iterdir()) == [], name
+
+
+def test_a_weights_path_with_a_typo_fails_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+    config = write_config(tmp_path, free_port(), engine='name = "net"\nweights = "weights/enhancer.safetensros"\n')
+    assert_same_refusal(config, capsys, "engine.weights")
+
+
+def test_folders_a_rename_cannot_cross_fail_like_run(tmp_path: Path, capsys, keep_signal_handlers, monkeypatch):
+    config = write_config(tmp_path, free_port())
+    real_rename = os.rename
+
+    def cross_mount(source, target, *args, **kwargs):  # archive on another mount (a bind mount or a share)
+        if Path(target).parent == tmp_path / "archive":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", cross_mount)
+    assert_same_refusal(config, capsys, "folders.archive")
+
+
+def test_folders_on_two_filesystems_fail_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) here")
+    archive = Path(tempfile.mkdtemp(prefix="drd-archive-", dir=other))
+    try:
+        config = write_config(tmp_path, free_port(), extra="")
+        text = config.read_text().replace('archive = "archive"', f'archive = "{archive}"')
+        config.write_text(text)
+        assert_same_refusal(config, capsys, "must be on one filesystem")
+    finally:
+        shutil.rmtree(archive, ignore_errors=True)
+
+
+def test_a_metrics_port_already_taken_fails_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = write_config(tmp_path, taken.getsockname()[1])
+        assert_same_refusal(config, capsys, "metrics.port: cannot serve metrics")
+
+
+def test_the_port_of_the_daemon_running_on_this_work_folder_is_not_a_failure(tmp_path: Path, capsys) -> None:
+    # Before a restart the running daemon holds both its work lock and the port; here this process plays it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        config = write_config(tmp_path, held.getsockname()[1])
+        (tmp_path / "work").mkdir()
+        with WorkLock(tmp_path / "work"):
+            assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    assert "held by the daemon running on this work folder" in capsys.readouterr().out
+
+
+def test_every_failure_is_named_at_once(tmp_path: Path, capsys, monkeypatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = write_config(tmp_path, taken.getsockname()[1], engine='name = "net"\nweights = "absent.safetensors"\n')
+        message = error_of("check-config", config, capsys)
+    assert "engine.weights" in message and "metrics.port" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
+    # Folders made by root (say, by running check-config as root first), checked as an unprivileged user.
+    root = Path(tempfile.mkdtemp(prefix="drd-owner-"))
+    try:
+        root.chmod(0o755)
+        config = write_config(root, free_port())
+        config.chmod(0o644)
+        for name in ("inbox", "outbox", "archive", "failed", "work"):
+            (root / name).mkdir(mode=0o755)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "drdaemon", "check-config", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+        assert "folders.work" in result.stderr and "is not writable by" in result.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
