@@ -74,6 +74,35 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     )
     _add_config_argument(check, required=True)
 
+    selftest = verbs.add_parser(
+        "selftest",
+        help="run one generated frame through the configured engine and folders, check it, print the latency",
+        description="Run the start-up checks of check-config, then drop a generated 16-bit frame into an inbox, "
+        "claim, read, enhance and commit it with the daemon's own functions, and check the output, the "
+        "sidecar and both sha256 against the frame dropped. By default in a temporary hidden folder inside "
+        "each configured folder (the same filesystem mounts), removed afterwards; --dry-run uses the "
+        "configured folders under a hidden frame name that a running daemon never takes, and removes every "
+        "file it made. Exit 0 passed, 1 the frame failed or a check did not hold, 78 a configuration error.",
+    )
+    _add_config_argument(selftest, required=True)
+    selftest.add_argument(
+        "--dry-run", action="store_true", help="run in the configured folders, leaving nothing behind"
+    )
+    selftest.add_argument(
+        "--size", default="512x512", metavar="WIDTHxHEIGHT", help="size of the generated frame (default 512x512)"
+    )
+
+    prune = verbs.add_parser(
+        "prune",
+        help="one retention pass over archive and outbox ([retention]); --dry-run lists what it would remove",
+        description="Prune finished frames (raw frame in the archive, output, preview, sidecar) oldest first, "
+        "as far as the [retention] limits ask: max_age_days, archive_max_size, outbox_max_size, "
+        "min_free_space. A raw frame goes only while its output and sidecar are both in place; nothing "
+        "unfinished, nothing in inbox, work or failed. The running daemon does the same on a timer.",
+    )
+    _add_config_argument(prune, required=True)
+    prune.add_argument("--dry-run", action="store_true", help="list what would be pruned; remove nothing")
+
     enhance = verbs.add_parser(
         "enhance",
         help="enhance files once with the configured engine, without the daemon",
@@ -139,13 +168,90 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        passed = check_start_up(settings)
+        passed = check_start_up(settings).passed
     except DeviceLost as exc:
         print(f"drdaemon: device lost while building the engine: {exc}", file=sys.stderr)
         return EXIT_DEVICE_LOST
     print("# start-up checks passed:")
     for line in passed:
         print(f"#   {line}")
+    return EXIT_OK
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """The install guide's last step: the start-up checks, then one frame end to end."""
+    from drdaemon.errors import DeviceLost
+    from drdaemon.evaluate.synth import parse_size
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.selftest import SelftestFailed, run_selftest
+    from drdaemon.service.startup import check_start_up
+
+    try:
+        size = parse_size(args.size)
+    except ValueError as exc:
+        print(f"drdaemon: --size: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = load_settings(args.config)
+    configure_logging(settings.logging.model_copy(update={"level": "WARNING"}))
+    try:
+        found = check_start_up(settings)
+        for line in found.passed:
+            print(f"ok: {line}")
+        report = run_selftest(settings, found.engines[0], dry_run=args.dry_run, size=size)
+    except DeviceLost as exc:
+        print(f"drdaemon: selftest FAILED: device lost: {exc}", file=sys.stderr)
+        return EXIT_DEVICE_LOST
+    except SelftestFailed as exc:
+        print(f"drdaemon: selftest FAILED: {exc}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    for line in report.checks:
+        print(f"ok: {line}")
+    timings = ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in report.timings.items() if stage != "wait")
+    where = (
+        "the configured folders (dry run, nothing left behind)"
+        if args.dry_run
+        else "a temporary tree in the configured folders"
+    )
+    print(
+        f"selftest passed: {report.shape[1]} x {report.shape[0]} frame, engine {report.engine} on {report.device}, "
+        f"in {where}; latency {report.latency_s:.3f} s from claim to sidecar ({timings} s)"
+    )
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """One retention pass; with ``--dry-run`` the plan alone."""
+    import time
+
+    from drdaemon.folders.space import free_bytes
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.pruning import retention_pass
+
+    settings = load_settings(args.config)
+    configure_logging(settings.logging)
+    if not settings.retention.prunes():
+        print("retention: no limit is set in [retention]; nothing to prune")
+        return EXIT_OK
+    try:
+        result = retention_pass(settings.folders, settings.retention, free_bytes, dry_run=args.dry_run)
+    except OSError as exc:
+        print(f"drdaemon: cannot prune: {exc}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    done = result.plan.prunings if args.dry_run else result.pruned
+    verb = "would prune" if args.dry_run else "pruned"
+    for pruning in done:
+        frame = pruning.frame
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(frame.finished))
+        raw = str(frame.raw) if frame.raw is not None else "-"
+        print(
+            f"{verb}\t{pruning.policy}\t{finished}\t{frame.sidecar}\traw={raw}\t{frame.raw_bytes + frame.outbox_bytes} bytes"
+        )
+    freed = sum(p.frame.raw_bytes + p.frame.outbox_bytes for p in done)
+    print(
+        f"{verb} {len(done)} frame(s), {freed} bytes; {result.plan.held} kept by the rules (unfinished or raw without output)"
+    )
+    if result.plan.behind:
+        print(f"limits still unmet: {', '.join(result.plan.behind)}")
     return EXIT_OK
 
 
@@ -215,7 +321,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-_COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "enhance": cmd_enhance, "bench": cmd_bench}
+_COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "selftest": cmd_selftest,
+    "prune": cmd_prune,
+    "enhance": cmd_enhance,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from drdaemon import defaults
@@ -190,6 +190,41 @@ class MetricsConfig(_Table):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class RetentionConfig(_Table):
+    """Pruning of finished frames from archive and outbox, and the free-space floor of claiming.
+
+    Every limit is off when unset. Sizes take bytes or a unit (``"2 TB"``, ``"500 GiB"``).
+    See :mod:`drdaemon.folders.retention` for what may be pruned (never an unfinished frame).
+    """
+
+    # Frames finished longer ago than this are pruned (their raw frame, output, preview, sidecar).
+    max_age_days: float | None = Field(None, gt=0.0)
+    # The oldest frames are pruned while the folder's files take more than this.
+    archive_max_size: ByteSize | None = None
+    outbox_max_size: ByteSize | None = None
+    # The oldest frames are pruned while the archive's or the outbox's filesystem has less free space.
+    min_free_space: ByteSize | None = None
+    # Seconds between two pruning passes of the running daemon.
+    interval_s: float = Field(300.0, gt=0.0)
+    # Claiming pauses while the outbox's, archive's or failed folder's filesystem has less free space.
+    claim_min_free_space: ByteSize | None = None
+
+    @model_validator(mode="after")
+    def _prune_before_pausing(self) -> RetentionConfig:
+        floor, pause = self.min_free_space, self.claim_min_free_space
+        if floor is not None and pause is not None and floor <= pause:
+            raise ValueError(
+                "retention.min_free_space must be above retention.claim_min_free_space, so that pruning "
+                "frees space before claiming pauses"
+            )
+        return self
+
+    def prunes(self) -> bool:
+        """Whether any pruning limit is set (else the daemon runs no pruning thread)."""
+        limits = (self.max_age_days, self.archive_max_size, self.outbox_max_size, self.min_free_space)
+        return any(limit is not None for limit in limits)
+
+
 class LoggingConfig(_Table):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -209,6 +244,7 @@ class Settings(BaseSettings):
     input: InputConfig = Field(default_factory=InputConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @classmethod

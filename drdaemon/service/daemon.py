@@ -46,6 +46,7 @@ from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
 from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
 from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
+from drdaemon.folders.space import FreeBytes, free_bytes
 from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io.formats import configured_output_format
 from drdaemon.service.frame import (
@@ -62,6 +63,7 @@ from drdaemon.service.notify import SystemdNotifier
 from drdaemon.service.output import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutputGate, blocking_reason
 from drdaemon.service.pipe import Pipe
 from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.pruning import Pruner
 from drdaemon.service.startup import load_engines, prepare_folders, serve_metrics
 from drdaemon.service.threads import stage_threads
 
@@ -104,8 +106,11 @@ class Daemon:
         engines: list[Engine] | None = None,
         metrics: DaemonMetrics | None = None,
         notifier: SystemdNotifier | None = None,
+        free_space: FreeBytes = free_bytes,
     ) -> None:
         self.settings = settings
+        #: Reads a folder's free space (injected by tests); feeds the gauges, the claim floor and retention.
+        self.free_space = free_space
         self.folders = settings.folders
         self._engines = engines
         self.metrics = metrics if metrics is not None else DaemonMetrics()
@@ -196,7 +201,13 @@ class Daemon:
                 )
                 return self.exit_status
             self.watcher.start()
+            self._check_space()
             self._start_pipeline(engines, recovered)
+            if self.settings.retention.prunes():
+                pruner = Pruner(
+                    self.folders, self.settings.retention, self.metrics, self.free_space, self.stop_requested
+                )
+                self._spawn("pruner", pruner.run_forever)
             self.notifier.ready(f"watching {self.folders.inbox} with {len(engines)} engine(s)")
             log.info("daemon_ready", inbox=str(self.folders.inbox), engine=engines[0].name)
             try:
@@ -357,7 +368,23 @@ class Daemon:
                 "stopping", signal=self._stop_signal, exit_status=self.exit_status, in_flight=self.progress.in_flight
             )
 
+    def _check_space(self) -> None:
+        """Free-space gauges per folder; claiming pauses below ``retention.claim_min_free_space`` on the output side."""
+        floor = self.settings.retention.claim_min_free_space
+        low: list[str] = []
+        for name, path in self.folders:
+            try:
+                free = self.free_space(path)
+            except OSError:
+                continue  # a vanished folder: the output gate re-creates it at the next commit
+            self.metrics.set_folder_free(name, free)
+            if floor is not None and name in ("outbox", "archive", "failed") and free < floor:
+                low.append(f"folders.{name} ({path}): {free} bytes free, below retention.claim_min_free_space {floor}")
+        if floor is not None:
+            self.output_gate.set_low_space(bool(low), "; ".join(low))
+
     def _update_gauges(self, engines: list[Engine]) -> None:
+        self._check_space()
         self.metrics.set_inbox_depth(self.watcher.depth)
         self.metrics.set_queue_depth(len(self._claimed) + len(self._loaded) + len(self._enhanced))
         self.metrics.set_in_flight(self.progress.in_flight)

@@ -53,42 +53,70 @@ def blocking_reason(error: BaseException) -> str | None:
 
 
 class OutputGate:
-    """Whether frames can be committed now; shared by the writer threads and the intake."""
+    """Whether frames can be committed now; shared by the writer threads, the intake and the supervisor.
+
+    Two things close it: a fault a commit ran into (:meth:`block`, cleared by the next commit
+    that succeeds) and free space below ``[retention] claim_min_free_space`` on the output side
+    (:meth:`set_low_space`, cleared by a reading above it). A fault is shown before low space.
+    """
 
     def __init__(self, metrics: DaemonMetrics, folders: Iterable[Path]) -> None:
         self.metrics = metrics
         self.folders = [Path(f) for f in folders]
         self._lock = threading.Lock()
-        self._reason: str | None = None
+        self._fault: str | None = None
+        self._low_space = False
+        self._shown: str | None = None
         self.open = threading.Event()
         self.open.set()
 
     @property
     def reason(self) -> str | None:
-        return self._reason
+        return self._shown
 
     def block(self, reason: str, error: BaseException) -> None:
         with self._lock:
-            changed = reason != self._reason
-            self._reason = reason
-            self.open.clear()
-        if changed:
-            self.metrics.set_output_blocked(reason)
-            log.error(
-                "output_blocked",
-                reason=reason,
-                error=str(error),
-                note="frames are held (not failed) and retried; claiming paused until it clears",
-            )
+            self._fault = reason
+        self._publish(str(error))
 
     def clear(self) -> None:
         with self._lock:
-            was = self._reason
-            self._reason = None
-            self.open.set()
-        if was is not None:
-            self.metrics.set_output_blocked(None)
+            self._fault = None
+        self._publish("")
+
+    def set_low_space(self, low: bool, detail: str = "") -> None:
+        """The output side's free space is below the claim floor (``low``), or back above it."""
+        with self._lock:
+            self._low_space = low
+        self._publish(detail)
+
+    def _publish(self, detail: str) -> None:
+        with self._lock:
+            reason = self._fault if self._fault is not None else ("low_space" if self._low_space else None)
+            was, self._shown = self._shown, reason
+            if reason is None:
+                self.open.set()
+            else:
+                self.open.clear()
+        if reason == was:
+            return
+        self.metrics.set_output_blocked(reason)
+        if reason is None:
             log.info("output_resumed", was=was)
+        elif reason == "low_space":
+            log.error(
+                "output_blocked",
+                reason=reason,
+                error=detail,
+                note="claiming paused until the output side has the configured free space again",
+            )
+        else:
+            log.error(
+                "output_blocked",
+                reason=reason,
+                error=detail,
+                note="frames are held (not failed) and retried; claiming paused until it clears",
+            )
 
     def recreate_folders(self) -> None:
         """Re-create a deleted outbox (or archive, failed); a folder still refused stays refused."""

@@ -51,7 +51,13 @@ ERROR_STAGES: Final = tuple(dict.fromkeys([s.value for s in Stage] + list(STAGES
 REASONS: Final = tuple(r.value for r in Reason)
 #: Why the output side refuses writes (``drdaemon_output_blocked{reason}``), see
 #: :mod:`drdaemon.service.output`.
-OUTPUT_BLOCKED_REASONS: Final = ("disk_full", "read_only", "permission", "missing", "io_error")
+OUTPUT_BLOCKED_REASONS: Final = ("disk_full", "read_only", "permission", "missing", "io_error", "low_space")
+#: The folders whose filesystem's free space is exported (``drdaemon_folder_free_bytes{folder}``).
+FOLDERS: Final = ("inbox", "outbox", "archive", "failed", "work")
+#: ``drdaemon_retention_pruned_frames_total{policy}`` and ``..._pruned_bytes_total{folder}``, as in
+#: :mod:`drdaemon.folders.retention` (not imported here: the metrics stay free of folder logic).
+RETENTION_POLICIES: Final = ("max_age", "max_size", "min_free")
+RETENTION_FOLDERS: Final = ("archive", "outbox")
 #: Why the daemon stopped with exit status 70 (:mod:`drdaemon.exits`).
 FATAL_CAUSES: Final = ("device_lost", "internal_error")
 
@@ -137,6 +143,34 @@ class DaemonMetrics:
             ["reason"],
             registry=reg,
         )
+        self.folder_free = Gauge(
+            "drdaemon_folder_free_bytes",
+            "Bytes free (available to the daemon) on the filesystem of each folder.",
+            ["folder"],
+            registry=reg,
+        )
+        self.pruned_frames = Counter(
+            "drdaemon_retention_pruned_frames",
+            "Finished frames pruned by retention, by the limit that asked for them.",
+            ["policy"],
+            registry=reg,
+        )
+        self.pruned_bytes = Counter(
+            "drdaemon_retention_pruned_bytes",
+            "Bytes retention removed, by folder.",
+            ["folder"],
+            registry=reg,
+        )
+        self.retention_behind = Gauge(
+            "drdaemon_retention_behind",
+            "1 when the last pruning pass left a retention limit unmet (frames held or too few to prune), else 0.",
+            registry=reg,
+        )
+        self.retention_last_pass = Gauge(
+            "drdaemon_retention_last_pass_timestamp_seconds",
+            "Unix time of the last pruning pass (0: retention off or no pass yet).",
+            registry=reg,
+        )
         # Resident memory, CPU time and open files of the daemon process itself.
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
@@ -147,6 +181,12 @@ class DaemonMetrics:
             self.output_blocked.labels(reason=blocked)
         for result in ("ok", "failed"):
             self.frames.labels(result=result)
+        for folder in FOLDERS:
+            self.folder_free.labels(folder=folder)
+        for policy in RETENTION_POLICIES:
+            self.pruned_frames.labels(policy=policy)
+        for folder in RETENTION_FOLDERS:
+            self.pruned_bytes.labels(folder=folder)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
         for stage, reasons in _EXPECTED_ERRORS.items():
@@ -226,6 +266,18 @@ class DaemonMetrics:
         """Which output fault holds frames back now (None: none); exactly one reason is 1 at a time."""
         for label in OUTPUT_BLOCKED_REASONS:
             self.output_blocked.labels(reason=label).set(1 if label == reason else 0)
+
+    def set_folder_free(self, folder: str, free_bytes: int) -> None:
+        self.folder_free.labels(folder=_label(folder, FOLDERS, "folder")).set(free_bytes)
+
+    def frame_pruned(self, *, policy: str, archive_bytes: int, outbox_bytes: int) -> None:
+        self.pruned_frames.labels(policy=_label(policy, RETENTION_POLICIES, "policy")).inc()
+        self.pruned_bytes.labels(folder="archive").inc(archive_bytes)
+        self.pruned_bytes.labels(folder="outbox").inc(outbox_bytes)
+
+    def retention_pass(self, *, behind: bool) -> None:
+        self.retention_behind.set(1 if behind else 0)
+        self.retention_last_pass.set(time.time())
 
     def set_device_memory(self, device: str, in_use: int, reserved: int) -> None:
         self.device_memory_in_use.labels(device=device).set(in_use)

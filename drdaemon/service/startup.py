@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import pwd
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from drdaemon.config import ConfigError, Folders, MetricsConfig, Settings
@@ -183,34 +184,43 @@ def holds_listening_socket(pid: int, port: int) -> bool:
     return False
 
 
-def check_start_up(settings: Settings) -> list[str]:
+@dataclass
+class StartUpCheck:
+    """What :func:`check_start_up` found: a line per check passed, and the engines it built."""
+
+    passed: list[str] = field(default_factory=list)
+    engines: list[Engine] = field(default_factory=list)
+
+
+def check_start_up(settings: Settings) -> StartUpCheck:
     """Every start-up check of ``run`` that needs neither the work lock nor the inbox contents.
 
-    Returns a line per check passed; raises one ConfigError naming every check that failed,
-    each in the words ``run`` uses.
+    Raises one ConfigError naming every check that failed, each in the words ``run`` uses.
     """
-    passed: list[str] = []
+    found = StartUpCheck()
     failures: list[str] = []
     try:
         prepare_folders(settings.folders)
-        passed.append("folders: exist, writable, one filesystem for inbox, work, archive and failed")
+        found.passed.append("folders: exist, writable, one filesystem for inbox, work, archive and failed")
     except ConfigError as error:
         failures.append(str(error))
     try:
-        engines = load_engines(settings)
-        passed.append(f"engine: {engines[0].name} built on {', '.join(sorted({e.device for e in engines}))}")
+        found.engines = load_engines(settings)
+        devices = ", ".join(sorted({e.device for e in found.engines}))
+        found.passed.append(f"engine: {found.engines[0].name} built on {devices}")
     except ConfigError as error:
         failures.append(str(error))
     try:
-        passed.append(check_metrics_port(settings.metrics, settings.folders.work))
+        found.passed.append(check_metrics_port(settings.metrics, settings.folders.work))
     except ConfigError as error:
         failures.append(str(error))
     if failures:
         raise ConfigError("\n".join(failures))
-    return passed
+    return found
 
 
 __all__ = [
+    "StartUpCheck",
     "check_metrics_port",
     "check_start_up",
     "load_engines",
