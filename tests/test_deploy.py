@@ -105,7 +105,7 @@ def test_promtool_accepts_the_alert_rules():
     promtool = tool("promtool", "prometheus")
     result = run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_alert_rules_fire_when_they_should():
@@ -154,7 +154,7 @@ def test_dashboard_imports_without_editing():
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"] for p in board["panels"]).lower()
     for topic in ("frames per second", "megapixels per second", "latency", "stage duration p95",
-                  "queue", "by reason", "device memory"):
+                  "queue", "by reason", "device memory", "free disk space", "frames pruned", "pruning behind"):
         assert topic in titles
 
 
