@@ -4,6 +4,7 @@ claiming pauses below the free-space floor of the output side."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -68,7 +69,13 @@ class Tree:
                 os.utime(path, (when, when))
 
     def snapshot(self) -> dict[str, bytes]:
-        return {f"{name}/{p.name}": p.read_bytes() for name, folder in self.folders for p in sorted(folder.iterdir())}
+        folders = [*self.folders, ("elsewhere", self.folders.inbox.parent / "elsewhere")]
+        return {f"{name}/{p.name}": p.read_bytes() for name, folder in folders if folder.is_dir()
+                for p in sorted(folder.iterdir())}
+
+
+def root_of(tree: Tree) -> Path:
+    return tree.folders.inbox.parent
 
 
 @pytest.fixture
@@ -85,6 +92,16 @@ def tree(tmp_path: Path):
     # An earlier pass removed the raw frame and was cut short: the results are still to go.
     t.raw_gone = t.commit("rawgone.tif", age_days=12)
     t.raw_gone["raw"].unlink()
+    # Its sidecar says the raw frame rests outside the archive (folders moved, or `drdaemon enhance`): kept.
+    t.outside = t.commit("outside.tif", age_days=0)
+    elsewhere = root_of(t) / "elsewhere"
+    elsewhere.mkdir()
+    moved = t.outside["raw"].rename(elsewhere / "outside.tif")
+    record = json.loads(t.outside["sidecar"].read_text())
+    record["input"]["path"] = str(moved)
+    t.outside["sidecar"].write_text(json.dumps(record))
+    t.outside["raw"] = moved
+    Tree.age(t.outside, 25)
     # A raw frame linked into the archive whose sidecar is not written yet (mid-commit), and a failed frame.
     t.mid_commit = t.folders.archive / "midcommit.tif"
     t.mid_commit.write_bytes(frame_bytes(99))
@@ -120,8 +137,9 @@ def test_an_age_limit_prunes_the_older_finished_frames_and_nothing_unfinished(tr
     result = run_pass(tree, max_age_days=7.5)
     assert pruned_names(before, tree.snapshot()) == expected
     assert [p.policy for p in result.pruned] == ["max_age"] * 4
-    assert result.plan.held == 2 and result.plan.behind == []
+    assert result.plan.held == 3 and result.plan.behind == []
     assert tree.in_flight["raw"].exists() and tree.no_output["raw"].exists() and tree.mid_commit.exists()
+    assert all(p.exists() for p in tree.outside.values())
     assert len(list(tree.folders.failed.iterdir())) == 2 and tree.young["sidecar"].exists()
 
 
@@ -142,7 +160,7 @@ def test_a_size_limit_that_the_rules_forbid_reaching_says_pruning_is_behind(tree
     result = run_pass(tree, archive_max_size=1)
     assert pruned_names(before, tree.snapshot()) == expected
     assert result.plan.behind == ["archive_max_size"]
-    assert result.plan.held == 3  # in flight, no output, young
+    assert result.plan.held == 4  # in flight, no output, raw outside the archive, young
 
 
 def test_a_free_space_floor_prunes_the_oldest_until_enough_is_free(tree: Tree) -> None:

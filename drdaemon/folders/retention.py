@@ -6,8 +6,8 @@ are both in place and no other link holds it (``work/`` still does until the com
 step); then its preview and output; the sidecar last. A crash between two steps leaves a frame
 that the next pass finishes, never a raw frame without the record that proves it was enhanced.
 Nothing in ``inbox/``, ``work/`` or ``failed/`` is touched, nor a file that no sidecar names,
-nor a frame whose sidecar is younger than :data:`GRACE_S` (another daemon sharing the outbox
-may still be committing it).
+nor a frame whose raw frame rests outside the configured archive, nor a frame whose sidecar
+is younger than :data:`GRACE_S` (another daemon sharing the outbox may still be committing it).
 
 The limits (``[retention]``): an age (the sidecar's mtime), a total size per folder, and a
 free-space floor on the archive's and outbox's filesystems. A pass first plans, oldest frame
@@ -52,7 +52,7 @@ class FrameFiles:
 
     sidecar: Path
     finished: float  # the sidecar's mtime, Unix seconds
-    raw: Path | None  # in the archive; None when already gone or kept outside the archive
+    raw: Path | None  # in the archive; None when already gone
     results: tuple[Path, ...]  # preview and output that exist
     raw_bytes: int
     outbox_bytes: int  # results and sidecar
@@ -154,7 +154,9 @@ def examine(sidecar: Path, folders: Folders, now: float) -> FrameFiles | None:
     raw: Path | None = None
     raw_bytes = 0
     recorded = Path(record.input.path)
-    if recorded.parent == folders.archive and (raw_stat := _lstat(recorded)) is not None:
+    if (raw_stat := _lstat(recorded)) is not None:
+        if recorded.parent != folders.archive:
+            return None  # a raw frame outside the configured archive (moved folders, `drdaemon enhance`): kept
         if output_stat is None or not stat.S_ISREG(raw_stat.st_mode):
             return None  # the raw frame stays while its output is not in place
         if raw_stat.st_nlink != 1 or raw_stat.st_size != record.input.bytes:
