@@ -155,3 +155,24 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
         assert "folders.work" in result.stderr and "is not writable by" in result.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(tmp_path: Path, capsys,
+                                                                              keep_signal_handlers) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from drdaemon.model.network import Enhancer, EnhancerSpec
+    from drdaemon.model.weights import save_weights
+
+    weights = tmp_path / "enhancer.safetensors"
+    save_weights(weights, Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)), {"run": "unit-test"})
+    config = write_config(tmp_path, free_port(),
+                          engine=f'name = "net"\nweights = "{weights}"\ndevices = ["cpu"]\nprecision = "float32"\n')
+    assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    assert "engine: net built on cpu" in capsys.readouterr().out
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata = dict(fh.metadata())
+    metadata["provenance"] = '{"run": "forged"}'
+    save_file(load_file(str(weights)), str(weights), metadata=metadata)
+    assert_same_refusal(config, capsys, "provenance")
