@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from drdaemon.exits import EXIT_CONFIG
-from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.prometheus import STAGES, DaemonMetrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 UNIT = DEPLOY / "drdaemon.service"
@@ -132,6 +132,30 @@ def test_promtool_finds_no_problem_in_the_exposition():
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
 
+def cpu_station_exposition() -> str:
+    """What a CPU station running the classical engine without weights exposes after a few frames."""
+    metrics = DaemonMetrics()
+    metrics.set_build_info(version="0.1.0", engine="classical", weights_sha256=None, torch="2.14.1", cuda=None)
+    for stage in ("wait", "read", "window", "enhance", "write", "sidecar"):
+        metrics.observe_stage(stage, 0.05)
+    metrics.frame_succeeded(pixels=1000, latency_s=0.4)
+    metrics.frame_failed(stage="read", reason="truncated")
+    return generate_latest(metrics.registry).decode()
+
+
+def test_promtool_finds_no_problem_in_a_cpu_station_exposition():
+    promtool = tool("promtool", "prometheus")
+    result = run(promtool, "check", "metrics", stdin=cpu_station_exposition())
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_exposition_has_no_created_series_and_no_empty_label():
+    text = cpu_station_exposition()
+    assert "_created" not in text
+    assert '=""' not in text
+    assert 'drdaemon_build_info{cuda="none",engine="classical",torch="2.14.1",version="0.1.0",weights_sha256="none"} 1.0' in text
+
+
 # --- Grafana ---------------------------------------------------------------------------
 
 
@@ -167,6 +191,15 @@ def test_dashboard_only_queries_metrics_the_daemon_exports():
                 if line and not line.startswith("#")}
     used = {name for expr in dashboard_queries() for name in re.findall(r"\b(?:drdaemon|process)_\w+", expr)}
     assert used and used <= exported, used - exported
+
+
+def test_dashboard_per_stage_panels_name_the_stages_the_daemon_exports():
+    board = json.loads(DASHBOARD.read_text())
+    stage_panels = [p for p in board["panels"] if "each stage" in p.get("description", "")]
+    assert len(stage_panels) == 3
+    for panel in stage_panels:
+        named = re.findall(r"\b[a-z]+\b", panel["description"].split(":", 1)[1])
+        assert [w for w in named if w in STAGES] == list(STAGES), panel["title"]
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path):
