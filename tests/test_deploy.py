@@ -217,3 +217,44 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     rules.write_text("\n".join(lines) + "\n")
     result = run(promtool, "check", "rules", str(rules))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the install guide -----------------------------------------------------------------
+
+GUIDE = DEPLOY / "README.md"
+
+
+def guide_shell_blocks() -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), flags=re.M | re.S)
+
+
+def test_every_shell_block_of_the_install_guide_parses():
+    bash = shutil.which("bash")
+    assert bash is not None
+    blocks = guide_shell_blocks()
+    assert len(blocks) >= 20
+    for block in blocks:
+        result = run(bash, "-n", stdin=block.replace("<drdaemon repository>", "REPO"))
+        assert result.returncode == 0, block + result.stderr
+
+
+def test_the_install_guide_steps_are_numbered_in_order_and_cover_a_plant_install():
+    text = GUIDE.read_text()
+    numbers = [int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.M)]
+    assert numbers == list(range(1, len(numbers) + 1))
+    commands = "\n".join(guide_shell_blocks())
+    for needed in (
+        "apt-get install -y python3-venv",  # a bare Debian/Ubuntu has no venv module
+        "--index-url https://download.pytorch.org/whl/cpu",  # the CPU build of torch
+        "pip download", "--no-index --find-links",  # the air-gapped wheelhouse
+        "setfacl", "usermod -aG drdaemon",  # the station's write access
+        "smbpasswd", "cifs", "polling = true",  # a Windows station's share
+        "journald.conf.d", "MaxRetentionSec",  # journal retention
+        "apt-get install -y prometheus", "drdaemon-rules.yml",  # Prometheus and the rules
+        "apt-get install -y grafana", "provisioning/dashboards",  # Grafana and the dashboard
+        "pinned.txt", "daemon-reload", "ln -sfn \"$OLD\"",  # pinned upgrade and rollback
+        "drdaemon selftest --config /etc/drdaemon/config.toml",  # the smoke test
+    ):
+        assert needed in commands or needed in text, needed
+    # The last install step before upgrading is the smoke test.
+    assert text.index("## 12. Smoke test") < text.index("## 13. Upgrading")
