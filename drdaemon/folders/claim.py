@@ -175,7 +175,7 @@ class WorkLock:
 
     def acquire(self) -> None:
         for _ in range(self.ATTEMPTS):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -211,7 +211,7 @@ class WorkLock:
 def _names_file(path: Path, fd: int) -> bool:
     """Whether ``path`` is the very file open as ``fd`` (not removed, not replaced)."""
     try:
-        named = os.lstat(path)
+        named = os.stat(path)
     except FileNotFoundError:
         return False
     held = os.fstat(fd)
