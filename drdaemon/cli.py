@@ -294,13 +294,15 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.logging)
     engine = build_checked_engines(settings.engine)[0]
-    args.out.mkdir(parents=True, exist_ok=True)
+    # Absolute paths, so that a sidecar still names its input and output wherever it is read.
+    out = args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
     output = configured_output_format(settings.output, settings.engine)
-    finisher = Finisher(args.out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
+    finisher = Finisher(out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
     limits = read_limits(settings.input)
     failures = 0
     for path in tqdm(args.files, desc="enhance", unit="frame"):
-        item = WorkItem(path=path, original=path)
+        item = WorkItem(path=path.absolute(), original=path.absolute())
         try:
             done = enhance_frame(load_frame(item, limits), engine)
             commit_frame(done, finisher, retire_input=False)

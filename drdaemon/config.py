@@ -18,7 +18,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveInt, Valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from drdaemon import defaults
-from drdaemon.defaults import EngineName, MethodName, Precision
+from drdaemon.defaults import Compression, EngineName, MethodName, Precision
 
 
 class ConfigError(Exception):
@@ -178,7 +178,7 @@ class OutputConfig(_Table):
     """
 
     format: Literal["auto", "tiff", "dicom"] = "auto"
-    compression: Literal["none", "zstd", "deflate"] = "zstd"
+    compression: Compression = defaults.COMPRESSION
     preview_png: bool = False
     dicom_uid_root: str | None = Field(None, pattern=UID_ROOT_PATTERN, max_length=40)
     dicom_transfer_syntax: Literal["explicit", "input"] = "explicit"

@@ -36,6 +36,16 @@ PRECISION: Final = "float16"
 #: Device memory one frame's forward pass may use before the learned engine tiles it exactly.
 MEMORY_BUDGET_MB: Final = 6144
 
+#: Lossless compressions of a TIFF output (``output.compression``), all with the horizontal
+#: predictor: ``lzw`` (TIFF code 5) is the one TIFF 6.0 itself defines the predictor for, and
+#: every libtiff-based viewer and every ImageJ 1.x opens it; ``adobe_deflate`` (code 8) is
+#: smaller and libtiff reads it, but older ImageJ releases do not undo its predictor; ``deflate``
+#: writes the obsolete code 32946; ``zstd`` (code 50000) is the smallest and fastest, and many
+#: plant viewers cannot open it. ``drdaemon bench --compression-table`` measures them.
+Compression = Literal["none", "lzw", "adobe_deflate", "deflate", "zstd"]
+COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
+COMPRESSION: Final = "lzw"
+
 #: Largest frame accepted, in pixels and in file bytes (``[input]``).
 MAX_PIXELS: Final = 200_000_000
 MAX_BYTES: Final = 2_000_000_000
@@ -44,6 +54,8 @@ __all__ = [
     "CLAHE_CLIP_LIMIT",
     "CLAHE_TILE_GRID",
     "CLASSICAL_METHODS",
+    "COMPRESSION",
+    "COMPRESSIONS",
     "GAMMA",
     "HIGH_PERCENTILE",
     "LOW_PERCENTILE",
@@ -54,6 +66,7 @@ __all__ = [
     "PRECISION",
     "PRECISIONS",
     "ClassicalMethod",
+    "Compression",
     "EngineName",
     "MethodName",
     "Precision",

@@ -27,7 +27,19 @@ def test_net_bench_reports_speed_memory_and_half_precision_psnr(capsys):
 
 def test_classical_bench_reports_read_enhance_write(capsys):
     assert run_bench(bench_args("--engine", "classical")) == 0
-    assert re.search(r"read [\d.]+ ms, enhance [\d.]+ ms, write \(zstd\) [\d.]+ ms", capsys.readouterr().out)
+    assert re.search(r"read [\d.]+ ms, enhance [\d.]+ ms, write \(lzw\) [\d.]+ ms", capsys.readouterr().out)
+
+
+def test_compression_table_has_a_row_per_option_with_its_tiff_code(capsys):
+    from drdaemon.defaults import COMPRESSIONS
+
+    assert run_bench(bench_args("--compression-table", "--height", "96", "--width", "128")) == 0
+    out = capsys.readouterr().out
+    codes = {"none": 1, "lzw": 5, "adobe_deflate": 8, "deflate": 32946, "zstd": 50000}
+    assert set(codes) == set(COMPRESSIONS)
+    for name, code in codes.items():
+        assert re.search(rf"^\| `{name}`( \(default\))? \| {code} \| \d+ \| \d+ \| \d+ \| [\d.]+ \| \d+% \|$", out, re.M), name
+    assert "| `lzw` (default) | 5 |" in out and "| `none` | 1 |" in out
 
 
 def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_frame_file(capsys, tmp_path):

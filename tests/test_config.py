@@ -72,7 +72,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
         ("[colour]\nx = 1\n", "colour", "unknown key"),
         ("[engine]\nclahe_tile_grid = 0\n", "engine.clahe_tile_grid", "greater than or equal to 1"),
         ("[engine]\nwarm_up_frame_size = [2333]\n", "engine.warm_up_frame_size", "2333"),
-        ("[output]\ncompression = \"lzw\"\n", "output.compression", "zstd"),
+        ("[output]\ncompression = \"jpeg\"\n", "output.compression", "lzw"),
         ("[engine]\nname = \"net\"\n", "engine", "needs engine.weights"),
         ("[metrics\nport = 1\n", "cannot parse", "d.toml"),
     ],

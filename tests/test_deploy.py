@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from drdaemon.exits import EXIT_CONFIG
-from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.prometheus import STAGES, DaemonMetrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 UNIT = DEPLOY / "drdaemon.service"
@@ -132,6 +132,30 @@ def test_promtool_finds_no_problem_in_the_exposition():
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
 
+def cpu_station_exposition() -> str:
+    """What a CPU station running the classical engine without weights exposes after a few frames."""
+    metrics = DaemonMetrics()
+    metrics.set_build_info(version="0.1.0", engine="classical", weights_sha256=None, torch="2.14.1", cuda=None)
+    for stage in ("wait", "read", "window", "enhance", "write", "sidecar"):
+        metrics.observe_stage(stage, 0.05)
+    metrics.frame_succeeded(pixels=1000, latency_s=0.4)
+    metrics.frame_failed(stage="read", reason="truncated")
+    return generate_latest(metrics.registry).decode()
+
+
+def test_promtool_finds_no_problem_in_a_cpu_station_exposition():
+    promtool = tool("promtool", "prometheus")
+    result = run(promtool, "check", "metrics", stdin=cpu_station_exposition())
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_exposition_has_no_created_series_and_no_empty_label():
+    text = cpu_station_exposition()
+    assert "_created" not in text
+    assert '=""' not in text
+    assert 'drdaemon_build_info{cuda="none",engine="classical",torch="2.14.1",version="0.1.0",weights_sha256="none"} 1.0' in text
+
+
 # --- Grafana ---------------------------------------------------------------------------
 
 
@@ -169,6 +193,15 @@ def test_dashboard_only_queries_metrics_the_daemon_exports():
     assert used and used <= exported, used - exported
 
 
+def test_dashboard_per_stage_panels_name_the_stages_the_daemon_exports():
+    board = json.loads(DASHBOARD.read_text())
+    stage_panels = [p for p in board["panels"] if "each stage" in p.get("description", "")]
+    assert len(stage_panels) == 3
+    for panel in stage_panels:
+        named = re.findall(r"\b[a-z]+\b", panel["description"].split(":", 1)[1])
+        assert [w for w in named if w in STAGES] == list(STAGES), panel["title"]
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path):
     promtool = tool("promtool", "prometheus")
     # promtool parses PromQL in rule files: wrap each panel query in a recording rule,
@@ -184,3 +217,44 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     rules.write_text("\n".join(lines) + "\n")
     result = run(promtool, "check", "rules", str(rules))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the install guide -----------------------------------------------------------------
+
+GUIDE = DEPLOY / "README.md"
+
+
+def guide_shell_blocks() -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), flags=re.M | re.S)
+
+
+def test_every_shell_block_of_the_install_guide_parses():
+    bash = shutil.which("bash")
+    assert bash is not None
+    blocks = guide_shell_blocks()
+    assert len(blocks) >= 20
+    for block in blocks:
+        result = run(bash, "-n", stdin=block.replace("<drdaemon repository>", "REPO"))
+        assert result.returncode == 0, block + result.stderr
+
+
+def test_the_install_guide_steps_are_numbered_in_order_and_cover_a_plant_install():
+    text = GUIDE.read_text()
+    numbers = [int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.M)]
+    assert numbers == list(range(1, len(numbers) + 1))
+    commands = "\n".join(guide_shell_blocks())
+    for needed in (
+        "apt-get install -y python3-venv",  # a bare Debian/Ubuntu has no venv module
+        "--index-url https://download.pytorch.org/whl/cpu",  # the CPU build of torch
+        "pip download", "--no-index --find-links",  # the air-gapped wheelhouse
+        "setfacl", "usermod -aG drdaemon",  # the station's write access
+        "smbpasswd", "cifs", "polling = true",  # a Windows station's share
+        "journald.conf.d", "MaxRetentionSec",  # journal retention
+        "apt-get install -y prometheus", "drdaemon-rules.yml",  # Prometheus and the rules
+        "apt-get install -y grafana", "provisioning/dashboards",  # Grafana and the dashboard
+        "pinned.txt", "daemon-reload", "ln -sfn \"$OLD\"",  # pinned upgrade and rollback
+        "drdaemon selftest --config /etc/drdaemon/config.toml",  # the smoke test
+    ):
+        assert needed in commands or needed in text, needed
+    # The last install step before upgrading is the smoke test.
+    assert text.index("## 12. Smoke test") < text.index("## 13. Upgrading")

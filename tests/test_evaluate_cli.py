@@ -145,3 +145,27 @@ def test_tiff_and_dicom_go_through_the_same_loader(tmp_path):
     frame = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
     tifffile.imwrite(tmp_path / "a.tif", frame)
     assert np.array_equal(load_frame(tmp_path / "a.tif"), frame)
+
+
+def test_the_histogram_shows_a_saturated_frame_spike_at_255_and_says_its_share() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drdaemon.evaluate.report import draw_histogram
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 40000, (100, 100)).astype(np.uint16)  # levels 0..156, none near 255
+    frame[:, :72] = 65535  # 72 % saturated
+    fig, ax = plt.subplots()
+    try:
+        shares = draw_histogram(ax, frame)
+        assert shares[255] == pytest.approx(0.72)
+        # A bar stands at 255 up to its share, whatever the empty levels before it.
+        tops = {round(bar.get_x() + bar.get_width() / 2): bar.get_y() + bar.get_height() for bar in ax.patches}
+        assert tops[255] == pytest.approx(0.72) and 200 not in tops
+        assert ax.get_ylim()[1] >= 0.72
+        assert "255: 72%" in [text.get_text() for text in ax.texts]
+    finally:
+        plt.close(fig)

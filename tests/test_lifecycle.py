@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,36 @@ def test_only_one_daemon_owns_a_work_folder(folders: Folders) -> None:
             WorkLock(folders.work).acquire()
     with WorkLock(folders.work):  # released with the first holder
         pass
+    assert not (folders.work / ".drdaemon.lock").exists()  # a clean release leaves no lock file
+
+
+def test_a_lock_file_removed_while_a_second_daemon_waits_for_it_keeps_the_folder_exclusive(
+    folders: Folders, monkeypatch
+) -> None:
+    """The first daemon exits (removing its lock file) between the second's open and its flock."""
+    from drdaemon.folders import claim as claim_module
+
+    first = WorkLock(folders.work)
+    first.acquire()
+    real_flock = claim_module.fcntl.flock
+    calls = []
+
+    def first_exits_meanwhile(fd: int, operation: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            first.release()  # unlinks the file the second daemon has just opened
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(claim_module.fcntl, "flock", first_exits_meanwhile)
+    second = WorkLock(folders.work)
+    second.acquire()
+    monkeypatch.setattr(claim_module.fcntl, "flock", real_flock)
+    assert len(calls) == 2  # it locked the removed file, saw it, and locked the new one
+    assert (folders.work / ".drdaemon.lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(WorkFolderBusy):  # a third daemon still finds the folder taken
+        WorkLock(folders.work).acquire()
+    second.release()
+    assert not (folders.work / ".drdaemon.lock").exists()
 
 
 # -- committing and recovering ------------------------------------------------------------------
@@ -313,6 +344,17 @@ def test_enhance_command_writes_outputs_and_never_touches_inputs(tmp_path: Path,
     assert "bad.tif" in capsys.readouterr().err
 
 
+def test_enhance_command_writes_absolute_paths_for_relative_arguments(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rel.tif").write_bytes(frame_bytes(5))
+    monkeypatch.chdir(tmp_path)
+    assert main(["enhance", "in/rel.tif", "--out", "out"]) == 0
+    record = Sidecar.model_validate_json((tmp_path / "out" / "rel.tif.json").read_bytes())
+    assert record.input.path == str(tmp_path / "in" / "rel.tif")
+    assert record.input.original_path == str(tmp_path / "in" / "rel.tif")
+    assert record.output.path == str(tmp_path / "out" / "rel.tif")
+
+
 # -- the daemon in-process: engines that misbehave ----------------------------------------------
 class ScriptedEngine:
     """An engine whose answer per frame is scripted by the test (no real enhancement needed)."""
@@ -355,6 +397,27 @@ def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
 
     threading.Thread(target=stop_when_done, daemon=True).start()
     return daemon.run(install_signal_handlers=False)
+
+
+def test_a_frame_that_waited_while_the_daemon_was_down_reports_its_wait_from_its_arrival(tmp_path: Path) -> None:
+    from drdaemon.io.sidecar import Sidecar
+    from drdaemon.service.daemon import Daemon
+
+    settings = daemon_settings(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    (settings.folders.inbox / "early.tif").write_bytes(frame_bytes(4))
+    arrived = time.time()
+    time.sleep(1.5)  # the daemon is down
+    daemon = Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
+    sidecar = settings.folders.outbox / "early.tif.json"
+    assert run_daemon_until(daemon, sidecar.exists) == 0
+    record = Sidecar.model_validate_json(sidecar.read_bytes())
+    started = datetime.fromisoformat(record.started_utc.replace("Z", "+00:00")).timestamp()
+    # From its arrival to its claim (just before its read), not from the daemon's start.
+    assert record.timings["wait"] >= 1.5
+    assert record.timings["wait"] == pytest.approx(started - arrived, abs=0.5)
+    latency = daemon.metrics.registry.get_sample_value("drdaemon_frame_latency_seconds_sum")
+    assert latency >= 1.5
 
 
 def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:

@@ -105,6 +105,46 @@ def test_two_instances_do_not_share_state():
     assert scrape(second)[("drdaemon_frames_total", (("result", "ok"),))] == 0
 
 
+def test_a_live_scrape_has_no_created_series_in_either_format():
+    metrics = DaemonMetrics()
+    metrics.frame_succeeded(pixels=42, latency_s=0.3)
+    metrics.observe_stage("enhance", 0.2)
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept": accept})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                text = response.read().decode()
+            assert "drdaemon_frames_total" in text and "drdaemon_stage_duration_seconds_bucket" in text, accept
+            assert "_created" not in text, accept
+    finally:
+        metrics.close()
+
+
+def test_leaving_out_created_series_changes_no_other_registry():
+    from prometheus_client import CollectorRegistry, Counter
+
+    other = CollectorRegistry()
+    Counter("station_frames", "A counter of some other library in the same process.", registry=other)
+    DaemonMetrics()
+    assert "station_frames_created" in generate_latest(other).decode()
+
+
+def test_build_info_has_no_empty_label_on_a_cpu_station_without_weights():
+    metrics = DaemonMetrics()
+    metrics.set_build_info(version="0.1.0", engine="classical", weights_sha256=None, torch="", cuda=None)
+    info = [dict(labels) for name, labels in scrape(metrics) if name == "drdaemon_build_info"]
+    assert info == [{"version": "0.1.0", "engine": "classical", "weights_sha256": "none", "torch": "none",
+                     "cuda": "none"}]
+
+
+def test_stage_labels_are_the_sidecar_timing_words():
+    metrics = DaemonMetrics()
+    for stage in ("wait", "read", "window", "enhance", "upload", "compute", "download", "write", "sidecar"):
+        metrics.observe_stage(stage, 0.1)
+    assert scrape(metrics)[("drdaemon_stage_duration_seconds_count", (("stage", "enhance"),))] == 1
+
+
 def test_http_endpoint_serves_the_registry():
     metrics = DaemonMetrics()
     port = metrics.serve("127.0.0.1", 0)

@@ -4,6 +4,7 @@ a Prometheus scrape of /metrics, promtool, and the exit status systemd acts on.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -191,6 +192,10 @@ def test_daemon_reports_to_systemd_and_prometheus(tmp_path, systemd):
         assert value(before, "drdaemon_frame_latency_seconds_count") == 0
         info = [labels for name, labels in before if name == "drdaemon_build_info"]
         assert len(info) == 1 and dict(info[0])["engine"] == "classical"
+        # No empty label (Prometheus would drop it): no weights reads "none".
+        assert dict(info[0])["weights_sha256"] == "none" and all(dict(info[0]).values())
+        # No prometheus_client _created series beside the counters and histograms.
+        assert "_created" not in scrape_text(port)
 
         for i in range(3):
             drop_frame(tmp_path / "inbox", f"frame-{i}.tif", seed=i)
@@ -208,9 +213,15 @@ def test_daemon_reports_to_systemd_and_prometheus(tmp_path, systemd):
         read_errors = sum(v for (name, labels), v in after.items()
                           if name == "drdaemon_errors_total" and ("stage", "read") in labels)
         assert read_errors == 1
-        # Every stage of the CPU engine timed once per good frame (upload/download are GPU only).
-        for stage in ("wait", "read", "compute", "write", "sidecar"):
+        # Every stage of the CPU engine timed once per good frame, under the sidecar's words;
+        # upload/compute/download are the learned engine's sub-stages, which CLAHE has not.
+        sidecar = json.loads((tmp_path / "outbox" / "frame-0.tif.json").read_text())
+        for stage in ("wait", "read", "window", "enhance", "write", "sidecar"):
             assert value(after, "drdaemon_stage_duration_seconds_count", stage=stage) == 3, stage
+            assert stage == "sidecar" or stage in sidecar["timings"], stage
+        for stage in ("upload", "compute", "download"):
+            assert value(after, "drdaemon_stage_duration_seconds_count", stage=stage) == 0, stage
+        assert not [name for name, _ in after if name.endswith("_created")]
         assert value(after, "drdaemon_last_success_timestamp_seconds") > time.time() - 120
         assert len(list((tmp_path / "failed").glob("broken*.reason.json"))) == 1
 
@@ -223,6 +234,8 @@ def test_daemon_reports_to_systemd_and_prometheus(tmp_path, systemd):
     stopping_at = systemd.wait_for("STOPPING=1", 5)
     assert stopping_at > max(at for at, line in systemd.messages if line == "WATCHDOG=1")
     assert status == 0, output
+    # A clean stop leaves no lock file behind in work/.
+    assert not (tmp_path / "work" / ".drdaemon.lock").exists()
 
 
 def test_promtool_accepts_a_live_scrape(tmp_path):

@@ -117,7 +117,7 @@ def test_looks_complete_only_once_the_whole_file_is_there(tmp_path: Path) -> Non
 
 
 # -- writing -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("compression", ["none", "zstd", "deflate"])
+@pytest.mark.parametrize("compression", ["none", "lzw", "adobe_deflate", "deflate", "zstd"])
 def test_16bit_round_trip_keeps_shape_dtype_values_and_tags(tmp_path: Path, compression: str) -> None:
     source = tmp_path / "in.tif"
     pixels = ramp((41, 67))
@@ -134,10 +134,47 @@ def test_16bit_round_trip_keeps_shape_dtype_values_and_tags(tmp_path: Path, comp
         assert page.tags["YResolution"].value == (127, 1)
         assert page.tags["ResolutionUnit"].value == 3
         assert page.tags["ImageDescription"].value == "station 7, 90 kV"
-        expected = {"none": {"NONE"}, "zstd": {"ZSTD"}, "deflate": {"DEFLATE", "ADOBE_DEFLATE"}}[compression]
-        assert page.compression.name in expected
+        expected = {"none": 1, "lzw": 5, "adobe_deflate": 8, "deflate": 32946, "zstd": 50000}[compression]
+        assert page.compression == expected
         if compression != "none":
             assert page.predictor == 2  # horizontal differencing
+
+
+def test_the_default_output_opens_in_libtiff_with_the_same_pixels_and_names_drdaemon() -> None:
+    """What a plant's viewer sees: LZW with the predictor (TIFF 6.0's own pair), decoded by libtiff."""
+    from PIL import Image, features
+
+    from drdaemon import __version__
+    from drdaemon.config import OutputConfig
+    from drdaemon.io.formats import output_format
+
+    config = OutputConfig()
+    assert config.compression == "lzw"
+    pixels = ramp((61, 83))
+    pixels[::7] = 65535 - pixels[::7]  # not only a smooth ramp
+    data = output_format("tiff", config.compression).encode(pixels, {})
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]
+        assert (page.compression, page.predictor) == (5, 2)
+        assert page.tags["Software"].value == f"drdaemon {__version__}"
+    if not features.check("libtiff"):
+        pytest.skip("Pillow built without libtiff")
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode.startswith("I;16")
+        np.testing.assert_array_equal(np.asarray(image).astype(np.uint16), pixels)
+
+
+def test_the_software_tag_names_drdaemon_and_keeps_the_station_after_it() -> None:
+    from drdaemon import __version__
+
+    for tags, expected in (
+        ({}, f"drdaemon {__version__}"),
+        ({"Software": "Station 4.2"}, f"drdaemon {__version__} (input: Station 4.2)"),
+        ({"Software": f"drdaemon {__version__}"}, f"drdaemon {__version__}"),  # an output enhanced again
+    ):
+        with tifffile.TiffFile(io.BytesIO(encode_tiff_u16(ramp(), tags))) as tif:
+            assert tif.pages[0].tags["Software"].value == expected
+            assert "tifffile" not in tif.pages[0].tags["Software"].value
 
 
 def test_encoder_refuses_what_is_not_a_frame() -> None:

@@ -16,6 +16,10 @@ For a synthetic frame (5732 x 2333 uint16 by default) it prints:
 * for both, the end-to-end rate of a real ``drdaemon run`` process on a folder of frames
   against the bare engine loop (read, enhance, write) on the same frames.
 
+``--compression-table`` prints instead the size and the encode, write and read times of every
+``output.compression`` on the classical engine's output of a synthetic part
+(:mod:`drdaemon.bench.compression`).
+
 Benchmark figures are printed, never asserted: speed targets belong here, not in tests.
 """
 
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from drdaemon.defaults import MEMORY_BUDGET_MB, PRECISIONS
+from drdaemon.defaults import COMPRESSION, COMPRESSIONS, MEMORY_BUDGET_MB, PRECISIONS
 
 if TYPE_CHECKING:
     from drdaemon.engines.base import Engine
@@ -76,9 +80,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="net: torch.compile the model")
     parser.add_argument(
         "--compression",
-        choices=("none", "zstd", "deflate"),
-        default="zstd",
-        help="output compression, for the daemon and the bare loop alike",
+        choices=COMPRESSIONS,
+        default=COMPRESSION,
+        help=f"output compression, for the daemon and the bare loop alike (default {COMPRESSION})",
+    )
+    parser.add_argument(
+        "--compression-table",
+        action="store_true",
+        help="only print the size, encode, write and read time of every output.compression on the "
+        "classical engine's output of a synthetic part (or --frame), at --width x --height",
     )
     parser.add_argument(
         "--stability-wait", type=float, default=0.2, help="daemon watch.stability_wait_s in the folder test (seconds)"
@@ -557,11 +567,20 @@ def run_bench(args: argparse.Namespace) -> int:
 
         frame = load_frame(args.frame)
         source = f"{args.frame.name}, {frame.dtype}"
+    elif args.compression_table:
+        from drdaemon.bench.compression import synthetic_part
+
+        frame = synthetic_part(args.height, args.width)
+        source = "uint16, synthetic part (drdaemon.evaluate.synth, seed 0)"
     else:
         frame = synthetic_frame(args.height, args.width)
         source = "uint16, synthetic"
     print(f"frame: {frame.shape[1]} x {frame.shape[0]} ({frame.size / 1e6:.2f} MP), {source}")
-    if args.engine == "classical":
+    if args.compression_table:
+        from drdaemon.bench.compression import print_compression_table
+
+        print_compression_table(frame, source.split(", ", 1)[-1], args.repeats)
+    elif args.engine == "classical":
         bench_classical(args, frame)
     elif args.engine == "identity":
         bench_identity(args, frame)

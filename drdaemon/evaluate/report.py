@@ -107,6 +107,56 @@ def _thumbnail(frame: np.ndarray, max_side: int = 384) -> np.ndarray:
     return cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else shown
 
 
+#: The lowest share the log-scale histogram shows (one pixel in a million).
+HISTOGRAM_FLOOR = 1e-6
+#: An end level (0 or 255) holding at least this share of the pixels is labelled with it.
+CLIPPED_LABEL_SHARE = 0.01
+
+
+def histogram_shares(frame: np.ndarray) -> np.ndarray:
+    """The share of the pixels at each of the 256 display levels (:func:`display_u8`)."""
+    counts = np.bincount(display_u8(frame).ravel(), minlength=256)
+    return counts / counts.sum()
+
+
+def draw_histogram(ax: Any, frame: np.ndarray) -> np.ndarray:
+    """The 8-bit histogram on a log scale, one bar per occupied level; returns the shares drawn.
+
+    Bars from the floor, for occupied levels only: a filled outline over empty levels is
+    undefined on a log scale, and matplotlib dropped the part after them, so a spike at 255
+    (a saturated frame) vanished. Clipped ends (0, 255) holding a visible share are labelled
+    with it, since a log scale makes 72 % and 7 % look alike.
+    """
+    shares = histogram_shares(frame)
+    levels = np.flatnonzero(shares)
+    ax.bar(
+        levels,
+        shares[levels] - HISTOGRAM_FLOOR,
+        width=1.0,
+        bottom=HISTOGRAM_FLOOR,
+        color="0.3",
+        edgecolor="0.3",
+        linewidth=0.6,
+    )
+    ax.set_yscale("log")
+    ax.set_ylim(HISTOGRAM_FLOOR, 1)
+    ax.set_xlim(-2, 258)
+    ax.tick_params(labelsize=6)
+    for level, align in ((0, "left"), (255, "right")):
+        if shares[level] >= CLIPPED_LABEL_SHARE:
+            ax.annotate(
+                f"{level}: {shares[level]:.0%}",
+                (level, shares[level]),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha=align,
+                va="bottom",
+                fontsize=6,
+                color="tab:red",
+            )
+    return shares
+
+
 def comparison_figure(
     path: Path, panels: list[tuple[str, np.ndarray]], crop: Box, title: str = "", defect: Box | None = None
 ) -> Path:
@@ -158,13 +208,8 @@ def comparison_figure(
         for ax in axes[:2, col]:
             ax.set_xticks([])
             ax.set_yticks([])
-        counts = np.bincount(display_u8(frame).ravel(), minlength=256)
         hist = axes[2, col]
-        hist.stairs(counts / counts.sum(), np.arange(257) - 0.5, fill=True, color="0.3")
-        hist.set_yscale("log")
-        hist.set_ylim(1e-6, 1)
-        hist.set_xlim(-2, 258)
-        hist.tick_params(labelsize=6)
+        draw_histogram(hist, frame)
         if col:
             hist.set_yticklabels([])
     axes[1, 0].set_ylabel("zoom", fontsize=8)

@@ -158,27 +158,45 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 class WorkLock:
-    """An exclusive ``flock`` on ``work/.drdaemon.lock``; the kernel drops it when the process dies."""
+    """An exclusive ``flock`` on ``work/.drdaemon.lock``; the kernel drops it when the process dies.
+
+    A clean release removes the file, while still holding the lock. Another daemon may have
+    opened the file just before and then get its lock on the removed inode, which guards
+    nothing any more: so :meth:`acquire` checks, once locked, that the name still leads to the
+    locked file, and locks the new one if not. A file left by a killed daemon is harmless.
+    """
+
+    #: Times :meth:`acquire` locks again when the file it locked was removed meanwhile.
+    ATTEMPTS = 5
 
     def __init__(self, work: Path) -> None:
         self.path = Path(work) / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise WorkFolderBusy(
-                f"another drdaemon is using the work folder {self.path.parent} (lock {self.path})"
-            ) from None
+        for _ in range(self.ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise WorkFolderBusy(
+                    f"another drdaemon is using the work folder {self.path.parent} (lock {self.path})"
+                ) from None
+            if _names_file(self.path, fd):
+                break
+            os.close(fd)  # the last holder removed it as we locked it: lock the file there now
+        else:
+            raise WorkFolderBusy(f"the lock file {self.path} keeps being replaced; is another drdaemon starting?")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
+        """Remove the lock file (if it is still this lock's) and then unlock it."""
         if self._fd is not None:
+            if _names_file(self.path, self._fd):
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 
@@ -188,6 +206,16 @@ class WorkLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` is the very file open as ``fd`` (not removed, not replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def claim(candidate: Path, work: Path, arrived_wall: float, arrived_mono: float) -> WorkItem | None:

@@ -60,6 +60,23 @@ class Candidate:
     complete: bool = False
 
 
+def arrival(path: Path, now_mono: float) -> tuple[float, float]:
+    """When ``path`` arrived in the inbox, as (wall-clock, monotonic) times.
+
+    The arrival is the file's inode change time (ctime: its rename into the inbox, or its
+    last write; unlike the mtime, a copy that keeps the source's mtime does not move it),
+    never later than now. A frame that waited in the inbox while the daemon was down thus
+    reports its wait, and its latency, from its arrival rather than from the restart.
+    """
+    now_wall = time.time()
+    try:
+        changed = os.lstat(path).st_ctime
+    except OSError:
+        return now_wall, now_mono
+    waited = max(0.0, now_wall - changed)
+    return now_wall - waited, now_mono - waited
+
+
 class _EnqueueHandler(FileSystemEventHandler):
     """Turns watchdog events into candidate paths; never touches the file itself."""
 
@@ -224,7 +241,8 @@ class InboxWatcher:
 
     def _add(self, path: Path, now: float) -> None:
         if path not in self._candidates:
-            self._candidates[path] = Candidate(path, first_seen_wall=time.time(), first_seen_mono=now)
+            wall, mono = arrival(path, now)
+            self._candidates[path] = Candidate(path, first_seen_wall=wall, first_seen_mono=mono)
 
     def _is_ready(self, candidate: Candidate, now: float) -> bool:
         try:
@@ -272,4 +290,4 @@ class InboxWatcher:
         return (st.st_ino, st.st_size, st.st_mtime_ns) == candidate.signature
 
 
-__all__ = ["Candidate", "InboxWatcher"]
+__all__ = ["Candidate", "InboxWatcher", "arrival"]

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from drdaemon import __version__
+from drdaemon.defaults import COMPRESSION
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.io.dicom import DicomSource
 from drdaemon.io.dicom_writer import (
@@ -53,7 +55,16 @@ PREVIEW_MAX_SIDE = 1024
 #: The preview's suffix, the same for every output format (``frame.preview.png``).
 PREVIEW_SUFFIX = ".preview.png"
 
-_COMPRESSION: dict[str, str | None] = {"none": None, "zstd": "zstd", "deflate": "deflate"}
+#: ``output.compression`` -> the TIFF Compression code tifffile writes (None: uncompressed).
+_COMPRESSION: dict[str, tifffile.COMPRESSION | None] = {
+    "none": None,
+    "lzw": tifffile.COMPRESSION.LZW,  # 5
+    "adobe_deflate": tifffile.COMPRESSION.ADOBE_DEFLATE,  # 8, the code libtiff writes for deflate
+    "deflate": tifffile.COMPRESSION.DEFLATE,  # 32946, obsolete; what "deflate" always wrote
+    "zstd": tifffile.COMPRESSION.ZSTD,  # 50000
+}
+#: The output's Software tag: what made its pixels (the input's own Software tag follows it).
+SOFTWARE = f"drdaemon {__version__}"
 
 
 class OutputFormat(Protocol):
@@ -97,9 +108,9 @@ def format_for_frame(output_format: OutputFormat, frame: Frame, derivation: Deri
 
 @dataclass(frozen=True)
 class TiffOutput:
-    """A single-page uint16 TIFF with the input's resolution, description and software tags."""
+    """A single-page uint16 TIFF with the input's resolution and description tags, made by drdaemon."""
 
-    compression: str = "zstd"
+    compression: str = COMPRESSION
     name: ClassVar[str] = "tiff"
     suffix: ClassVar[str] = ".tif"
     preview_suffix: ClassVar[str] = PREVIEW_SUFFIX
@@ -206,7 +217,7 @@ class AutoOutput:
 
 def output_format(
     name: str = "tiff",
-    compression: str = "zstd",
+    compression: str = COMPRESSION,
     dicom_uid_root: str | None = None,
     dicom_transfer_syntax: TransferChoice = "explicit",
     engine_configuration_sha256: str | None = None,
@@ -233,11 +244,14 @@ def configured_output_format(config: OutputConfig, engine: EngineConfig | None =
     )
 
 
-def encode_tiff_u16(pixels: np.ndarray, tags: Mapping[str, object] | None = None, compression: str = "zstd") -> bytes:
+def encode_tiff_u16(
+    pixels: np.ndarray, tags: Mapping[str, object] | None = None, compression: str = COMPRESSION
+) -> bytes:
     """A single-page uint16 TIFF of ``pixels`` with the input's resolution and description tags.
 
     Compressed outputs use horizontal-difference prediction, which roughly halves the size of
-    smooth 16-bit images at little cost; compression runs on two threads.
+    smooth 16-bit images at little cost; compression runs on two threads. The Software tag
+    names drdaemon and its version (:data:`SOFTWARE`), followed by the input's own.
     """
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D frame, got shape {pixels.shape}")
@@ -265,10 +279,12 @@ def _tiff_tag_arguments(tags: Mapping[str, object]) -> dict[str, Any]:
         arguments["resolution"] = (tags["XResolution"], tags["YResolution"])
         if "ResolutionUnit" in tags:
             arguments["resolutionunit"] = tags["ResolutionUnit"]
-    for tag, argument in (("ImageDescription", "description"), ("Software", "software")):
-        value = tags.get(tag)
-        if isinstance(value, str) and value:
-            arguments[argument] = value
+    description = tags.get("ImageDescription")
+    if isinstance(description, str) and description:
+        arguments["description"] = description
+    station = tags.get("Software")
+    has_station = isinstance(station, str) and station and not station.startswith("drdaemon ")
+    arguments["software"] = f"{SOFTWARE} (input: {station})" if has_station else SOFTWARE
     return arguments
 
 
@@ -289,6 +305,7 @@ def encode_preview_png(pixels: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> 
 __all__ = [
     "PREVIEW_MAX_SIDE",
     "PREVIEW_SUFFIX",
+    "SOFTWARE",
     "AutoOutput",
     "DicomOutput",
     "FrameBound",

@@ -118,10 +118,8 @@ def enhance_frame(loaded: LoadedFrame, engine: Engine) -> EnhancedFrame:
     return EnhancedFrame(loaded, result, engine.name, engine.device, engine.weights_sha256, elapsed)
 
 
-def engine_stage_timings(done: EnhancedFrame) -> dict[str, float]:
-    """The enhance time split as the metrics want it: the engine's own sub-stages, else all compute."""
-    own = {k: v for k, v in done.result.timings.items() if k in ("upload", "compute", "download")}
-    return own or {"compute": done.enhance_s}
+#: Sub-stages of ``enhance`` an engine may measure itself (the learned engine does).
+ENGINE_SUB_STAGES = ("upload", "compute", "download")
 
 
 def sidecar_draft(done: EnhancedFrame) -> SidecarDraft:
@@ -171,12 +169,19 @@ def commit_frame(done: EnhancedFrame, finisher: Finisher, *, retire_input: bool 
 
 
 def stage_timings(done: EnhancedFrame, committed: Committed) -> dict[str, float]:
-    """Seconds per metric stage of a committed frame."""
+    """Seconds per metric stage of a committed frame, under the sidecar's ``timings`` names.
+
+    ``window`` only where the reader measured it, the engine's sub-stages only where it has them.
+    """
     loaded = done.loaded
+    window = {"window": loaded.window_s} if loaded.window is not None else {}
+    own = {k: v for k, v in done.result.timings.items() if k in ENGINE_SUB_STAGES}
     return {
         "wait": loaded.item.wait_s,
         "read": loaded.read_s,
-        **engine_stage_timings(done),
+        **window,
+        "enhance": done.enhance_s,
+        **own,
         "write": committed.write_s,
         "sidecar": committed.sidecar_s,
     }
@@ -198,11 +203,11 @@ def as_frame_error(stage: Stage, exc: Exception) -> FrameError:
 
 
 __all__ = [
+    "ENGINE_SUB_STAGES",
     "EnhancedFrame",
     "LoadedFrame",
     "as_frame_error",
     "commit_frame",
-    "engine_stage_timings",
     "enhance_frame",
     "load_frame",
     "read_limits",

@@ -3,13 +3,16 @@
 Every label value is created at start-up so that each series exists at zero before the
 first frame: an alert such as ``rate(drdaemon_frames_total{result="failed"}[5m])`` then
 has data to evaluate instead of silence. The metrics live in their own registry (not the
-process-wide default one) so that tests and several daemons in one process never collide.
+process-wide default one) so that tests and several daemons in one process never collide;
+that registry leaves out prometheus_client's ``_created`` series (:class:`ScrapeRegistry`).
+Stage labels are the sidecar's ``timings`` keys, and no label is ever empty.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from enum import Enum
 from typing import Final
 from wsgiref.simple_server import WSGIServer
@@ -19,6 +22,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     PlatformCollector,
     ProcessCollector,
     start_http_server,
@@ -27,7 +31,10 @@ from prometheus_client import (
 from drdaemon.errors import Reason, Stage
 
 #: The stages a frame passes through, in order; ``drdaemon_stage_duration_seconds{stage}``.
-STAGES: Final = ("wait", "read", "upload", "compute", "download", "write", "sidecar")
+#: The same words as the sidecar's ``timings``: ``enhance`` is the whole engine call of every
+#: engine, and ``upload``, ``compute`` and ``download`` its sub-stages where the engine measures
+#: them (the learned engine; the classical engine has none).
+STAGES: Final = ("wait", "read", "window", "enhance", "upload", "compute", "download", "write", "sidecar")
 
 #: Histogram buckets from 5 ms (one small frame's stage) to 60 s (a stalled network share);
 #: 2 s is the station's takt, so it is a bucket edge and the latency alert is exact.
@@ -64,6 +71,29 @@ FATAL_CAUSES: Final = ("device_lost", "internal_error")
 #: Characters of the weights' sha256 shown in the build-info label: enough to tell two
 #: weight files apart on a dashboard, short enough to read.
 WEIGHTS_SHA_PREFIX: Final = 12
+#: The build-info label value for what does not apply (no weights, no CUDA): Prometheus
+#: treats an empty label value as no label at all, so a query by it would find nothing.
+NOT_APPLICABLE: Final = "none"
+
+
+class ScrapeRegistry(CollectorRegistry):
+    """A registry whose scrape leaves out the ``<name>_created`` samples of counters and histograms.
+
+    prometheus_client adds, beside every counter and histogram series, one ``_created`` series
+    holding the Unix time it was made: ``drdaemon_frames_created`` reads like a metric and
+    doubles the series count. ``prometheus_client.disable_created_metrics()`` would turn them
+    off for every registry of the process; filtering here keeps the choice to this daemon's.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for family in super().collect():
+            created = family.name + "_created"
+            if not any(sample.name == created for sample in family.samples):
+                yield family
+                continue
+            trimmed = Metric(family.name, family.documentation, family.type, family.unit)
+            trimmed.samples = [sample for sample in family.samples if sample.name != created]
+            yield trimmed
 
 
 def _label(value: str | Enum, allowed: tuple[str, ...], what: str) -> str:
@@ -78,7 +108,7 @@ class DaemonMetrics:
     """All metrics one daemon exports, and the HTTP endpoint that serves them."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else ScrapeRegistry()
         reg = self.registry
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -217,14 +247,17 @@ class DaemonMetrics:
         torch: str,
         cuda: str | None,
     ) -> None:
-        """Publish what is running; replaces any earlier build-info series."""
+        """Publish what is running; replaces any earlier build-info series.
+
+        What does not apply (no weights, no CUDA, no torch) reads ``none``, never an empty label.
+        """
         self.build_info.clear()
         self.build_info.labels(
-            version=version,
-            engine=engine,
-            weights_sha256=(weights_sha256 or "")[:WEIGHTS_SHA_PREFIX],
-            torch=torch,
-            cuda=cuda or "",
+            version=version or NOT_APPLICABLE,
+            engine=engine or NOT_APPLICABLE,
+            weights_sha256=(weights_sha256 or NOT_APPLICABLE)[:WEIGHTS_SHA_PREFIX],
+            torch=torch or NOT_APPLICABLE,
+            cuda=cuda or NOT_APPLICABLE,
         ).set(1)
 
     def observe_stage(self, stage: str, seconds: float) -> None:

@@ -1,0 +1,1 @@
+"""``drdaemon bench``: engine and daemon benchmarks that print figures (never asserted)."""

@@ -1,0 +1,220 @@
+"""The ``drdaemon`` command: run the service, check a configuration, enhance files, benchmark.
+
+Exit statuses (:mod:`drdaemon.exits`) follow sysexits so that systemd can tell them apart:
+0 done, 1 some files failed (``enhance``), 70 the accelerator was lost or an internal error
+(restart me), 75 another daemon holds the work folder, 78 bad configuration (do not restart me).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from drdaemon import __version__
+from drdaemon.config import ConfigError, Settings, load_settings
+from drdaemon.exits import (
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_DEVICE_LOST,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+)
+
+_DESCRIPTION = """\
+Whole-frame enhancement of 16-bit DR X-ray frames.
+
+The daemon watches an inbox folder, enhances every new frame, writes the result and a JSON
+sidecar into the outbox, and moves the raw frame, byte-identical, into the archive. Frames
+that cannot be processed go to the failed folder beside a <name>.reason.json."""
+
+_EPILOG = """\
+Configuration: a TOML file (see config.example.toml); any key can be overridden by an
+environment variable DRDAEMON_<TABLE>__<KEY>, e.g. DRDAEMON_FOLDERS__INBOX=/data/in.
+Exit statuses: 0 ok, 1 some files failed (enhance), 70 device lost or internal error, 75 work
+folder busy, 78 configuration error."""
+
+
+def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; ``with_bench=False`` skips importing the benchmark module."""
+    parser = argparse.ArgumentParser(
+        prog="drdaemon",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"drdaemon {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser(
+        "run",
+        help="run the daemon on the configured folders until SIGTERM/SIGINT",
+        description="Watch the inbox and enhance every frame that arrives. Stops on SIGTERM or "
+        "SIGINT after finishing the frames already taken (exit 0); exits 70 when the GPU is lost "
+        "and 78 on a configuration error. Frames left in the work folder by a crash are finished "
+        "or redone at start.",
+    )
+    _add_config_argument(run, required=False)
+
+    check = verbs.add_parser(
+        "check-config",
+        help="validate a configuration file and print the effective configuration",
+        description="Validate FILE (and the DRDAEMON_* environment), then print the effective "
+        "configuration as TOML with folders resolved. Exit 78 naming the key on any error.",
+    )
+    _add_config_argument(check, required=True)
+
+    enhance = verbs.add_parser(
+        "enhance",
+        help="enhance files once with the configured engine, without the daemon",
+        description="Enhance each FILE with the configured engine and write <stem>.tif (or <stem>.dcm "
+        "for a DICOM input under output.format = auto or dicom) plus its sidecar <stem>.tif.json into "
+        "--out (existing names get a ~N suffix). The input files are only read. Exit 1 if any file failed.",
+    )
+    enhance.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="frames: TIFF, PNG, DICOM/DICONDE, .raw ([input.raw]) or .his",
+    )
+    enhance.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the outputs")
+    _add_config_argument(enhance, required=False)
+
+    bench = verbs.add_parser(
+        "bench",
+        help="benchmark the engine and the daemon on synthetic frames",
+        description="Measure compute time, throughput and memory of the engines and the daemon.",
+    )
+    if with_bench:
+        try:
+            from drdaemon.bench.cli import add_bench_arguments
+        except ImportError:
+            pass  # the benchmark module is optional; `drdaemon bench` then says so
+        else:
+            add_bench_arguments(bench)
+    return parser
+
+
+def _add_config_argument(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=required,
+        metavar="FILE",
+        help="TOML configuration (see config.example.toml)"
+        + ("" if required else "; without it, defaults and DRDAEMON_* variables only"),
+    )
+
+
+def _config_error(error: ConfigError) -> int:
+    print(f"drdaemon: configuration error\n{error}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(f"# effective configuration of {args.config} (environment applied)")
+    print(settings_to_toml(settings), end="")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
+    from drdaemon.errors import DeviceLost
+    from drdaemon.folders.claim import WorkFolderBusy
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.daemon import Daemon
+
+    settings = load_settings(args.config)
+    configure_logging(settings.logging)
+    try:
+        return Daemon(settings).run()
+    except WorkFolderBusy as exc:
+        print(f"drdaemon: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except ConfigError:
+        raise
+    except DeviceLost as exc:  # at warm-up: let the service manager restart
+        structlog.get_logger("drdaemon").error("device_lost", error=str(exc))
+        return EXIT_DEVICE_LOST
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, and the service manager restarts
+        structlog.get_logger("drdaemon").exception("internal_error", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL_ERROR
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from drdaemon.engines import build_checked_engines
+    from drdaemon.errors import Stage
+    from drdaemon.folders.claim import WorkItem
+    from drdaemon.folders.commit import Finisher
+    from drdaemon.io.formats import configured_output_format
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.frame import as_frame_error, commit_frame, enhance_frame, load_frame, read_limits
+
+    settings = load_settings(args.config)
+    configure_logging(settings.logging)
+    engine = build_checked_engines(settings.engine)[0]
+    # Absolute paths, so that a sidecar still names its input and output wherever it is read.
+    out = args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    output = configured_output_format(settings.output, settings.engine)
+    finisher = Finisher(out, archive=None, failed=None, preview=settings.output.preview_png, output_format=output)
+    limits = read_limits(settings.input)
+    failures = 0
+    for path in tqdm(args.files, desc="enhance", unit="frame"):
+        item = WorkItem(path=path.absolute(), original=path.absolute())
+        try:
+            done = enhance_frame(load_frame(item, limits), engine)
+            commit_frame(done, finisher, retire_input=False)
+        except Exception as exc:  # noqa: BLE001 - one file's failure, even a bug, must not stop the others
+            failures += 1
+            error = as_frame_error(Stage.ENHANCE, exc)
+            tqdm.write(f"{path}: {error.stage.value} failed ({error.reason.value}): {error}", file=sys.stderr)
+    print(f"{len(args.files) - failures} of {len(args.files)} frames enhanced into {args.out}")
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from drdaemon.bench.cli import run_bench
+    except ImportError as exc:
+        print(f"drdaemon: the benchmark is not available in this installation ({exc})", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return run_bench(args)
+
+
+_COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "enhance": cmd_enhance, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The benchmark's options are only needed (and its module only imported) for `bench`.
+    args = build_parser(with_bench="bench" in argv or "-h" in argv or "--help" in argv).parse_args(argv)
+    if args.verb != "run":  # the daemon unblocks the stop signals once its handlers are in place
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    try:
+        return _COMMANDS[args.verb](args)
+    except ConfigError as error:
+        return _config_error(error)
+
+
+# -- printing the effective configuration ---------------------------------------------------
+def settings_to_toml(settings: Settings) -> str:
+    """The settings as TOML that :func:`drdaemon.config.load_settings` reads back; unset keys are left out."""
+    tables = {
+        table: {key: value for key, value in values.items() if value is not None}
+        for table, values in settings.model_dump(mode="json").items()
+    }
+    return tomli_w.dumps(tables)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

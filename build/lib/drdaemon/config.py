@@ -1,0 +1,263 @@
+"""Daemon configuration: one TOML file, overridable by ``DRDAEMON_<TABLE>__<KEY>`` variables.
+
+Environment variables win over the file so that a systemd drop-in or a container can
+change one value without editing the shared file. Relative folder paths resolve against
+the directory of the config file, so a config next to its data folders works wherever
+the tree is copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from drdaemon import defaults
+from drdaemon.defaults import Compression, EngineName, MethodName, Precision
+
+
+class ConfigError(Exception):
+    """A configuration file that is missing, unreadable or invalid; the message names the key."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Folders(_Table):
+    """The folder lifecycle: inbox -> work -> (outbox + archive) or failed."""
+
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    archive: Path = Path("archive")
+    failed: Path = Path("failed")
+    work: Path = Path("work")
+
+    def resolved(self, base: Path) -> Folders:
+        return Folders(**{name: (base / p) if not p.is_absolute() else p for name, p in self})
+
+
+#: ``[engine]`` keys that say where and how fast the engine runs, not what it makes of a frame
+#: (the weights count by their content's hash, which the engine reports, not by their path).
+RUNTIME_ENGINE_KEYS = frozenset(
+    {
+        "weights",
+        "devices",
+        "memory_budget_mb",
+        "compile",
+        "channels_last",
+        "cudnn_benchmark",
+        "warm_up_frame_size",
+        "workers_per_device",
+        "allow_pickle",
+    }
+)
+
+
+class EngineConfig(_Table):
+    """Which enhancer runs, and its parameters.
+
+    ``name = "auto"`` picks the learned engine when ``weights`` is set and the classical
+    CLAHE engine otherwise, so the daemon works out of the box with no weights.
+    """
+
+    name: EngineName = "auto"
+    weights: Path | None = None
+    # Percentile window applied to every frame before enhancement.
+    low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0.0, lt=50.0)
+    high_percentile: float = Field(defaults.HIGH_PERCENTILE, gt=50.0, le=100.0)
+    # Classical engine.
+    clahe_clip_limit: float = Field(defaults.CLAHE_CLIP_LIMIT, gt=0.0)
+    clahe_tile_grid: int = Field(defaults.CLAHE_TILE_GRID, ge=1, le=64)
+    gamma: float = Field(defaults.GAMMA, gt=0.0)
+    # Learned engine.
+    devices: list[str] = Field(default_factory=lambda: ["auto"])
+    precision: Precision = defaults.PRECISION
+    memory_budget_mb: int = Field(defaults.MEMORY_BUDGET_MB, ge=64)
+    compile: bool = False
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+    # The detector's frame size (height, width): warm-up runs one frame of it, so the first
+    # real frame pays no first-pass costs (allocation, cuDNN's algorithm search).
+    warm_up_frame_size: tuple[PositiveInt, PositiveInt] | None = None
+    workers_per_device: int = Field(2, ge=1, le=8)
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _net_needs_weights(self) -> EngineConfig:
+        if self.name == "net" and self.weights is None:
+            raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
+        return self
+
+    def configuration_sha256(self) -> str:
+        """sha256 of the method and the parameters that shape every enhanced frame.
+
+        A DICOM output's series is one per source series and engine configuration: this, the
+        method's name and the weights' sha256 together.
+        """
+        shaping = self.model_dump(mode="json", exclude=set(RUNTIME_ENGINE_KEYS))
+        shaping["name"] = self.effective_name()
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def effective_name(self) -> MethodName:
+        if self.name == "auto":
+            return "net" if self.weights is not None else "classical"
+        return self.name
+
+
+class ServiceConfig(_Table):
+    """The daemon's host threads (:mod:`drdaemon.service.threads`); 0 picks a default from the core count."""
+
+    readers: int = Field(0, ge=0, le=64)
+    writers: int = Field(0, ge=0, le=64)
+
+
+class WatchConfig(_Table):
+    stability_wait_s: float = Field(1.0, ge=0.0)
+    # A file unchanged this long that still does not parse as a whole image is taken anyway
+    # and fails with a reason file, instead of waiting in the inbox forever.
+    incomplete_grace_s: float = Field(30.0, ge=0.0)
+    rescan_interval_s: float = Field(10.0, gt=0.0)
+    polling: bool = False
+    poll_interval_s: float = Field(1.0, gt=0.0)
+    # DICOM files without a suffix are recognised by content: add a pattern that names them
+    # (e.g. "IM*" or "*") for a station that writes them so.
+    patterns: list[str] = Field(
+        default_factory=lambda: [
+            "*.tif",
+            "*.tiff",
+            "*.TIF",
+            "*.TIFF",
+            "*.png",
+            "*.PNG",
+            "*.dcm",
+            "*.DCM",
+            "*.dicom",
+            "*.raw",
+            "*.RAW",
+            "*.his",
+            "*.HIS",
+        ]
+    )
+
+
+class RawInputConfig(_Table):
+    """The layout of headerless ``.raw`` detector frames (``.his`` files carry their own)."""
+
+    width: PositiveInt
+    height: PositiveInt
+    dtype: Literal["uint8", "uint16", "float32"] = "uint16"
+    byte_order: Literal["little", "big"] = "little"
+    header_bytes: int = Field(0, ge=0)
+
+
+class InputConfig(_Table):
+    """Guards against frames whose header promises more than a station can hold."""
+
+    max_pixels: int = Field(defaults.MAX_PIXELS, ge=1)
+    max_bytes: int = Field(defaults.MAX_BYTES, ge=1)
+    raw: RawInputConfig | None = None
+    # Bytes the decoded pixels may take (checked from the header, before decoding); unset: max_bytes.
+    max_decoded_bytes: int | None = Field(None, ge=1)
+
+
+#: A DICOM UID root: dot-separated numbers without leading zeros, short enough to add a suffix.
+UID_ROOT_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+
+
+class OutputConfig(_Table):
+    """The output file: its format (:mod:`drdaemon.io.formats`), compression and preview.
+
+    ``format = "auto"`` writes a DICOM output for a DICOM input and a TIFF for any other;
+    ``"dicom"`` refuses inputs that are not DICOM (a DICOM output is derived from its source).
+    """
+
+    format: Literal["auto", "tiff", "dicom"] = "auto"
+    compression: Compression = defaults.COMPRESSION
+    preview_png: bool = False
+    dicom_uid_root: str | None = Field(None, pattern=UID_ROOT_PATTERN, max_length=40)
+    dicom_transfer_syntax: Literal["explicit", "input"] = "explicit"
+
+
+class MetricsConfig(_Table):
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class LoggingConfig(_Table):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """The whole daemon configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRDAEMON_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    folders: Folders = Field(default_factory=Folders)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: the environment overrides the file's values (passed as init).
+        return (env_settings, init_settings)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = item.get("input")
+        shown = "" if item["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    lines.append("Every key is documented in config.example.toml; environment variables are DRDAEMON_<TABLE>__<KEY>.")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read ``path`` (or defaults only, when None), apply the environment, resolve folders."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "defaults and environment"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from exc
+        base = path.resolve().parent
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    settings.folders = settings.folders.resolved(base)
+    if settings.engine.weights is not None and not settings.engine.weights.is_absolute():
+        settings.engine.weights = base / settings.engine.weights
+    return settings

@@ -1,0 +1,73 @@
+"""The engines' method names and default parameters: one source for config, engines, evaluation, trainer.
+
+The daemon's ``[engine]`` table, the engines' own defaults, the evaluation's baselines and the
+trainer's CLAHE prior all read these, so that a default changed here changes everywhere and
+a frame the daemon enhances is windowed exactly as the trainer saw its crops.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+#: Percentile window applied to every frame before enhancement (robust to dead pixels and
+#: collimator edges); see :func:`drdaemon.model.normalise.robust_window`.
+LOW_PERCENTILE: Final = 0.5
+HIGH_PERCENTILE: Final = 99.5
+#: CLAHE clip limit (a multiple of the mean bin height) and tile grid (tiles per side).
+CLAHE_CLIP_LIMIT: Final = 2.0
+CLAHE_TILE_GRID: Final = 8
+#: Output gamma of the classical engines (1: none).
+GAMMA: Final = 1.0
+
+#: The classical methods (:class:`drdaemon.engines.classical.ClassicalEngine`).
+ClassicalMethod = Literal["classical", "he", "stretch", "identity"]
+#: Every method an engine runs: the classical ones and the learned ``net``.
+MethodName = Literal[ClassicalMethod, "net"]
+#: What ``engine.name`` accepts: a method, or ``auto`` (``net`` with weights, else ``classical``).
+EngineName = Literal["auto", MethodName]
+
+CLASSICAL_METHODS: Final[tuple[str, ...]] = get_args(ClassicalMethod)
+METHOD_NAMES: Final[tuple[str, ...]] = (*CLASSICAL_METHODS, "net")
+
+#: Arithmetic of the learned engine (``engine.precision``).
+Precision = Literal["float32", "float16", "bfloat16"]
+PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
+PRECISION: Final = "float16"
+#: Device memory one frame's forward pass may use before the learned engine tiles it exactly.
+MEMORY_BUDGET_MB: Final = 6144
+
+#: Lossless compressions of a TIFF output (``output.compression``), all with the horizontal
+#: predictor: ``lzw`` (TIFF code 5) is the one TIFF 6.0 itself defines the predictor for, and
+#: every libtiff-based viewer and every ImageJ 1.x opens it; ``adobe_deflate`` (code 8) is
+#: smaller and libtiff reads it, but older ImageJ releases do not undo its predictor; ``deflate``
+#: writes the obsolete code 32946; ``zstd`` (code 50000) is the smallest and fastest, and many
+#: plant viewers cannot open it. ``drdaemon bench --compression-table`` measures them.
+Compression = Literal["none", "lzw", "adobe_deflate", "deflate", "zstd"]
+COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
+COMPRESSION: Final = "lzw"
+
+#: Largest frame accepted, in pixels and in file bytes (``[input]``).
+MAX_PIXELS: Final = 200_000_000
+MAX_BYTES: Final = 2_000_000_000
+
+__all__ = [
+    "CLAHE_CLIP_LIMIT",
+    "CLAHE_TILE_GRID",
+    "CLASSICAL_METHODS",
+    "COMPRESSION",
+    "COMPRESSIONS",
+    "GAMMA",
+    "HIGH_PERCENTILE",
+    "LOW_PERCENTILE",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "MEMORY_BUDGET_MB",
+    "METHOD_NAMES",
+    "PRECISION",
+    "PRECISIONS",
+    "ClassicalMethod",
+    "Compression",
+    "EngineName",
+    "MethodName",
+    "Precision",
+]

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, a physics-based synthetic DR benchmark, baselines and a visual report."""

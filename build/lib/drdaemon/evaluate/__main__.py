@@ -1,0 +1,3 @@
+from drdaemon.evaluate.cli import main
+
+raise SystemExit(main())

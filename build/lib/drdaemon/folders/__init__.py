@@ -1,0 +1,1 @@
+"""The folder lifecycle: watching the inbox, claiming frames into work/, and committing results."""

@@ -1,0 +1,234 @@
+"""Durable atomic files: a name appears only with its whole content, and stays after a power cut.
+
+Every file the daemon puts under a final name is written under a temporary dot-name in the
+same folder, flushed with ``fsync``, linked to its final name (which fails instead of
+replacing a file that exists), and the folder itself is flushed so that the new name
+survives a crash too. A reader (or a restart) never sees half a file.
+
+Temporary names carry their owner (host, pid and the process's start time), because
+folders may be shared by daemons on several hosts: a start-up removes only temporaries it
+can prove abandoned, i.e. written on this host by a process that no longer runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+#: Every temporary file the daemon writes ends with this suffix, so that start-up can remove
+#: the leftovers of a crash without touching anybody else's files.
+TEMP_SUFFIX = ".drdaemon.tmp"
+#: Longest name a folder accepts on the filesystems a station uses (NAME_MAX).
+NAME_MAX = 255
+#: Internal names (temporaries, plans) keep at most this many bytes of the name they derive
+#: from, so that the owner and suffixes always fit under :data:`NAME_MAX`.
+_KEPT_NAME_BYTES = 120
+
+_OWNER_RE = re.compile(
+    r"\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-(?P<start>\d+)(?P<tag>[A-Za-z0-9_]*)" + re.escape(TEMP_SUFFIX) + "$"
+)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who wrote a temporary file: a host, a pid and that process's start time (clock ticks)."""
+
+    host: str
+    pid: int
+    start: int
+
+    @property
+    def token(self) -> str:
+        return f"{self.host}-{self.pid}-{self.start}"
+
+    def is_abandoned(self) -> bool:
+        """True only when provably gone: this host, and no process with that pid and start time."""
+        if self.host != _host():
+            return False  # another host's daemon: it may well be running
+        return process_start(self.pid) != self.start
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes as they are on disk (raw frames, weights, checkpoints)."""
+    with open(path, "rb", buffering=0) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@lru_cache(maxsize=4)
+def _owner_of(pid: int) -> Owner:
+    return Owner(_host(), pid, process_start(pid) or 0)
+
+
+def current_owner() -> Owner:
+    """This process as the owner of the temporaries it writes (recomputed after a fork)."""
+    return _owner_of(os.getpid())
+
+
+def short_name(name: str) -> str:
+    """``name`` itself if short, else a prefix and a hash of it, for names derived from it."""
+    raw = os.fsencode(name)
+    if len(raw) <= _KEPT_NAME_BYTES and name.isprintable():
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    prefix = raw[:48].decode("utf-8", "ignore")
+    prefix = "".join(ch for ch in prefix if ch.isalnum() or ch in "-_~")
+    return f"{prefix}#{digest}"
+
+
+def temp_path_for(final: Path, tag: str = "", owner: Owner | None = None) -> Path:
+    """The temporary dot-name next to ``final`` under which its content is written first."""
+    final = Path(final)
+    who = owner if owner is not None else current_owner()
+    return final.with_name(f".{short_name(final.name)}.{who.token}{tag}{TEMP_SUFFIX}")
+
+
+def temp_owner(name: str) -> Owner | None:
+    """The owner named in a temporary file's name, or None when the name carries none."""
+    match = _OWNER_RE.search(name)
+    if match is None:
+        return None
+    return Owner(match["host"], int(match["pid"]), int(match["start"]))
+
+
+def write_temp(final: Path, data: bytes, owner: Owner | None = None) -> Path:
+    """Write and fsync ``data`` under ``final``'s temporary name; return that name."""
+    temp = temp_path_for(final, owner=owner)
+    try:
+        with open(temp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def atomic_write(
+    final: Path, data: bytes, *, replace: bool = False, keep_temp: bool = False, owner: Owner | None = None
+) -> Path | None:
+    """Write ``data`` to ``final`` so that the name appears only with the whole content.
+
+    Without ``replace`` an existing file is never overwritten (``FileExistsError``): outputs
+    are immutable once committed. The check and the rename are one step (a hard link), so a
+    file that appears between them is not clobbered either, even by another host on a share.
+    With ``keep_temp`` the temporary name stays as a second link (returned): it proves to a
+    restart that the final name is this process's, until the commit is complete.
+    """
+    final = Path(final)
+    temp = write_temp(final, data, owner)
+    try:
+        if replace:
+            os.replace(temp, final)
+            kept = None
+        else:
+            linked = link_no_replace(temp, final)
+            kept = temp if (keep_temp and linked) else None
+            if kept is None and linked:
+                os.unlink(temp)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(final.parent)
+    return kept
+
+
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK})
+
+
+def try_link(source: Path, target: Path) -> bool:
+    """Hard-link ``source`` (never a symlink's target) as ``target``; False where links are unsupported.
+
+    The link is the exclusive reservation of a name in a shared folder: it fails with
+    ``FileExistsError`` when the name exists, atomically, even across hosts.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_LINKS:
+            return False
+        raise
+    return True
+
+
+def link_no_replace(source: Path, target: Path) -> bool:
+    """Give ``source`` the name ``target`` unless it exists; True if linked (``source`` remains).
+
+    Shares without hard links (SMB, FAT) fall back to check-then-rename (False: ``source``
+    is gone), which is exclusive only within one process.
+    """
+    if try_link(source, target):
+        return True
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "File exists", str(target))
+    os.rename(source, target)
+    return False
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete temporaries (``.*.drdaemon.tmp``) whose owner provably is gone; return those kept.
+
+    A temporary of a live process, or of another host, is left alone: it is in flight.
+    """
+    kept: list[Path] = []
+    if not folder.is_dir():
+        return kept
+    for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
+        owner = temp_owner(leftover.name)
+        if owner is not None and owner.is_abandoned():
+            leftover.unlink(missing_ok=True)
+        else:
+            kept.append(leftover)
+    return kept
+
+
+__all__ = [
+    "NAME_MAX",
+    "TEMP_SUFFIX",
+    "Owner",
+    "atomic_write",
+    "current_owner",
+    "fsync_directory",
+    "link_no_replace",
+    "process_start",
+    "remove_temporaries",
+    "short_name",
+    "temp_owner",
+    "temp_path_for",
+    "try_link",
+    "write_temp",
+]

@@ -1,0 +1,84 @@
+"""How a DR frame becomes the network's input, and how its output becomes 16 bits again.
+
+One definition for the daemon and the trainer (the trainer imports this module):
+
+* The window is a robust percentile range ``[low, high]`` of the frame's raw values
+  (defaults 0.5 % and 99.5 %), estimated on a strided subsample so that it costs a few
+  milliseconds on a 13-megapixel frame. A percentile window ignores dead pixels, hot pixels
+  and the saturated background that a min/max window would let dominate.
+* The frame is mapped to float32 ``(x - low) / (high - low)`` clipped to ``[0, 1]``; the
+  dtype of the input (8-bit, 16-bit, float) does not matter because the window is measured
+  in its own units.
+* The network's ``[0, 1]`` output is written over the full 16-bit range,
+  ``round(y * 65535)``, so every enhanced frame uses the detector's whole gray scale.
+
+Functions here work on numpy arrays and on torch tensors alike (both have ``clip``), so the
+GPU path normalises on the device with the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
+
+if TYPE_CHECKING:
+    import torch
+
+ArrayLike = TypeVar("ArrayLike", np.ndarray, "torch.Tensor")
+
+U16_MAX = 65535
+#: The percentile window is estimated on about this many pixels.
+WINDOW_SAMPLE_PIXELS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Window:
+    """The raw-value range mapped to [0, 1]."""
+
+    low: float
+    high: float
+
+    @property
+    def span(self) -> float:
+        return max(self.high - self.low, 1e-12)
+
+
+def subsample(frame: np.ndarray, target_pixels: int = WINDOW_SAMPLE_PIXELS) -> np.ndarray:
+    """A strided view of ``frame`` with about ``target_pixels`` pixels (no copy)."""
+    step = max(1, int(np.sqrt(frame.size / target_pixels)))
+    return frame[::step, ::step]
+
+
+def robust_window(
+    frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
+) -> Window:
+    """The percentile window of a frame; a flat frame gets a unit-wide window at its value."""
+    sample = subsample(frame)
+    low, high = np.percentile(sample, [low_percentile, high_percentile])
+    if not high > low:
+        low, high = float(sample.min()), float(sample.max())
+    if not high > low:
+        high = low + 1.0
+    return Window(float(low), float(high))
+
+
+def to_unit(frame: ArrayLike, window: Window) -> ArrayLike:
+    """Map raw values to [0, 1] through ``window``. The input must already be floating point."""
+    return ((frame - window.low) * (1.0 / window.span)).clip(0.0, 1.0)
+
+
+def unit_to_u16(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] float to uint16 over the full range, rounding to nearest."""
+    return (np.clip(unit, 0.0, 1.0) * U16_MAX + 0.5).astype(np.uint16)
+
+
+def frame_to_unit(
+    frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
+) -> tuple[np.ndarray, Window]:
+    """Normalise a frame of any dtype to float32 [0, 1]; returns the window used."""
+    window = robust_window(frame, low_percentile, high_percentile)
+    return to_unit(frame.astype(np.float32, copy=False), window).astype(np.float32, copy=False), window

@@ -1,0 +1,599 @@
+"""The service: claim frames from the inbox, enhance them, commit results, and keep going.
+
+Threads and the hand-offs between them (each hand-off is a small bounded :class:`Pipe`)::
+
+    intake ──claimed──> readers ──loaded──> workers (one per engine) ──enhanced──> writers
+
+* *intake* watches the inbox and claims a ready frame only when the next stage has room,
+  so unclaimed frames wait in the inbox (where the station can still see them) and a stop
+  leaves little to finish;
+* *readers* read, hash, decode and measure the percentile window, so a frame's I/O overlaps
+  the previous frame's enhancement and the workers' serial path holds only the engine;
+* *workers*, one per engine from :func:`drdaemon.engines.build_engines`, all take from the
+  same pipe, so the least busy engine (device) gets the next frame;
+* *writers* encode, write and commit (:mod:`drdaemon.folders.commit`).
+
+Readers and writers are counted apart from the engines (``service.readers``,
+``service.writers``; :mod:`drdaemon.service.threads`): their host work per frame is larger
+than a GPU's compute.
+
+A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
+daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
+with :data:`EXIT_DEVICE_LOST`, leaving unfinished frames in ``work/`` for the next start.
+SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from drdaemon import __version__
+from drdaemon.config import ConfigError, Settings
+from drdaemon.engines import Engine, build_checked_engines
+from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
+from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
+from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
+from drdaemon.folders.watcher import InboxWatcher
+from drdaemon.io.durable import current_owner
+from drdaemon.io.formats import configured_output_format
+from drdaemon.service.frame import (
+    EnhancedFrame,
+    LoadedFrame,
+    as_frame_error,
+    commit_frame,
+    enhance_frame,
+    load_frame,
+    read_limits,
+    stage_timings,
+)
+from drdaemon.service.notify import SystemdNotifier
+from drdaemon.service.output import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutputGate, blocking_reason
+from drdaemon.service.pipe import Pipe
+from drdaemon.service.prometheus import DaemonMetrics
+from drdaemon.service.threads import stage_threads
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Times a claimed frame may be found changed (and read again) before it fails as ``changed``.
+MAX_CHANGES = 5
+
+
+class Progress:
+    """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.last_progress_mono = time.monotonic()
+
+    def claimed(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.last_progress_mono = time.monotonic()
+
+    def moved(self) -> None:
+        self.last_progress_mono = time.monotonic()
+
+    def finished(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.last_progress_mono = time.monotonic()
+
+
+class Daemon:
+    """One running daemon over one set of folders; :meth:`run` returns the exit status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engines: list[Engine] | None = None,
+        metrics: DaemonMetrics | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.folders = settings.folders
+        self._engines = engines
+        self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self.notifier = notifier if notifier is not None else SystemdNotifier()
+        self.limits = read_limits(settings.input)
+        self.window_percentiles = (settings.engine.low_percentile, settings.engine.high_percentile)
+        self.finisher = Finisher.for_folders(
+            self.folders,
+            preview=settings.output.preview_png,
+            output_format=configured_output_format(settings.output, settings.engine),
+        )
+        self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
+        self.settling = SettlingWork(settings.watch.stability_wait_s)
+        self.output_gate = OutputGate(
+            self.metrics, [self.folders.outbox, self.folders.archive, self.folders.failed, self.folders.work]
+        )
+        self.progress = Progress()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()  # SIGHUP: reload the weights
+        self.exit_status = EXIT_OK
+        self._fatal_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.metrics_port: int | None = None
+        self._stop_signal: str | None = None
+        self._stop_announced = False
+
+    # -- start-up -------------------------------------------------------------------------
+    def prepare_folders(self) -> None:
+        """Create missing folders; refuse folders that cannot share atomic renames."""
+        for name, path in self.folders:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"folders.{name}: cannot create {path}: {exc}") from exc
+        devices = {name: os.stat(path).st_dev for name, path in self.folders if name != "outbox"}
+        if len(set(devices.values())) > 1:
+            raise ConfigError(
+                "folders.inbox, folders.work, folders.archive and folders.failed must be on one "
+                f"filesystem (frames move between them by rename); found devices {devices}"
+            )
+        for name in ("inbox", "archive", "failed"):
+            probe_rename(self.folders.work, getattr(self.folders, name), name)
+
+    def load_engines(self) -> list[Engine]:
+        """Build the engines (unless given); see :func:`drdaemon.engines.build_checked_engines`."""
+        if self._engines is None:
+            self._engines = build_checked_engines(self.settings.engine)
+        if not self._engines:
+            raise ConfigError("engine: the configuration yields no engine to run")
+        return self._engines
+
+    def _publish_build_info(self, engines: list[Engine]) -> None:
+        torch_module = sys.modules.get("torch")
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = ""
+        cuda = getattr(getattr(torch_module, "version", None), "cuda", None) if torch_module else None
+        self.metrics.set_build_info(
+            version=__version__,
+            engine=engines[0].name,
+            weights_sha256=engines[0].weights_sha256,
+            torch=torch_version,
+            cuda=cuda,
+        )
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until a stop signal (exit 0) or a lost device (exit 70).
+
+        The signal handlers come first: a SIGTERM during start-up (loading weights, warm-up,
+        recovery) lets the step finish and exits 0 before any frame is claimed.
+        """
+        if install_signal_handlers:
+            self._install_signal_handlers()
+            # ``drdaemon`` blocks them from its first instant; one that came meanwhile arrives now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        self.prepare_folders()
+        with WorkLock(self.folders.work):
+            engines = self.load_engines()
+            for engine in engines:
+                engine.warm_up()
+            log.info("engines_ready", engines=[e.name for e in engines], devices=[e.device for e in engines])
+            self._publish_build_info(engines)
+            if self.settings.metrics.enabled:
+                self.metrics_port = self._serve_metrics()
+                log.info("metrics_serving", address=self.settings.metrics.address, port=self.metrics_port)
+            recovery = self.finisher.recover_all(self.folders.work)
+            self._count_recovered(recovery.finished)
+            recovered = recovery.redo
+            if recovered or recovery.finished:
+                log.info("work_recovered", frames=len(recovered), finished=len(recovery.finished))
+            if self.stop_requested.is_set():
+                self.metrics.close()
+                log.info(
+                    "daemon_stopped",
+                    exit_status=self.exit_status,
+                    signal=self._stop_signal,
+                    note="stopped during start-up, before claiming any frame",
+                )
+                return self.exit_status
+            self.watcher.start()
+            self._start_pipeline(engines, recovered)
+            self.notifier.ready(f"watching {self.folders.inbox} with {len(engines)} engine(s)")
+            log.info("daemon_ready", inbox=str(self.folders.inbox), engine=engines[0].name)
+            try:
+                self._supervise(engines)
+            finally:
+                for thread in self._threads:
+                    thread.join()
+                self.watcher.stop()
+                self.metrics.close()
+            log.info("daemon_stopped", exit_status=self.exit_status)
+            return self.exit_status
+
+    def _count_recovered(self, finished: list[Plan]) -> None:
+        """Frames the last run committed but did not clean up: logged and counted like any other."""
+        for plan in finished:
+            frame = display_name(plan.work)
+            if plan.kind == "ok":
+                log.info("frame_done", frame=frame, output=plan.output, recovered=True)
+                self.metrics.frame_recovered()
+                continue
+            try:
+                reason = json.loads(Path(plan.reason or "").read_text(encoding="utf-8"))
+                stage, why = Stage(reason["stage"]), Reason(reason["reason"])
+            except (OSError, ValueError, KeyError):
+                stage, why = Stage.READ, Reason.UNREADABLE
+            log.warning(
+                "frame_failed", frame=frame, stage=stage.value, reason=why.value, moved_to=plan.failed, recovered=True
+            )
+            self.metrics.frame_failed(stage=stage, reason=why)
+
+    def _serve_metrics(self) -> int:
+        address, port = self.settings.metrics.address, self.settings.metrics.port
+        try:
+            return self.metrics.serve(address, port)
+        except OSError as exc:
+            raise ConfigError(f"metrics.port: cannot serve metrics on {address}:{port}: {exc}") from exc
+
+    def request_stop(self) -> None:
+        """Stop claiming; frames already claimed are finished (graceful).
+
+        Only sets an event, so it is safe from a signal handler; the main thread announces
+        the stop (log, systemd STOPPING=1) when it wakes up.
+        """
+        self.stop_requested.set()
+
+    def stop_from_signal(self, name: str) -> None:
+        """A stop asked for by a signal (``SIGTERM``): graceful, and the signal is logged."""
+        self._stop_signal = name
+        self.request_stop()
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            self.stop_from_signal(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload_requested.set())
+        # The check for writers still holding a frame open takes a lease for an instant; were a
+        # writer to open the file in that instant, the kernel would signal SIGIO (fatal by default).
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+    def _fatal(self, status: int, cause: str) -> None:
+        """Stop fast: unstarted frames stay in work/ and are redone at the next start.
+
+        ``cause`` (``device_lost`` or ``internal_error``) is counted, as both exit with 70.
+        """
+        self.metrics.fatal_error(cause)
+        with self._fatal_lock:
+            self.exit_status = status
+        self.request_stop()
+        self._claimed.abort()
+        self._loaded.abort()
+
+    def _start_pipeline(self, engines: list[Engine], recovered: list[Path]) -> None:
+        service = self.settings.service
+        readers, writers = stage_threads(len(engines), service.readers, service.writers)
+        log.info("pipeline_threads", readers=readers, workers=len(engines), writers=writers)
+        # Each pipe holds about one frame per consumer: enough to keep every thread busy,
+        # no more (unclaimed frames wait in the inbox, not in memory).
+        self._claimed: Pipe[WorkItem] = Pipe(capacity=readers, producers=1)
+        self._loaded: Pipe[LoadedFrame] = Pipe(capacity=len(engines), producers=readers)
+        self._enhanced: Pipe[EnhancedFrame] = Pipe(capacity=writers, producers=len(engines))
+        self._spawn("intake", self._intake_loop, recovered)
+        for index in range(readers):
+            self._spawn(f"reader-{index}", self._reader_loop)
+        for index in range(len(engines)):
+            self._spawn(f"worker-{index}", self._worker_loop, engines, index)
+        for index in range(writers):
+            self._spawn(f"writer-{index}", self._writer_loop)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception:
+                log.exception("internal_error", thread=name, note="a bug: the daemon stops and is restarted")
+                self._fatal(EXIT_INTERNAL_ERROR, "internal_error")
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _supervise(self, engines: list[Engine]) -> None:
+        """Main thread: gauges, the systemd watchdog, and waiting for the pipeline to drain."""
+        ping_every = self.notifier.watchdog_interval_s
+        tick = min(1.0, ping_every) if ping_every else 1.0
+        last_ping_mono = time.monotonic()
+        last_ping_progress = self.progress.last_progress_mono
+        while any(t.is_alive() for t in self._threads):
+            self._announce_stop()
+            if self.reload_requested.is_set() and not self.stop_requested.is_set():
+                self.reload_requested.clear()
+                self._reload_engines(engines)
+            self._update_gauges(engines)
+            now = time.monotonic()
+            if ping_every and now - last_ping_mono >= ping_every:
+                moved = self.progress.last_progress_mono != last_ping_progress
+                if self.watcher.alive and (moved or self.progress.in_flight == 0):
+                    self.notifier.watchdog()
+                    last_ping_mono = now
+                    last_ping_progress = self.progress.last_progress_mono
+                else:
+                    log.warning(
+                        "watchdog_withheld", watcher_alive=self.watcher.alive, in_flight=self.progress.in_flight
+                    )
+            if self.stop_requested.is_set():
+                time.sleep(0.05)  # draining: just wait for the threads to finish
+            else:
+                self.stop_requested.wait(tick)
+        self._announce_stop()
+        self._update_gauges(engines)
+
+    def _reload_engines(self, engines: list[Engine]) -> None:
+        """SIGHUP: build the engines again from the configured weights file; keep the old on any failure.
+
+        Until then the loaded weights stay in use whatever happens to the file. A frame being
+        enhanced meanwhile finishes with the engine it started with, and its sidecar names that
+        engine's weights.
+        """
+        log.info("reload_requested", weights=str(self.settings.engine.weights))
+        try:
+            fresh = build_checked_engines(self.settings.engine)
+            if len(fresh) != len(engines):
+                raise ConfigError(f"the reload yields {len(fresh)} engine(s), the daemon runs {len(engines)}")
+            for engine in fresh:
+                engine.warm_up()
+        except Exception as exc:  # noqa: BLE001 - a bad new file must never stop the daemon
+            log.error(
+                "reload_refused", error=f"{type(exc).__name__}: {exc}", kept_weights_sha256=engines[0].weights_sha256
+            )
+            return
+        for index, engine in enumerate(fresh):
+            engines[index] = engine
+        self._publish_build_info(engines)
+        log.info("engines_reloaded", engine=engines[0].name, weights_sha256=engines[0].weights_sha256)
+
+    def _announce_stop(self) -> None:
+        if self.stop_requested.is_set() and not self._stop_announced:
+            self._stop_announced = True
+            self.notifier.stopping()
+            log.info(
+                "stopping", signal=self._stop_signal, exit_status=self.exit_status, in_flight=self.progress.in_flight
+            )
+
+    def _update_gauges(self, engines: list[Engine]) -> None:
+        self.metrics.set_inbox_depth(self.watcher.depth)
+        self.metrics.set_queue_depth(len(self._claimed) + len(self._loaded) + len(self._enhanced))
+        self.metrics.set_in_flight(self.progress.in_flight)
+        self.metrics.set_watcher_up(self.watcher.alive)
+        torch_module = sys.modules.get("torch")
+        if torch_module is None or not torch_module.cuda.is_initialized():
+            return
+        for device in {e.device for e in engines if e.device.startswith("cuda")}:
+            with contextlib.suppress(RuntimeError):  # the device vanished; the worker reports it
+                self.metrics.set_device_memory(
+                    device, torch_module.cuda.memory_allocated(device), torch_module.cuda.memory_reserved(device)
+                )
+
+    # -- the stages -----------------------------------------------------------------------
+    def _intake_loop(self, recovered: list[Path]) -> None:
+        try:
+            for path in recovered:
+                if self.stop_requested.is_set():
+                    break
+                self.progress.claimed()
+                # Recorded as arriving now, from the inbox it was claimed from.
+                item = WorkItem(path=path, original=self.folders.inbox / path.name)
+                if not self._claimed.put(item):
+                    self.progress.finished()
+            tick = self.watcher.tick_s()
+            while not self.stop_requested.is_set():
+                if not self.output_gate.open.is_set():
+                    self.stop_requested.wait(tick)  # frames wait in the inbox until the output clears
+                    continue
+                for item in self.settling.settled():
+                    if not self._claimed.put(item):
+                        self.progress.finished()
+                self.watcher.ensure_observer()
+                for candidate in self.watcher.poll():
+                    # Claim only when a reader can take the frame soon: the rest wait in the inbox.
+                    if not self._claimed.wait_for_room(timeout=tick) or self.stop_requested.is_set():
+                        break
+                    if not self.watcher.still_ready(candidate):
+                        continue
+                    claimed = claim(
+                        candidate.path, self.folders.work, candidate.first_seen_wall, candidate.first_seen_mono
+                    )
+                    self.watcher.forget(candidate.path)
+                    if claimed is None:
+                        continue
+                    self.progress.claimed()
+                    if not self._claimed.put(claimed):
+                        self.progress.finished()  # aborted: it stays in work/ for the next start
+                self.stop_requested.wait(tick)
+        finally:
+            self._claimed.producer_done()
+
+    def _reader_loop(self) -> None:
+        try:
+            while (item := self._claimed.get()) is not None:
+                try:
+                    loaded = load_frame(item, self.limits, self.window_percentiles)
+                except FrameChanged as exc:
+                    self._changed(item, exc)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
+                    self._fail(item, as_frame_error(Stage.READ, exc))
+                    continue
+                self.progress.moved()
+                if not self._loaded.put(loaded):
+                    self.progress.finished()
+        finally:
+            self._loaded.producer_done()
+
+    def _worker_loop(self, engines: list[Engine], index: int) -> None:
+        """Enhance frames with ``engines[index]``, looked up per frame so that a reload takes effect."""
+        try:
+            while (loaded := self._loaded.get()) is not None:
+                engine = engines[index]
+                try:
+                    done = enhance_frame(loaded, engine)
+                except FrameError as error:
+                    self._fail(loaded.item, error)
+                    continue
+                except DeviceLost as exc:
+                    log.error(
+                        "device_lost",
+                        device=engine.device,
+                        frame=display_name(loaded.item.original.name),
+                        error=str(exc),
+                        note="frame stays in work/ and is redone at the next start",
+                    )
+                    self.progress.finished()
+                    self._fatal(EXIT_DEVICE_LOST, "device_lost")
+                    return
+                self.progress.moved()
+                if not self._enhanced.put(done):
+                    self.progress.finished()
+        finally:
+            self._enhanced.producer_done()
+
+    def _writer_loop(self) -> None:
+        while (done := self._enhanced.get()) is not None:
+            item = done.loaded.item
+            try:
+                committed = self._while_output_blocked(item, lambda: commit_frame(done, self.finisher))
+            except FrameChanged as exc:
+                self._changed(item, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the frame fails with a reason, the daemon goes on
+                self._fail(item, as_frame_error(Stage.WRITE, exc))
+                continue
+            if committed is None:  # stopped while the output was blocked: redone at the next start
+                self.progress.finished()
+                continue
+            latency = max(0.0, time.monotonic() - item.arrived_mono)
+            for stage, seconds in stage_timings(done, committed).items():
+                self.metrics.observe_stage(stage, seconds)
+            self.metrics.frame_succeeded(pixels=int(done.result.pixels.size), latency_s=latency)
+            sidecar = committed.sidecar
+            log.info(
+                "frame_done",
+                frame=display_name(item.original.name),
+                id=sidecar.input.sha256[:16],
+                input_bytes=sidecar.input.bytes,
+                output_bytes=sidecar.output.bytes,
+                shape=sidecar.input.shape,
+                dtype=sidecar.input.dtype,
+                output=sidecar.output.path,
+                device=sidecar.software.device,
+                latency_s=round(latency, 4),
+                timings=sidecar.timings | {"sidecar": round(committed.sidecar_s, 6)},
+            )
+            self.progress.finished()
+
+    def _while_output_blocked(self, item: WorkItem, commit: Callable[[], T]) -> T | None:
+        """Run ``commit``; while an output fault refuses it, hold the frame and retry with backoff.
+
+        Returns None when a stop comes first (the frame stays in work/). A fault that is not
+        the output's (a bad frame, or the frame itself gone from work/) is raised.
+        """
+        backoff = BACKOFF_FIRST_S
+        while True:
+            try:
+                result = commit()
+            except Exception as exc:
+                reason = blocking_reason(exc)
+                if reason is None or not os.path.lexists(item.path):
+                    raise
+                self.output_gate.block(reason, exc)
+                if self.stop_requested.wait(backoff):
+                    return None
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+                self.output_gate.recreate_folders()
+                continue
+            self.output_gate.clear()
+            return result
+
+    def _changed(self, item: WorkItem, exc: FrameChanged) -> None:
+        """A frame changed after its claim: read it again once it settles, a bounded number of times."""
+        item.changes += 1
+        if item.changes > MAX_CHANGES:
+            self._fail(item, FrameError(Stage.READ, Reason.CHANGED, f"{exc}; still changing after {MAX_CHANGES} reads"))
+            return
+        log.warning(
+            "frame_changed",
+            frame=display_name(item.original.name),
+            error=str(exc),
+            reads=item.changes,
+            note="not committed; read again once it has settled",
+        )
+        self.settling.add(item)
+
+    def _fail(self, item: WorkItem, error: FrameError) -> None:
+        """Move a failed frame to failed/ with its reason, then count it; the daemon carries on."""
+        try:
+            destination = self._while_output_blocked(item, lambda: fail_frame(item, error, self.finisher))
+        except OSError as exc:
+            log.error(
+                "frame_fail_unrecorded",
+                frame=display_name(item.original.name),
+                error=str(exc),
+                note="frame stays in work/ and is retried at the next start",
+            )
+        else:
+            if destination is None:  # stopped while failed/ refused: redone at the next start
+                self.progress.finished()
+                return
+            log.warning(
+                "frame_failed",
+                frame=display_name(item.original.name),
+                stage=error.stage.value,
+                reason=error.reason.value,
+                message=str(error),
+                moved_to=str(destination),
+            )
+        self.metrics.frame_failed(stage=error.stage, reason=error.reason)
+        self.progress.finished()
+
+
+def probe_rename(work: Path, other: Path, name: str) -> None:
+    """Prove that a file renames between ``work`` and ``other`` and back; a ConfigError if not.
+
+    Equal device numbers are not enough: two bind mounts of one filesystem share a device
+    number, yet the kernel refuses a rename between them (EXDEV) — at the first frame.
+    """
+    probe = work / f".drdaemon-probe.{current_owner().token}"
+    moved = other / probe.name
+    probe.write_bytes(b"")
+    try:
+        os.rename(probe, moved)
+        os.rename(moved, probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"folders.work ({work}) and folders.{name} ({other}) must be one filesystem mount: a rename "
+            f"between them fails ({exc.strerror}); a bind mount counts as another mount"
+        ) from exc
+    finally:
+        probe.unlink(missing_ok=True)
+        moved.unlink(missing_ok=True)
+
+
+def run_daemon(settings: Settings) -> int:
+    """Entry point for ``drdaemon run``: build, run, and return the exit status."""
+    return Daemon(settings).run()
+
+
+__all__ = ["Daemon", "run_daemon"]

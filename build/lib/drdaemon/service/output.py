@@ -1,0 +1,102 @@
+"""Output faults: a full, read-only, unwritable or vanished folder is not the frame's fault.
+
+When the outbox (or archive, failed or work) refuses a write, every frame would fail the
+same way, so quarantining them would turn a disk-full hour into a shift of ``failed/``.
+Instead the writer holds its frame, the intake stops claiming, the daemon says why (a log
+line and ``drdaemon_output_blocked{reason}``), re-creates deleted folders, retries with
+backoff and resumes by itself when the fault clears.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+
+from drdaemon.errors import FrameError, Stage
+from drdaemon.service.prometheus import DaemonMetrics
+
+log = structlog.get_logger(__name__)
+
+#: errno -> the ``reason`` label of ``drdaemon_output_blocked``.
+_BLOCKING = {
+    errno.ENOSPC: "disk_full",
+    errno.EDQUOT: "disk_full",
+    errno.EROFS: "read_only",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.ENOENT: "missing",
+    errno.ENOTDIR: "missing",
+    errno.EIO: "io_error",
+    errno.ESTALE: "io_error",
+    errno.ENOTCONN: "io_error",
+    errno.EHOSTDOWN: "io_error",
+}
+#: First and longest pause between two attempts at a blocked commit.
+BACKOFF_FIRST_S = 0.2
+BACKOFF_MAX_S = 10.0
+
+
+def blocking_reason(error: BaseException) -> str | None:
+    """The output fault behind ``error`` (a write-stage failure caused by one of the errnos above)."""
+    if isinstance(error, FrameError) and error.stage is not Stage.WRITE:
+        return None
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    if cause is None or isinstance(cause, FileExistsError):
+        return None
+    return _BLOCKING.get(cause.errno or 0)
+
+
+class OutputGate:
+    """Whether frames can be committed now; shared by the writer threads and the intake."""
+
+    def __init__(self, metrics: DaemonMetrics, folders: Iterable[Path]) -> None:
+        self.metrics = metrics
+        self.folders = [Path(f) for f in folders]
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self.open = threading.Event()
+        self.open.set()
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def block(self, reason: str, error: BaseException) -> None:
+        with self._lock:
+            changed = reason != self._reason
+            self._reason = reason
+            self.open.clear()
+        if changed:
+            self.metrics.set_output_blocked(reason)
+            log.error(
+                "output_blocked",
+                reason=reason,
+                error=str(error),
+                note="frames are held (not failed) and retried; claiming paused until it clears",
+            )
+
+    def clear(self) -> None:
+        with self._lock:
+            was = self._reason
+            self._reason = None
+            self.open.set()
+        if was is not None:
+            self.metrics.set_output_blocked(None)
+            log.info("output_resumed", was=was)
+
+    def recreate_folders(self) -> None:
+        """Re-create a deleted outbox (or archive, failed); a folder still refused stays refused."""
+        for folder in self.folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
+
+
+__all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "OutputGate", "blocking_reason"]
