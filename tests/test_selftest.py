@@ -60,7 +60,9 @@ def test_a_broken_weights_path_fails_as_a_configuration_error(tmp_path: Path, ca
 
 def test_an_output_format_the_frame_cannot_take_fails_with_a_reason(tmp_path: Path, capsys) -> None:
     config = example_config(tmp_path)
-    config.write_text(config.read_text().replace('format = "auto"\ncompression', 'format = "dicom"\ncompression'))
+    text = config.read_text()
+    assert text.count('\nformat = "auto"\n') == 1  # [output] format, the only key of that name
+    config.write_text(text.replace('\nformat = "auto"\n', '\nformat = "dicom"\n'))
     assert main(["selftest", "--config", str(config), "--size", "96x64"]) == EXIT_SOME_FAILED
     err = capsys.readouterr().err
     assert "selftest FAILED" in err and "unsupported" in err and "output.format = 'dicom'" in err
