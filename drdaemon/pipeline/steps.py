@@ -133,7 +133,7 @@ class MultiscaleStep(_Step):
 
     op: Literal["multiscale"] = "multiscale"
     gains: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field(
-        default_factory=lambda: [1.0, 1.6, 1.8, 1.6, 1.3], min_length=1, max_length=8
+        default_factory=lambda: [1.0, 1.3, 1.5, 1.4, 1.2], min_length=1, max_length=8
     )
     residual_gain: float = Field(1.0, ge=0.0, le=2.0)
 
