@@ -25,13 +25,14 @@ def _high_pass_decimated(image: np.ndarray, axis: int) -> np.ndarray:
     taps = len(DB2_HIGH_PASS)
     padding = [(0, 0), (0, 0)]
     padding[axis] = (taps - 1, taps - 1)
-    padded = np.pad(image, padding, mode="symmetric")
-    full = padded.shape[axis] - taps + 1  # length of the full convolution of the extended signal
-    out = np.zeros_like(np.take(padded, np.arange(1, full, 2), axis=axis))
+    padded = np.moveaxis(np.pad(image, padding, mode="symmetric"), axis, 0)
+    full = padded.shape[0] - taps + 1  # length of the full convolution of the extended signal
+    out = np.zeros_like(padded[1:full:2])
     for k, tap in enumerate(DB2_HIGH_PASS):
-        # convolution: output n takes padded[n + taps - 1 - k] for tap k
-        out += tap * np.take(padded, np.arange(1 + taps - 1 - k, full + taps - 1 - k, 2), axis=axis)
-    return out
+        # convolution: output n takes padded[n + taps - 1 - k] for tap k (strided views, no copies)
+        shift = taps - 1 - k
+        out += tap * padded[1 + shift : full + shift : 2]
+    return np.moveaxis(out, 0, axis)
 
 
 def db2_finest_diagonal(image: np.ndarray) -> np.ndarray:
