@@ -330,3 +330,12 @@ def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_th
     assert record.timings["window"] == 0.0  # the reader measured no window: the normalise step did
     raw = json.loads((station.dirs["outbox"] / "plate.tif.json").read_text())
     assert raw["engine"]["parameters"]["steps"][1] == {"op": "median", "size": 3}
+
+
+def test_the_configuration_hash_follows_the_steps_that_run_and_ignores_the_table_elsewhere():
+    detail = EngineConfig(name="pipeline").configuration_sha256()
+    assert detail == EngineConfig(name="pipeline", pipeline=PipelineConfig(steps=list(PRESETS["detail"]))).configuration_sha256()
+    assert detail != EngineConfig(name="pipeline", pipeline=PipelineConfig(preset="filtered")).configuration_sha256()
+    # for another engine the pipeline table shapes nothing, so it changes no DICOM series
+    assert EngineConfig(name="he").configuration_sha256() == EngineConfig(
+        name="he", pipeline=PipelineConfig(preset="filtered")).configuration_sha256()
