@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -348,11 +349,16 @@ def main(argv: list[str] | None = None) -> int:
 # -- printing the effective configuration ---------------------------------------------------
 def settings_to_toml(settings: Settings) -> str:
     """The settings as TOML that :func:`drdaemon.config.load_settings` reads back; unset keys are left out."""
-    tables = {
-        table: {key: value for key, value in values.items() if value is not None}
-        for table, values in settings.model_dump(mode="json").items()
-    }
-    return tomli_w.dumps(tables)
+    return tomli_w.dumps(_without_unset(settings.model_dump(mode="json")))
+
+
+def _without_unset(value: Any) -> Any:
+    """``value`` with every None-valued key dropped, in nested tables and arrays of tables too (TOML has no null)."""
+    if isinstance(value, dict):
+        return {key: _without_unset(inner) for key, inner in value.items() if inner is not None}
+    if isinstance(value, list):
+        return [_without_unset(inner) for inner in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveInt, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from drdaemon import defaults
 from drdaemon.defaults import Compression, EngineName, MethodName, Precision
+from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESETS, PresetName
+from drdaemon.pipeline.steps import Step
 
 
 class ConfigError(Exception):
@@ -59,6 +61,34 @@ RUNTIME_ENGINE_KEYS = frozenset(
 )
 
 
+class PipelineConfig(_Table):
+    """``[engine.pipeline]``: the ordered steps of ``engine.name = "pipeline"``, or a named preset.
+
+    ``steps`` (``[[engine.pipeline.steps]]`` tables, or ``DRDAEMON_ENGINE__PIPELINE__STEPS`` as a
+    JSON list) and ``preset`` exclude each other; with neither, the ``detail`` preset runs.
+    """
+
+    preset: PresetName | None = None
+    steps: list[Step] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _preset_or_steps(self) -> PipelineConfig:
+        if self.preset is not None and self.steps:
+            raise ValueError(
+                f"set either preset ({self.preset!r}) or steps, not both "
+                "(DRDAEMON_ENGINE__PIPELINE__STEPS='[]' clears the file's steps)"
+            )
+        return self
+
+    def preset_name(self) -> str | None:
+        """The preset that runs, or None for the configured steps."""
+        return None if self.steps else (self.preset or DEFAULT_PRESET)
+
+    def resolved_steps(self) -> tuple[Step, ...]:
+        name = self.preset_name()
+        return tuple(self.steps) if name is None else PRESETS[name]
+
+
 class EngineConfig(_Table):
     """Which enhancer runs, and its parameters.
 
@@ -87,6 +117,8 @@ class EngineConfig(_Table):
     warm_up_frame_size: tuple[PositiveInt, PositiveInt] | None = None
     workers_per_device: int = Field(2, ge=1, le=8)
     allow_pickle: bool = False
+    # Pipeline engine.
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _net_needs_weights(self) -> EngineConfig:
@@ -100,8 +132,10 @@ class EngineConfig(_Table):
         A DICOM output's series is one per source series and engine configuration: this, the
         method's name and the weights' sha256 together.
         """
-        shaping = self.model_dump(mode="json", exclude=set(RUNTIME_ENGINE_KEYS))
+        shaping = self.model_dump(mode="json", exclude={*RUNTIME_ENGINE_KEYS, "pipeline"})
         shaping["name"] = self.effective_name()
+        if shaping["name"] == "pipeline":  # the steps that run (a preset's as in this release)
+            shaping["pipeline"] = [step.model_dump(mode="json") for step in self.pipeline.resolved_steps()]
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8")).hexdigest()
 
     def effective_name(self) -> MethodName:
@@ -293,6 +327,11 @@ def load_settings(path: Path | None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from exc
+    except SettingsError as exc:  # a DRDAEMON_* value that a list or table key cannot parse
+        raise ConfigError(
+            f"{exc} ({exc.__cause__}): a list or a table in a DRDAEMON_* variable is JSON, e.g. "
+            """DRDAEMON_ENGINE__PIPELINE__STEPS='[{"op": "gaussian", "sigma": 1.0}]'"""
+        ) from exc
     settings.folders = settings.folders.resolved(base)
     if settings.engine.weights is not None and not settings.engine.weights.is_absolute():
         settings.engine.weights = base / settings.engine.weights

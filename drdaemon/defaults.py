@@ -21,13 +21,13 @@ GAMMA: Final = 1.0
 
 #: The classical methods (:class:`drdaemon.engines.classical.ClassicalEngine`).
 ClassicalMethod = Literal["classical", "he", "stretch", "identity"]
-#: Every method an engine runs: the classical ones and the learned ``net``.
-MethodName = Literal[ClassicalMethod, "net"]
+#: Every method an engine runs: the classical ones, the configurable ``pipeline`` and the learned ``net``.
+MethodName = Literal[ClassicalMethod, "pipeline", "net"]
 #: What ``engine.name`` accepts: a method, or ``auto`` (``net`` with weights, else ``classical``).
 EngineName = Literal["auto", MethodName]
 
 CLASSICAL_METHODS: Final[tuple[str, ...]] = get_args(ClassicalMethod)
-METHOD_NAMES: Final[tuple[str, ...]] = (*CLASSICAL_METHODS, "net")
+METHOD_NAMES: Final[tuple[str, ...]] = (*CLASSICAL_METHODS, "pipeline", "net")
 
 #: Arithmetic of the learned engine (``engine.precision``).
 Precision = Literal["float32", "float16", "bfloat16"]

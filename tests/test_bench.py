@@ -42,6 +42,16 @@ def test_compression_table_has_a_row_per_option_with_its_tiff_code(capsys):
     assert "| `lzw` (default) | 5 |" in out and "| `none` | 1 |" in out
 
 
+def test_pipeline_bench_prints_each_steps_time_and_non_local_means_apart(capsys):
+    assert run_bench(bench_args("--engine", "pipeline", "--preset", "filtered-median")) == 0
+    out = capsys.readouterr().out
+    for key in ("step0_normalise", "step1_median", "step2_clahe", "step3_normalise", "pipeline_output"):
+        assert re.search(rf"  {key} +[\d.]+ ms", out), key
+    assert re.search(r"enhance \(whole call\) +[\d.]+ ms = [\d.]+ MP/s", out)
+    assert re.search(r"OpenCV 2 threads, OMP_NUM_THREADS=\S+, load average [\d.]+ [\d.]+ [\d.]+", out)
+    assert re.search(r"non-local means apart .*: [\d.]+ s = [\d.]+ MP/s", out)
+
+
 def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_frame_file(capsys, tmp_path):
     import numpy as np
     import tifffile

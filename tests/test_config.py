@@ -30,7 +30,7 @@ def test_example_config_documents_every_key_and_loads() -> None:
     for table, field in Settings.model_fields.items():
         assert f"[{table}]" in text, table
         for key, inner in field.annotation.model_fields.items():
-            sub = next((t for t in typing.get_args(inner.annotation) if isinstance(t, type) and
+            sub = next((t for t in (inner.annotation, *typing.get_args(inner.annotation)) if isinstance(t, type) and
                         issubclass(t, BaseModel)), None)
             if sub is not None:  # a sub-table such as [input.raw], possibly commented out
                 assert re.search(rf"^#?\s*\[{table}\.{key}\]", text, re.MULTILINE), f"[{table}.{key}] undocumented"

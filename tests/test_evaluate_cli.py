@@ -11,7 +11,7 @@ import tifffile
 
 from dicom_testkit import pydicom_data_file
 from drdaemon.evaluate import synth
-from drdaemon.evaluate.baselines import FilteredEngine, MethodError, build_method, build_methods
+from drdaemon.evaluate.baselines import MethodError, build_method, build_methods
 from drdaemon.evaluate.cli import DataError, evaluate, find_dataset, main
 from drdaemon.evaluate.dicom import read_dicom
 from drdaemon.evaluate.report import COLUMNS
@@ -81,6 +81,7 @@ def test_bad_data_and_methods_are_clear_errors(bench, tmp_path, capsys):
     with pytest.raises(DataError, match="no frames"):
         find_dataset(tmp_path)
     for text, message in [("sharpen", "unknown method"), ("gamma:x", "number"), ("filtered:bilateral", "denoiser"),
+                          ("pipeline:sharp", "presets are"),
                           ("net", "weights file"), (f"net:{tmp_path / 'none.safetensors'}", "no weights file")]:
         with pytest.raises(MethodError, match=message):
             build_method(text)
@@ -101,7 +102,7 @@ def test_filtered_pipeline_denoises_before_equalising():
 
     clahe = ClassicalEngine(method="classical").enhance(frame).pixels
     for denoiser in ("nlm", "median", "gaussian"):
-        filtered = FilteredEngine(denoiser=denoiser).enhance(frame).pixels
+        filtered = build_method(f"filtered:{denoiser}").engine.enhance(frame).pixels
         assert filtered.dtype == np.uint16 and filtered.shape == frame.shape
         assert noise_sigma(filtered) < 0.8 * noise_sigma(clahe)
 

@@ -9,6 +9,10 @@ For a synthetic frame (5732 x 2333 uint16 by default) it prints:
   float32 (PSNR, RMS and maximum in 16-bit output levels); with ``--tile-check`` also the
   exact tiler's error against the whole-frame pass in the same precision;
 * ``--engine classical``: the median read, enhance and write times of one frame;
+* ``--engine pipeline``: per step of the preset (``--preset``, default ``detail``) its median
+  time, then the whole ``enhance`` call and its megapixels per second with OpenCV on
+  ``--threads`` threads, and the cost of a non-local-means step on the same frame apart
+  (no preset that is meant to be fast has one);
 * ``--engine identity``: the daemon's host cost per frame by stage (read, hashes, window,
   staging copies, encode, write, fsync, sidecar) and the frame rate the reader, worker and
   writer counts allow (:mod:`drdaemon.bench.host`), then the folder test with the identity
@@ -54,7 +58,7 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
-        choices=("classical", "net", "identity"),
+        choices=("classical", "pipeline", "net", "identity"),
         default="classical",
         help="which engine to benchmark (default: classical)",
     )
@@ -105,6 +109,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--writers", type=int, default=0, help="daemon service.writers in the folder test (0: the daemon's default)"
+    )
+    parser.add_argument(
+        "--preset",
+        default="detail",
+        help="pipeline: the preset to time (default detail; see drdaemon.pipeline.presets)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="pipeline: OpenCV threads (cv2.setNumThreads; default 2, two cores)"
+    )
+    parser.add_argument(
+        "--nlm-repeats", type=int, default=1, help="pipeline: timed runs of the non-local-means step (0 skips it)"
     )
     parser.add_argument(
         "--tile-check",
@@ -429,6 +444,54 @@ def bench_classical(args: argparse.Namespace, frame: np.ndarray) -> None:
         folder_comparison(engine, {"name": "classical"}, frame, args, "classical")
 
 
+def bench_pipeline(args: argparse.Namespace, frame: np.ndarray) -> None:
+    """Each step's median time in the preset, the whole call, and non-local means apart."""
+    from drdaemon.config import PipelineConfig
+    from drdaemon.engines.pipeline import PipelineEngine, build_pipeline_engine
+    from drdaemon.pipeline.steps import NlmStep, NormaliseStep
+
+    engine = build_pipeline_engine(PipelineConfig(preset=args.preset), threads=args.threads)
+    engine.warm_up()
+    runs = []
+    for _ in range(max(1, args.repeats)):
+        start = time.perf_counter()
+        result = engine.enhance(frame)
+        runs.append((time.perf_counter() - start, result.timings))
+    total = statistics.median(seconds for seconds, _ in runs)
+    megapixels = frame.size / 1e6
+    print(
+        f"pipeline preset {args.preset!r}, OpenCV {cv2_threads()} threads, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {load_average()}, median of {len(runs)}:"
+    )
+    for key in runs[0][1]:
+        step_s = statistics.median(timings[key] for _, timings in runs)
+        print(f"  {key:<24} {step_s * 1e3:8.1f} ms")
+    print(f"  enhance (whole call)     {total * 1e3:8.1f} ms = {megapixels / total:.1f} MP/s")
+    if args.nlm_repeats > 0:
+        nlm = PipelineEngine((NormaliseStep(), NlmStep()))
+        nlm.warm_up()
+        nlm_s = median_seconds(lambda: nlm.enhance(frame), args.nlm_repeats)
+        print(
+            f"  non-local means apart (normalise + nlm, 7 x 7 template, 21 x 21 search), median of "
+            f"{args.nlm_repeats}: {nlm_s:.2f} s = {megapixels / nlm_s:.2f} MP/s"
+        )
+    if args.frames > 0:
+        folder_comparison(engine, {"name": "pipeline", "pipeline": {"preset": args.preset}}, frame, args, "pipeline")
+
+
+def cv2_threads() -> int:
+    import cv2
+
+    return int(cv2.getNumThreads())
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _precision_names(spec: str, cuda: bool) -> list[str]:
     names = []
     for item in spec.split(","):
@@ -582,6 +645,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print_compression_table(frame, source.split(", ", 1)[-1], args.repeats)
     elif args.engine == "classical":
         bench_classical(args, frame)
+    elif args.engine == "pipeline":
+        bench_pipeline(args, frame)
     elif args.engine == "identity":
         bench_identity(args, frame)
     else:

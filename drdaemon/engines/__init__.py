@@ -15,6 +15,10 @@ def build_engines(config: EngineConfig) -> list[Engine]:
         from drdaemon.engines.net import build_net_engines  # torch is imported only when needed
 
         return [*build_net_engines(config)]
+    if name == "pipeline":
+        from drdaemon.engines.pipeline import build_pipeline_engine
+
+        return [build_pipeline_engine(config.pipeline)]
     return [
         ClassicalEngine(
             method=name,

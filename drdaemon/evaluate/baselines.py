@@ -1,10 +1,10 @@
 """The methods an evaluation compares, named on the command line.
 
-The classical baselines are the daemon's own :class:`~drdaemon.engines.ClassicalEngine`
-methods, so the table measures exactly what the daemon would write. The one baseline that is
-evaluation-only is the classical *filtering pipeline* (denoise, equalise, normalise): its
-non-local-means strength comes from the evaluation's wavelet noise estimator, which needs
-PyWavelets, a dependency the daemon does not have.
+Every method is one of the daemon's own engines, built as the daemon builds it from
+``[engine]``, so the table measures exactly what the daemon would write: the classical
+:class:`~drdaemon.engines.ClassicalEngine` methods, the pipeline engine's presets
+(:mod:`drdaemon.pipeline.presets`; the classical *filtering pipeline* ``filtered`` is one of
+them) and the learned engine.
 
 Method names:
 
@@ -15,86 +15,30 @@ Method names:
 ``he``                 global histogram equalisation over 65536 levels
 ``clahe``/``classical``  CLAHE on the 16-bit windowed frame (OpenCV; clip 2, 8 x 8 tiles)
 ``filtered[:D]``       denoise D (``nlm`` default, ``median``, ``gaussian``), then CLAHE,
-                       then a 1 to 99 % percentile stretch
+                       then a 1 to 99 % percentile stretch: the pipeline presets
+                       ``filtered``, ``filtered-median``, ``filtered-gaussian``
+``pipeline:PRESET``    the pipeline engine with a preset (``detail``, ``filtered``, ...)
 ``net:PATH``           the learned engine with the weights at PATH
 =====================  =========================================================
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from drdaemon.config import EngineConfig
-from drdaemon.defaults import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, CLASSICAL_METHODS, HIGH_PERCENTILE, LOW_PERCENTILE
-from drdaemon.engines import Engine, Enhanced, build_engines
-from drdaemon.engines.classical import clahe_u16
-from drdaemon.evaluate.quality import noise_sigma
-from drdaemon.model.normalise import U16_MAX, Window, frame_to_unit, robust_window, to_unit, unit_to_u16
+from drdaemon.config import EngineConfig, PipelineConfig
+from drdaemon.defaults import CLASSICAL_METHODS
+from drdaemon.engines import Engine, build_engines
+from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESET_NAMES
 
 DEFAULT_GAMMA = 0.5
-DENOISERS = ("nlm", "median", "gaussian")
-#: Non-local-means filter strength in units of the estimated noise standard deviation.
-NLM_STRENGTH = 1.5
+#: The filtering pipeline's denoisers and the presets that run them.
+DENOISERS = {"nlm": "filtered", "median": "filtered-median", "gaussian": "filtered-gaussian"}
 
 
 class MethodError(ValueError):
     """A method name that cannot be turned into an engine; the message says why."""
-
-
-@dataclass
-class FilteredEngine:
-    """The classical filtering pipeline: window, denoise, CLAHE, then a percentile stretch.
-
-    Denoising first keeps CLAHE from amplifying the noise of starved regions; the final
-    stretch (1 to 99 %) spends the output range on the part rather than on the tails that
-    CLAHE leaves.
-    """
-
-    denoiser: str = "nlm"
-    low_percentile: float = LOW_PERCENTILE
-    high_percentile: float = HIGH_PERCENTILE
-    clahe_clip_limit: float = CLAHE_CLIP_LIMIT
-    clahe_tile_grid: int = CLAHE_TILE_GRID
-    stretch_percentiles: tuple[float, float] = (1.0, 99.0)
-    device: str = "cpu"
-    weights_sha256: str | None = None
-    name: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.denoiser not in DENOISERS:
-            raise MethodError(f"filtered:{self.denoiser}: the denoiser must be one of {', '.join(DENOISERS)}")
-        self.name = f"filtered:{self.denoiser}"
-
-    def denoise(self, windowed: np.ndarray) -> np.ndarray:
-        if self.denoiser == "median":
-            return cv2.medianBlur(windowed, 3)
-        if self.denoiser == "gaussian":
-            return cv2.GaussianBlur(windowed, (0, 0), 1.0)
-        sigma = noise_sigma(windowed) * U16_MAX
-        strength = max(NLM_STRENGTH * sigma, 1.0)
-        return cv2.fastNlMeansDenoising(
-            windowed, h=[strength], templateWindowSize=7, searchWindowSize=21, normType=cv2.NORM_L1
-        )
-
-    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
-        if window is None:
-            unit, window = frame_to_unit(frame, self.low_percentile, self.high_percentile)
-        else:
-            unit = to_unit(frame.astype(np.float32, copy=False), window)
-        equalised = clahe_u16(self.denoise(unit_to_u16(unit)), self.clahe_clip_limit, self.clahe_tile_grid)
-        stretch = robust_window(equalised, *self.stretch_percentiles)
-        out = unit_to_u16(to_unit(equalised.astype(np.float32), stretch))
-        return Enhanced(
-            out,
-            {"method": self.name, "window": [window.low, window.high], "stretch_window": [stretch.low, stretch.high]},
-        )
-
-    def warm_up(self) -> None:
-        self.enhance(np.zeros((64, 64), np.uint16))
 
 
 @dataclass
@@ -125,15 +69,26 @@ def build_method(text: str, device: str = "auto", precision: str = "float32") ->
             raise MethodError(f"{text}: gamma must be positive")
         return Method(f"gamma {gamma:g}", _engine(text, EngineConfig(name="stretch", gamma=gamma)))
     if name == "filtered":
-        return Method(f"filtered ({argument or 'nlm'})", FilteredEngine(denoiser=argument or "nlm"))
+        denoiser = argument or "nlm"
+        if denoiser not in DENOISERS:
+            raise MethodError(f"{text}: the denoiser must be one of {', '.join(DENOISERS)}")
+        return Method(f"filtered ({denoiser})", _pipeline_engine(text, DENOISERS[denoiser]))
+    if name == "pipeline":
+        return Method(f"pipeline ({argument or DEFAULT_PRESET})", _pipeline_engine(text, argument or DEFAULT_PRESET))
     if name == "net":
         return Method(
             f"net ({Path(argument).parent.name or Path(argument).stem})", _net_engine(text, argument, device, precision)
         )
     raise MethodError(
         f"unknown method {text!r}: use identity, stretch, gamma[:G], he, clahe, "
-        "filtered[:nlm|median|gaussian] or net:WEIGHTS"
+        "filtered[:nlm|median|gaussian], pipeline[:PRESET] or net:WEIGHTS"
     )
+
+
+def _pipeline_engine(text: str, preset: str) -> Engine:
+    if preset not in PRESET_NAMES:
+        raise MethodError(f"{text}: the pipeline's presets are {', '.join(PRESET_NAMES)}")
+    return _engine(text, EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=preset)))
 
 
 def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:

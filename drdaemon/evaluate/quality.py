@@ -57,11 +57,12 @@ import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from drdaemon.pipeline.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of, wavelet_noise_sigma
+
 U8_LEVELS = 256
 NRSS_BLOCK = 8
 NRSS_STRIDE = 4
 NRSS_BLOCKS = 64
-MAD_TO_SIGMA = 0.6744897501960817  # 75th percentile of the standard normal distribution
 
 
 def display_u8(frame: np.ndarray) -> np.ndarray:
@@ -165,40 +166,19 @@ def nrss(image: np.ndarray, blocks: int = NRSS_BLOCKS) -> float:
     return float(1.0 - np.mean(scores))
 
 
-#: Wavelet coefficients smaller than this are flat image (clipped background) up to rounding.
-FLAT_COEFFICIENT = 1e-9
-
-
 def noise_sigma(frame: np.ndarray) -> float:
-    """Wavelet MAD noise estimate on the unit rendition.
-
-    The estimator of :func:`skimage.restoration.estimate_sigma` (median absolute finest
-    diagonal db2 coefficient / 0.6745), except that it also drops coefficients that are zero
-    up to floating-point rounding: over a clipped, flat region the transform leaves values of
-    order 1e-17 instead of exact zeros, and when such regions cover half the frame (a
-    saturated background) the median would otherwise measure rounding, not noise.
-    """
-    return sigma_of(finest_diagonal(frame), measured_coefficients(frame))
+    """Wavelet MAD noise estimate on the unit rendition (:mod:`drdaemon.pipeline.noise`)."""
+    return wavelet_noise_sigma(unit_rendition(frame))
 
 
 def finest_diagonal(frame: np.ndarray) -> np.ndarray:
     """The finest diagonal db2 wavelet coefficients of the unit rendition."""
-    import pywt
-
-    return pywt.dwt2(unit_rendition(frame), "db2")[1][2]
+    return db2_finest_diagonal(unit_rendition(frame))
 
 
 def measured_coefficients(frame: np.ndarray) -> np.ndarray:
     """Mask of the finest diagonal coefficients that are not flat image (clipped regions)."""
     return np.abs(finest_diagonal(frame)) > FLAT_COEFFICIENT
-
-
-def sigma_of(diagonal: np.ndarray, measured: np.ndarray) -> float:
-    """MAD noise sigma of the ``measured`` coefficients; 0 when there are none."""
-    magnitudes = np.abs(diagonal[measured])
-    if magnitudes.size == 0:
-        return 0.0
-    return float(np.median(magnitudes) / MAD_TO_SIGMA)
 
 
 def noise_gain(output: np.ndarray, input_sigma: float, input_measured: np.ndarray | None = None) -> float:

@@ -1,0 +1,76 @@
+"""Running one step: the model's parameters handed to its operation in :mod:`.ops`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drdaemon.pipeline import ops
+from drdaemon.pipeline.steps import (
+    ClaheStep,
+    EqualiseStep,
+    GammaStep,
+    GaussianStep,
+    MedianStep,
+    MorphologyStep,
+    MultiscaleStep,
+    NlmStep,
+    NormaliseStep,
+    Step,
+    TophatStep,
+    UnsharpStep,
+)
+
+
+@dataclass
+class Applied:
+    """One step's result: the image and what the step measured on the frame (for the sidecar)."""
+
+    image: np.ndarray
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_step(step: Step, image: np.ndarray) -> Applied:
+    """Run ``step`` on the pipeline's float32 image."""
+    match step:
+        case NormaliseStep():
+            out, window = ops.percentile_normalise(image, step.low_percentile, step.high_percentile)
+            # in the units of the step's input: the frame's for a first step, else the [0, 1] scale
+            return Applied(out, {"window": [window.low, window.high]})
+        case GaussianStep():
+            return Applied(ops.gaussian(image, step.sigma))
+        case MedianStep():
+            return Applied(ops.median(image, step.size))
+        case NlmStep():
+            return _non_local_means(step, image)
+        case EqualiseStep():
+            return Applied(ops.equalise(image))
+        case ClaheStep():
+            return Applied(ops.clahe(image, step.clip_limit, step.tile_grid))
+        case UnsharpStep():
+            return Applied(ops.unsharp(image, step.sigma, step.amount))
+        case GammaStep():
+            return Applied(ops.gamma(image, step.gamma))
+        case MorphologyStep():
+            return Applied(ops.morphology(image, step.operation, step.radius, step.shape))
+        case TophatStep():
+            return Applied(ops.tophat(image, step.radius, step.shape, step.bright, step.dark))
+        case MultiscaleStep():
+            return Applied(ops.multiscale_contrast(image, step.gains, step.residual_gain))
+
+
+def _non_local_means(step: NlmStep, image: np.ndarray) -> Applied:
+    """``h`` as configured, or ``strength`` times the frame's measured noise sigma (at least one level)."""
+    measured: dict[str, Any] = {}
+    h = step.h
+    if h is None:
+        sigma = ops.noise_sigma_levels(image)
+        h = max(step.strength * sigma, 1.0)
+        measured["noise_sigma"] = round(sigma, 3)
+    measured["h_used"] = round(h, 3)
+    return Applied(ops.non_local_means(image, h, step.template_size, step.search_size), measured)
+
+
+__all__ = ["Applied", "apply_step"]

@@ -1,0 +1,205 @@
+"""The pipeline's operations: pure functions on a float32 frame in display units.
+
+Every function takes a 2-D float32 image whose ``[0, 1]`` is the 16-bit range (``x /
+65535``) and returns a new float32 image of the same shape; values outside ``[0, 1]`` (after
+unsharp masking or the multi-scale step) are kept until a step that needs 16 bits (or gamma),
+or the output, clips them. Operations that exist only on integer data (OpenCV's non-local
+means, CLAHE, the 65536-level histogram equalisation) round to uint16 for that operation
+alone; the classical engine's own functions do the 16-bit work, so the pipeline and the
+classical engine cannot drift apart.
+
+Implementations are chosen for speed on a 13-megapixel frame: OpenCV (multi-threaded,
+SIMD) wherever it has the operation on float32, SciPy's ``ndimage`` only where OpenCV does
+not (median windows above 5 x 5, which OpenCV takes on 8-bit data only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from drdaemon.engines.classical import clahe_u16, equalise_histogram_u16, to_u16
+from drdaemon.model.normalise import U16_MAX, Window, robust_window
+from drdaemon.pipeline.noise import wavelet_noise_sigma
+from drdaemon.pipeline.steps import Footprint, Morphology
+
+#: Largest median window OpenCV filters on float32 data.
+OPENCV_MEDIAN_MAX = 5
+
+
+def frame_to_image(frame: np.ndarray) -> np.ndarray:
+    """A frame of any supported dtype as the pipeline's float32 image (16-bit range to ``[0, 1]``)."""
+    return u16_to_image(to_u16(frame))
+
+
+def u16_to_image(frame: np.ndarray) -> np.ndarray:
+    """A uint16 frame as float32 ``x / 65535`` in one OpenCV pass."""
+    return cv2.addWeighted(frame, 1.0 / U16_MAX, frame, 0.0, 0.0, dtype=cv2.CV_32F)
+
+
+def image_to_u16(image: np.ndarray) -> np.ndarray:
+    """The float32 image back to 16 bits: ``round(x * 65535)`` clipped to the range.
+
+    :func:`~drdaemon.model.normalise.unit_to_u16` in one OpenCV pass (its saturating
+    conversion clips and rounds) instead of numpy's three, a quarter of its time on a
+    13-megapixel frame; the two differ only on values exactly half-way between two levels.
+    """
+    return cv2.addWeighted(image, float(U16_MAX), image, 0.0, 0.0, dtype=cv2.CV_16U)
+
+
+def percentile_normalise(image: np.ndarray, low_percentile: float, high_percentile: float) -> tuple[np.ndarray, Window]:
+    """The robust percentile window (the classical and learned engines' own, measured in the
+    input's units: any dtype) mapped to float32 ``[0, 1]``, clipped outside.
+
+    :func:`~drdaemon.model.normalise.to_unit` as one OpenCV affine pass and an in-place clip,
+    a third of numpy's time; on a uint16 frame it also spares the conversion to float first.
+    """
+    window = robust_window(image, low_percentile, high_percentile)
+    scale = 1.0 / window.span
+    out = cv2.addWeighted(image, scale, image, 0.0, -window.low * scale, dtype=cv2.CV_32F)
+    return np.clip(out, 0.0, 1.0, out=out), window
+
+
+def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian low-pass (OpenCV; kernel to 4 sigma, mirrored borders)."""
+    return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
+def median(image: np.ndarray, size: int) -> np.ndarray:
+    """Median over a ``size`` x ``size`` window, replicated borders (OpenCV up to 5, SciPy above)."""
+    if size <= OPENCV_MEDIAN_MAX:
+        return cv2.medianBlur(image, size)
+    from scipy import ndimage  # only large windows need SciPy (the `pipeline` extra)
+
+    return ndimage.median_filter(image, size=size, mode="nearest")
+
+
+def noise_sigma_levels(image: np.ndarray) -> float:
+    """The image's wavelet noise sigma in 16-bit levels, measured on its 16-bit rendition as the
+    evaluation's noise gain measures it (on ``x / 65535``)."""
+    return wavelet_noise_sigma(image_to_u16(image) / U16_MAX) * U16_MAX
+
+
+def non_local_means(image: np.ndarray, h: float, template_size: int, search_size: int) -> np.ndarray:
+    """OpenCV's non-local means on the 16-bit rendition (L1 patch distance, strength ``h`` in levels)."""
+    denoised = cv2.fastNlMeansDenoising(
+        image_to_u16(image),
+        h=[h],
+        templateWindowSize=template_size,
+        searchWindowSize=search_size,
+        normType=cv2.NORM_L1,
+    )
+    return u16_to_image(denoised)
+
+
+def equalise(image: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation over 65536 levels (the ``he`` engine's function)."""
+    return u16_to_image(equalise_histogram_u16(image_to_u16(image)))
+
+
+def clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
+    """CLAHE on the 16-bit rendition (the classical engine's function)."""
+    return u16_to_image(clahe_u16(image_to_u16(image), clip_limit, tile_grid))
+
+
+def unsharp(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """Unsharp masking: ``x + amount * (x - gaussian(x, sigma))``."""
+    blurred = gaussian(image, sigma)
+    return cv2.addWeighted(image, 1.0 + amount, blurred, -amount, 0.0)
+
+
+def gamma(image: np.ndarray, exponent: float) -> np.ndarray:
+    """``x ** exponent`` on ``x`` clipped to ``[0, 1]``.
+
+    OpenCV's ``pow`` on the float32 image, not the classical engine's 65536-entry lookup
+    table: the table needs the image rounded to 16 bits and back, and numpy's table lookup
+    on 13 megapixels takes three times as long as the whole step does this way.
+    """
+    clipped = np.clip(image, 0.0, 1.0)
+    return cv2.pow(clipped, exponent, dst=clipped)
+
+
+def footprint(radius: int, shape: Footprint) -> np.ndarray:
+    """The structuring element: a disk (``y^2 + x^2 <= r^2``) or a square of side ``2 r + 1``."""
+    if shape == "square":
+        return np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (yy * yy + xx * xx <= radius * radius).astype(np.uint8)
+
+
+def morphology(image: np.ndarray, operation: Morphology, radius: int, shape: Footprint) -> np.ndarray:
+    """Gray-level opening (removes bright details smaller than the footprint) or closing (dark ones)."""
+    code = cv2.MORPH_OPEN if operation == "opening" else cv2.MORPH_CLOSE
+    return cv2.morphologyEx(image, code, footprint(radius, shape))
+
+
+def tophat(image: np.ndarray, radius: int, shape: Footprint, bright: float, dark: float) -> np.ndarray:
+    """Top-hat contrast: ``x + bright * white_tophat(x) - dark * black_tophat(x)``.
+
+    The white top-hat (``x - opening``) holds the bright details smaller than the footprint,
+    the black one (``closing - x``) the dark details (pores, cracks); adding the first and
+    subtracting the second raises the contrast of small features over a smooth background.
+    """
+    kernel = footprint(radius, shape)
+    out = image.copy()
+    if bright:
+        out = cv2.scaleAdd(cv2.morphologyEx(image, cv2.MORPH_TOPHAT, kernel), bright, out)
+    if dark:
+        out = cv2.scaleAdd(cv2.morphologyEx(image, cv2.MORPH_BLACKHAT, kernel), -dark, out)
+    return out
+
+
+def gaussian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
+    """``levels + 1`` images, each the previous one blurred and halved (OpenCV's 5 x 5 pyramid kernel)."""
+    pyramid = [image]
+    for _ in range(levels):
+        pyramid.append(cv2.pyrDown(pyramid[-1]))
+    return pyramid
+
+
+def multiscale_contrast(image: np.ndarray, gains: Sequence[float], residual_gain: float) -> np.ndarray:
+    """Laplacian-pyramid contrast: band k (finest first) times ``gains[k]``, the coarse residual
+    compressed about its mean by ``residual_gain``.
+
+    The bands are ``L_k = G_k - up(G_{k+1})`` of the Gaussian pyramid ``G``; the output is
+    ``sum_k gains[k] * up^k(L_k) + up^n(m + residual_gain * (G_n - m))``, ``m`` the residual's
+    mean. The finest band holds most of the quantum noise, so a gain of 1 there (the presets'
+    choice) leaves the noise level as it was while the coarser bands, the detail a viewer
+    reads, are raised; a residual gain below 1 compresses the large-scale thickness trend as
+    DR station software does. Reconstruction uses ``up(R) + g L_k = g G_k + up(R - g G_{k+1})``
+    (``up`` is linear), so no band image is ever formed at full resolution: the full-size
+    work is one ``pyrDown``, one ``pyrUp`` and one scaled add.
+    """
+    pyramid = gaussian_pyramid(image, len(gains))
+    residual = pyramid[-1]
+    mean = float(residual.mean())
+    out: np.ndarray = cv2.addWeighted(residual, residual_gain, residual, 0.0, mean * (1.0 - residual_gain))
+    for level in reversed(range(len(gains))):
+        finer = pyramid[level]
+        coarser_part = cv2.scaleAdd(pyramid[level + 1], -gains[level], out)
+        out = cv2.scaleAdd(finer, gains[level], cv2.pyrUp(coarser_part, dstsize=(finer.shape[1], finer.shape[0])))
+    return out
+
+
+__all__ = [
+    "OPENCV_MEDIAN_MAX",
+    "clahe",
+    "equalise",
+    "footprint",
+    "frame_to_image",
+    "gamma",
+    "gaussian",
+    "gaussian_pyramid",
+    "image_to_u16",
+    "median",
+    "morphology",
+    "multiscale_contrast",
+    "noise_sigma_levels",
+    "non_local_means",
+    "percentile_normalise",
+    "tophat",
+    "u16_to_image",
+    "unsharp",
+]

@@ -1,0 +1,172 @@
+"""The pipeline's steps: one validated model per operation (:mod:`.ops` has the operations).
+
+A step is what one ``[[engine.pipeline.steps]]`` table says: ``op`` names the operation and
+the other keys are its parameters, checked when the configuration loads, so a bad step stops
+the daemon at start-up with exit 78, naming the step's index and op
+(``engine.pipeline.steps.1.median.size: ...``). The models are data only (the configuration
+imports them); :func:`drdaemon.pipeline.apply.apply_step` runs one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from drdaemon import defaults
+
+Morphology = Literal["opening", "closing"]
+Footprint = Literal["disk", "square"]
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def record(self, measured: dict[str, Any]) -> dict[str, Any]:
+        """The sidecar's entry: every parameter, then what was measured."""
+        return self.model_dump(mode="json") | measured
+
+
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be odd")
+    return value
+
+
+class NormaliseStep(_Step):
+    """Percentile normalisation: the ``[low, high]`` percentile window stretched to the full range."""
+
+    op: Literal["normalise"] = "normalise"
+    low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0.0, lt=50.0)
+    high_percentile: float = Field(defaults.HIGH_PERCENTILE, gt=50.0, le=100.0)
+
+
+class GaussianStep(_Step):
+    """Gaussian denoising (low-pass) with standard deviation ``sigma`` pixels."""
+
+    op: Literal["gaussian"] = "gaussian"
+    sigma: float = Field(1.0, gt=0.0, le=50.0)
+
+
+class MedianStep(_Step):
+    """Median denoising over a ``size`` x ``size`` window (odd; above 5 needs SciPy)."""
+
+    op: Literal["median"] = "median"
+    size: int = Field(3, ge=3, le=15)
+
+    check_size_is_odd = field_validator("size")(_odd)
+
+
+class NlmStep(_Step):
+    """Non-local-means denoising; strength ``h`` in 16-bit levels, or ``strength`` times the
+    frame's estimated noise sigma when ``h`` is not set (the noise varies from frame to frame)."""
+
+    op: Literal["nlm"] = "nlm"
+    strength: float = Field(1.5, gt=0.0, le=20.0)
+    h: float | None = Field(None, gt=0.0)
+    template_size: int = Field(7, ge=3, le=21)
+    search_size: int = Field(21, ge=5, le=63)
+
+    check_sizes_are_odd = field_validator("template_size", "search_size")(_odd)
+
+    @model_validator(mode="after")
+    def _search_covers_template(self) -> NlmStep:
+        if self.search_size <= self.template_size:
+            raise ValueError(f"search_size ({self.search_size}) must exceed template_size ({self.template_size})")
+        return self
+
+
+class EqualiseStep(_Step):
+    """Global histogram equalisation over 65536 levels."""
+
+    op: Literal["equalise"] = "equalise"
+
+
+class ClaheStep(_Step):
+    """Contrast-limited adaptive histogram equalisation (the classical engine's)."""
+
+    op: Literal["clahe"] = "clahe"
+    clip_limit: float = Field(defaults.CLAHE_CLIP_LIMIT, gt=0.0)
+    tile_grid: int = Field(defaults.CLAHE_TILE_GRID, ge=1, le=64)
+
+
+class UnsharpStep(_Step):
+    """Unsharp masking: ``x + amount * (x - gaussian(x, sigma))``."""
+
+    op: Literal["unsharp"] = "unsharp"
+    sigma: float = Field(2.0, gt=0.0, le=50.0)
+    amount: float = Field(0.5, ge=0.0, le=10.0)
+
+
+class GammaStep(_Step):
+    """Gamma ``x ** gamma`` (< 1 brightens the dark, thick sections)."""
+
+    op: Literal["gamma"] = "gamma"
+    gamma: float = Field(0.5, gt=0.0, le=10.0)
+
+
+class MorphologyStep(_Step):
+    """Gray-level opening or closing with a disk or square of ``radius`` pixels."""
+
+    op: Literal["morphology"] = "morphology"
+    operation: Morphology = "opening"
+    radius: int = Field(1, ge=1, le=50)
+    shape: Footprint = "disk"
+
+
+class TophatStep(_Step):
+    """Top-hat contrast: bright details smaller than the footprint added ``bright`` times, dark ones
+    subtracted ``dark`` times."""
+
+    op: Literal["tophat"] = "tophat"
+    radius: int = Field(8, ge=1, le=50)
+    shape: Footprint = "disk"
+    bright: float = Field(1.0, ge=0.0, le=10.0)
+    dark: float = Field(1.0, ge=0.0, le=10.0)
+
+
+class MultiscaleStep(_Step):
+    """Laplacian-pyramid contrast: one gain per band, finest first, and the coarse residual's gain.
+
+    The finest band carries the quantum noise: keep its gain at 1 to leave the noise level as it was.
+    """
+
+    op: Literal["multiscale"] = "multiscale"
+    gains: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field(
+        default_factory=lambda: [1.0, 1.3, 1.5, 1.4, 1.2], min_length=1, max_length=8
+    )
+    residual_gain: float = Field(1.0, ge=0.0, le=2.0)
+
+
+#: One ``[[engine.pipeline.steps]]`` table; ``op`` picks the model.
+Step = Annotated[
+    NormaliseStep
+    | GaussianStep
+    | MedianStep
+    | NlmStep
+    | EqualiseStep
+    | ClaheStep
+    | UnsharpStep
+    | GammaStep
+    | MorphologyStep
+    | TophatStep
+    | MultiscaleStep,
+    Field(discriminator="op"),
+]
+
+__all__ = [
+    "ClaheStep",
+    "EqualiseStep",
+    "Footprint",
+    "GammaStep",
+    "GaussianStep",
+    "MedianStep",
+    "Morphology",
+    "MorphologyStep",
+    "MultiscaleStep",
+    "NlmStep",
+    "NormaliseStep",
+    "Step",
+    "TophatStep",
+    "UnsharpStep",
+]
