@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from drdaemon import defaults
@@ -63,7 +63,9 @@ class EngineConfig(_Table):
     """Which enhancer runs, and its parameters.
 
     ``name = "auto"`` picks the learned engine when ``weights`` is set and the classical
-    CLAHE engine otherwise, so the daemon works out of the box with no weights.
+    CLAHE engine otherwise, so the daemon works out of the box with no weights and no torch
+    work. ``name = "net"`` without ``weights`` runs the weights shipped with the package
+    (:data:`drdaemon.defaults.SHIPPED_WEIGHTS`).
     """
 
     name: EngineName = "auto"
@@ -87,12 +89,6 @@ class EngineConfig(_Table):
     warm_up_frame_size: tuple[PositiveInt, PositiveInt] | None = None
     workers_per_device: int = Field(2, ge=1, le=8)
     allow_pickle: bool = False
-
-    @model_validator(mode="after")
-    def _net_needs_weights(self) -> EngineConfig:
-        if self.name == "net" and self.weights is None:
-            raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
-        return self
 
     def configuration_sha256(self) -> str:
         """sha256 of the method and the parameters that shape every enhanced frame.

@@ -17,6 +17,7 @@ Method names:
 ``filtered[:D]``       denoise D (``nlm`` default, ``median``, ``gaussian``), then CLAHE,
                        then a 1 to 99 % percentile stretch
 ``net:PATH``           the learned engine with the weights at PATH
+``net``                the learned engine with the weights shipped with the package
 =====================  =========================================================
 """
 
@@ -127,20 +128,18 @@ def build_method(text: str, device: str = "auto", precision: str = "float32") ->
     if name == "filtered":
         return Method(f"filtered ({argument or 'nlm'})", FilteredEngine(denoiser=argument or "nlm"))
     if name == "net":
-        return Method(
-            f"net ({Path(argument).parent.name or Path(argument).stem})", _net_engine(text, argument, device, precision)
-        )
+        label = f"net ({Path(argument).parent.name or Path(argument).stem})" if argument else "net (shipped)"
+        return Method(label, _net_engine(text, argument, device, precision))
     raise MethodError(
         f"unknown method {text!r}: use identity, stretch, gamma[:G], he, clahe, "
-        "filtered[:nlm|median|gaussian] or net:WEIGHTS"
+        "filtered[:nlm|median|gaussian], net (the shipped weights) or net:WEIGHTS"
     )
 
 
 def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:
-    if not weights:
-        raise MethodError(f"{text}: the learned engine needs a weights file, e.g. net:runs/demo/weights.safetensors")
-    path = Path(weights)
-    if not path.is_file():
+    """The daemon's learned engine: the weights at ``weights``, or the shipped ones when empty."""
+    path = Path(weights) if weights else None
+    if path is not None and not path.is_file():
         raise MethodError(f"{text}: no weights file at {path}")
     try:
         import drdaemon.engines.net  # noqa: F401 - only to give a clear message when it is missing
