@@ -93,7 +93,9 @@ class EngineConfig(_Table):
     """Which enhancer runs, and its parameters.
 
     ``name = "auto"`` picks the learned engine when ``weights`` is set and the classical
-    CLAHE engine otherwise, so the daemon works out of the box with no weights.
+    CLAHE engine otherwise, so the daemon works out of the box with no weights and no torch
+    work. ``name = "net"`` without ``weights`` runs the weights shipped with the package
+    (:data:`drdaemon.defaults.SHIPPED_WEIGHTS`).
     """
 
     name: EngineName = "auto"
@@ -119,12 +121,6 @@ class EngineConfig(_Table):
     allow_pickle: bool = False
     # Pipeline engine.
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-
-    @model_validator(mode="after")
-    def _net_needs_weights(self) -> EngineConfig:
-        if self.name == "net" and self.weights is None:
-            raise ValueError("engine.name = 'net' needs engine.weights (a .safetensors file)")
-        return self
 
     def configuration_sha256(self) -> str:
         """sha256 of the method and the parameters that shape every enhanced frame.

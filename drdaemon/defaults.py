@@ -7,6 +7,7 @@ a frame the daemon enhances is windowed exactly as the trainer saw its crops.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final, Literal, get_args
 
 #: Percentile window applied to every frame before enhancement (robust to dead pixels and
@@ -71,3 +72,8 @@ __all__ = [
     "MethodName",
     "Precision",
 ]
+
+#: The enhancer weights shipped with the package: ``engine.name = "net"`` without
+#: ``engine.weights`` and the evaluation's ``net`` method without a path run them. Their model
+#: card (data, CLIP, losses, figures) lies beside them.
+SHIPPED_WEIGHTS: Final = Path(__file__).parent / "model" / "shipped" / "enhancer.safetensors"

@@ -73,10 +73,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
         ("[engine]\nclahe_tile_grid = 0\n", "engine.clahe_tile_grid", "greater than or equal to 1"),
         ("[engine]\nwarm_up_frame_size = [2333]\n", "engine.warm_up_frame_size", "2333"),
         ("[output]\ncompression = \"jpeg\"\n", "output.compression", "lzw"),
-        ("[engine]\nname = \"net\"\n", "engine", "needs engine.weights"),
         ("[metrics\nport = 1\n", "cannot parse", "d.toml"),
     ],
-    ids=["misspelt-key", "unknown-table", "out-of-range", "half-a-size", "bad-choice", "net-without-weights", "bad-toml"],
+    ids=["misspelt-key", "unknown-table", "out-of-range", "half-a-size", "bad-choice", "bad-toml"],
 )
 def test_config_errors_exit_78_naming_the_key(tmp_path: Path, capsys, text: str, key: str, hint: str) -> None:
     config = write(tmp_path / "d.toml", text)

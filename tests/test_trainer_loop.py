@@ -128,7 +128,9 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
     assert card["config"]["schedule"]["total_iters"] == 14 and card["clip"]["weights"] == "none"
     assert set(card["final_losses"]) and card["duration_s"] > 0 and card["versions"]["torch"]
     # The score's temperature and feature scale actually used: a random CLIP's own is 100.
-    assert card["score"] == {"logit_scale": 100.0, "feature_size": [32, 32]}
+    score = {k: card["score"][k] for k in ("logit_scale", "feature_size", "feature_norm", "prompt_init_confidence")}
+    assert score == {"logit_scale": 100.0, "feature_size": [32, 32], "feature_norm": "none",
+                     "prompt_init_confidence": 0.95}
 
     from drdaemon.config import EngineConfig
     from drdaemon.engines.net import build_net_engines

@@ -18,6 +18,8 @@ EPILOG = """\
 examples:
   python -m trainer --abnormal data/abnormal --normal data/normal --out runs/casting/weights.safetensors
   python -m trainer ... --clip-weights /models/RN101.pt          # offline: a local OpenAI checkpoint
+  python -m trainer ... --clip radiograph-clip --clip-weights bundled --set loss.feature_norm='"input"'
+                                                                  # the radiograph CLIP shipped with drdaemon
   python -m trainer ... --resume                                  # continue from the run's checkpoint
   torchrun --nproc_per_node=4 -m trainer ...                      # DistributedDataParallel, one GPU each
   python -m trainer ... --set schedule.total_iters=200 --set optim.enhancer_batch=4
@@ -60,16 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip",
         default=None,
         metavar="MODEL",
-        help="open_clip model name (default RN101-quickgelu) or path of an open_clip model "
-        "config JSON; must have a ResNet visual tower (sets clip.model)",
+        help="open_clip model name (default RN101-quickgelu), a model config shipped with the trainer "
+        "(radiograph-clip, tiny-rn) or path of an open_clip model config JSON; must have a ResNet "
+        "visual tower (sets clip.model)",
     )
     parser.add_argument(
         "--clip-weights",
         default=None,
         metavar="SOURCE",
         help="CLIP weights: a pretrained tag (default openai), a checkpoint file (OpenAI JIT "
-        "archive, state dict, .safetensors), local-dir:DIR, or none for random "
-        "initialisation (sets clip.weights)",
+        "archive, state dict, .safetensors), local-dir:DIR, bundled (the weights shipped for "
+        "--clip radiograph-clip), or none for random initialisation (sets clip.weights)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue exactly from RUN_DIR/checkpoint.pt (same data, config and CLIP)"

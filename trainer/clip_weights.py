@@ -2,8 +2,10 @@
 
 Where the weights come from (``clip.weights``): a pretrained tag of open_clip (``openai``),
 a file (OpenAI JIT archive, a plain or wrapped state dict, safetensors), ``local-dir:DIR``
-(a folder holding an ``open_clip_config.json`` and/or a checkpoint), or ``none`` for random
-initialisation. The architecture (``clip.model``) is an open_clip model name or the path of a
+(a folder holding an ``open_clip_config.json`` and/or a checkpoint), ``bundled`` (the weights
+shipped with the package for one of its own model configs, e.g. ``radiograph-clip``), or
+``none`` for random initialisation. The architecture (``clip.model``) is an open_clip model
+name, the name of a model config shipped in ``trainer/model_configs/``, or the path of a
 model-config JSON. Without network access the hub is put in offline mode, so a missing
 checkpoint fails in seconds instead of retrying downloads. The views of the loaded model that
 the losses use are in :mod:`trainer.clip_backbone`.
@@ -25,6 +27,10 @@ from torch import Tensor, nn
 from drdaemon.io.durable import file_sha256
 
 LOCAL_DIR = "local-dir:"
+BUNDLED = "bundled"
+#: The package's own CLIP model configs (NAME.json) and the weights shipped for some of them
+#: (NAME.safetensors, with NAME.model_card.json), written by ``python -m trainer.bundle clip``.
+BUNDLED_DIR = Path(__file__).parent / "model_configs"
 #: Checkpoint names looked for in a ``local-dir:`` folder, best first.
 CHECKPOINT_NAMES = (
     "open_clip_model.safetensors",
@@ -86,11 +92,22 @@ def unavailable_message(model: str, weights: str, reason: str) -> str:
     )
 
 
+def bundled_checkpoint(name: str) -> Path:
+    return BUNDLED_DIR / f"{name}.safetensors"
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+
+
 def read_model_config(model: str) -> tuple[str, dict[str, Any]]:
-    """The open_clip model config: a JSON file (plain or ``{"model_cfg": ...}``) or a built-in name."""
+    """The open_clip model config: a JSON file (plain or ``{"model_cfg": ...}``), a name shipped
+    in :data:`BUNDLED_DIR`, or an open_clip built-in name."""
     import open_clip
 
     path = Path(model)
+    if path.suffix != ".json" and not path.is_file() and (BUNDLED_DIR / f"{model}.json").is_file():
+        path = BUNDLED_DIR / f"{model}.json"
     if path.suffix == ".json" or path.is_file():
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
@@ -181,6 +198,15 @@ def resolve_weights(
     """(model config, checkpoint path or None for random init) for a ``clip.weights`` value."""
     if weights == "none":
         return config, None
+    if weights == BUNDLED:
+        bundled = bundled_checkpoint(name)
+        if not bundled.is_file():
+            shipped = ", ".join(bundled_names()) or "none in this install"
+            raise ClipUnavailable(
+                f"no bundled CLIP weights for {name!r} (bundled: {shipped}); use --clip radiograph-clip "
+                "--clip-weights bundled, or give a checkpoint file"
+            )
+        return config, bundled
     if weights.startswith(LOCAL_DIR):
         folder = Path(weights[len(LOCAL_DIR) :]).expanduser()
         if not folder.is_dir():

@@ -92,6 +92,12 @@ class LossConfig(Section):
     m0: float = 0.9
     m1: float = 0.2
     m2: float = 0.2
+    feature_norm: Literal["none", "input"] = Field(
+        "none", description='"input": each feature level relative to the input frame\'s feature energy'
+    )
+    prompt_init_confidence: float = Field(
+        0.95, gt=0.5, le=1.0, description="prompt initialisation stops pulling a sample classified this surely"
+    )
 
     @field_validator("alpha", "gamma", "warmup_alpha", "warmup_gamma")
     @classmethod

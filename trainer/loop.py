@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,17 @@ def score_temperature(setting: float | str, backbone: ClipBackbone) -> float:
     return backbone.own_temperature() if setting == "model" else float(setting)
 
 
+def log_line(iteration: int, total: int, phase: str, values: Mapping[str, float]) -> str:
+    """One line of losses for runs without a progress bar (no TTY, or ``run.progress = false``)."""
+    losses = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+    return f"trainer: it {iteration}/{total} [{phase}] {losses}"
+
+
+def score_saturated(clip_loss: float, tolerance: float = 1e-3) -> bool:
+    """L_CLIP at 0 or 1 to within ``tolerance``: the softmax is flat and passes no gradient."""
+    return clip_loss < tolerance or clip_loss > 1.0 - tolerance
+
+
 def clone_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -154,6 +166,8 @@ class Trainer:
         self.elapsed_before = 0.0
         self.losses: Mapping[str, Tensor | float] = {}
         self.text_features: Tensor | None = None
+        self.score_history: list[dict[str, Any]] = []
+        self.show_bar = False
         self.preview_inputs: tuple[Tensor, Tensor] | None = None
         if resume:
             self.load_checkpoint()
@@ -211,9 +225,11 @@ class Trainer:
         with self._autocast():
             text = self.prompts_ddp(self.backbone)
         logits = L.pair_logits(images, text, self.logit_scale)
-        loss = L.prompt_init_loss(logits[: len(abnormal)], logits[len(abnormal) :])
+        n = len(abnormal)
+        loss = L.prompt_init_loss(logits[:n], logits[n:], self.cfg.loss.prompt_init_confidence)
         self._prompt_step(loss)
-        return {"prompt_init": loss.detach()}
+        scores = L.negative_score(logits.detach())
+        return {"prompt_init": loss.detach(), "score_abnormal": scores[:n].mean(), "score_normal": scores[n:].mean()}
 
     def step_prompt_rank(self, batch: dict[str, Tensor], phase: Phase) -> dict[str, Tensor]:
         abnormal, normal = batch["abnormal"], batch["normal"]
@@ -250,11 +266,13 @@ class Trainer:
                 m.split(len(abnormal))
                 for m in self.backbone.feature_maps(torch.cat([abnormal, prior]), levels, self.feature_size)
             ]
+        inputs = [t[0] for t in targets]
+        energies = L.feature_energy(inputs) if w.feature_norm == "input" else None
         with self._autocast():
             output = self.enhancer_ddp(abnormal)
             maps = self.backbone.feature_maps(output, levels, self.feature_size)
-            identity = L.feature_loss(maps, [t[0] for t in targets], alpha)
-            clahe = L.feature_loss(maps, [t[1] for t in targets], gamma)
+            identity = L.feature_loss(maps, inputs, alpha, energies)
+            clahe = L.feature_loss(maps, [t[1] for t in targets], gamma, energies)
             loss = w.beta * identity + w.omega * clahe
             parts = {"identity": identity.detach(), "clahe": clahe.detach()}
             if text is not None:
@@ -262,6 +280,7 @@ class Trainer:
                 clip = L.clip_loss(score)
                 loss = loss + clip
                 parts["clip"] = clip.detach()
+                parts["score_output"] = clip.detach()  # L_CLIP is the outputs' mean score
         self._optimise(loss, self.enhancer_optim, self.enhancer_scaler, self.enhancer)
         return {("warmup" if warmup else "enhance"): loss.detach(), **parts}
 
@@ -287,10 +306,11 @@ class Trainer:
         end = min(until if until is not None else total, total)
         started = time.monotonic()
         main = self.ctx.is_main
+        self.show_bar = main and self.cfg.run.progress and sys.stderr.isatty()
         bar = tqdm(
             total=total,
             initial=self.iteration,
-            disable=not (main and self.cfg.run.progress),
+            disable=not self.show_bar,
             dynamic_ncols=True,
             unit="it",
         )
@@ -308,7 +328,7 @@ class Trainer:
                     bar.set_description(label)
                 self.losses = self.step(phase, batch)
                 self.iteration += 1
-                self._after_step(bar, writer, started)
+                self._after_step(bar, writer, started, phase)
                 if stop.requested:
                     self.save_checkpoint(started)
                     raise KeyboardInterrupt
@@ -333,12 +353,21 @@ class Trainer:
             writer.close()
         return result
 
-    def _after_step(self, bar: tqdm, writer: SummaryWriter | None, started: float) -> None:
+    def _after_step(self, bar: tqdm, writer: SummaryWriter | None, started: float, phase: Phase) -> None:
         it, r = self.iteration, self.cfg.run
         bar.update(1)
         if it % r.log_every == 0 or it == self.cfg.schedule.total_iters:
             values = self.loss_values()
+            self.record_scores(phase, values)
             bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+            if self.ctx.is_main and not self.show_bar:
+                print(log_line(it, self.cfg.schedule.total_iters, phase.label, values), file=sys.stderr, flush=True)
+            if self.ctx.is_main and "clip" in values and score_saturated(values["clip"]):
+                tqdm.write(
+                    f"trainer: warning: L_CLIP = {values['clip']:.3g} at iteration {it}: the score is saturated "
+                    "and gives the enhancer no gradient (see loss.prompt_init_confidence and clip.logit_scale)",
+                    file=sys.stderr,
+                )
             if writer is not None:
                 for name, value in values.items():
                     writer.add_scalar(f"loss/{name}", value, it)
@@ -349,6 +378,12 @@ class Trainer:
 
     def loss_values(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.losses.items()}
+
+    def record_scores(self, phase: Phase, values: Mapping[str, float]) -> None:
+        """Keep the batch-mean scores of this log point for the model card's ``score_history``."""
+        scores = {k: round(v, 6) for k, v in values.items() if k.startswith("score_")}
+        if scores:
+            self.score_history.append({"iteration": self.iteration, "phase": phase.label, **scores})
 
     def _writer(self) -> SummaryWriter:
         from torch.utils.tensorboard import SummaryWriter
@@ -392,6 +427,7 @@ class Trainer:
             "snapshots": self.snapshots,
             "rng": rng_state(),
             "losses": self.loss_values(),
+            "score_history": self.score_history,
             "elapsed_s": self.elapsed_before + time.monotonic() - started,
             "clip": self._clip_identity(),
             "config": self.cfg.model_dump(mode="json"),
@@ -412,6 +448,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         self.losses = dict(state["losses"])
+        self.score_history = list(state.get("score_history", []))
         self.elapsed_before = float(state["elapsed_s"])
 
     def export(self, duration: float) -> tuple[str, Path]:
@@ -435,6 +472,9 @@ class Trainer:
                 "score": {
                     "logit_scale": self.logit_scale,
                     "feature_size": list(self.feature_size) if self.feature_size else "train",
+                    "feature_norm": self.cfg.loss.feature_norm,
+                    "prompt_init_confidence": self.cfg.loss.prompt_init_confidence,
+                    "history": self.score_history,
                 },
             },
         )

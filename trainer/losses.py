@@ -20,6 +20,23 @@ Two choices fix what the numbers mean (made by the caller, :mod:`trainer.loop`, 
   RN101, as the reference does), so level l sees structures of the size the layer weights
   alpha_l and gamma_l were chosen for; ``"train"`` uses the crop size (512 by default),
   where each level sees structures 2.3 times smaller.
+
+Two more make the numbers carry over from one CLIP to another (``[loss]``):
+
+* **Feature normalisation** (``loss.feature_norm``). With ``"none"`` (the published form)
+  each level's term is a raw mean squared difference, so its size is whatever the CLIP's
+  activations happen to be: about 1e-4 for a randomly initialised tiny ResNet, about 1000
+  times more for one trained on radiographs. beta, omega, alpha and gamma were chosen for
+  OpenAI's RN101 and weigh something else entirely on any other CLIP. ``"input"`` divides
+  each level's term by the mean square of the *input frame's* features at that level
+  (:func:`feature_energy`, no gradient): every term becomes a relative error, 0 for the
+  identity and 1 for an output whose features differ from the input's by as much as the
+  input's features are large, the same for every CLIP.
+* **Prompt-initialisation confidence** (``loss.prompt_init_confidence``). Plain
+  cross-entropy keeps pushing until the score saturates (S of 1e-22 at temperature 100):
+  then L_CLIP sits at exactly 0 or 1 and gives the enhancer no gradient. A sample whose
+  score is already on the right side by ``confidence`` (S >= 0.95 for an abnormal frame,
+  S <= 0.05 for a normal one by default) stops pulling; 1.0 is the published form.
 """
 
 from __future__ import annotations
@@ -41,8 +58,12 @@ def negative_score(logits: Tensor) -> Tensor:
     return logits.softmax(dim=-1)[:, NEGATIVE]
 
 
-def prompt_init_loss(abnormal_logits: Tensor, normal_logits: Tensor) -> Tensor:
-    """Binary cross-entropy over the prompt pair: abnormal frames negative, normal frames positive."""
+def prompt_init_loss(abnormal_logits: Tensor, normal_logits: Tensor, confidence: float = 1.0) -> Tensor:
+    """Binary cross-entropy over the prompt pair: abnormal frames negative, normal frames positive.
+
+    Samples already classified with probability ``confidence`` or more add nothing (the mean
+    still counts them, so a batch split over DDP processes averages as a whole batch would).
+    """
     logits = torch.cat([abnormal_logits, normal_logits])
     target = torch.cat(
         [
@@ -50,7 +71,11 @@ def prompt_init_loss(abnormal_logits: Tensor, normal_logits: Tensor) -> Tensor:
             torch.full((normal_logits.shape[0],), POSITIVE, dtype=torch.long, device=logits.device),
         ]
     )
-    return F.cross_entropy(logits, target)
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    if confidence < 1.0:
+        right = logits.softmax(dim=-1).gather(1, target[:, None])[:, 0]
+        per_sample = torch.where(right.detach() < confidence, per_sample, torch.zeros_like(per_sample))
+    return per_sample.mean()
 
 
 def ranking_loss_first(s_normal: Tensor, s_abnormal: Tensor, s_output: Tensor, m0: float, m1: float) -> Tensor:
@@ -77,12 +102,20 @@ def clip_loss(s_output: Tensor) -> Tensor:
     return s_output.mean()
 
 
-def feature_loss(outputs: list[Tensor], targets: list[Tensor], weights: list[float]) -> Tensor:
-    """sum_l w_l * mean((Phi^l(out) - Phi^l(target))^2); levels with weight 0 are skipped."""
+def feature_energy(maps: list[Tensor], floor: float = 1e-12) -> list[Tensor]:
+    """Mean square of each level's feature map (the ``"input"`` normaliser), without gradient."""
+    return [m.detach().float().square().mean().clamp_min(floor) for m in maps]
+
+
+def feature_loss(
+    outputs: list[Tensor], targets: list[Tensor], weights: list[float], energies: list[Tensor] | None = None
+) -> Tensor:
+    """sum_l w_l * mean((Phi^l(out) - Phi^l(target))^2) [/ energy_l]; levels with weight 0 are skipped."""
     total = outputs[0].new_zeros((), dtype=torch.float32)
-    for output, target, weight in zip(outputs, targets, weights, strict=False):
+    for level, (output, target, weight) in enumerate(zip(outputs, targets, weights, strict=False)):
         if weight:
-            total = total + weight * F.mse_loss(output.float(), target.float().detach())
+            term = F.mse_loss(output.float(), target.float().detach())
+            total = total + weight * (term / energies[level] if energies is not None else term)
     return total
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from drdaemon.config import ConfigError, EngineConfig
-from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE, MEMORY_BUDGET_MB, PRECISION
+from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE, MEMORY_BUDGET_MB, PRECISION, SHIPPED_WEIGHTS
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
@@ -215,6 +215,7 @@ class NetEngine:
         high_percentile: float = HIGH_PERCENTILE,
         provenance_sha256: str = "",
         warm_up_shape: tuple[int, int] | None = None,
+        weights_name: str = "",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
@@ -222,6 +223,7 @@ class NetEngine:
         self.device = str(runtime.device)
         self.weights_sha256 = weights_sha256
         self.provenance_sha256 = provenance_sha256
+        self.weights_name = weights_name
         self.warm_up_shape = warm_up_shape
         self.precision = precision
         self.memory_budget_mb = memory_budget_mb
@@ -377,6 +379,7 @@ class NetEngine:
         return {
             "architecture": spec.architecture,
             "weights_provenance_sha256": self.provenance_sha256,
+            "weights_name": self.weights_name,
             "in_ch": spec.in_ch,
             "illumination_scale": spec.illumination_scale,
             "precision": self.precision,
@@ -567,12 +570,12 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     On the CPU a second worker would only compete for the same cores (torch already uses all
     of them inside one forward pass), so the CPU gets one.
     """
-    if config.weights is None:
-        raise ConfigError("engine.weights: the learned engine needs a weights file")
+    path = config.weights if config.weights is not None else SHIPPED_WEIGHTS
     try:
-        loaded = load_weights(config.weights, allow_pickle=config.allow_pickle)
+        loaded = load_weights(path, allow_pickle=config.allow_pickle)
     except WeightsError as exc:
-        raise ConfigError(f"engine.weights: {exc}") from exc
+        where = "" if config.weights is not None else " (unset: the shipped weights; reinstall the package)"
+        raise ConfigError(f"engine.weights{where}: {exc}") from exc
     if config.compile and config.warm_up_frame_size is None:
         log.warning(
             "net_compile_without_warm_up_size",
@@ -604,6 +607,7 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
                 config.high_percentile,
                 loaded.provenance_sha256,
                 config.warm_up_frame_size,
+                loaded.name,
             )
             for _ in range(workers)
         ]
@@ -615,6 +619,7 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
             illumination_scale=loaded.model.spec.illumination_scale,
             in_ch=loaded.model.spec.in_ch,
             weights_sha256=loaded.sha256,
+            weights_name=loaded.name,
             compiled=config.compile,
         )
     return engines

@@ -19,6 +19,7 @@ Method names:
                        ``filtered``, ``filtered-median``, ``filtered-gaussian``
 ``pipeline:PRESET``    the pipeline engine with a preset (``detail``, ``filtered``, ...)
 ``net:PATH``           the learned engine with the weights at PATH
+``net``                the learned engine with the weights shipped with the package
 =====================  =========================================================
 """
 
@@ -76,12 +77,11 @@ def build_method(text: str, device: str = "auto", precision: str = "float32") ->
     if name == "pipeline":
         return Method(f"pipeline ({argument or DEFAULT_PRESET})", _pipeline_engine(text, argument or DEFAULT_PRESET))
     if name == "net":
-        return Method(
-            f"net ({Path(argument).parent.name or Path(argument).stem})", _net_engine(text, argument, device, precision)
-        )
+        label = f"net ({Path(argument).parent.name or Path(argument).stem})" if argument else "net (shipped)"
+        return Method(label, _net_engine(text, argument, device, precision))
     raise MethodError(
         f"unknown method {text!r}: use identity, stretch, gamma[:G], he, clahe, "
-        "filtered[:nlm|median|gaussian], pipeline[:PRESET] or net:WEIGHTS"
+        "filtered[:nlm|median|gaussian], pipeline[:PRESET], net (the shipped weights) or net:WEIGHTS"
     )
 
 
@@ -92,10 +92,9 @@ def _pipeline_engine(text: str, preset: str) -> Engine:
 
 
 def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:
-    if not weights:
-        raise MethodError(f"{text}: the learned engine needs a weights file, e.g. net:runs/demo/weights.safetensors")
-    path = Path(weights)
-    if not path.is_file():
+    """The daemon's learned engine: the weights at ``weights``, or the shipped ones when empty."""
+    path = Path(weights) if weights else None
+    if path is not None and not path.is_file():
         raise MethodError(f"{text}: no weights file at {path}")
     try:
         import drdaemon.engines.net  # noqa: F401 - only to give a clear message when it is missing

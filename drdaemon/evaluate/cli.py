@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         default=DEFAULT_METHODS,
         help="comma-separated: identity, stretch, gamma[:G], he, clahe, filtered[:nlm|median|"
-        f"gaussian], pipeline[:PRESET], net:WEIGHTS (default {DEFAULT_METHODS})",
+        f"gaussian], pipeline[:PRESET], net (the shipped weights), net:WEIGHTS (default {DEFAULT_METHODS})",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, scores.json, figure.png")
     parser.add_argument("--device", default="auto", help="device of the net engine: auto, cpu, cuda:N")

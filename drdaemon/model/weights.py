@@ -39,6 +39,11 @@ class LoadedWeights:
     #: sha256 of the provenance record as stored: names the training run in every sidecar.
     provenance_sha256: str = ""
 
+    @property
+    def name(self) -> str:
+        """The model card's name (shipped weights carry one), else the file's stem."""
+        return str(self.provenance.get("name") or self.path.stem)
+
 
 def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | None = None) -> str:
     """Write ``model`` as safetensors with its spec and provenance; returns the file's sha256."""
