@@ -82,7 +82,7 @@ def test_bad_data_and_methods_are_clear_errors(bench, tmp_path, capsys):
         find_dataset(tmp_path)
     for text, message in [("sharpen", "unknown method"), ("gamma:x", "number"), ("filtered:bilateral", "denoiser"),
                           ("pipeline:sharp", "presets are"),
-                          ("net", "weights file"), (f"net:{tmp_path / 'none.safetensors'}", "no weights file")]:
+                          (f"net:{tmp_path / 'none.safetensors'}", "no weights file")]:
         with pytest.raises(MethodError, match=message):
             build_method(text)
     with pytest.raises(MethodError, match="twice"):
