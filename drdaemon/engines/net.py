@@ -215,6 +215,7 @@ class NetEngine:
         high_percentile: float = HIGH_PERCENTILE,
         provenance_sha256: str = "",
         warm_up_shape: tuple[int, int] | None = None,
+        training_scheme: str | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
@@ -222,6 +223,7 @@ class NetEngine:
         self.device = str(runtime.device)
         self.weights_sha256 = weights_sha256
         self.provenance_sha256 = provenance_sha256
+        self.training_scheme = training_scheme
         self.warm_up_shape = warm_up_shape
         self.precision = precision
         self.memory_budget_mb = memory_budget_mb
@@ -377,6 +379,7 @@ class NetEngine:
         return {
             "architecture": spec.architecture,
             "weights_provenance_sha256": self.provenance_sha256,
+            "training_scheme": self.training_scheme,
             "in_ch": spec.in_ch,
             "illumination_scale": spec.illumination_scale,
             "precision": self.precision,
@@ -604,6 +607,7 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
                 config.high_percentile,
                 loaded.provenance_sha256,
                 config.warm_up_frame_size,
+                loaded.training_scheme,
             )
             for _ in range(workers)
         ]

@@ -39,6 +39,18 @@ class LoadedWeights:
     #: sha256 of the provenance record as stored: names the training run in every sidecar.
     provenance_sha256: str = ""
 
+    @property
+    def training_scheme(self) -> str | None:
+        """How the trainer learned these weights (``clip``, ``cyclegan``), ``None`` when unknown.
+
+        The trainer records ``scheme`` in the provenance; weights exported before it did came
+        from the CLIP scheme, the only one then, and name their CLIP model instead.
+        """
+        scheme = self.provenance.get("scheme")
+        if isinstance(scheme, str):
+            return scheme
+        return "clip" if "clip_model" in self.provenance else None
+
 
 def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | None = None) -> str:
     """Write ``model`` as safetensors with its spec and provenance; returns the file's sha256."""
