@@ -252,3 +252,15 @@ def test_two_process_ddp_run_matches_one_process(data, tmp_path):
     assert moved > 0
     assert apart < 0.15 * moved, (float(apart), float(moved))
     assert json.loads((tmp_path / "ddp.model_card.json").read_text())["run"]["world_size"] == 2
+
+
+def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, env=env,
+                         timeout=60).stdout
+    assert "--scheme" in out and "cyclegan" in out
+    proc = subprocess.run([sys.executable, "-m", "trainer", "--scheme", "cyclegan", "--abnormal", "a", "--normal", "b",
+                           "--out", "w", "--set", "cyclegan.history_size=-1"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2 and "history_size" in proc.stderr
+    assert load_config(None, ["run.scheme=cyclegan"]).run.scheme == "cyclegan"

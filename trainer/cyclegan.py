@@ -28,10 +28,8 @@ functions of the seed and the iteration, as in the CLIP scheme.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,22 +38,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from trainer.checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from trainer.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import IterationBatches, TrainingSamples, folder_summary, list_frames, make_loader, preview_samples
-from trainer.distributed import DistContext, pick_device
+from trainer.data import IterationBatches, TrainingSamples, make_loader, preview_samples
+from trainer.distributed import DistContext
 from trainer.export import export_weights
 from trainer.history import HistoryBuffer
-from trainer.loop import TrainResult, default_run_dir, start_near_identity
+from trainer.loop import start_near_identity
 from trainer.patchgan import PatchDiscriminator
 from trainer.preview import preview_grid, write_preview
-from trainer.runtime import StopRequest, amp_dtype, configure_determinism, seed_everything
+from trainer.run_loop import SchemeRun
+from trainer.runtime import amp_dtype
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -124,8 +121,8 @@ class Discriminators(nn.Module):
         return self.normal(normal), self.abnormal(abnormal)
 
 
-class CycleGanTrainer:
-    """Everything a CycleGAN run holds; :meth:`run` trains up to an iteration and exports at the end."""
+class CycleGanTrainer(SchemeRun):
+    """Everything a CycleGAN run holds; :meth:`run` (:class:`trainer.run_loop.SchemeRun`) trains and exports."""
 
     def __init__(
         self,
@@ -137,16 +134,7 @@ class CycleGanTrainer:
         resume: bool = False,
         ctx: DistContext | None = None,
     ) -> None:
-        self.cfg, self.out, self.ctx = cfg, Path(out), ctx or DistContext()
-        self.device = pick_device(cfg.run.device, self.ctx)
-        self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(self.out)
-        self.abnormal_files, self.normal_files = list_frames(abnormal), list_frames(normal)
-        self.data_summary = {
-            "abnormal": folder_summary(abnormal, self.abnormal_files),
-            "normal": folder_summary(normal, self.normal_files),
-        }
-        configure_determinism(cfg.run.deterministic)
-        seed_everything(cfg.run.seed)
+        super().__init__(cfg, abnormal, normal, out, ctx)
         c = cfg.cyclegan
         spec = EnhancerSpec(in_ch=cfg.enhancer.in_ch, illumination_scale=cfg.enhancer.illumination_scale)
         self.generators = Generators(spec).to(self.device)
@@ -162,9 +150,6 @@ class CycleGanTrainer:
         self.discriminator_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.history_normal = HistoryBuffer(c.history_size, cfg.run.seed, NORMAL_STREAM)
         self.history_abnormal = HistoryBuffer(c.history_size, cfg.run.seed, ABNORMAL_STREAM)
-        self.iteration = 0
-        self.elapsed_before = 0.0
-        self.losses: Mapping[str, Tensor | float] = {}
         self.preview_inputs: Tensor | None = None
         if resume:
             self.load_checkpoint()
@@ -181,17 +166,6 @@ class CycleGanTrainer:
         return self.generators.to_normal
 
     # -- setup -------------------------------------------------------------------------
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        if not self.ctx.enabled:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def _loader(self, start: int, end: int) -> DataLoader[dict[str, Tensor]]:
         """Unpaired abnormal and normal samples, the CLIP scheme's loader and augmentation."""
         samples = TrainingSamples(self.abnormal_files, self.normal_files, self.cfg.data, self.cfg.run.seed)
@@ -261,62 +235,11 @@ class CycleGanTrainer:
         }
 
     # -- the run -------------------------------------------------------------------------
-    def run(self, until: int | None = None) -> TrainResult:
-        """Train up to iteration ``until`` (default: all of them), checkpoint, export when done."""
-        total = self.total_iters
-        end = min(until if until is not None else total, total)
-        started = time.monotonic()
-        main = self.ctx.is_main
-        bar = tqdm(total=total, initial=self.iteration, disable=not (main and self.cfg.run.progress), unit="it")
-        writer = self._writer() if main else None
-        stop = StopRequest()
-        try:
-            stop.install()
-            for batch in self._loader(self.iteration, end):
-                bar.set_description("constant lr" if self.iteration < self.cfg.cyclegan.constant_iters else "decay")
-                self.losses = self.step(batch)
-                self.iteration += 1
-                self._after_step(bar, writer, started)
-                if stop.requested:
-                    self.save_checkpoint(started)
-                    raise KeyboardInterrupt
-        finally:
-            stop.uninstall()
-            bar.close()
-        duration = self.elapsed_before + time.monotonic() - started
-        self.elapsed_before, started = duration, time.monotonic()
-        result = TrainResult(self.iteration, self.iteration >= total, self.loss_values(), duration)
-        if main:
-            result.checkpoint = self.save_checkpoint(started)
-            self.preview(writer)
-            if result.finished:
-                result.weights_sha256, result.card = self.export(duration)
-                result.weights = self.out
-        if writer is not None:
-            writer.close()
-        return result
+    def _label(self) -> str:
+        return "constant lr" if self.iteration < self.cfg.cyclegan.constant_iters else "lr decay"
 
-    def _after_step(self, bar: tqdm, writer: SummaryWriter | None, started: float) -> None:
-        it, r = self.iteration, self.cfg.run
-        bar.update(1)
-        if it % r.log_every == 0 or it == self.total_iters:
-            values = self.loss_values()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
-            if writer is not None:
-                for name, value in values.items():
-                    writer.add_scalar(f"{SCHEME}/{name}", value, it)
-        if it % r.preview_every == 0 and self.ctx.is_main:
-            self.preview(writer)
-        if it % r.checkpoint_every == 0:
-            self.save_checkpoint(started)
-
-    def loss_values(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.losses.items()}
-
-    def _writer(self) -> SummaryWriter:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+    def _train_one(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.step(batch)
 
     def preview(self, writer: SummaryWriter | None) -> Path:
         """input | forward generator's output | back through the reverse generator, per fixed frame."""
@@ -332,10 +255,6 @@ class CycleGanTrainer:
         return write_preview(self.run_dir / "previews", self.iteration, grid)
 
     # -- checkpoints and export ---------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
-
     def _stateful(self) -> dict[str, Any]:
         """Everything with a ``state_dict`` that an exact resume restores, by checkpoint key."""
         return {
@@ -387,14 +306,6 @@ class CycleGanTrainer:
             final_losses=self.loss_values(),
             iterations=self.iteration,
             duration_s=duration,
-            extra={
-                "run": {
-                    "seed": self.cfg.run.seed,
-                    "world_size": self.ctx.world,
-                    "device": str(self.device),
-                    "precision": str(self.amp_dtype or torch.float32),
-                    "run_dir": str(self.run_dir),
-                }
-            },
+            extra={"run": self.run_record()},
             scheme=SCHEME,
         )
