@@ -8,7 +8,8 @@ import torch
 
 from trainer import losses as L
 from trainer.config import load_config
-from trainer.loop import Trainer, log_line, score_saturated
+from trainer.loop import Trainer, score_saturated
+from trainer.run_loop import log_line
 from trainer_testkit import make_data, one_torch_thread, tiny_overrides, write_tiny_clip_config
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)

@@ -58,8 +58,11 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def read_checkpoint(path: Path, clip_identity: dict[str, Any]) -> dict[str, Any]:
-    """The state saved at ``path``, refused when its format or its frozen CLIP differ from this run's."""
+def read_checkpoint(path: Path, clip_identity: dict[str, Any] | None, scheme: str = "clip") -> dict[str, Any]:
+    """The state saved at ``path``, refused when its format, scheme or frozen CLIP differ from this run's.
+
+    A checkpoint without a ``scheme`` key was written by the CLIP scheme, the only one then.
+    """
     if not path.is_file():
         raise TrainerError(f"--resume: no checkpoint at {path}")
     # On the CPU first: the numpy RNG keys must stay host tensors; load_state_dict moves
@@ -67,6 +70,8 @@ def read_checkpoint(path: Path, clip_identity: dict[str, Any]) -> dict[str, Any]
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainerError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+    if state.get("scheme", "clip") != scheme:
+        raise TrainerError(f"{path} was written by the {state.get('scheme', 'clip')} scheme, this run is {scheme}")
     if state["clip"] != clip_identity:
         raise TrainerError(f"{path} was trained with CLIP {state['clip']}, this run has {clip_identity}")
     return state

@@ -23,6 +23,7 @@ examples:
   python -m trainer ... --resume                                  # continue from the run's checkpoint
   torchrun --nproc_per_node=4 -m trainer ...                      # DistributedDataParallel, one GPU each
   python -m trainer ... --set schedule.total_iters=200 --set optim.enhancer_batch=4
+  python -m trainer ... --scheme cyclegan --set cyclegan.constant_iters=5000   # CycleGAN, no CLIP
 
 Checkpoints, TensorBoard logs (tensorboard --logdir RUN_DIR/tensorboard) and preview images go to
 RUN_DIR, by default the --out path without its suffix plus '.run'. The weights file gets a model
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip radiograph-clip), or none for random initialisation (sets clip.weights)",
     )
     parser.add_argument(
+        "--scheme",
+        choices=("clip", "cyclegan"),
+        default=None,
+        help="clip (default): CLIP-guided prompts and CLAHE prior; cyclegan: two generators "
+        "(abnormal -> well exposed and back) and two PatchGAN discriminators, settings in "
+        "[cyclegan]; the forward generator is exported (sets run.scheme)",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue exactly from RUN_DIR/checkpoint.pt (same data, config and CLIP)"
     )
     parser.add_argument(
@@ -107,6 +116,7 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
         ("clip.weights", args.clip_weights),
         ("run.device", args.device),
         ("run.seed", args.seed),
+        ("run.scheme", args.scheme),
     ):
         if value is not None:
             extra.append(override(key, value))
@@ -124,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     # Imported after parsing so --help and config errors answer without loading torch.
     from trainer.clip_weights import ClipUnavailable
+    from trainer.cyclegan import CycleGanTrainer
     from trainer.data import DataError
     from trainer.distributed import init_distributed, shutdown
     from trainer.errors import TrainerError
     from trainer.loop import Trainer
 
     ctx = init_distributed(cfg.run.device)
+    scheme = CycleGanTrainer if cfg.run.scheme == "cyclegan" else Trainer
     try:
-        trainer = Trainer(cfg, args.abnormal, args.normal, args.out, resume=args.resume, ctx=ctx)
+        trainer = scheme(cfg, args.abnormal, args.normal, args.out, resume=args.resume, ctx=ctx)
         result = trainer.run()
     except ClipUnavailable as exc:
         print(f"trainer: {exc}", file=sys.stderr)

@@ -131,7 +131,26 @@ class EnhancerConfig(Section):
     illumination_scale: Literal[1, 2, 4, 8] = 1
 
 
+class CycleGanConfig(Section):
+    """The CycleGAN scheme's settings (``--scheme cyclegan``); see :mod:`trainer.cyclegan`."""
+
+    constant_iters: int = Field(10_000, ge=0, description="iterations at the full learning rate")
+    decay_iters: int = Field(10_000, ge=0, description="then a linear decay of the learning rate towards 0")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate of generators and discriminators")
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch: int = Field(1, ge=1, description="global batch of unpaired abnormal/normal samples")
+    cycle_weight: float = Field(10.0, ge=0, description="weight of the cycle-consistency L1")
+    identity_fraction: float = Field(0.5, ge=0, description="identity L1 weight as a fraction of cycle_weight")
+    history_size: int = Field(50, ge=0, description="generated images kept per discriminator; 0 disables")
+    disc_width: int = Field(64, ge=1, description="channels of the discriminator's first layer (C64)")
+
+    @property
+    def total_iters(self) -> int:
+        return self.constant_iters + self.decay_iters
+
+
 class RunConfig(Section):
+    scheme: Literal["clip", "cyclegan"] = Field("clip", description="training scheme; --scheme sets it")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -152,9 +171,12 @@ class TrainConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     enhancer: EnhancerConfig = Field(default_factory=EnhancerConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    cyclegan: CycleGanConfig = Field(default_factory=CycleGanConfig)
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainConfig:
+        if self.run.scheme == "cyclegan" and self.cyclegan.total_iters < 1:
+            raise ValueError("cyclegan.constant_iters + cyclegan.decay_iters must be at least 1")
         s = self.schedule
         if s.prompt_init_iters + s.warmup_iters >= s.total_iters:
             raise ValueError("schedule.total_iters must exceed prompt_init_iters + warmup_iters")

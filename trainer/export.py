@@ -1,9 +1,10 @@
 """The training result on disk: safetensors weights the daemon loads, and a model card JSON.
 
 The card records what is needed to tell two weight files apart and to reproduce one: the
-data folders (file counts, a hash of the file list), the full training config, the CLIP
-model and the hash of its checkpoint, the final losses, the library versions and the run's
-duration. A short provenance summary also goes into the weights file's own metadata.
+training scheme, the data folders (file counts, a hash of the file list), the full training
+config, the CLIP model and the hash of its checkpoint (CLIP scheme), the final losses, the
+library versions and the run's duration. A short provenance summary, the scheme included,
+also goes into the weights file's own metadata, which the daemon's sidecar reports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any
 from drdaemon.model.network import Enhancer
 from drdaemon.model.weights import save_weights
 from trainer.clip_weights import ClipSource
+
+#: ``provenance["trainer"]`` of each scheme: how the weights were learned, in words.
+SCHEME_TRAINERS = {"clip": "trainer (CLIP + CLAHE prior)", "cyclegan": "trainer (CycleGAN, forward generator)"}
 
 
 def card_path(weights_path: Path) -> Path:
@@ -43,18 +47,23 @@ def export_weights(
     *,
     config: dict[str, Any],
     data: dict[str, dict[str, Any]],
-    clip: ClipSource,
+    clip: ClipSource | None,
     final_losses: dict[str, float],
     iterations: int,
     duration_s: float,
     extra: dict[str, Any] | None = None,
+    scheme: str = "clip",
 ) -> tuple[str, Path]:
     """Write the weights and the model card; returns (weights sha256, card path)."""
+    clip_provenance = (
+        {}
+        if clip is None
+        else {"clip_model": clip.model, "clip_weights": clip.weights, "clip_checkpoint_sha256": clip.checkpoint_sha256}
+    )
     provenance: dict[str, object] = {
-        "trainer": "trainer (CLIP + CLAHE prior)",
-        "clip_model": clip.model,
-        "clip_weights": clip.weights,
-        "clip_checkpoint_sha256": clip.checkpoint_sha256,
+        "trainer": SCHEME_TRAINERS[scheme],
+        "scheme": scheme,
+        **clip_provenance,
         "data": {role: {k: v for k, v in summary.items() if k != "path"} for role, summary in data.items()},
         "iterations": iterations,
     }
@@ -62,8 +71,9 @@ def export_weights(
     card = {
         "weights": {"path": str(Path(out).resolve()), "sha256": sha256, "spec": enhancer.spec.as_dict()},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scheme": scheme,
         "data": data,
-        "clip": asdict(clip),
+        "clip": None if clip is None else asdict(clip),
         "config": config,
         "iterations": iterations,
         "final_losses": final_losses,

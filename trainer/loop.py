@@ -22,62 +22,40 @@ run interrupted and resumed sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from trainer import losses as L
-from trainer.checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from trainer.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from trainer.clip_backbone import ClipBackbone, load_backbone
 from trainer.config import TrainConfig
 from trainer.data import (
     IterationBatches,
     TrainingSamples,
     clahe_prior,
-    folder_summary,
-    list_frames,
     make_loader,
     preview_samples,
 )
-from trainer.distributed import DistContext, pick_device
+from trainer.distributed import DistContext
 from trainer.export import export_weights
 from trainer.preview import preview_grid, write_preview
 from trainer.prompts import PromptPair
-from trainer.runtime import StopRequest, amp_dtype, configure_determinism, seed_everything
+from trainer.run_loop import SchemeRun
+from trainer.runtime import amp_dtype
 from trainer.schedule import Phase, PhaseKind, phase_at
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-
-@dataclass
-class TrainResult:
-    iterations: int
-    finished: bool
-    final_losses: dict[str, float]
-    duration_s: float
-    weights: Path | None = None
-    weights_sha256: str | None = None
-    card: Path | None = None
-    checkpoint: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def default_run_dir(out: Path) -> Path:
-    """``runs/demo/weights.safetensors`` -> ``runs/demo/weights.run``."""
-    return out.parent / f"{out.stem}.run"
 
 
 def start_near_identity(enhancer: Enhancer, weight_scale: float = 0.1) -> Enhancer:
@@ -101,12 +79,6 @@ def score_temperature(setting: float | str, backbone: ClipBackbone) -> float:
     return backbone.own_temperature() if setting == "model" else float(setting)
 
 
-def log_line(iteration: int, total: int, phase: str, values: Mapping[str, float]) -> str:
-    """One line of losses for runs without a progress bar (no TTY, or ``run.progress = false``)."""
-    losses = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-    return f"trainer: it {iteration}/{total} [{phase}] {losses}"
-
-
 def score_saturated(clip_loss: float, tolerance: float = 1e-3) -> bool:
     """L_CLIP at 0 or 1 to within ``tolerance``: the softmax is flat and passes no gradient."""
     return clip_loss < tolerance or clip_loss > 1.0 - tolerance
@@ -116,8 +88,8 @@ def clone_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-class Trainer:
-    """Everything a run holds; :meth:`run` trains up to an iteration and exports at the end."""
+class Trainer(SchemeRun):
+    """Everything a CLIP run holds; :meth:`run` (:class:`trainer.run_loop.SchemeRun`) trains and exports."""
 
     def __init__(
         self,
@@ -129,16 +101,7 @@ class Trainer:
         resume: bool = False,
         ctx: DistContext | None = None,
     ) -> None:
-        self.cfg, self.out, self.ctx = cfg, Path(out), ctx or DistContext()
-        self.device = pick_device(cfg.run.device, self.ctx)
-        self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(self.out)
-        self.abnormal_files, self.normal_files = list_frames(abnormal), list_frames(normal)
-        self.data_summary = {
-            "abnormal": folder_summary(abnormal, self.abnormal_files),
-            "normal": folder_summary(normal, self.normal_files),
-        }
-        configure_determinism(cfg.run.deterministic)
-        seed_everything(cfg.run.seed)  # a randomly initialised CLIP is the same in every process
+        super().__init__(cfg, abnormal, normal, out, ctx)  # seeded: a random CLIP is the same in every process
         self.backbone: ClipBackbone = load_backbone(cfg.clip.model, cfg.clip.weights, cfg.clip.cache_dir).to(
             self.device
         )
@@ -162,28 +125,17 @@ class Trainer:
         fp16 = self.amp_dtype == torch.float16
         self.enhancer_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.prompt_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        self.iteration = 0
-        self.elapsed_before = 0.0
-        self.losses: Mapping[str, Tensor | float] = {}
         self.text_features: Tensor | None = None
         self.score_history: list[dict[str, Any]] = []
-        self.show_bar = False
         self.preview_inputs: tuple[Tensor, Tensor] | None = None
         if resume:
             self.load_checkpoint()
         self.enhancer_ddp, self.prompts_ddp = self._wrap(self.enhancer), self._wrap(self.prompts)
 
     # -- setup -------------------------------------------------------------------------
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        if not self.ctx.enabled:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    @property
+    def total_iters(self) -> int:
+        return self.cfg.schedule.total_iters
 
     def _loader(self, start: int, end: int) -> DataLoader[dict[str, Tensor]]:
         """One loader for iterations ``start .. end-1``; each batch's content follows its phase."""
@@ -300,95 +252,26 @@ class Trainer:
             self.previous_enhancer.load_state_dict(self.snapshots["previous"])
 
     # -- the run -------------------------------------------------------------------------
-    def run(self, until: int | None = None) -> TrainResult:
-        """Train up to iteration ``until`` (default: the whole schedule), checkpoint, export when done."""
-        total = self.cfg.schedule.total_iters
-        end = min(until if until is not None else total, total)
-        started = time.monotonic()
-        main = self.ctx.is_main
-        self.show_bar = main and self.cfg.run.progress and sys.stderr.isatty()
-        bar = tqdm(
-            total=total,
-            initial=self.iteration,
-            disable=not self.show_bar,
-            dynamic_ncols=True,
-            unit="it",
-        )
-        writer = self._writer() if main else None
-        label = ""
-        stop = StopRequest()
-        try:
-            stop.install()
-            for batch in self._loader(self.iteration, end):
-                phase = phase_at(self.iteration, self.cfg.schedule)
-                if phase.kind is PhaseKind.PROMPT_RANK and self.iteration == phase.start:
-                    self.enter_prompt_round(phase)
-                if phase.label != label:
-                    label = phase.label
-                    bar.set_description(label)
-                self.losses = self.step(phase, batch)
-                self.iteration += 1
-                self._after_step(bar, writer, started, phase)
-                if stop.requested:
-                    self.save_checkpoint(started)
-                    raise KeyboardInterrupt
-        finally:
-            stop.uninstall()
-            bar.close()
-        duration = self.elapsed_before + time.monotonic() - started
-        self.elapsed_before, started = duration, time.monotonic()
-        result = TrainResult(
-            iterations=self.iteration,
-            finished=self.iteration >= total,
-            final_losses=self.loss_values(),
-            duration_s=duration,
-        )
-        if main:
-            result.checkpoint = self.save_checkpoint(started)
-            self.preview(writer)
-            if result.finished:
-                result.weights_sha256, result.card = self.export(duration)
-                result.weights = self.out
-        if writer is not None:
-            writer.close()
-        return result
+    def _label(self) -> str:
+        return phase_at(self.iteration, self.cfg.schedule).label
 
-    def _after_step(self, bar: tqdm, writer: SummaryWriter | None, started: float, phase: Phase) -> None:
-        it, r = self.iteration, self.cfg.run
-        bar.update(1)
-        if it % r.log_every == 0 or it == self.cfg.schedule.total_iters:
-            values = self.loss_values()
-            self.record_scores(phase, values)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
-            if self.ctx.is_main and not self.show_bar:
-                print(log_line(it, self.cfg.schedule.total_iters, phase.label, values), file=sys.stderr, flush=True)
-            if self.ctx.is_main and "clip" in values and score_saturated(values["clip"]):
-                tqdm.write(
-                    f"trainer: warning: L_CLIP = {values['clip']:.3g} at iteration {it}: the score is saturated "
-                    "and gives the enhancer no gradient (see loss.prompt_init_confidence and clip.logit_scale)",
-                    file=sys.stderr,
-                )
-            if writer is not None:
-                for name, value in values.items():
-                    writer.add_scalar(f"loss/{name}", value, it)
-        if it % r.preview_every == 0 and self.ctx.is_main:
-            self.preview(writer)
-        if it % r.checkpoint_every == 0:
-            self.save_checkpoint(started)
+    def _train_one(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        phase = phase_at(self.iteration, self.cfg.schedule)
+        if phase.kind is PhaseKind.PROMPT_RANK and self.iteration == phase.start:
+            self.enter_prompt_round(phase)
+        return self.step(phase, batch)
 
-    def loss_values(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.losses.items()}
-
-    def record_scores(self, phase: Phase, values: Mapping[str, float]) -> None:
-        """Keep the batch-mean scores of this log point for the model card's ``score_history``."""
+    def _observe(self, phase: str, values: Mapping[str, float]) -> None:
+        """Keep the batch-mean scores for the model card's ``score.history``; warn when L_CLIP saturates."""
         scores = {k: round(v, 6) for k, v in values.items() if k.startswith("score_")}
         if scores:
-            self.score_history.append({"iteration": self.iteration, "phase": phase.label, **scores})
-
-    def _writer(self) -> SummaryWriter:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.score_history.append({"iteration": self.iteration, "phase": phase, **scores})
+        if self.ctx.is_main and "clip" in values and score_saturated(values["clip"]):
+            tqdm.write(
+                f"trainer: warning: L_CLIP = {values['clip']:.3g} at iteration {self.iteration}: the score is "
+                "saturated and gives the enhancer no gradient (see loss.prompt_init_confidence and clip.logit_scale)",
+                file=sys.stderr,
+            )
 
     def preview(self, writer: SummaryWriter | None) -> Path:
         """Write the before/after grid of the fixed preview frames for the current iteration."""
@@ -405,10 +288,6 @@ class Trainer:
         return write_preview(self.run_dir / "previews", self.iteration, grid)
 
     # -- checkpoints and export ---------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
-
     def _clip_identity(self) -> dict[str, Any]:
         s = self.backbone.source
         return {"model": s.model, "weights": s.weights, "checkpoint_sha256": s.checkpoint_sha256}
@@ -462,13 +341,7 @@ class Trainer:
             iterations=self.iteration,
             duration_s=duration,
             extra={
-                "run": {
-                    "seed": self.cfg.run.seed,
-                    "world_size": self.ctx.world,
-                    "device": str(self.device),
-                    "precision": str(self.amp_dtype or torch.float32),
-                    "run_dir": str(self.run_dir),
-                },
+                "run": self.run_record(),
                 "score": {
                     "logit_scale": self.logit_scale,
                     "feature_size": list(self.feature_size) if self.feature_size else "train",

@@ -216,6 +216,7 @@ class NetEngine:
         provenance_sha256: str = "",
         warm_up_shape: tuple[int, int] | None = None,
         weights_name: str = "",
+        training_scheme: str | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
@@ -224,6 +225,7 @@ class NetEngine:
         self.weights_sha256 = weights_sha256
         self.provenance_sha256 = provenance_sha256
         self.weights_name = weights_name
+        self.training_scheme = training_scheme
         self.warm_up_shape = warm_up_shape
         self.precision = precision
         self.memory_budget_mb = memory_budget_mb
@@ -380,6 +382,7 @@ class NetEngine:
             "architecture": spec.architecture,
             "weights_provenance_sha256": self.provenance_sha256,
             "weights_name": self.weights_name,
+            "training_scheme": self.training_scheme,
             "in_ch": spec.in_ch,
             "illumination_scale": spec.illumination_scale,
             "precision": self.precision,
@@ -608,6 +611,7 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
                 loaded.provenance_sha256,
                 config.warm_up_frame_size,
                 loaded.name,
+                loaded.training_scheme,
             )
             for _ in range(workers)
         ]

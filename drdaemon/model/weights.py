@@ -44,6 +44,18 @@ class LoadedWeights:
         """The model card's name (shipped weights carry one), else the file's stem."""
         return str(self.provenance.get("name") or self.path.stem)
 
+    @property
+    def training_scheme(self) -> str | None:
+        """How the trainer learned these weights (``clip``, ``cyclegan``), ``None`` when unknown.
+
+        The trainer records ``scheme`` in the provenance; weights exported before it did came
+        from the CLIP scheme, the only one then, and name their CLIP model instead.
+        """
+        scheme = self.provenance.get("scheme")
+        if isinstance(scheme, str):
+            return scheme
+        return "clip" if "clip_model" in self.provenance else None
+
 
 def save_weights(path: Path, model: Enhancer, provenance: dict[str, object] | None = None) -> str:
     """Write ``model`` as safetensors with its spec and provenance; returns the file's sha256."""
