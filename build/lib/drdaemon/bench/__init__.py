@@ -1,1 +1,0 @@
-"""``drdaemon bench``: engine and daemon benchmarks that print figures (never asserted)."""

@@ -1,3 +1,0 @@
-from drdaemon.evaluate.cli import main
-
-raise SystemExit(main())

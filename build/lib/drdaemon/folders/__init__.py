@@ -1,1 +1,0 @@
-"""The folder lifecycle: watching the inbox, claiming frames into work/, and committing results."""

@@ -1,1 +1,0 @@
-"""Service code: the daemon's threads, the pipes between its stages, one frame's steps, its metrics."""
