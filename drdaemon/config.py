@@ -139,6 +139,11 @@ class EngineConfig(_Table):
             return "net" if self.weights is not None else "classical"
         return self.name
 
+    def reader_window(self) -> tuple[float, float] | None:
+        """The percentile window the reader measures for this engine; None for the pipeline,
+        whose ``normalise`` steps measure their own."""
+        return None if self.effective_name() == "pipeline" else (self.low_percentile, self.high_percentile)
+
 
 class ServiceConfig(_Table):
     """The daemon's host threads (:mod:`drdaemon.service.threads`); 0 picks a default from the core count."""

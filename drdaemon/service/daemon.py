@@ -116,12 +116,7 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         self.limits = read_limits(settings.input)
-        # The readers measure the engine's percentile window; the pipeline's steps measure their own.
-        self.window_percentiles: tuple[float, float] | None = (
-            None
-            if settings.engine.effective_name() == "pipeline"
-            else (settings.engine.low_percentile, settings.engine.high_percentile)
-        )
+        self.window_percentiles = settings.engine.reader_window()
         self.finisher = Finisher.for_folders(
             self.folders,
             preview=settings.output.preview_png,

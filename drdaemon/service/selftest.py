@@ -113,9 +113,7 @@ def _through_the_protocol(
     )
     stage = Stage.READ
     try:
-        loaded = load_frame(
-            item, read_limits(settings.input), (settings.engine.low_percentile, settings.engine.high_percentile)
-        )
+        loaded = load_frame(item, read_limits(settings.input), settings.engine.reader_window())
         stage = Stage.ENHANCE
         done = enhance_frame(loaded, engine)
         stage = Stage.WRITE
