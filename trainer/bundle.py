@@ -27,16 +27,11 @@ from drdaemon.defaults import SHIPPED_WEIGHTS
 from drdaemon.io.durable import file_sha256
 from drdaemon.model.weights import WeightsError, canonical_safetensors, load_weights, save_weights
 from trainer.clip_weights import BUNDLED_DIR, bundled_checkpoint
-from trainer.export import card_path
+from trainer.export import card_path, write_card
 
 
 def read_card(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
-
-
-def write_card(path: Path, card: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    return path
 
 
 def bundle_enhancer(source: Path, name: str, dest: Path = SHIPPED_WEIGHTS) -> tuple[Path, str, Path]:

@@ -31,6 +31,12 @@ def card_path(weights_path: Path) -> Path:
     return weights_path.with_name(weights_path.stem + ".model_card.json")
 
 
+def write_card(path: Path, card: dict[str, Any]) -> Path:
+    """A model card as the project writes them: indented JSON, keys sorted."""
+    path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ("drdaemon", "torch", "open_clip_torch", "numpy", "opencv-python-headless", "safetensors"):
@@ -81,6 +87,4 @@ def export_weights(
         "versions": package_versions(),
         **(extra or {}),
     }
-    path = card_path(Path(out))
-    path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    return sha256, path
+    return sha256, write_card(card_path(Path(out)), card)
