@@ -182,8 +182,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_selftest(args: argparse.Namespace) -> int:
     """The install guide's last step: the start-up checks, then one frame end to end."""
     from drdaemon.errors import DeviceLost
-    from drdaemon.evaluate.synth import parse_size
     from drdaemon.logs import configure_logging
+    from drdaemon.physics import parse_size
     from drdaemon.service.selftest import SelftestFailed, run_selftest
     from drdaemon.service.startup import check_start_up
 

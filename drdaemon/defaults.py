@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 #: Percentile window applied to every frame before enhancement (robust to dead pixels and
-#: collimator edges); see :func:`drdaemon.model.normalise.robust_window`.
-LOW_PERCENTILE: Final = 0.5
-HIGH_PERCENTILE: Final = 99.5
-#: CLAHE clip limit (a multiple of the mean bin height) and tile grid (tiles per side).
-CLAHE_CLIP_LIMIT: Final = 2.0
-CLAHE_TILE_GRID: Final = 8
+#: collimator edges; see :func:`drdaemon.kernels.window.robust_window`), and the CLAHE clip
+#: limit and tile grid: defined beside their kernels, which import nothing of the project.
+from drdaemon.kernels.tone import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID
+from drdaemon.kernels.window import HIGH_PERCENTILE, LOW_PERCENTILE
+
 #: Output gamma of the classical engines (1: none).
 GAMMA: Final = 1.0
 
@@ -76,4 +75,4 @@ __all__ = [
 #: The enhancer weights shipped with the package: ``engine.name = "net"`` without
 #: ``engine.weights`` and the evaluation's ``net`` method without a path run them. Their model
 #: card (data, CLIP, losses, figures) lies beside them.
-SHIPPED_WEIGHTS: Final = Path(__file__).parent / "model" / "shipped" / "enhancer.safetensors"
+SHIPPED_WEIGHTS: Final = Path(__file__).parent / "io" / "shipped" / "enhancer.safetensors"

@@ -163,7 +163,7 @@ def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(tm
     from safetensors.torch import load_file, save_file
 
     from drdaemon.model.network import Enhancer, EnhancerSpec
-    from drdaemon.model.weights import save_weights
+    from drdaemon.io.weights import save_weights
 
     weights = tmp_path / "enhancer.safetensors"
     save_weights(weights, Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)), {"run": "unit-test"})

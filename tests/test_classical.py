@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from drdaemon.engines.classical import ClassicalEngine, apply_gamma_u16, clahe_u16, equalise_histogram_u16, to_u16
+from drdaemon.engines.classical import ClassicalEngine
+from drdaemon.kernels.tone import apply_gamma_u16, clahe_u16, equalise_histogram_u16, to_u16
 
 
 def casting_like(shape=(256, 320), seed=0) -> np.ndarray:

@@ -10,9 +10,10 @@ import pytest
 import tifffile
 
 from dicom_testkit import pydicom_data_file
-from drdaemon.evaluate import synth
+from drdaemon import physics as synth
 from drdaemon.evaluate.baselines import MethodError, build_method, build_methods
-from drdaemon.evaluate.cli import DataError, evaluate, find_dataset, main
+from drdaemon.evaluate.cli import main
+from drdaemon.evaluate.run import DataError, evaluate, find_dataset
 from drdaemon.evaluate.dicom import read_dicom
 from drdaemon.evaluate.report import COLUMNS
 
@@ -110,7 +111,7 @@ def test_filtered_pipeline_denoises_before_equalising():
 def test_net_method_runs_the_learned_engine(bench, tmp_path):
     pytest.importorskip("drdaemon.engines.net")
     from drdaemon.model.network import Enhancer, EnhancerSpec
-    from drdaemon.model.weights import save_weights
+    from drdaemon.io.weights import save_weights
 
     weights = tmp_path / "tiny" / "weights.safetensors"
     weights.parent.mkdir()
@@ -141,7 +142,7 @@ def test_real_cr_frame_from_pydicom_data_end_to_end(tmp_path):
 
 
 def test_tiff_and_dicom_go_through_the_same_loader(tmp_path):
-    from drdaemon.evaluate.cli import load_frame
+    from drdaemon.evaluate.run import load_frame
 
     frame = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
     tifffile.imwrite(tmp_path / "a.tif", frame)

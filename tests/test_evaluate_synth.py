@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from drdaemon.evaluate import synth
+from drdaemon import physics as synth
+from drdaemon import synth as synth_cli
 from drdaemon.evaluate.quality import display_u8, information_entropy
 
 SIZE = (192, 256)  # height, width: small for speed, not square to catch axis mix-ups
@@ -88,6 +89,6 @@ def test_generate_writes_paired_and_unpaired_folders(tmp_path):
 
 def test_cli_rejects_sizes_out_of_range(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        synth.main(["--out", str(tmp_path), "--size", "6000x3000"])
+        synth_cli.main(["--out", str(tmp_path), "--size", "6000x3000"])
     assert "out of range" in capsys.readouterr().err
     assert synth.parse_size("5732x2333") == (2333, 5732)

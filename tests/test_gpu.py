@@ -26,7 +26,7 @@ from drdaemon.engines.net import NetEngine, prepare_runtime
 from drdaemon.errors import FrameError, Reason
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.model.tiling import TileSize
-from drdaemon.model.weights import save_weights
+from drdaemon.io.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,7 +254,7 @@ def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path):
 
     from trainer_testkit import make_data, tiny_config, write_tiny_clip_config
 
-    from trainer.loop import Trainer
+    from trainer.clip.scheme import Trainer
 
     abnormal, normal = make_data(tmp_path)
     cfg = tiny_config(write_tiny_clip_config(tmp_path), tmp_path / "run", total_iters=10)

@@ -16,7 +16,7 @@ import tifffile
 import torch
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from drdaemon.model.weights import file_sha256, load_weights, save_weights
+from drdaemon.io.weights import file_sha256, load_weights, save_weights
 
 
 def write_config(root: Path, weights: Path | None) -> Path:

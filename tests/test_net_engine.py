@@ -9,8 +9,8 @@ from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.model.tiling import TileSize
-from drdaemon.model.normalise import frame_to_unit, unit_to_u16
-from drdaemon.model.weights import file_sha256, save_weights
+from drdaemon.kernels.window import frame_to_unit, unit_to_u16
+from drdaemon.io.weights import file_sha256, save_weights
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
 

@@ -18,9 +18,9 @@ from drdaemon.engines import build_checked_engines, build_engines
 from drdaemon.engines.pipeline import PipelineEngine
 from drdaemon.evaluate.baselines import build_method
 from drdaemon.exits import EXIT_CONFIG
-from drdaemon.model.normalise import robust_window
+from drdaemon.kernels.window import robust_window
 from drdaemon.pipeline import steps as s
-from drdaemon.pipeline.ops import footprint
+from drdaemon.kernels.filters import footprint
 from drdaemon.pipeline.presets import PRESET_NAMES, PRESETS
 
 U16 = 65535.0
@@ -103,7 +103,7 @@ def test_equalise_matches_scikit_image(frame):
 
 def test_clahe_is_opencvs_on_4096_levels(frame):
     out = run_step(s.ClaheStep(clip_limit=3.0, tile_grid=4), frame)
-    coarse = frame & np.uint16(0xFFF0)  # 4096 levels, so that the clip limit acts (engines/classical.py)
+    coarse = frame & np.uint16(0xFFF0)  # 4096 levels, so that the clip limit acts (kernels/tone.py)
     expected = cv2.createCLAHE(clipLimit=3.0 * 16, tileGridSize=(4, 4)).apply(coarse)
     assert np.array_equal(out, expected)
 

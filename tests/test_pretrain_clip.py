@@ -10,10 +10,10 @@ import pytest
 import torch
 from trainer_testkit import write_tiny_clip_config
 
-from drdaemon.model.weights import load_weights
-from trainer.clip_backbone import load_backbone
-from trainer.clip_judge import judge, mean_part_spearman, real_frame_renderings, well_scores, zero_shot_accuracy
-from trainer.pretrain_clip import (
+from drdaemon.io.weights import load_weights
+from trainer.clip.backbone import load_backbone
+from trainer.radiograph.judge import judge, mean_part_spearman, real_frame_renderings, well_scores, zero_shot_accuracy
+from trainer.radiograph.pretrain import (
     WEIGHTS_NAME,
     BatchMaker,
     PretrainConfig,
@@ -23,7 +23,7 @@ from trainer.pretrain_clip import (
     ranking_loss,
     train,
 )
-from trainer.radiograph_data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, make_captioned_set
+from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, make_captioned_set
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ class BrightnessClip(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        from trainer.clip_backbone import OPENAI_MEAN, OPENAI_STD
+        from trainer.clip.backbone import OPENAI_MEAN, OPENAI_STD
 
         gray = x[:, 0] * OPENAI_STD[0] + OPENAI_MEAN[0]
         g = gray.mean(dim=(1, 2))  # unit-normalised, the score (2g - 1) / |(1 - g, g)| still grows with g
@@ -202,7 +202,7 @@ def test_resume_continues_to_the_same_weights(tmp_path):
 
 
 def test_oracle_fits_and_exports_labelled_weights(tmp_path):
-    from trainer.oracle import ORACLE_NOTE, OracleConfig, fit, training_pairs
+    from trainer.radiograph.oracle import ORACLE_NOTE, OracleConfig, fit, training_pairs
 
     cfg = OracleConfig(scale=2, parts=2, size=(64, 64), net_pixels=16, batch=2, iterations=3)
     inputs, targets = training_pairs(cfg, progress=False)
@@ -216,7 +216,7 @@ def test_oracle_fits_and_exports_labelled_weights(tmp_path):
 def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
     import json
 
-    from trainer.oracle import main
+    from trainer.radiograph.oracle import main
 
     code = main(["--out", str(tmp_path / "o"), "--scales", "2,4", "--parts", "2", "--train-size", "96x96",
                  "--net-pixels", "16", "--batch", "2", "--iterations", "2", "--pairs", "2", "--size", "96x96",
@@ -229,7 +229,7 @@ def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
 
 
 def test_pretrain_command_answers_help_and_refuses_bad_sizes(capsys):
-    from trainer.pretrain_clip import main
+    from trainer.radiograph.pretrain import main
 
     with pytest.raises(SystemExit) as done:
         main(["--help"])

@@ -12,7 +12,7 @@ from drdaemon.engines.classical import ClassicalEngine
 from drdaemon.folders.claim import WorkItem
 from drdaemon.io.readers import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.model.normalise import robust_window
+from drdaemon.kernels.window import robust_window
 from drdaemon.service.frame import load_frame
 from drdaemon.service.threads import MAX_AUTO_THREADS, auto_threads, stage_threads
 

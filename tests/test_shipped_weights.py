@@ -15,11 +15,11 @@ from drdaemon.defaults import SHIPPED_WEIGHTS
 from drdaemon.engines.net import build_net_engines
 from drdaemon.evaluate.baselines import build_method
 from drdaemon.io.durable import file_sha256
-from trainer import clip_weights
-from trainer.bundle import bundle_clip, bundle_enhancer
-from trainer.clip_backbone import load_backbone
-from trainer.clip_weights import ClipUnavailable
-from trainer.export import card_path
+from trainer.shared import clip_weights
+from trainer.radiograph.bundle import bundle_clip, bundle_enhancer
+from trainer.clip.backbone import load_backbone
+from trainer.shared.clip_weights import ClipUnavailable
+from trainer.shared.export import card_path
 from trainer_testkit import write_tiny_clip_config
 
 SHIPPED_CARD = card_path(SHIPPED_WEIGHTS)
@@ -50,7 +50,7 @@ def test_the_evaluations_net_method_without_a_path_is_the_shipped_enhancer():
 
 
 def test_bundling_an_enhancer_names_it_and_keeps_its_weights(tmp_path):
-    from drdaemon.model.weights import load_weights
+    from drdaemon.io.weights import load_weights
 
     dest = tmp_path / "shipped" / "enhancer.safetensors"
     path, sha256, card = bundle_enhancer(SHIPPED_WEIGHTS, "plant-7 castings v2", dest)
@@ -102,7 +102,7 @@ def test_bundled_weights_that_do_not_exist_are_refused_with_what_ships(bundled_d
 
 
 def test_the_shipped_radiograph_clip_loads_offline(tmp_path):
-    shipped = Path(clip_weights.__file__).parent / "model_configs" / "radiograph-clip.safetensors"
+    shipped = Path(clip_weights.__file__).parents[1] / "model_configs" / "radiograph-clip.safetensors"
     card = json.loads(card_path(shipped).read_text())
     backbone = load_backbone("radiograph-clip", "bundled")
     assert backbone.source.checkpoint_sha256 == card["weights"]["sha256"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from trainer.bench import main, schedule_counts
-from trainer.config import TrainConfig
+from trainer.shared.config import TrainConfig
 from trainer_testkit import one_torch_thread, write_tiny_clip_config
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from trainer import losses as L
-from trainer.config import load_config
-from trainer.loop import Trainer, score_saturated
-from trainer.run_loop import log_line
+from trainer.clip import losses as L
+from trainer.shared.config import load_config
+from trainer.clip.scheme import Trainer, score_saturated
+from trainer.shared.run_loop import log_line
 from trainer_testkit import make_data, one_torch_thread, tiny_overrides, write_tiny_clip_config
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainer.clip_backbone import ClipUnavailable, build_clip, load_backbone
-from trainer.prompts import PromptPair
+from trainer.clip.backbone import ClipUnavailable, build_clip, load_backbone
+from trainer.clip.prompts import PromptPair
 from trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,8 +138,8 @@ def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path):
 def test_score_temperature_is_the_loaded_clips_own_unless_a_number_is_set(tmp_path, tiny_json):
     import math
 
-    from trainer.config import ClipConfig, TrainConfigError, load_config
-    from trainer.loop import score_temperature
+    from trainer.shared.config import ClipConfig, TrainConfigError, load_config
+    from trainer.clip.scheme import score_temperature
 
     assert ClipConfig().logit_scale == "model" and ClipConfig().feature_size == "model"
     clip = reference_clip()

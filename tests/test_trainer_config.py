@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig, TrainConfigError, load_config
-from trainer.schedule import PhaseKind, phase_at
+from trainer.shared.config import TrainConfig, TrainConfigError, load_config
+from trainer.shared.schedule import PhaseKind, phase_at
 
 REPO = Path(__file__).resolve().parents[1]
 

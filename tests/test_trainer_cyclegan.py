@@ -17,15 +17,15 @@ from torch import nn
 from trainer_testkit import make_data, one_torch_thread
 
 from drdaemon.model.network import Enhancer
-from drdaemon.model.normalise import frame_to_unit, unit_to_u16
-from drdaemon.model.weights import LoadedWeights, load_weights
-from trainer.checkpoint import write_checkpoint
-from trainer.config import load_config
-from trainer.cyclegan import CycleGanTrainer, LinearDecay
-from trainer.errors import TrainerError
-from trainer.history import HistoryBuffer
-from trainer.loop import start_near_identity
-from trainer.patchgan import PatchDiscriminator, receptive_field
+from drdaemon.kernels.window import frame_to_unit, unit_to_u16
+from drdaemon.io.weights import LoadedWeights, load_weights
+from trainer.shared.checkpoint import write_checkpoint
+from trainer.shared.config import load_config
+from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
+from trainer.shared.errors import TrainerError
+from trainer.shared.history import HistoryBuffer
+from trainer.shared.enhancer import start_near_identity
+from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import DataConfig
-from trainer.data import DataError, IterationBatches, SampleKey, TrainingSamples, folder_summary, list_frames
+from trainer.shared.config import DataConfig
+from trainer.shared.data import DataError, IterationBatches, SampleKey, TrainingSamples, folder_summary, list_frames
 from trainer_testkit import make_data
 
 
@@ -56,7 +56,7 @@ def test_eight_bit_png_frames_are_read_too(tmp_path, folders):
 
 
 def test_the_schedule_decides_what_a_sample_carries(folders):
-    from trainer.config import ScheduleConfig
+    from trainer.shared.config import ScheduleConfig
 
     schedule = ScheduleConfig(total_iters=10, prompt_init_iters=2, warmup_iters=1, enhancer_iters=3)
     abnormal, normal = folders
@@ -86,7 +86,7 @@ def test_empty_folder_and_summary(tmp_path, folders):
 
 
 def test_worker_processes_deliver_the_same_batches(folders):
-    from trainer.data import make_loader
+    from trainer.shared.data import make_loader
 
     ds = samples(folders)
     inline = list(make_loader(ds, IterationBatches(4, [2, 3, 2]), workers=0, pin_memory=False))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer.loop import Trainer
+from trainer.clip.scheme import Trainer
 from trainer_testkit import one_torch_thread, make_data, tiny_config, tiny_overrides, write_tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[1]

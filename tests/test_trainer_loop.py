@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drdaemon.model.normalise import frame_to_unit, unit_to_u16
-from drdaemon.model.weights import file_sha256, load_weights
-from trainer.config import load_config
-from trainer.errors import TrainerError
-from trainer.loop import Trainer
-from trainer.schedule import PhaseKind, phase_at
+from drdaemon.kernels.window import frame_to_unit, unit_to_u16
+from drdaemon.io.weights import file_sha256, load_weights
+from trainer.shared.config import load_config
+from trainer.shared.errors import TrainerError
+from trainer.clip.scheme import Trainer
+from trainer.shared.schedule import PhaseKind, phase_at
 from trainer_testkit import one_torch_thread, make_data, tiny_config, write_tiny_clip_config
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer import losses as L
+from trainer.clip import losses as L
 
 
 def test_score_is_the_softmax_weight_of_the_negative_prompt():
@@ -118,9 +118,9 @@ def prompt_gradient(loss_of_scores, temperature: float, **differences: list[floa
 
 def test_enhanced_outputs_steer_prompt_refinement_only_at_the_clip_temperature(tmp_path):
     """The default temperature is the CLIP's own (100 for a random CLIP); at 1 I_t drops out of L_prompt1."""
-    from trainer.clip_backbone import load_backbone
-    from trainer.config import ClipConfig
-    from trainer.loop import score_temperature
+    from trainer.clip.backbone import load_backbone
+    from trainer.shared.config import ClipConfig
+    from trainer.clip.scheme import score_temperature
     from trainer_testkit import write_tiny_clip_config
 
     default = score_temperature(ClipConfig().logit_scale, load_backbone(str(write_tiny_clip_config(tmp_path)), "none"))

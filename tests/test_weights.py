@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from drdaemon.model.weights import WeightsError, file_sha256, load_weights, save_weights
+from drdaemon.io.weights import WeightsError, file_sha256, load_weights, save_weights
 
 
 def test_safetensors_round_trip_keeps_spec_output_and_hash(tmp_path):
@@ -50,7 +50,7 @@ def test_provenance_hash_names_the_training_run_and_catches_edited_metadata(tmp_
 SAVE_IN_A_NEW_PROCESS = """
 import sys, torch
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from drdaemon.model.weights import save_weights
+from drdaemon.io.weights import save_weights
 torch.manual_seed(0)
 print(save_weights(sys.argv[1], Enhancer(EnhancerSpec(illumination_scale=2)), {"run": "x", "data": {"files": 3}}))
 """

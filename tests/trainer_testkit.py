@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from trainer.config import TrainConfig, load_config
+from trainer.shared.config import TrainConfig, load_config
 
 #: A randomly initialised open_clip ResNet CLIP small enough to train on a CPU in seconds.
 TINY_CLIP = {

@@ -19,9 +19,9 @@ import numpy as np
 import tifffile
 import torch
 
-from trainer.config import TrainConfig, load_config, override
-from trainer.loop import Trainer
-from trainer.schedule import PhaseKind, phase_at
+from trainer.clip.scheme import Trainer
+from trainer.shared.config import TrainConfig, load_config, override
+from trainer.shared.schedule import PhaseKind, phase_at
 
 
 def write_synthetic_frames(folder: Path, count: int, size: int, seed: int, level: float) -> Path:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.config import TrainConfigError, load_config, override
+from trainer.shared.config import TrainConfigError, load_config, override
 
 EXIT_USAGE, EXIT_CLIP, EXIT_DATA, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Imported after parsing so --help and config errors answer without loading torch.
-    from trainer.clip_weights import ClipUnavailable
-    from trainer.cyclegan import CycleGanTrainer
-    from trainer.data import DataError
-    from trainer.distributed import init_distributed, shutdown
-    from trainer.errors import TrainerError
-    from trainer.loop import Trainer
+    from trainer.clip.scheme import Trainer
+    from trainer.cyclegan.scheme import CycleGanTrainer
+    from trainer.shared.clip_weights import ClipUnavailable
+    from trainer.shared.data import DataError
+    from trainer.shared.distributed import init_distributed, shutdown
+    from trainer.shared.errors import TrainerError
 
     ctx = init_distributed(cfg.run.device)
     scheme = CycleGanTrainer if cfg.run.scheme == "cyclegan" else Trainer

@@ -40,13 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from drdaemon.bench.timing import median_seconds
 from drdaemon.defaults import COMPRESSION, COMPRESSIONS, MEMORY_BUDGET_MB, PRECISIONS
 
 if TYPE_CHECKING:
@@ -169,15 +169,6 @@ def machine_description() -> list[str]:
     else:
         lines.append("gpu: none visible (CUDA not available)")
     return lines
-
-
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def psnr_u16(a: np.ndarray, b: np.ndarray) -> float:
@@ -512,9 +503,9 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
     import torch
 
     from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
+    from drdaemon.io.weights import load_weights, save_weights
     from drdaemon.model.network import Enhancer, EnhancerSpec, count_parameters
     from drdaemon.model.tiling import TileSize
-    from drdaemon.model.weights import load_weights, save_weights
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -626,7 +617,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(line)
     if args.frame is not None:
         # The evaluation's reading: the daemon's reader, a DICOM frame spread to 16 bits.
-        from drdaemon.evaluate.cli import load_frame
+        from drdaemon.evaluate.run import load_frame
 
         frame = load_frame(args.frame)
         source = f"{args.frame.name}, {frame.dtype}"
@@ -634,7 +625,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from drdaemon.bench.compression import synthetic_part
 
         frame = synthetic_part(args.height, args.width)
-        source = "uint16, synthetic part (drdaemon.evaluate.synth, seed 0)"
+        source = "uint16, synthetic part (drdaemon.physics, seed 0)"
     else:
         frame = synthetic_frame(args.height, args.width)
         source = "uint16, synthetic"

@@ -1,7 +1,7 @@
 """``drdaemon bench --compression-table``: size and time of every ``output.compression`` on one frame.
 
 The frame is what the outbox holds: the classical engine's output of a physics-based
-synthetic part (:mod:`drdaemon.evaluate.synth`, 5732 x 2333 by default) or of ``--frame``.
+synthetic part (:mod:`drdaemon.physics`, 5732 x 2333 by default) or of ``--frame``.
 Each option is encoded with the daemon's own encoder (:func:`drdaemon.io.formats.encode_tiff_u16`),
 written as the daemon writes (:func:`drdaemon.io.durable.atomic_write`, fsynced) into a
 temporary folder, and read back with tifffile, which must give the same pixels.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drdaemon.bench.cli import median_seconds
+from drdaemon.bench.timing import median_seconds
 from drdaemon.defaults import COMPRESSION, COMPRESSIONS
 
 
@@ -78,7 +78,7 @@ def compression_table(rows: list[CompressionFigures], raw_bytes: int) -> str:
 
 def synthetic_part(height: int, width: int, seed: int = 0) -> np.ndarray:
     """The abnormal exposure of the first test part of the synthetic benchmark at this size."""
-    from drdaemon.evaluate.synth import TEST_SET, generate_one
+    from drdaemon.physics import TEST_SET, generate_one
 
     abnormal, _label, _part, _physics = generate_one(seed, TEST_SET, 0, height, width)
     return abnormal

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from drdaemon.bench.cli import median_seconds
+from drdaemon.bench.timing import median_seconds
 from drdaemon.io.durable import atomic_write, fsync_directory
 from drdaemon.io.formats import output_format
 from drdaemon.io.limits import ReadLimits
 from drdaemon.io.readers import read_frame_bytes
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, software_record
-from drdaemon.model.normalise import robust_window
+from drdaemon.kernels.window import robust_window
 
 #: Host time per frame and per thread the GPU targets need: 25 frames/s on one lane of each kind.
 LANE_BUDGET_S = 0.040

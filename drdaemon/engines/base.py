@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from drdaemon.model.normalise import Window
+from drdaemon.kernels.window import Window
 
 
 @dataclass

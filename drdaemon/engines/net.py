@@ -15,7 +15,7 @@ Design of the GPU path, per device:
   reads and writes files.
 
 The raw frame goes up as it is (uint16 is half the bytes of float32) and is normalised on
-the device with :func:`drdaemon.model.normalise.to_unit`, the function the trainer uses.
+the device with :func:`drdaemon.kernels.window.to_unit`, the function the trainer uses.
 Stage times come from CUDA events on the streams, not from CPU clocks; on the CPU the same
 code runs with wall-clock marks instead.
 
@@ -45,8 +45,9 @@ from drdaemon.config import ConfigError, EngineConfig
 from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE, MEMORY_BUDGET_MB, PRECISION, SHIPPED_WEIGHTS
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.io.weights import WeightsError, load_weights
+from drdaemon.kernels.window import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
-from drdaemon.model.normalise import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.tiling import (
     TileSize,
     activation_maps_from_peak,
@@ -56,7 +57,6 @@ from drdaemon.model.tiling import (
     stem_halo,
     tiled_full_illumination,
 )
-from drdaemon.model.weights import WeightsError, load_weights
 
 log = structlog.get_logger(__name__)
 
@@ -196,7 +196,7 @@ def uploaded_to_float(raw: Tensor) -> Tensor:
 
 
 def unit_to_u16_bits(unit: Tensor) -> Tensor:
-    """:func:`drdaemon.model.normalise.unit_to_u16` on the device, as int16 holding the uint16 bits."""
+    """:func:`drdaemon.kernels.window.unit_to_u16` on the device, as int16 holding the uint16 bits."""
     return (unit.float().clamp(0.0, 1.0) * U16_MAX + 0.5).to(torch.int32).to(torch.int16)
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from drdaemon.config import ConfigError, PipelineConfig
 from drdaemon.engines.base import Enhanced
-from drdaemon.model.normalise import Window
-from drdaemon.pipeline import ops
+from drdaemon.kernels import filters as ops
+from drdaemon.kernels.window import Window
 from drdaemon.pipeline.apply import apply_step
 from drdaemon.pipeline.steps import MedianStep, NormaliseStep, Step
 

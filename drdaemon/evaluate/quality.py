@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from drdaemon.pipeline.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of, wavelet_noise_sigma
+from drdaemon.kernels.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of, wavelet_noise_sigma
 
 U8_LEVELS = 256
 NRSS_BLOCK = 8
@@ -167,7 +167,7 @@ def nrss(image: np.ndarray, blocks: int = NRSS_BLOCKS) -> float:
 
 
 def noise_sigma(frame: np.ndarray) -> float:
-    """Wavelet MAD noise estimate on the unit rendition (:mod:`drdaemon.pipeline.noise`)."""
+    """Wavelet MAD noise estimate on the unit rendition (:mod:`drdaemon.kernels.noise`)."""
     return wavelet_noise_sigma(unit_rendition(frame))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from drdaemon.pipeline import ops
+from drdaemon.kernels import filters as ops
 from drdaemon.pipeline.steps import (
     ClaheStep,
     EqualiseStep,

@@ -1,4 +1,4 @@
-"""The pipeline's steps: one validated model per operation (:mod:`.ops` has the operations).
+"""The pipeline's steps: one validated model per operation (:mod:`drdaemon.kernels.filters` has the operations).
 
 A step is what one ``[[engine.pipeline.steps]]`` table says: ``op`` names the operation and
 the other keys are its parameters, checked when the configuration loads, so a bad step stops
@@ -14,9 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drdaemon import defaults
-
-Morphology = Literal["opening", "closing"]
-Footprint = Literal["disk", "square"]
+from drdaemon.kernels.filters import Footprint, Morphology
 
 
 class _Step(BaseModel):

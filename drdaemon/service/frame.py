@@ -34,7 +34,7 @@ from drdaemon.io.formats import DicomOutput, format_for_frame
 from drdaemon.io.limits import RawLayout, ReadLimits
 from drdaemon.io.readers import Frame, read_frame_file
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
-from drdaemon.model.normalise import Window, robust_window
+from drdaemon.kernels.window import Window, robust_window
 
 
 @dataclass

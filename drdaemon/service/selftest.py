@@ -1,7 +1,7 @@
 """``drdaemon selftest``: one generated frame through the configured engine and the real folder protocol.
 
 The install guide's last step. The frame (a synthetic casting radiograph,
-:mod:`drdaemon.evaluate.synth`) is written into an inbox, claimed into ``work/``, read and
+:mod:`drdaemon.physics`) is written into an inbox, claimed into ``work/``, read and
 hashed, enhanced by the configured engine, and committed by the daemon's own functions
 (plan, output, archive link, sidecar, retire); then the output, the sidecar and both hashes
 are checked and the latency printed. The inbox watcher is not part of it.
@@ -56,7 +56,7 @@ class SelftestReport:
 
 def generated_frame(height: int, width: int) -> bytes:
     """A 16-bit TIFF of a synthetic casting exposure (seeded: the same frame every time)."""
-    from drdaemon.evaluate.synth import generate_one
+    from drdaemon.physics import generate_one
 
     pixels = generate_one(seed=0, subset=14, index=0, height=height, width=width)[0]
     buffer = io.BytesIO()

@@ -12,7 +12,7 @@ from plant import Plant, frame_bytes
 
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from drdaemon.model.weights import save_weights
+from drdaemon.io.weights import save_weights
 
 pytestmark = pytest.mark.reliability
 

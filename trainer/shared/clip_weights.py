@@ -8,7 +8,7 @@ shipped with the package for one of its own model configs, e.g. ``radiograph-cli
 name, the name of a model config shipped in ``trainer/model_configs/``, or the path of a
 model-config JSON. Without network access the hub is put in offline mode, so a missing
 checkpoint fails in seconds instead of retrying downloads. The views of the loaded model that
-the losses use are in :mod:`trainer.clip_backbone`.
+the losses use are in :mod:`trainer.clip.backbone`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LOCAL_DIR = "local-dir:"
 BUNDLED = "bundled"
 #: The package's own CLIP model configs (NAME.json) and the weights shipped for some of them
 #: (NAME.safetensors, with NAME.model_card.json), written by ``python -m trainer.bundle clip``.
-BUNDLED_DIR = Path(__file__).parent / "model_configs"
+BUNDLED_DIR = Path(__file__).parents[1] / "model_configs"
 #: Checkpoint names looked for in a ``local-dir:`` folder, best first.
 CHECKPOINT_NAMES = (
     "open_clip_model.safetensors",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from trainer.config import ScheduleConfig
+from trainer.shared.config import ScheduleConfig
 
 
 class PhaseKind(str, Enum):

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from drdaemon.engines.classical import clahe_u16
 from drdaemon.evaluate.quality import psnr, ssim
-from drdaemon.evaluate.synth import (
+from drdaemon.kernels.tone import clahe_u16
+from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
+from drdaemon.physics import (
     Part,
     Physics,
     expected_transmission,
@@ -41,7 +42,6 @@ from drdaemon.evaluate.synth import (
     render,
     to_detector,
 )
-from drdaemon.model.normalise import U16_MAX, frame_to_unit, unit_to_u16
 
 PRETRAIN_SET, HELD_OUT_SET = 4, 5
 #: Parts whose abnormal exposure clips at least this share of the part are held out of training.

@@ -1,6 +1,6 @@
 """The training checkpoint: writing it atomically, reading it back checked, and the RNG states in it.
 
-A checkpoint holds everything an exact resume needs (see :mod:`trainer.loop`); the RNG
+A checkpoint holds everything an exact resume needs (see :mod:`trainer.clip.scheme`); the RNG
 states of Python, numpy, torch and CUDA are stored as tensors so that ``torch.load`` with
 ``weights_only=True`` can read them.
 """
@@ -15,7 +15,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from trainer.errors import TrainerError
+from trainer.shared.errors import TrainerError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1

@@ -1,6 +1,6 @@
 """What every training scheme's run shares: the iteration loop and what happens around each step.
 
-A scheme (:class:`trainer.loop.Trainer` for CLIP, :class:`trainer.cyclegan.CycleGanTrainer`)
+A scheme (:class:`trainer.clip.scheme.Trainer` for CLIP, :class:`trainer.cyclegan.scheme.CycleGanTrainer`)
 says how many iterations it has, what one iteration trains, and how it previews, checkpoints
 and exports; :class:`SchemeRun` runs them: the progress bar, TensorBoard losses, periodic
 previews and checkpoints, Ctrl-C or SIGTERM finishing the iteration and checkpointing, and
@@ -24,11 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from trainer.checkpoint import CHECKPOINT_NAME
-from trainer.config import TrainConfig
-from trainer.data import folder_summary, list_frames
-from trainer.distributed import DistContext, pick_device
-from trainer.runtime import StopRequest, configure_determinism, seed_everything
+from trainer.shared.checkpoint import CHECKPOINT_NAME
+from trainer.shared.config import TrainConfig
+from trainer.shared.data import folder_summary, list_frames
+from trainer.shared.distributed import DistContext, pick_device
+from trainer.shared.runtime import StopRequest, configure_determinism, seed_everything
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter

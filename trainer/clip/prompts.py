@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from trainer.clip_backbone import ClipBackbone
+from trainer.clip.backbone import ClipBackbone
 
 NEGATIVE, POSITIVE = 0, 1
 

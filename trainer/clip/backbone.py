@@ -12,7 +12,7 @@ std here, so every caller hands over the enhancer's own tensors. The parameters 
 gradients, the model stays in eval mode (its BatchNorms keep their running statistics), and
 gradients still flow through the image tower to the enhancer's output.
 
-Loading the model and its weights is :mod:`trainer.clip_weights`.
+Loading the model and its weights is :mod:`trainer.shared.clip_weights`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.clip_weights import ClipSource, ClipUnavailable, build_clip
+from trainer.shared.clip_weights import ClipSource, ClipUnavailable, build_clip
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

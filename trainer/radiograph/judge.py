@@ -1,7 +1,7 @@
 """Does a CLIP judge exposure well enough to guide the enhancer? Measured before it is used.
 
-Two checks, both zero-shot with the prompts :data:`~trainer.radiograph_data.WELL_PROMPT`
-and :data:`~trainer.radiograph_data.BAD_PROMPT`:
+Two checks, both zero-shot with the prompts :data:`~trainer.radiograph.data.WELL_PROMPT`
+and :data:`~trainer.radiograph.data.BAD_PROMPT`:
 
 * **Accuracy**: a frame is called well exposed when its image embedding is closer to the
   well prompt than to the bad one; scored on frames whose truth is clear (near misses are
@@ -29,9 +29,9 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from drdaemon.evaluate.quality import psnr, ssim
-from drdaemon.model.normalise import U16_MAX, frame_to_unit, unit_to_u16
-from trainer.clip_backbone import OPENAI_MEAN, OPENAI_STD
-from trainer.radiograph_data import BAD_PROMPT, LABEL_PSNR, WELL_PROMPT, CaptionedSet
+from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
+from trainer.clip.backbone import OPENAI_MEAN, OPENAI_STD
+from trainer.radiograph.data import BAD_PROMPT, LABEL_PSNR, WELL_PROMPT, CaptionedSet
 
 #: Real CR frames of pydicom-data the judge is also checked on.
 REAL_FRAMES = ("RG1_UNCR.dcm", "RG3_UNCR.dcm")

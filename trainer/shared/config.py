@@ -132,7 +132,7 @@ class EnhancerConfig(Section):
 
 
 class CycleGanConfig(Section):
-    """The CycleGAN scheme's settings (``--scheme cyclegan``); see :mod:`trainer.cyclegan`."""
+    """The CycleGAN scheme's settings (``--scheme cyclegan``); see :mod:`trainer.cyclegan.scheme`."""
 
     constant_iters: int = Field(10_000, ge=0, description="iterations at the full learning rate")
     decay_iters: int = Field(10_000, ge=0, description="then a linear decay of the learning rate towards 0")

@@ -1,7 +1,7 @@
 """The staged training run: prompt initialisation, warm-up, enhancer training, stage-2 alternation.
 
 One :class:`Trainer` owns the frozen CLIP, the enhancer, the prompt pair, their Adam
-optimisers and the iteration counter; :func:`trainer.schedule.phase_at` says which step the
+optimisers and the iteration counter; :func:`trainer.shared.schedule.phase_at` says which step the
 next iteration runs. What a step trains:
 
 * ``prompt_init``: only the prompts, classification loss on abnormal vs normal samples.
@@ -14,9 +14,9 @@ next iteration runs. What a step trains:
   I_{t-1} is produced by a frozen copy of the enhancer as it was at the start of the
   previous round (0.28 M parameters: cheaper and exact compared with storing images).
 
-Exact resume: the checkpoint (:mod:`trainer.checkpoint`) holds both learners, both optimisers, the grad scalers, the
+Exact resume: the checkpoint (:mod:`trainer.shared.checkpoint`) holds both learners, both optimisers, the grad scalers, the
 iteration, the RNG states, the last two enhancer snapshots (for I_{t-1}) and the losses.
-The data order is a function of the seed and the iteration (see :mod:`trainer.data`), so a
+The data order is a function of the seed and the iteration (see :mod:`trainer.shared.data`), so a
 run interrupted and resumed sees the same batches as an uninterrupted one.
 """
 
@@ -35,43 +35,28 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from trainer import losses as L
-from trainer.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
-from trainer.clip_backbone import ClipBackbone, load_backbone
-from trainer.config import TrainConfig
-from trainer.data import (
+from trainer.clip import losses as L
+from trainer.clip.backbone import ClipBackbone, load_backbone
+from trainer.clip.prompts import PromptPair
+from trainer.shared.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from trainer.shared.config import TrainConfig
+from trainer.shared.data import (
     IterationBatches,
     TrainingSamples,
     clahe_prior,
     make_loader,
     preview_samples,
 )
-from trainer.distributed import DistContext
-from trainer.export import export_weights
-from trainer.preview import preview_grid, write_preview
-from trainer.prompts import PromptPair
-from trainer.run_loop import SchemeRun
-from trainer.runtime import amp_dtype
-from trainer.schedule import Phase, PhaseKind, phase_at
+from trainer.shared.distributed import DistContext
+from trainer.shared.enhancer import start_near_identity
+from trainer.shared.export import export_weights
+from trainer.shared.preview import preview_grid, write_preview
+from trainer.shared.run_loop import SchemeRun
+from trainer.shared.runtime import amp_dtype
+from trainer.shared.schedule import Phase, PhaseKind, phase_at
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-
-def start_near_identity(enhancer: Enhancer, weight_scale: float = 0.1) -> Enhancer:
-    """Initialise the illumination head so that L is about 1 and the first output is the input.
-
-    With PyTorch's default initialisation the head's final ReLU gives L close to 0 on much of
-    the frame, so ``x / (L + eps)`` saturates, the clamp to [0, 1] passes no gradient and the
-    enhancer never starts learning. A bias of 1 on the last convolution (its weights scaled
-    down) starts from the identity, which the self-reconstruction warm-up then refines.
-    """
-    head = enhancer.head.conv
-    with torch.no_grad():
-        head.weight.mul_(weight_scale)
-        if head.bias is not None:
-            head.bias.fill_(1.0)
-    return enhancer
 
 
 def score_temperature(setting: float | str, backbone: ClipBackbone) -> float:
@@ -89,7 +74,7 @@ def clone_state(module: nn.Module) -> dict[str, Tensor]:
 
 
 class Trainer(SchemeRun):
-    """Everything a CLIP run holds; :meth:`run` (:class:`trainer.run_loop.SchemeRun`) trains and exports."""
+    """Everything a CLIP run holds; :meth:`run` (:class:`trainer.shared.run_loop.SchemeRun`) trains and exports."""
 
     def __init__(
         self,

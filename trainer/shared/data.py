@@ -7,10 +7,10 @@ run with more DataLoader workers and a ``torchrun`` run (each rank takes its sli
 global batch's slots) all see the same samples. Frames are drawn uniformly with replacement.
 
 A sample is the whole frame normalised with the daemon's percentile window
-(:func:`drdaemon.model.normalise.frame_to_unit`), then a random square crop (side between
+(:func:`drdaemon.kernels.window.frame_to_unit`), then a random square crop (side between
 ``scale_min`` and 1 of the short side) resized to ``crop_size`` with area interpolation, a
 small random rotation, a random quarter turn and flips. The CLAHE prior ``H(I_b)`` is the
-daemon's OpenCV CLAHE (:func:`drdaemon.engines.classical.clahe_u16`) of that very sample at
+daemon's OpenCV CLAHE (:func:`drdaemon.kernels.tone.clahe_u16`) of that very sample at
 16 bits, so it is pixel-aligned with what the enhancer sees. No CLIP work happens here.
 """
 
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from drdaemon.engines.classical import clahe_u16
 from drdaemon.errors import FrameError
 from drdaemon.io.readers import PNG_SUFFIXES, TIFF_SUFFIXES, read_frame
-from drdaemon.model.normalise import U16_MAX, frame_to_unit, unit_to_u16
-from trainer.config import DataConfig, ScheduleConfig
-from trainer.schedule import phase_at
+from drdaemon.kernels.tone import clahe_u16
+from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
+from trainer.shared.config import DataConfig, ScheduleConfig
+from trainer.shared.schedule import phase_at
 
 FRAME_SUFFIXES = TIFF_SUFFIXES | PNG_SUFFIXES
 #: Slots per iteration in a sample key; the global batch must stay below it.

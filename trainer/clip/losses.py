@@ -5,7 +5,7 @@ positive one; image features are (B, D); both unit-norm. A score ``S`` is the so
 weight of the negative prompt, shape (B,). Every loss is a mean over the batch, so a
 batch split over DDP processes averages to the loss of the whole batch.
 
-Two choices fix what the numbers mean (made by the caller, :mod:`trainer.loop`, from
+Two choices fix what the numbers mean (made by the caller, :mod:`trainer.clip.scheme`, from
 ``[clip]`` in the config):
 
 * **Temperature.** The cosines are multiplied by ``logit_scale`` before the softmax. The
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.prompts import NEGATIVE, POSITIVE
+from trainer.clip.prompts import NEGATIVE, POSITIVE
 
 
 def pair_logits(image_features: Tensor, text_features: Tensor, logit_scale: float = 1.0) -> Tensor:

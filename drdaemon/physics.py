@@ -1,5 +1,9 @@
 """A physics-based synthetic DR benchmark: casting-like parts, one bad exposure, one good label.
 
+The physics generator, one module low in the house (it imports only the kernels): the
+evaluation, the selftest, the bench and the trainer import it; ``python -m drdaemon.synth``
+(:mod:`drdaemon.synth`) writes a benchmark folder with it.
+
 Why synthetic: the published figures were measured on private casting frames with labels.
 This generator gives anyone the same kind of yardstick, regenerated bit for bit from a seed.
 
@@ -44,7 +48,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from drdaemon.model.normalise import U16_MAX, unit_to_u16
+from drdaemon.kernels.window import U16_MAX, unit_to_u16
 
 FRAME_SPAN_MM = 200.0  # physical length of the frame's short side
 MU_PER_MM = 0.05  # effective linear attenuation of a light alloy (aluminium near 100 keV)
@@ -476,7 +480,7 @@ def generate(
         "train": train,
         "width": width,
         "height": height,
-        "generator": "drdaemon.evaluate.synth",
+        "generator": "drdaemon.physics",
         "mu_per_mm": MU_PER_MM,
         "frame_span_mm": FRAME_SPAN_MM,
     }
@@ -485,39 +489,3 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     (out / "synth.json").write_text(json.dumps(manifest, indent=1))
     return manifest
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m drdaemon.synth",
-        description="Generate a physics-based synthetic DR benchmark: paired test frames with labels and "
-        "defect boxes, plus unpaired training folders.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--pairs", type=int, default=50, help="paired test frames (default 50)")
-    parser.add_argument(
-        "--train",
-        type=int,
-        default=0,
-        help="frames in each unpaired training folder, train/abnormal and train/normal (default 0)",
-    )
-    parser.add_argument(
-        "--size", default="1024x1024", help="WIDTHxHEIGHT, from 512x512 up to 5732x2333 (default 1024x1024)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        size = parse_size(args.size)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.pairs < 0 or args.train < 0:
-        parser.error("--pairs and --train must not be negative")
-    generate(args.out, args.pairs, args.train, size, args.seed, progress=not args.no_progress)
-    print(
-        f"wrote {args.pairs} test pairs (test/input, test/label, test/defects.json) and {args.train} "
-        f"frames in each of train/abnormal and train/normal under {args.out}"
-    )
-    return 0

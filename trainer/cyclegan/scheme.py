@@ -3,14 +3,14 @@
 Two generators, each the daemon's own enhancer (:class:`drdaemon.model.network.Enhancer`):
 ``to_normal`` maps abnormally exposed frames to well exposed ones and is the one exported,
 so it runs whole-frame in the daemon's ``net`` engine; ``to_abnormal`` maps back. Two 70 x 70
-PatchGAN discriminators (:mod:`trainer.patchgan`) judge each domain. One iteration:
+PatchGAN discriminators (:mod:`trainer.cyclegan.patchgan`) judge each domain. One iteration:
 
 * generators: least-squares adversarial loss against both discriminators, plus
   ``cycle_weight`` times the cycle-consistency L1 (abnormal -> normal -> abnormal and back),
   plus ``identity_fraction * cycle_weight`` times the identity L1 (a generator fed a frame
   of its target domain should leave it alone; 0 switches the term off);
 * discriminators: least squares, real frames towards 1, generated ones towards 0, the
-  generated ones drawn through a history buffer of 50 (:mod:`trainer.history`); halved, as
+  generated ones drawn through a history buffer of 50 (:mod:`trainer.shared.history`); halved, as
   published, so they learn at half the generators' rate.
 
 Adam (0.5, 0.999) at 2e-4 for ``constant_iters``, then decaying linearly towards 0 over
@@ -20,7 +20,7 @@ darkens: both directions use the architecture unchanged, both start at ``L`` abo
 identity, as the CLIP scheme does), and the exported weights are the forward generator's as
 the daemon loads any enhancer.
 
-Exact resume: the checkpoint (:mod:`trainer.checkpoint`) holds the four networks, both
+Exact resume: the checkpoint (:mod:`trainer.shared.checkpoint`) holds the four networks, both
 optimisers, both learning-rate schedules, the grad scalers, both history buffers, the RNG
 states, the iteration and the losses; the data order and the history buffers' draws are
 functions of the seed and the iteration, as in the CLIP scheme.
@@ -42,17 +42,17 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
-from trainer.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
-from trainer.config import TrainConfig
-from trainer.data import IterationBatches, TrainingSamples, make_loader, preview_samples
-from trainer.distributed import DistContext
-from trainer.export import export_weights
-from trainer.history import HistoryBuffer
-from trainer.loop import start_near_identity
-from trainer.patchgan import PatchDiscriminator
-from trainer.preview import preview_grid, write_preview
-from trainer.run_loop import SchemeRun
-from trainer.runtime import amp_dtype
+from trainer.cyclegan.patchgan import PatchDiscriminator
+from trainer.shared.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from trainer.shared.config import TrainConfig
+from trainer.shared.data import IterationBatches, TrainingSamples, make_loader, preview_samples
+from trainer.shared.distributed import DistContext
+from trainer.shared.enhancer import start_near_identity
+from trainer.shared.export import export_weights
+from trainer.shared.history import HistoryBuffer
+from trainer.shared.preview import preview_grid, write_preview
+from trainer.shared.run_loop import SchemeRun
+from trainer.shared.runtime import amp_dtype
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -122,7 +122,7 @@ class Discriminators(nn.Module):
 
 
 class CycleGanTrainer(SchemeRun):
-    """Everything a CycleGAN run holds; :meth:`run` (:class:`trainer.run_loop.SchemeRun`) trains and exports."""
+    """Everything a CycleGAN run holds; :meth:`run` (:class:`trainer.shared.run_loop.SchemeRun`) trains and exports."""
 
     def __init__(
         self,

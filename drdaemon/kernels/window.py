@@ -1,6 +1,7 @@
 """How a DR frame becomes the network's input, and how its output becomes 16 bits again.
 
-One definition for the daemon and the trainer (the trainer imports this module):
+A pure kernel (numpy only, nothing of the project). One definition for the daemon and the
+trainer (the trainer imports this module):
 
 * The window is a robust percentile range ``[low, high]`` of the frame's raw values
   (defaults 0.5 % and 99.5 %), estimated on a strided subsample so that it costs a few
@@ -19,11 +20,9 @@ GPU path normalises on the device with the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import numpy as np
-
-from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +30,10 @@ if TYPE_CHECKING:
 ArrayLike = TypeVar("ArrayLike", np.ndarray, "torch.Tensor")
 
 U16_MAX = 65535
+#: Percentile window applied to every frame before enhancement (robust to dead pixels and
+#: collimator edges); :mod:`drdaemon.defaults` (and through it the configuration) takes these.
+LOW_PERCENTILE: Final = 0.5
+HIGH_PERCENTILE: Final = 99.5
 #: The percentile window is estimated on about this many pixels.
 WINDOW_SAMPLE_PIXELS = 1 << 20
 

@@ -5,8 +5,8 @@ Every function takes a 2-D float32 image whose ``[0, 1]`` is the 16-bit range (`
 unsharp masking or the multi-scale step) are kept until a step that needs 16 bits (or gamma),
 or the output, clips them. Operations that exist only on integer data (OpenCV's non-local
 means, CLAHE, the 65536-level histogram equalisation) round to uint16 for that operation
-alone; the classical engine's own functions do the 16-bit work, so the pipeline and the
-classical engine cannot drift apart.
+alone; the tone kernels (:mod:`drdaemon.kernels.tone`) do the 16-bit work, so the pipeline
+and the classical engine cannot drift apart. Pure: numpy, OpenCV and SciPy, nothing of the project.
 
 Implementations are chosen for speed on a 13-megapixel frame: OpenCV (multi-threaded,
 SIMD) wherever it has the operation on float32, SciPy's ``ndimage`` only where OpenCV does
@@ -16,14 +16,17 @@ not (median windows above 5 x 5, which OpenCV takes on 8-bit data only).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
 
-from drdaemon.engines.classical import clahe_u16, equalise_histogram_u16, to_u16
-from drdaemon.model.normalise import U16_MAX, Window, robust_window
-from drdaemon.pipeline.noise import wavelet_noise_sigma
-from drdaemon.pipeline.steps import Footprint, Morphology
+from drdaemon.kernels.noise import wavelet_noise_sigma
+from drdaemon.kernels.tone import clahe_u16, equalise_histogram_u16, to_u16
+from drdaemon.kernels.window import U16_MAX, Window, robust_window
+
+Morphology = Literal["opening", "closing"]
+Footprint = Literal["disk", "square"]
 
 #: Largest median window OpenCV filters on float32 data.
 OPENCV_MEDIAN_MAX = 5
@@ -42,7 +45,7 @@ def u16_to_image(frame: np.ndarray) -> np.ndarray:
 def image_to_u16(image: np.ndarray) -> np.ndarray:
     """The float32 image back to 16 bits: ``round(x * 65535)`` clipped to the range.
 
-    :func:`~drdaemon.model.normalise.unit_to_u16` in one OpenCV pass (its saturating
+    :func:`~drdaemon.kernels.window.unit_to_u16` in one OpenCV pass (its saturating
     conversion clips and rounds) instead of numpy's three, a quarter of its time on a
     13-megapixel frame; the two differ only on values exactly half-way between two levels.
     """
@@ -53,7 +56,7 @@ def percentile_normalise(image: np.ndarray, low_percentile: float, high_percenti
     """The robust percentile window (the classical and learned engines' own, measured in the
     input's units: any dtype) mapped to float32 ``[0, 1]``, clipped outside.
 
-    :func:`~drdaemon.model.normalise.to_unit` as one OpenCV affine pass and an in-place clip,
+    :func:`~drdaemon.kernels.window.to_unit` as one OpenCV affine pass and an in-place clip,
     a third of numpy's time; on a uint16 frame it also spares the conversion to float first.
     """
     window = robust_window(image, low_percentile, high_percentile)

@@ -18,9 +18,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from drdaemon.io.weights import save_weights
 from drdaemon.model.network import Enhancer
-from drdaemon.model.weights import save_weights
-from trainer.clip_weights import ClipSource
+from trainer.shared.clip_weights import ClipSource
 
 #: ``provenance["trainer"]`` of each scheme: how the weights were learned, in words.
 SCHEME_TRAINERS = {"clip": "trainer (CLIP + CLAHE prior)", "cyclegan": "trainer (CycleGAN, forward generator)"}

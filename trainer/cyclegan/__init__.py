@@ -1,0 +1,1 @@
+"""The CycleGAN scheme (``--scheme cyclegan``): two enhancers, two PatchGAN discriminators."""

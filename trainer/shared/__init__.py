@@ -1,0 +1,1 @@
+"""What every training scheme shares: configuration, data, the run loop, checkpoints, export, schedule, devices."""
