@@ -18,7 +18,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveInt, Valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from drdaemon import defaults
-from drdaemon.defaults import Compression, EngineName, MethodName, Precision
+from drdaemon.defaults import Compression, Precision
 from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESETS, PresetName
 from drdaemon.pipeline.steps import Step
 
@@ -98,7 +98,9 @@ class EngineConfig(_Table):
     (:data:`drdaemon.defaults.SHIPPED_WEIGHTS`).
     """
 
-    name: EngineName = "auto"
+    #: An engine of :data:`drdaemon.engines.registry.ENGINES` or ``auto``; the registry checks the
+    #: name when the engine is built (``check-config``, start-up), naming the known engines.
+    name: str = Field("auto", pattern=r"^[a-z][a-z0-9_-]*$")
     weights: Path | None = None
     # Percentile window applied to every frame before enhancement.
     low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0.0, lt=50.0)
@@ -134,15 +136,11 @@ class EngineConfig(_Table):
             shaping["pipeline"] = [step.model_dump(mode="json") for step in self.pipeline.resolved_steps()]
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8")).hexdigest()
 
-    def effective_name(self) -> MethodName:
+    def effective_name(self) -> str:
+        """The engine that runs: ``auto`` resolved to ``net`` (with weights) or ``classical``."""
         if self.name == "auto":
             return "net" if self.weights is not None else "classical"
         return self.name
-
-    def reader_window(self) -> tuple[float, float] | None:
-        """The percentile window the reader measures for this engine; None for the pipeline,
-        whose ``normalise`` steps measure their own."""
-        return None if self.effective_name() == "pipeline" else (self.low_percentile, self.high_percentile)
 
 
 class ServiceConfig(_Table):

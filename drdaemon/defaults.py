@@ -19,15 +19,10 @@ from drdaemon.kernels.window import HIGH_PERCENTILE, LOW_PERCENTILE
 #: Output gamma of the classical engines (1: none).
 GAMMA: Final = 1.0
 
-#: The classical methods (:class:`drdaemon.engines.classical.ClassicalEngine`).
+#: The classical methods (:class:`drdaemon.engines.classical.ClassicalEngine`). The names
+#: ``engine.name`` accepts are the engine registry's (:data:`drdaemon.engines.registry.ENGINES`).
 ClassicalMethod = Literal["classical", "he", "stretch", "identity"]
-#: Every method an engine runs: the classical ones, the configurable ``pipeline`` and the learned ``net``.
-MethodName = Literal[ClassicalMethod, "pipeline", "net"]
-#: What ``engine.name`` accepts: a method, or ``auto`` (``net`` with weights, else ``classical``).
-EngineName = Literal["auto", MethodName]
-
 CLASSICAL_METHODS: Final[tuple[str, ...]] = get_args(ClassicalMethod)
-METHOD_NAMES: Final[tuple[str, ...]] = (*CLASSICAL_METHODS, "pipeline", "net")
 
 #: Arithmetic of the learned engine (``engine.precision``).
 Precision = Literal["float32", "float16", "bfloat16"]
@@ -62,13 +57,10 @@ __all__ = [
     "MAX_BYTES",
     "MAX_PIXELS",
     "MEMORY_BUDGET_MB",
-    "METHOD_NAMES",
     "PRECISION",
     "PRECISIONS",
     "ClassicalMethod",
     "Compression",
-    "EngineName",
-    "MethodName",
     "Precision",
 ]
 

@@ -79,6 +79,12 @@ def test_a_weights_path_with_a_typo_fails_like_run(tmp_path: Path, capsys, keep_
     assert_same_refusal(config, capsys, "engine.weights")
 
 
+def test_an_engine_name_not_in_the_registry_fails_like_run_naming_the_engines(tmp_path: Path, capsys,
+                                                                             keep_signal_handlers) -> None:
+    config = write_config(tmp_path, free_port(), engine='name = "gamma"\n')  # once silently the stretch
+    assert_same_refusal(config, capsys, "engine.name: unknown engine 'gamma'; the engines are: auto, classical, he")
+
+
 def test_folders_a_rename_cannot_cross_fail_like_run(tmp_path: Path, capsys, keep_signal_handlers, monkeypatch):
     config = write_config(tmp_path, free_port())
     real_rename = os.rename

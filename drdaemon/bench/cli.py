@@ -48,6 +48,7 @@ import numpy as np
 
 from drdaemon.bench.timing import median_seconds
 from drdaemon.defaults import COMPRESSION, COMPRESSIONS, MEMORY_BUDGET_MB, PRECISIONS
+from drdaemon.engines.registry import ENGINES
 
 if TYPE_CHECKING:
     from drdaemon.engines.base import Engine
@@ -58,9 +59,10 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
-        choices=("classical", "pipeline", "net", "identity"),
+        choices=ENGINES.names(),
         default="classical",
-        help="which engine to benchmark (default: classical)",
+        help="which engine of the registry to benchmark (default: classical); classical, pipeline, net and "
+        "identity have their own detailed benches, any other engine is timed with its default settings",
     )
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="frame height (default 2333)")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="frame width (default 5732)")
@@ -612,6 +614,32 @@ def bench_net(args: argparse.Namespace, frame: np.ndarray) -> None:
             print(f"  s=4 is {ratio:.1f}x faster than s=1 in {precision}")
 
 
+def bench_registered(args: argparse.Namespace, frame: np.ndarray) -> None:
+    """Any engine of the registry without a bench of its own: its enhance time with the default
+    ``[engine]`` settings, then the daemon against the bare loop."""
+    from drdaemon.config import EngineConfig
+    from drdaemon.engines.registry import build_checked_engines
+
+    engine = build_checked_engines(EngineConfig(name=args.engine))[0]
+    engine.warm_up()
+    enhance_s = median_seconds(lambda: engine.enhance(frame), args.repeats)
+    print(
+        f"{args.engine} engine ({ENGINES.entry(args.engine).summary}), median of {args.repeats}: "
+        f"enhance {enhance_s * 1e3:.1f} ms = {frame.size / enhance_s / 1e6:.1f} MP/s"
+    )
+    if args.frames > 0:
+        folder_comparison(engine, {"name": args.engine}, frame, args, args.engine)
+
+
+#: The engines with a bench of their own; every other registered engine gets :func:`bench_registered`.
+DETAILED_BENCHES = {
+    "classical": bench_classical,
+    "pipeline": bench_pipeline,
+    "identity": bench_identity,
+    "net": bench_net,
+}
+
+
 def run_bench(args: argparse.Namespace) -> int:
     for line in machine_description():
         print(line)
@@ -634,14 +662,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from drdaemon.bench.compression import print_compression_table
 
         print_compression_table(frame, source.split(", ", 1)[-1], args.repeats)
-    elif args.engine == "classical":
-        bench_classical(args, frame)
-    elif args.engine == "pipeline":
-        bench_pipeline(args, frame)
-    elif args.engine == "identity":
-        bench_identity(args, frame)
     else:
-        bench_net(args, frame)
+        DETAILED_BENCHES.get(args.engine, bench_registered)(args, frame)
     return 0
 
 

@@ -13,6 +13,7 @@ All start from the same robust percentile window as the learned engine
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 import numpy as np
 
@@ -68,8 +69,10 @@ class ClassicalEngine:
             parameters |= {"clahe_clip_limit": self.clahe_clip_limit, "clahe_tile_grid": self.clahe_tile_grid}
         elif self.method == "he":
             out = equalise_histogram_u16(windowed)
-        else:
+        elif self.method == "stretch":
             out = windowed
+        else:
+            assert_never(self.method)
         return Enhanced(apply_gamma_u16(out, self.gamma), parameters)
 
     def warm_up(self) -> None:

@@ -1,10 +1,11 @@
 """The methods an evaluation compares, named on the command line.
 
 Every method is one of the daemon's own engines, built as the daemon builds it from
-``[engine]``, so the table measures exactly what the daemon would write: the classical
-:class:`~drdaemon.engines.ClassicalEngine` methods, the pipeline engine's presets
-(:mod:`drdaemon.pipeline.presets`; the classical *filtering pipeline* ``filtered`` is one of
-them) and the learned engine.
+``[engine]``, so the table measures exactly what the daemon would write. Every engine of the
+registry (:data:`drdaemon.engines.registry.ENGINES`) is a method under its own name; a few
+names add an argument (``pipeline:PRESET``, ``net:WEIGHTS``) or are shorthands for an
+engine's configuration (``gamma[:G]`` is the stretch with ``engine.gamma``, ``filtered[:D]``
+the pipeline's filtering presets, ``clahe`` the ``classical`` engine).
 
 Method names:
 
@@ -29,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drdaemon.config import EngineConfig, PipelineConfig
-from drdaemon.defaults import CLASSICAL_METHODS
-from drdaemon.engines import Engine, build_engines
+from drdaemon.engines import ENGINES, Engine, Registry, build_engines
 from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESET_NAMES
 
 DEFAULT_GAMMA = 0.5
@@ -55,12 +55,17 @@ ALIASES = {"clahe": "classical"}
 LABELS = {"classical": "clahe"}
 
 
-def build_method(text: str, device: str = "auto", precision: str = "float32") -> Method:
+def method_names(registry: Registry = ENGINES) -> str:
+    """The ``--methods`` names, for messages and ``--help``."""
+    shorthands = ["gamma[:G]", "clahe", "filtered[:nlm|median|gaussian]", "pipeline[:PRESET]", "net[:WEIGHTS]"]
+    plain = [name for name in registry.names() if name not in ("pipeline", "net")]
+    return ", ".join([*plain, *shorthands])
+
+
+def build_method(text: str, device: str = "auto", precision: str = "float32", registry: Registry = ENGINES) -> Method:
     """Turn one ``--methods`` item into an engine, built as the daemon builds it from ``[engine]``."""
     name, _, argument = text.strip().partition(":")
     name = ALIASES.get(name.lower(), name.lower())
-    if name in CLASSICAL_METHODS and not argument:
-        return Method(LABELS.get(name, name), _engine(text, EngineConfig(name=name)))
     if name == "gamma":
         try:
             gamma = float(argument) if argument else DEFAULT_GAMMA
@@ -68,30 +73,32 @@ def build_method(text: str, device: str = "auto", precision: str = "float32") ->
             raise MethodError(f"{text}: gamma must be a number, e.g. gamma:0.5") from exc
         if not gamma > 0:
             raise MethodError(f"{text}: gamma must be positive")
-        return Method(f"gamma {gamma:g}", _engine(text, EngineConfig(name="stretch", gamma=gamma)))
+        return Method(f"gamma {gamma:g}", _engine(text, EngineConfig(name="stretch", gamma=gamma), registry))
     if name == "filtered":
         denoiser = argument or "nlm"
         if denoiser not in DENOISERS:
             raise MethodError(f"{text}: the denoiser must be one of {', '.join(DENOISERS)}")
-        return Method(f"filtered ({denoiser})", _pipeline_engine(text, DENOISERS[denoiser]))
+        return Method(f"filtered ({denoiser})", _pipeline_engine(text, DENOISERS[denoiser], registry))
     if name == "pipeline":
-        return Method(f"pipeline ({argument or DEFAULT_PRESET})", _pipeline_engine(text, argument or DEFAULT_PRESET))
+        preset = argument or DEFAULT_PRESET
+        return Method(f"pipeline ({preset})", _pipeline_engine(text, preset, registry))
     if name == "net":
         label = f"net ({Path(argument).parent.name or Path(argument).stem})" if argument else "net (shipped)"
-        return Method(label, _net_engine(text, argument, device, precision))
-    raise MethodError(
-        f"unknown method {text!r}: use identity, stretch, gamma[:G], he, clahe, "
-        "filtered[:nlm|median|gaussian], pipeline[:PRESET], net (the shipped weights) or net:WEIGHTS"
-    )
+        return Method(label, _net_engine(text, argument, device, precision, registry))
+    if name in registry.entries and not argument:
+        return Method(LABELS.get(name, name), _engine(text, EngineConfig(name=name), registry))
+    if name in registry.entries:
+        raise MethodError(f"{text}: the {name} method takes no argument")
+    raise MethodError(f"unknown method {text!r}: use {method_names(registry)}")
 
 
-def _pipeline_engine(text: str, preset: str) -> Engine:
+def _pipeline_engine(text: str, preset: str, registry: Registry) -> Engine:
     if preset not in PRESET_NAMES:
         raise MethodError(f"{text}: the pipeline's presets are {', '.join(PRESET_NAMES)}")
-    return _engine(text, EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=preset)))
+    return _engine(text, EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=preset)), registry)
 
 
-def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:
+def _net_engine(text: str, weights: str, device: str, precision: str, registry: Registry) -> Engine:
     """The daemon's learned engine: the weights at ``weights``, or the shipped ones when empty."""
     path = Path(weights) if weights else None
     if path is not None and not path.is_file():
@@ -104,19 +111,21 @@ def _net_engine(text: str, weights: str, device: str, precision: str) -> Engine:
         config = EngineConfig(name="net", weights=path, devices=[device], precision=precision, workers_per_device=1)
     except ValueError as exc:  # pydantic's ValidationError: e.g. an unknown precision
         raise MethodError(f"{text}: {exc}") from exc
-    return _engine(text, config)
+    return _engine(text, config, registry)
 
 
-def _engine(text: str, config: EngineConfig) -> Engine:
+def _engine(text: str, config: EngineConfig, registry: Registry) -> Engine:
     """The daemon's engine for ``config`` (:func:`drdaemon.engines.build_engines`), one worker."""
     try:
-        return build_engines(config)[0]
+        return build_engines(config, registry)[0]
     except Exception as exc:  # ConfigError, DeviceLost: both mean this method cannot run here
         raise MethodError(f"{text}: {exc}") from exc
 
 
-def build_methods(texts: list[str], device: str = "auto", precision: str = "float32") -> list[Method]:
-    methods = [build_method(t, device, precision) for t in texts if t.strip()]
+def build_methods(
+    texts: list[str], device: str = "auto", precision: str = "float32", registry: Registry = ENGINES
+) -> list[Method]:
+    methods = [build_method(t, device, precision, registry) for t in texts if t.strip()]
     labels = [m.label for m in methods]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

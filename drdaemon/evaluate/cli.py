@@ -9,7 +9,7 @@ from pathlib import Path
 from drdaemon.config import ConfigError, load_settings
 from drdaemon.defaults import PRECISIONS
 from drdaemon.errors import FrameError
-from drdaemon.evaluate.baselines import MethodError
+from drdaemon.evaluate.baselines import MethodError, method_names
 from drdaemon.evaluate.dicom import DicomError
 from drdaemon.evaluate.run import DataError, evaluate
 from drdaemon.service.frame import read_limits
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
-        help="comma-separated: identity, stretch, gamma[:G], he, clahe, filtered[:nlm|median|"
-        f"gaussian], pipeline[:PRESET], net (the shipped weights), net:WEIGHTS (default {DEFAULT_METHODS})",
+        help=f"comma-separated, among: {method_names()}; net alone runs the shipped weights (default {DEFAULT_METHODS})",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, scores.json, figure.png")
     parser.add_argument("--device", default="auto", help="device of the net engine: auto, cpu, cuda:N")

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from drdaemon.kernels.noise import wavelet_noise_sigma
-from drdaemon.kernels.tone import clahe_u16, equalise_histogram_u16, to_u16
-from drdaemon.kernels.window import U16_MAX, Window, robust_window
+from drdaemon.kernels.tone import clahe_u16, equalise_histogram_u16, gamma, to_u16
+from drdaemon.kernels.window import U16_MAX, Window, image_to_u16, robust_window, u16_to_image
 
 Morphology = Literal["opening", "closing"]
 Footprint = Literal["disk", "square"]
@@ -35,21 +35,6 @@ OPENCV_MEDIAN_MAX = 5
 def frame_to_image(frame: np.ndarray) -> np.ndarray:
     """A frame of any supported dtype as the pipeline's float32 image (16-bit range to ``[0, 1]``)."""
     return u16_to_image(to_u16(frame))
-
-
-def u16_to_image(frame: np.ndarray) -> np.ndarray:
-    """A uint16 frame as float32 ``x / 65535`` in one OpenCV pass."""
-    return cv2.addWeighted(frame, 1.0 / U16_MAX, frame, 0.0, 0.0, dtype=cv2.CV_32F)
-
-
-def image_to_u16(image: np.ndarray) -> np.ndarray:
-    """The float32 image back to 16 bits: ``round(x * 65535)`` clipped to the range.
-
-    :func:`~drdaemon.kernels.window.unit_to_u16` in one OpenCV pass (its saturating
-    conversion clips and rounds) instead of numpy's three, a quarter of its time on a
-    13-megapixel frame; the two differ only on values exactly half-way between two levels.
-    """
-    return cv2.addWeighted(image, float(U16_MAX), image, 0.0, 0.0, dtype=cv2.CV_16U)
 
 
 def percentile_normalise(image: np.ndarray, low_percentile: float, high_percentile: float) -> tuple[np.ndarray, Window]:
@@ -111,17 +96,6 @@ def unsharp(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     """Unsharp masking: ``x + amount * (x - gaussian(x, sigma))``."""
     blurred = gaussian(image, sigma)
     return cv2.addWeighted(image, 1.0 + amount, blurred, -amount, 0.0)
-
-
-def gamma(image: np.ndarray, exponent: float) -> np.ndarray:
-    """``x ** exponent`` on ``x`` clipped to ``[0, 1]``.
-
-    OpenCV's ``pow`` on the float32 image, not the classical engine's 65536-entry lookup
-    table: the table needs the image rounded to 16 bits and back, and numpy's table lookup
-    on 13 megapixels takes three times as long as the whole step does this way.
-    """
-    clipped = np.clip(image, 0.0, 1.0)
-    return cv2.pow(clipped, exponent, dst=clipped)
 
 
 def footprint(radius: int, shape: Footprint) -> np.ndarray:

