@@ -1,7 +1,7 @@
 """The deploy/ files, checked with the tools the plant uses (promtool, systemd-analyze).
 
 Tests that need a tool skip, naming the Debian package, when it is not installed:
-``apt-get install prometheus systemd`` (see README.md, Operations).
+``apt-get install prometheus systemd`` (see docs/how-to/deploy.md).
 """
 
 from __future__ import annotations
