@@ -78,11 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kinds = parser.add_subparsers(dest="kind", required=True)
     enhancer = kinds.add_parser(
-        "enhancer", help=f"weights the net engine runs without engine.weights ({SHIPPED_WEIGHTS})"
+        "enhancer",
+        help=f"weights the net engine runs without engine.weights (drdaemon/io/shipped/{SHIPPED_WEIGHTS.name})",
     )
     enhancer.add_argument("weights", type=Path, help="a trainer's .safetensors (its model card beside it is copied)")
     enhancer.add_argument("--name", required=True, help="the model card's name, recorded in every sidecar")
-    clip = kinds.add_parser("clip", help=f"a radiograph CLIP for --clip-weights bundled (into {BUNDLED_DIR})")
+    clip = kinds.add_parser(
+        "clip", help=f"a radiograph CLIP for --clip-weights bundled (into trainer/{BUNDLED_DIR.name}/)"
+    )
     clip.add_argument("run_dir", type=Path, help="a python -m trainer.pretrain_clip --out folder")
     clip.add_argument("--name", default="radiograph-clip", help="its model config's name (default radiograph-clip)")
     return parser
