@@ -67,7 +67,9 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
         help="validate a configuration and run the daemon's start-up checks (a safe gate before a restart)",
         description="Validate FILE (and the DRDAEMON_* environment), print the effective "
         "configuration as TOML with folders resolved, then run every start-up check of `run` that "
-        "needs neither the work lock nor the inbox: folders exist or are created and are writable, "
+        "needs neither the work lock nor the inbox, changing nothing on disk: folders exist (a missing "
+        "inbox is an error naming the closest folder unless folders.create = true; the folders run "
+        "would create are listed) and are writable, "
         "inbox, work, archive and failed share one filesystem mount (a rename probe), the weights "
         "load and match their provenance, the engine builds on its device, the metrics port can be "
         "bound (or is held by the daemon running on this work folder). Exit 78 naming the key on any "
@@ -169,7 +171,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        passed = check_start_up(settings).passed
+        passed = check_start_up(settings, dry_run=True).passed
     except DeviceLost as exc:
         print(f"drdaemon: device lost while building the engine: {exc}", file=sys.stderr)
         return EXIT_DEVICE_LOST

@@ -8,17 +8,21 @@ the tree is copied.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
+import re
 import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from drdaemon import defaults
-from drdaemon.defaults import Compression, Precision
+from drdaemon.defaults import Compression, PrecisionSetting
 from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESETS, PresetName
 from drdaemon.pipeline.steps import Step
 
@@ -32,16 +36,29 @@ class _Table(BaseModel):
 
 
 class Folders(_Table):
-    """The folder lifecycle: inbox -> work -> (outbox + archive) or failed."""
+    """The folder lifecycle: inbox -> work -> (outbox + archive) or failed.
+
+    Iterating yields ``(name, path)`` for the five folders (not the ``create`` flag).
+    ``create = false`` (the default) makes a missing inbox a configuration error that names
+    the closest existing folder, so that a misspelled inbox is never watched empty; the other
+    folders are the daemon's own and are created when missing. ``create = true`` creates a
+    missing inbox too. Every folder the daemon creates is named in a ``folder_created`` log line.
+    """
 
     inbox: Path = Path("inbox")
     outbox: Path = Path("outbox")
     archive: Path = Path("archive")
     failed: Path = Path("failed")
     work: Path = Path("work")
+    create: bool = False
+
+    def __iter__(self) -> Iterator[tuple[str, Path]]:  # type: ignore[override]  # the folders, not the flag
+        for name in ("inbox", "outbox", "archive", "failed", "work"):
+            yield name, getattr(self, name)
 
     def resolved(self, base: Path) -> Folders:
-        return Folders(**{name: (base / p) if not p.is_absolute() else p for name, p in self})
+        paths = {name: (base / p) if not p.is_absolute() else p for name, p in self}
+        return Folders(**paths, create=self.create)
 
 
 #: ``[engine]`` keys that say where and how fast the engine runs, not what it makes of a frame
@@ -111,7 +128,9 @@ class EngineConfig(_Table):
     gamma: float = Field(defaults.GAMMA, gt=0.0)
     # Learned engine.
     devices: list[str] = Field(default_factory=lambda: ["auto"])
-    precision: Precision = defaults.PRECISION
+    # auto: the fastest precision that meets the project's bound on the engine's device
+    # (:func:`drdaemon.defaults.precision_for_device`: bfloat16 on a CPU, float16 on CUDA).
+    precision: PrecisionSetting = defaults.PRECISION
     memory_budget_mb: int = Field(defaults.MEMORY_BUDGET_MB, ge=64)
     compile: bool = False
     channels_last: bool = True
@@ -293,16 +312,86 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+ENV_PREFIX = "DRDAEMON_"
+
+
+def environment_keys(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """The configuration keys that ``DRDAEMON_<TABLE>__<KEY>`` variables set, and each variable's name."""
+    keys: dict[tuple[str, ...], str] = {}
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            keys[tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))] = name
+    return keys
+
+
+def _variable_for(loc: tuple[str, ...], keys: dict[tuple[str, ...], str]) -> str | None:
+    """The variable that set the value at ``loc`` (or a table above it), if one did."""
+    for length in range(len(loc), 0, -1):
+        variable = keys.get(tuple(part.lower() for part in loc[:length]))
+        if variable is not None:
+            return variable
+    return None
+
+
+def _table_model(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model of the table that holds the key at ``loc`` (``Settings`` for a top-level key)."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = next(
+            (
+                t
+                for t in (field.annotation, *get_args(field.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def suggestion(item: Mapping[str, Any]) -> str:
+    """``; did you mean 'x'?`` for a misspelt key or choice, else an empty string."""
+    loc = tuple(str(part) for part in item["loc"])
+    if item["type"] == "extra_forbidden" and loc:
+        model = _table_model(loc)
+        choices = list(model.model_fields) if model is not None else []
+        typed = loc[-1]
+    elif item["type"] == "literal_error" and isinstance(item.get("input"), str):
+        choices = re.findall(r"'([^']*)'", str(item.get("ctx", {}).get("expected", "")))
+        typed = item["input"]
+    else:
+        return ""
+    matches = difflib.get_close_matches(typed.lower(), choices, n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def _format_validation_error(error: ValidationError, source: str, environ: Mapping[str, str] | None = None) -> str:
+    """One line per error naming the key, and the variable when the value came from the environment."""
+    keys = environment_keys(os.environ if environ is None else environ)
+    lines = []
+    blamed_file = blamed_env = False
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc) or "(top level)"
+        variable = _variable_for(loc, keys)
+        if variable is not None:
+            key = f"{key} (from the environment variable {variable})"
+            blamed_env = True
+        else:
+            blamed_file = True
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         value = item.get("input")
         shown = "" if item["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {message}{shown}")
+        lines.append(f"  {key}: {message}{shown}{suggestion(item)}")
+    where = ([source] if blamed_file else []) + (["the environment"] if blamed_env else [])
+    lines.insert(0, f"invalid configuration in {' and '.join(where)}:")
     lines.append("Every key is documented in config.example.toml; environment variables are DRDAEMON_<TABLE>__<KEY>.")
     return "\n".join(lines)
 

@@ -27,7 +27,29 @@ CLASSICAL_METHODS: Final[tuple[str, ...]] = get_args(ClassicalMethod)
 #: Arithmetic of the learned engine (``engine.precision``).
 Precision = Literal["float32", "float16", "bfloat16"]
 PRECISIONS: Final[tuple[str, ...]] = get_args(Precision)
-PRECISION: Final = "float16"
+#: What ``engine.precision`` accepts: a precision, or ``auto`` (:func:`precision_for_device`).
+PrecisionSetting = Literal["auto", Precision]
+PRECISION: Final = "auto"
+#: The fastest precision per device type that meets the project's bound against float32 (RMS
+#: <= 16 and max <= 128 output levels for float16, RMS <= 40 for bfloat16; README, "Precision
+#: and memory"): on a CPU bfloat16 (float16 has no fast CPU kernels: about 3 times slower),
+#: on CUDA float16 (tensor cores, and 8 times finer steps than bfloat16).
+DEVICE_PRECISION: Final[dict[str, Precision]] = {"cpu": "bfloat16", "cuda": "float16"}
+
+
+def precision_for_device(setting: str, device_type: str) -> Precision:
+    """The precision an engine on ``device_type`` runs for ``engine.precision = setting``.
+
+    An explicit precision is kept as it is; ``auto`` picks :data:`DEVICE_PRECISION` (float32 on
+    a device type it does not list).
+    """
+    if setting == "auto":
+        return DEVICE_PRECISION.get(device_type, "float32")
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, not {setting!r}")
+    return setting  # type: ignore[return-value]  # one of PRECISIONS, checked above
+
+
 #: Device memory one frame's forward pass may use before the learned engine tiles it exactly.
 MEMORY_BUDGET_MB: Final = 6144
 
@@ -51,6 +73,7 @@ __all__ = [
     "CLASSICAL_METHODS",
     "COMPRESSION",
     "COMPRESSIONS",
+    "DEVICE_PRECISION",
     "GAMMA",
     "HIGH_PERCENTILE",
     "LOW_PERCENTILE",
@@ -62,6 +85,8 @@ __all__ = [
     "ClassicalMethod",
     "Compression",
     "Precision",
+    "PrecisionSetting",
+    "precision_for_device",
 ]
 
 #: The enhancer weights shipped with the package: ``engine.name = "net"`` without

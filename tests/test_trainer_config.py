@@ -86,3 +86,40 @@ def test_published_schedule_has_the_published_lengths():
         kinds[phase_at(i, s).kind] = kinds.get(phase_at(i, s).kind, 0) + 500
     assert kinds[PhaseKind.PROMPT_INIT] == 10_000 and kinds[PhaseKind.WARMUP] == 1_000
     assert sum(kinds.values()) == 50_000
+
+
+def test_a_schedule_key_with_the_cyclegan_scheme_names_the_keys_that_set_its_budget():
+    with pytest.raises(TrainConfigError) as caught:
+        load_config(None, ["run.scheme=cyclegan", "schedule.total_iters=12"])
+    message = str(caught.value)
+    assert "schedule.* does not apply to --scheme cyclegan" in message
+    assert "cyclegan.constant_iters + cyclegan.decay_iters" in message
+    assert "prompt_init_iters" not in message  # not the CLIP scheme's rule
+    # The CLIP scheme's keys in a config file are no error (train.example.toml documents both schemes).
+    example = Path(__file__).resolve().parents[1] / "train.example.toml"
+    assert load_config(example, ["run.scheme=cyclegan"]).run.scheme == "cyclegan"
+    with pytest.raises(TrainConfigError, match=r"cyclegan\.\* does not apply to --scheme clip.*schedule.total_iters"):
+        load_config(None, ["cyclegan.constant_iters=5"])
+
+
+def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from trainer_testkit import make_data, write_tiny_clip_config
+
+    abnormal, normal = make_data(tmp_path)
+    clip = write_tiny_clip_config(tmp_path)
+    script = ("import sys; sys.modules['open_clip'] = None  # as if the train extra were not installed\n"
+              "from trainer.cli import main; sys.exit(main(sys.argv[1:]))\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--abnormal", str(abnormal), "--normal", str(normal),
+         "--out", str(tmp_path / "w.safetensors"), "--clip", str(clip), "--clip-weights", "none", "--device", "cpu",
+         "--set", "data.crop_size=48", "--set", "data.workers=0"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"))
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr
+    assert "'train' extra" in proc.stderr and "pip install 'drdaemon[train]'" in proc.stderr

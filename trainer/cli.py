@@ -1,7 +1,8 @@
 """``python -m trainer``: parse the command line, build the config, run, report.
 
 Exit codes: 0 done, 130 stopped by Ctrl-C or SIGTERM (after checkpointing), 2 bad command line or config,
-3 CLIP unavailable (offline without a local checkpoint), 4 unusable data or checkpoint.
+3 CLIP unavailable (offline without a local checkpoint), 4 unusable data or checkpoint, 5 the ``train``
+extra is not installed.
 """
 
 from __future__ import annotations
@@ -10,9 +11,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.shared.config import TrainConfigError, load_config, override
+from trainer.shared.config import TrainConfig, TrainConfigError, load_config, override
 
-EXIT_USAGE, EXIT_CLIP, EXIT_DATA, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_USAGE, EXIT_CLIP, EXIT_DATA, EXIT_MISSING_EXTRA, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
+
+#: Modules of the ``train`` extra (pyproject.toml), by the name Python imports them as.
+TRAIN_EXTRA_MODULES = frozenset({"open_clip", "torchvision", "tensorboard"})
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """What to install when ``exc`` is a module of the ``train`` extra, else None."""
+    top = (exc.name or "").split(".")[0]
+    if top not in TRAIN_EXTRA_MODULES:
+        return None
+    return (
+        f"the trainer needs the 'train' extra, which is not installed (no module {top!r}). Install it with\n"
+        "  pip install 'drdaemon[train]'\n"
+        "or, in a clone of the repository, pip install -e '.[train]' (the daemon itself does not need it)"
+    )
+
 
 EPILOG = """\
 examples:
@@ -132,6 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     except TrainConfigError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        return _train(args, cfg)
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(f"trainer: {message}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
+
+
+def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
     # Imported after parsing so --help and config errors answer without loading torch.
     from trainer.clip.scheme import Trainer
     from trainer.cyclegan.scheme import CycleGanTrainer

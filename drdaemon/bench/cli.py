@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from drdaemon.bench.timing import median_seconds
-from drdaemon.defaults import COMPRESSION, COMPRESSIONS, MEMORY_BUDGET_MB, PRECISIONS
+from drdaemon.defaults import COMPRESSION, COMPRESSIONS, MEMORY_BUDGET_MB, PRECISIONS, precision_for_device
 from drdaemon.engines.registry import ENGINES
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precisions",
         default="float32,half",
-        help="net: float32, half (float16 on CUDA, bfloat16 on the CPU), float16, bfloat16",
+        help="net: float32, half (float16 on CUDA, bfloat16 on the CPU), float16, bfloat16, auto "
+        "(engine.precision's default on the device: the same as half)",
     )
     parser.add_argument(
         "--daemon-scales", default=None, help="net: scales also run through the daemon (default: all of --scales)"
@@ -491,6 +492,8 @@ def _precision_names(spec: str, cuda: bool) -> list[str]:
         item = item.strip()
         if item == "half":
             item = "float16" if cuda else "bfloat16"
+        elif item == "auto":  # what engine.precision = "auto" (the default) runs on this device
+            item = precision_for_device("auto", "cuda" if cuda else "cpu")
         if item not in PRECISIONS:
             raise SystemExit(f"drdaemon bench: unknown precision {item!r}")
         names.append(item)

@@ -121,10 +121,13 @@ class OutputGate:
     def recreate_folders(self) -> None:
         """Re-create a deleted outbox (or archive, failed); a folder still refused stays refused."""
         for folder in self.folders:
+            if folder.is_dir():
+                continue
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError:
                 continue
+            log.info("folder_created", path=str(folder), note="re-created after it vanished")
 
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "OutputGate", "blocking_reason"]

@@ -68,7 +68,8 @@ def selftest_folders(configured: Folders, token: str, dry_run: bool) -> Folders:
     """The folders the self test runs in: the configured ones (dry run) or a hidden one inside each."""
     if dry_run:
         return configured
-    return Folders(**{name: path / f".drdaemon-selftest-{token}" for name, path in configured})
+    # The temporary tree is the selftest's own: created whatever folders.create says.
+    return Folders(**{name: path / f".drdaemon-selftest-{token}" for name, path in configured}, create=True)
 
 
 def run_selftest(

@@ -8,6 +8,7 @@ crash recovery) is left to ``run``.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import fcntl
 import os
@@ -15,11 +16,15 @@ import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from drdaemon.config import ConfigError, Folders, MetricsConfig, Settings
 from drdaemon.engines import Engine, build_checked_engines
 from drdaemon.folders.claim import LOCK_NAME
 from drdaemon.io.durable import current_owner
 from drdaemon.service.prometheus import DaemonMetrics
+
+log = structlog.get_logger(__name__)
 
 
 def _user() -> str:
@@ -37,22 +42,96 @@ def _not_writable(name: str, folder: Path, exc: OSError) -> ConfigError:
     )
 
 
-def prepare_folders(folders: Folders) -> None:
-    """Create missing folders; refuse folders the daemon cannot write or that cannot share atomic renames."""
-    for name, path in folders:
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its closest existing ancestor."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def closest_folder(path: Path) -> Path | None:
+    """The existing folder whose name is closest to the missing ``path``'s (a typo's likely target).
+
+    The first missing part of ``path`` is compared with the folders beside it; when the rest
+    of ``path`` exists under the closest one, that is named, else the closest one itself.
+    """
+    ancestor = nearest_existing(path.parent)
+    missing = path.relative_to(ancestor).parts
+    try:
+        siblings = sorted(entry.name for entry in os.scandir(ancestor) if entry.is_dir())
+    except OSError:
+        return None
+    matches = difflib.get_close_matches(missing[0], siblings, n=1, cutoff=0.6)
+    if not matches:
+        return None
+    closest = ancestor / matches[0]
+    whole = closest.joinpath(*missing[1:])
+    return whole if whole.is_dir() else closest
+
+
+def _from_environment(key: str) -> str:
+    variable = f"DRDAEMON_FOLDERS__{key.upper()}"
+    return f" (from {variable})" if any(name.upper() == variable for name in os.environ) else ""
+
+
+def missing_inbox_error(inbox: Path) -> ConfigError:
+    """A missing inbox under ``folders.create = false``: name the closest folder and the fixes."""
+    closest = closest_folder(inbox)
+    hint = f"; did you mean {closest}?" if closest is not None else ""
+    return ConfigError(
+        f"folders.inbox{_from_environment('inbox')}: {inbox} does not exist{hint} The daemon would watch an "
+        "empty folder while the station writes elsewhere. Fix folders.inbox, create the folder, or set "
+        "folders.create = true (DRDAEMON_FOLDERS__CREATE=true) to let the daemon create missing folders"
+    )
+
+
+def folders_to_create(folders: Folders) -> list[tuple[str, Path]]:
+    """The configured folders that do not exist yet, as (key, path)."""
+    return [(name, path) for name, path in folders if not path.is_dir()]
+
+
+def prepare_folders(folders: Folders, dry_run: bool = False) -> list[str]:
+    """Create missing folders; refuse folders the daemon cannot write or that cannot share atomic renames.
+
+    A missing inbox is an error naming the closest existing folder unless ``folders.create``
+    is set. Each folder created is named in a ``folder_created`` log line. With ``dry_run``
+    (``check-config``) nothing is created: what would be is returned and checked as far as it
+    can be (the nearest existing parent must be writable). Returns one line per folder
+    created (or that would be).
+    """
+    missing = folders_to_create(folders)
+    if not folders.create and any(name == "inbox" for name, _ in missing):
+        raise missing_inbox_error(folders.inbox)
+    created: list[str] = []
+    for name, path in missing:
+        if dry_run:
+            parent = nearest_existing(path)
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"folders.{name}: cannot create {path}: {parent} is not a writable folder")
+            created.append(f"folders.{name}: {path} would be created at start")
+            continue
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"folders.{name}: cannot create {path}: {exc}") from exc
-    devices = {name: os.stat(path).st_dev for name, path in folders if name != "outbox"}
+        log.info("folder_created", folder=name, path=str(path))
+        created.append(f"folders.{name}: created {path}")
+    devices = {name: os.stat(nearest_existing(path)).st_dev for name, path in folders if name != "outbox"}
     if len(set(devices.values())) > 1:
         raise ConfigError(
             "folders.inbox, folders.work, folders.archive and folders.failed must be on one "
             f"filesystem (frames move between them by rename); found devices {devices}"
         )
+    if not folders.work.is_dir():
+        return created  # a dry run: the rename probes need the work folder
     for name in ("inbox", "archive", "failed"):
-        probe_rename(folders.work, getattr(folders, name), name)
-    probe_writable(folders.outbox, "outbox")
+        other = getattr(folders, name)
+        if other.is_dir():
+            probe_rename(folders.work, other, name)
+    if folders.outbox.is_dir():
+        probe_writable(folders.outbox, "outbox")
+    return created
 
 
 def probe_rename(work: Path, other: Path, name: str) -> None:
@@ -192,16 +271,23 @@ class StartUpCheck:
     engines: list[Engine] = field(default_factory=list)
 
 
-def check_start_up(settings: Settings) -> StartUpCheck:
+def check_start_up(settings: Settings, dry_run: bool = False) -> StartUpCheck:
     """Every start-up check of ``run`` that needs neither the work lock nor the inbox contents.
 
-    Raises one ConfigError naming every check that failed, each in the words ``run`` uses.
+    With ``dry_run`` (``check-config``) nothing is created on disk: a missing folder that
+    ``run`` would create is reported as such. Raises one ConfigError naming every check that
+    failed, each in the words ``run`` uses.
     """
     found = StartUpCheck()
     failures: list[str] = []
     try:
-        prepare_folders(settings.folders)
-        found.passed.append("folders: exist, writable, one filesystem for inbox, work, archive and failed")
+        created = prepare_folders(settings.folders, dry_run=dry_run)
+        found.passed += created
+        found.passed.append(
+            "folders: exist, writable, one filesystem for inbox, work, archive and failed"
+            if not created
+            else "folders: writable, one filesystem for inbox, work, archive and failed (as far as they exist)"
+        )
     except ConfigError as error:
         failures.append(str(error))
     try:
@@ -223,6 +309,8 @@ __all__ = [
     "StartUpCheck",
     "check_metrics_port",
     "check_start_up",
+    "closest_folder",
+    "folders_to_create",
     "load_engines",
     "prepare_folders",
     "probe_rename",

@@ -175,12 +175,49 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainConfig:
-        if self.run.scheme == "cyclegan" and self.cyclegan.total_iters < 1:
-            raise ValueError("cyclegan.constant_iters + cyclegan.decay_iters must be at least 1")
+        if self.run.scheme == "cyclegan":  # the CLIP scheme's schedule does not apply
+            if self.cyclegan.total_iters < 1:
+                raise ValueError("cyclegan.constant_iters + cyclegan.decay_iters must be at least 1")
+            return self
         s = self.schedule
         if s.prompt_init_iters + s.warmup_iters >= s.total_iters:
             raise ValueError("schedule.total_iters must exceed prompt_init_iters + warmup_iters")
         return self
+
+
+#: The config sections each scheme reads; a section outside its set is the other scheme's.
+SCHEME_SECTIONS: dict[str, frozenset[str]] = {
+    "clip": frozenset({"data", "clip", "prompts", "loss", "schedule", "optim", "enhancer", "run"}),
+    "cyclegan": frozenset({"data", "enhancer", "run", "cyclegan"}),
+}
+
+
+def scheme_budget(cfg: TrainConfig) -> str:
+    """Which keys set the chosen scheme's number of iterations, with their values."""
+    if cfg.run.scheme == "cyclegan":
+        c = cfg.cyclegan
+        return (
+            f"cyclegan.constant_iters + cyclegan.decay_iters (now {c.constant_iters} + {c.decay_iters} = "
+            f"{c.total_iters} iterations), e.g. --set cyclegan.constant_iters=6 --set cyclegan.decay_iters=6"
+        )
+    return f"schedule.total_iters (now {cfg.schedule.total_iters}; its phases are the other schedule.* keys)"
+
+
+def check_overrides_apply(cfg: TrainConfig, overrides: Sequence[str]) -> None:
+    """Refuse a ``--set`` of a section the chosen scheme never reads, naming the keys that do apply.
+
+    A config file may hold both schemes' sections (train.example.toml documents every key);
+    a ``--set`` on the command line is meant for this run, so one that would change nothing is an error.
+    """
+    scheme = cfg.run.scheme
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if keys[0] in TrainConfig.model_fields and keys[0] not in SCHEME_SECTIONS[scheme]:
+            other = "cyclegan" if scheme == "clip" else "clip"
+            raise TrainConfigError(
+                f"--set {text}: {keys[0]}.* does not apply to --scheme {scheme} (it is read by --scheme {other} "
+                f"only); the {scheme} scheme's training budget is {scheme_budget(cfg)}"
+            )
 
 
 class TrainConfigError(Exception):
@@ -224,6 +261,8 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Trai
                 raise TrainConfigError(f"--set {text!r}: {part!r} is not a section")
         node[keys[-1]] = value
     try:
-        return TrainConfig.model_validate(values)
+        cfg = TrainConfig.model_validate(values)
     except ValidationError as exc:
         raise TrainConfigError(f"invalid training config: {exc}") from exc
+    check_overrides_apply(cfg, overrides)
+    return cfg
