@@ -166,7 +166,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(settings_to_toml(settings), end="")
     if os.geteuid() == 0:
         print(
-            "drdaemon: running as root; folders it creates belong to root. Run it as the service user "
+            "drdaemon: running as root; folders that run creates as root belong to root. Run it as the service user "
             "(sudo -u drdaemon drdaemon check-config ...) to check that user's access.",
             file=sys.stderr,
         )

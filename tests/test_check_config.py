@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -21,17 +22,13 @@ from drdaemon.folders.claim import WorkLock
 ERROR_HEADER = "drdaemon: configuration error\n"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_config(root: Path, port: int, extra: str = "", engine: str = 'name = "classical"\n') -> Path:
+def write_config(root: Path, port: int, extra: str = "", engine: str = 'name = "classical"\n',
+                 inbox: str = "inbox", create: bool = True) -> Path:
     config = root / "config.toml"
     config.write_text(
         "[folders]\n"
-        'inbox = "inbox"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\nwork = "work"\n'
+        f'inbox = "{inbox}"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\nwork = "work"\n'
+        f"create = {str(create).lower()}\n"
         f"[engine]\n{engine}"
         f'[metrics]\naddress = "127.0.0.1"\nport = {port}\n'
         '[logging]\nformat = "json"\nlevel = "WARNING"\n' + extra
@@ -66,16 +63,55 @@ def assert_same_refusal(config: Path, capsys, expected: str) -> None:
 
 
 def test_a_good_configuration_passes_every_check_and_leaves_no_probe(tmp_path: Path, capsys) -> None:
-    config = write_config(tmp_path, free_port())
+    config = write_config(tmp_path, 0)
+    for name in ("inbox", "outbox", "archive", "failed", "work"):
+        (tmp_path / name).mkdir()
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "start-up checks passed" in out and "engine: classical built on cpu" in out
-    for name in ("inbox", "outbox", "archive", "failed", "work"):  # created, as run would, and left empty
+    for name in ("inbox", "outbox", "archive", "failed", "work"):  # the probes are gone again
         assert list((tmp_path / name).iterdir()) == [], name
 
 
+def test_check_config_creates_nothing_and_says_what_run_would_create(tmp_path: Path, capsys,
+                                                                     keep_signal_handlers) -> None:
+    config = write_config(tmp_path, 0)  # folders.create = true, no folder exists yet
+    assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    for name in ("inbox", "outbox", "archive", "failed", "work"):
+        assert f"folders.{name}: {tmp_path / name} would be created at start" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]  # nothing on disk changed
+
+
+def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(tmp_path: Path, capsys,
+                                                                 keep_signal_handlers) -> None:
+    (tmp_path / "example" / "inbox").mkdir(parents=True)
+    config = write_config(tmp_path, 0, inbox="example/inobx", create=False)
+    message = error_of("check-config", config, capsys)
+    assert f"folders.inbox: {tmp_path / 'example' / 'inobx'} does not exist" in message
+    assert f"did you mean {tmp_path / 'example' / 'inbox'}?" in message
+    assert "folders.create = true" in message
+    assert not (tmp_path / "example" / "inobx").exists() and not (tmp_path / "work").exists()
+    assert_same_refusal(config, capsys, "did you mean")  # run refuses it in the same words, creating nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "example"]
+
+
+def test_every_folder_the_daemon_creates_is_named_in_a_log_line(tmp_path: Path, capsys) -> None:
+    from drdaemon.config import load_settings
+    from drdaemon.logs import configure_logging
+    from drdaemon.service.startup import prepare_folders
+
+    settings = load_settings(write_config(tmp_path, 0))
+    configure_logging(settings.logging.model_copy(update={"level": "INFO", "format": "json"}))
+    capsys.readouterr()
+    prepare_folders(settings.folders)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    created = {line["folder"]: line["path"] for line in lines if line.get("event") == "folder_created"}
+    assert created == {name: str(tmp_path / name) for name in ("inbox", "outbox", "archive", "failed", "work")}
+
+
 def test_a_weights_path_with_a_typo_fails_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
-    config = write_config(tmp_path, free_port(), engine='name = "net"\nweights = "weights/enhancer.safetensros"\n')
+    config = write_config(tmp_path, 0, engine='name = "net"\nweights = "weights/enhancer.safetensros"\n')
     assert_same_refusal(config, capsys, "engine.weights")
 
 
@@ -86,7 +122,7 @@ def test_an_engine_name_not_in_the_registry_fails_like_run_naming_the_engines(tm
 
 
 def test_folders_a_rename_cannot_cross_fail_like_run(tmp_path: Path, capsys, keep_signal_handlers, monkeypatch):
-    config = write_config(tmp_path, free_port())
+    config = write_config(tmp_path, 0)
     real_rename = os.rename
 
     def cross_mount(source, target, *args, **kwargs):  # archive on another mount (a bind mount or a share)
@@ -104,7 +140,7 @@ def test_folders_on_two_filesystems_fail_like_run(tmp_path: Path, capsys, keep_s
         pytest.skip("no second filesystem (/dev/shm) here")
     archive = Path(tempfile.mkdtemp(prefix="drd-archive-", dir=other))
     try:
-        config = write_config(tmp_path, free_port(), extra="")
+        config = write_config(tmp_path, 0, extra="")
         text = config.read_text().replace('archive = "archive"', f'archive = "{archive}"')
         config.write_text(text)
         assert_same_refusal(config, capsys, "must be on one filesystem")
@@ -147,7 +183,7 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="drd-owner-"))
     try:
         root.chmod(0o755)
-        config = write_config(root, free_port())
+        config = write_config(root, 0)
         config.chmod(0o644)
         for name in ("inbox", "outbox", "archive", "failed", "work"):
             (root / name).mkdir(mode=0o755)
@@ -173,7 +209,7 @@ def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(tm
 
     weights = tmp_path / "enhancer.safetensors"
     save_weights(weights, Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)), {"run": "unit-test"})
-    config = write_config(tmp_path, free_port(),
+    config = write_config(tmp_path, 0,
                           engine=f'name = "net"\nweights = "{weights}"\ndevices = ["cpu"]\nprecision = "float32"\n')
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
     assert "engine: net built on cpu" in capsys.readouterr().out
@@ -182,3 +218,12 @@ def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(tm
     metadata["provenance"] = '{"run": "forged"}'
     save_file(load_file(str(weights)), str(weights), metadata=metadata)
     assert_same_refusal(config, capsys, "provenance")
+
+
+def test_the_default_metrics_port_is_held_by_another_process_while_the_tests_run(default_metrics_port) -> None:
+    # tests/conftest.py holds 127.0.0.1:9464 (the default, and config.example.toml's) from a process of
+    # its own unless something else already does, as a daemon from the README's first command would:
+    # a test that binds or configures it fails here and everywhere alike.
+    with socket.socket() as probe, pytest.raises(OSError) as caught:
+        probe.bind(("127.0.0.1", default_metrics_port))
+    assert caught.value.errno == errno.EADDRINUSE

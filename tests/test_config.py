@@ -98,8 +98,9 @@ def test_missing_config_file_exits_78_from_a_real_process(tmp_path: Path) -> Non
 
 
 def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys, monkeypatch) -> None:
-    config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\n[output]\npreview_png = true\n')
+    config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\ncreate = true\n[output]\npreview_png = true\n')
     monkeypatch.setenv("DRDAEMON_METRICS__PORT", "9999")
+    monkeypatch.setenv("DRDAEMON_METRICS__ENABLED", "false")  # no port is bound: the test needs none free
     assert main(["check-config", "--config", str(config)]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
     assert printed["folders"]["inbox"] == str(tmp_path / "in")
@@ -109,3 +110,25 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys,
     # What it prints is itself a valid configuration that means the same thing.
     again = write(tmp_path / "again.toml", settings_to_toml(load_settings(config)))
     assert load_settings(again) == load_settings(config)
+
+
+def test_an_error_from_an_environment_variable_names_the_variable_and_the_closest_value(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    config = write(tmp_path / "d.toml", '[engine]\nname = "classical"\n')
+    monkeypatch.setenv("DRDAEMON_ENGINE__NAME", "clasical")
+    assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "invalid configuration in the environment:" in err and "d.toml" not in err  # the file is not blamed
+    assert "engine.name (from the environment variable DRDAEMON_ENGINE__NAME)" in err
+    assert "did you mean 'classical'?" in err
+
+
+def test_a_misspelt_key_in_the_file_gets_the_closest_key(tmp_path: Path, capsys, monkeypatch) -> None:
+    config = write(tmp_path / "d.toml", '[watch]\nstabilty_wait_s = 1\n[engine]\nname = "clahe"\n')
+    monkeypatch.setenv("DRDAEMON_ENGINE__GAMA", "0.8")
+    assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"invalid configuration in {config} and the environment:" in err
+    assert "watch.stabilty_wait_s: unknown key; did you mean 'stability_wait_s'?" in err
+    assert "engine.gama (from the environment variable DRDAEMON_ENGINE__GAMA): unknown key; did you mean 'gamma'?" in err
+    assert "engine.name: Input should be" in err and "(got 'clahe')" in err  # no close value: no guess

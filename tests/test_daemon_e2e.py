@@ -45,7 +45,7 @@ class Station:
         self.dirs = {name: root / name for name in FOLDERS}
         self.config = root / "drdaemon.toml"
         self.config.write_text(
-            "[folders]\n" + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
+            "[folders]\ncreate = true\n" + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
             + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
             + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
         )

@@ -193,7 +193,7 @@ def run_daemon(root: Path, devices: list[str], frames: list[np.ndarray], precisi
     save_weights(weights, lit_enhancer(), {"run": "gpu-test"})
     config = root / "daemon.toml"
     config.write_text(
-        f'[engine]\nname = "net"\nweights = "{weights.name}"\ndevices = {json.dumps(devices)}\n'
+        f'[folders]\ncreate = true\n[engine]\nname = "net"\nweights = "{weights.name}"\ndevices = {json.dumps(devices)}\n'
         f'precision = "{precision}"\nwarm_up_frame_size = {list(frames[0].shape)}\n'
         "[watch]\nstability_wait_s = 0.2\nrescan_interval_s = 0.5\n[metrics]\nenabled = false\n"
         '[logging]\nformat = "json"\n')

@@ -381,7 +381,8 @@ class ScriptedEngine:
 def daemon_settings(tmp_path: Path):
     from drdaemon.config import Settings
 
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
+    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False},
+                        folders={"create": True})
     settings.folders = settings.folders.resolved(tmp_path)
     return settings
 

@@ -23,6 +23,7 @@ def write_config(root: Path, weights: Path | None) -> Path:
     """A net-engine config; ``weights`` None leaves the key out (the shipped weights)."""
     config = root / "daemon.toml"
     config.write_text(
+        "[folders]\ncreate = true\n"
         "[engine]\n"
         'name = "net"\n'
         + (f'weights = "{weights.name}"\n' if weights is not None else "")

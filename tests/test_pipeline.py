@@ -249,7 +249,7 @@ def test_steps_and_preset_come_from_the_environment(tmp_path, monkeypatch, capsy
 def test_check_config_prints_the_steps_as_toml_that_loads_back(tmp_path, capsys):
     config = write(
         tmp_path / "d.toml",
-        '[engine]\nname = "pipeline"\n[[engine.pipeline.steps]]\nop = "nlm"\n'
+        '[folders]\ncreate = true\n[metrics]\nport = 0\n[engine]\nname = "pipeline"\n[[engine.pipeline.steps]]\nop = "nlm"\n'
         '[[engine.pipeline.steps]]\nop = "multiscale"\ngains = [1.0, 2.0]\n',
     )
     assert main(["check-config", "--config", str(config)]) == 0

@@ -78,9 +78,9 @@ def _from_environment(key: str) -> str:
 def missing_inbox_error(inbox: Path) -> ConfigError:
     """A missing inbox under ``folders.create = false``: name the closest folder and the fixes."""
     closest = closest_folder(inbox)
-    hint = f"; did you mean {closest}?" if closest is not None else ""
+    hint = f" (did you mean {closest}?)" if closest is not None else ""
     return ConfigError(
-        f"folders.inbox{_from_environment('inbox')}: {inbox} does not exist{hint} The daemon would watch an "
+        f"folders.inbox{_from_environment('inbox')}: {inbox} does not exist{hint}. The daemon would watch an "
         "empty folder while the station writes elsewhere. Fix folders.inbox, create the folder, or set "
         "folders.create = true (DRDAEMON_FOLDERS__CREATE=true) to let the daemon create missing folders"
     )

@@ -77,7 +77,7 @@ class Daemon:
         self.config = plant.root / f"drdaemon-{name}.toml"
         folders = "".join(f'{n} = "{plant.dirs[n]}"\n' for n in SHARED) + f'work = "{self.work}"\n'
         self.config.write_text(
-            "[folders]\n" + folders
+            "[folders]\ncreate = true\n" + folders
             + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n" + watch
             + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
         )

@@ -43,7 +43,7 @@ def test_a_bind_mounted_work_folder_is_refused_at_start_with_exit_78(tmp_path: P
 
 
 def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(tmp_path: Path, monkeypatch) -> None:
-    settings = Settings(metrics={"enabled": False})
+    settings = Settings(metrics={"enabled": False}, folders={"create": True})
     settings.folders = settings.folders.resolved(tmp_path)
     real_rename = os.rename
 
