@@ -536,3 +536,34 @@ def test_preview_is_written_before_the_sidecar_and_named_in_it(folders: Folders)
     assert record.output.preview == str(folders.outbox / "p.preview.png")
     preview = cv2.imread(record.output.preview, cv2.IMREAD_UNCHANGED)
     assert preview.dtype == np.uint8 and preview.shape == (128, 1024)
+
+
+def test_a_file_no_pattern_takes_is_named_once_in_the_log_and_counted(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from drdaemon.service.daemon import Daemon
+
+    settings = daemon_settings(tmp_path)
+    settings.folders.inbox.mkdir(parents=True)
+    inbox = settings.folders.inbox
+    for name in ("part.jpg", "part.jpeg", ".hidden.jpg", "x.part"):
+        (inbox / name).write_bytes(b"\xff\xd8\xff\xe0 a JPEG the station wrote")
+    (inbox / "good.tif").write_bytes(frame_bytes(2))
+    daemon = Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
+    gauge = daemon.metrics.registry.get_sample_value
+    seen: list[float | None] = []
+
+    def done() -> bool:  # the good frame is finished, the gauge counts, and more rescans (0.2 s apart) have run
+        if not (settings.folders.outbox / "good.tif.json").exists():
+            return False
+        seen.append(gauge("drdaemon_inbox_unmatched_files"))
+        return seen[-1] == 2 and len(seen) > 40
+
+    with capture_logs() as logs:
+        assert run_daemon_until(daemon, done) == 0
+    unmatched = [entry for entry in logs if entry["event"] == "inbox_file_unmatched"]
+    assert sorted(entry["file"] for entry in unmatched) == ["part.jpeg", "part.jpg"]  # each once, rescans or not
+    assert all("*.tif" in entry["patterns"] and "*.dcm" in entry["patterns"] for entry in unmatched)
+    assert "'*.jpg'" in next(e["note"] for e in unmatched if e["file"] == "part.jpg")
+    assert seen[-1] == 2
+    assert sorted(p.name for p in inbox.iterdir()) == [".hidden.jpg", "part.jpeg", "part.jpg", "x.part"]  # untouched

@@ -121,12 +121,37 @@ class InboxWatcher:
         self._next_restart_mono = 0.0
         self._watched: tuple[int, int] | None = None  # (device, inode) of the inbox the observer watches
         self._lost = threading.Event()  # set by the observer when the watched inbox is deleted or moved
+        #: Files in the inbox that no pattern takes, as of the last scan (each logged once when first seen).
+        self._unmatched: set[str] = set()
 
     # -- which names count --------------------------------------------------------------------
     def accepts(self, name: str) -> bool:
         if is_hidden_or_temporary(name):
             return False
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self._patterns)
+
+    @property
+    def unmatched(self) -> int:
+        """Files in the inbox, as of the last scan, that no pattern takes (they are never processed)."""
+        return len(self._unmatched)
+
+    def _note_unmatched(self, names: set[str]) -> None:
+        """Name each newly seen file that no pattern takes once in the log; forget those gone."""
+        for name in sorted(names - self._unmatched):
+            suffix = Path(name).suffix
+            log.warning(
+                "inbox_file_unmatched",
+                file=name,
+                patterns=list(self._patterns),
+                note="no watch.patterns pattern takes this file, so it stays in the inbox unprocessed; "
+                + (
+                    f"if it is a frame in a readable format (TIFF, PNG, DICOM, .raw, .his), add a pattern "
+                    f"such as {'*' + suffix!r} to watch.patterns"
+                    if suffix
+                    else "a DICOM file without a suffix needs a pattern naming it, e.g. 'IM*' or '*'"
+                ),
+            )
+        self._unmatched = names
 
     # -- the observer -------------------------------------------------------------------------
     def start(self) -> None:
@@ -224,11 +249,17 @@ class InboxWatcher:
         except OSError as exc:
             log.error("inbox_scan_failed", inbox=str(self.inbox), error=str(exc))
             return
+        unmatched: set[str] = set()
         for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                continue
             # Symlinks, FIFOs, sockets and devices are candidates too: they are claimed and refused
             # with a reason (never opened), rather than left in the inbox unexplained.
-            if self.accepts(entry.name) and not entry.is_dir(follow_symlinks=False):
+            if self.accepts(entry.name):
                 self._add(Path(entry.path), now)
+            elif not is_hidden_or_temporary(entry.name):
+                unmatched.add(entry.name)
+        self._note_unmatched(unmatched)
 
     def _drain_events(self, now: float) -> None:
         while True:

@@ -386,6 +386,7 @@ class Daemon:
     def _update_gauges(self, engines: list[Engine]) -> None:
         self._check_space()
         self.metrics.set_inbox_depth(self.watcher.depth)
+        self.metrics.set_inbox_unmatched(self.watcher.unmatched)
         self.metrics.set_queue_depth(len(self._claimed) + len(self._loaded) + len(self._enhanced))
         self.metrics.set_in_flight(self.progress.in_flight)
         self.metrics.set_watcher_up(self.watcher.alive)

@@ -140,6 +140,11 @@ class DaemonMetrics:
             registry=reg,
         )
         self.inbox_depth = Gauge("drdaemon_inbox_frames", "Candidate frames waiting in the inbox.", registry=reg)
+        self.inbox_unmatched = Gauge(
+            "drdaemon_inbox_unmatched_files",
+            "Files in the inbox that no watch.patterns pattern takes: never processed (each is named in the log).",
+            registry=reg,
+        )
         self.queue_depth = Gauge("drdaemon_queue_frames", "Frames claimed and queued for the engine.", registry=reg)
         self.in_flight = Gauge("drdaemon_frames_in_flight", "Frames being enhanced right now.", registry=reg)
         self.watcher_up = Gauge("drdaemon_watcher_up", "1 while the inbox watcher is alive, else 0.", registry=reg)
@@ -285,6 +290,9 @@ class DaemonMetrics:
 
     def set_inbox_depth(self, n: int) -> None:
         self.inbox_depth.set(n)
+
+    def set_inbox_unmatched(self, n: int) -> None:
+        self.inbox_unmatched.set(n)
 
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
