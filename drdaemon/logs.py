@@ -6,6 +6,7 @@ so the journal can be filtered with ``jq`` and nothing has to be parsed out of p
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import TextIO
@@ -24,6 +25,24 @@ def use_json(config: LoggingConfig, stream: TextIO) -> bool:
     return not stream.isatty()
 
 
+class _PrintLogger(structlog.PrintLogger):
+    """A print logger that drops a line a closed terminal refuses (EIO) instead of raising.
+
+    A daemon started in a terminal stops when the terminal closes (SIGHUP); until the signal
+    is handled, a thread that logs would otherwise fail its frame, or the daemon, on the write.
+    """
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 class _StreamLoggerFactory:
     """Print loggers on a given stream, or on whatever ``sys.stderr`` is when a logger is made."""
 
@@ -31,7 +50,7 @@ class _StreamLoggerFactory:
         self._stream = stream
 
     def __call__(self, *args: object) -> structlog.PrintLogger:
-        return structlog.PrintLogger(self._stream if self._stream is not None else sys.stderr)
+        return _PrintLogger(self._stream if self._stream is not None else sys.stderr)
 
 
 def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:

@@ -62,9 +62,13 @@ def test_claim_moves_the_file_and_never_replaces_a_work_item(folders: Folders) -
 
 
 def test_only_one_daemon_owns_a_work_folder(folders: Folders) -> None:
+    import socket
+
     with WorkLock(folders.work):
-        with pytest.raises(WorkFolderBusy):
+        with pytest.raises(WorkFolderBusy) as busy:
             WorkLock(folders.work).acquire()
+    # Exit 75's message names who holds the folder, so that it can be found and stopped.
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in str(busy.value)
     with WorkLock(folders.work):  # released with the first holder
         pass
     assert not (folders.work / ".drdaemon.lock").exists()  # a clean release leaves no lock file
@@ -92,7 +96,7 @@ def test_a_lock_file_removed_while_a_second_daemon_waits_for_it_keeps_the_folder
     second.acquire()
     monkeypatch.setattr(claim_module.fcntl, "flock", real_flock)
     assert len(calls) == 2  # it locked the removed file, saw it, and locked the new one
-    assert (folders.work / ".drdaemon.lock").read_text().strip() == str(os.getpid())
+    assert (folders.work / ".drdaemon.lock").read_text().split()[0] == str(os.getpid())
     with pytest.raises(WorkFolderBusy):  # a third daemon still finds the folder taken
         WorkLock(folders.work).acquire()
     second.release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -179,9 +180,11 @@ class WorkLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = _lock_holder_text(fd)
                 os.close(fd)
                 raise WorkFolderBusy(
-                    f"another drdaemon is using the work folder {self.path.parent} (lock {self.path})"
+                    f"another drdaemon ({holder}) is using the work folder {self.path.parent} (lock {self.path}); "
+                    "stop that one first (under systemd: systemctl stop drdaemon), or give this one another work folder"
                 ) from None
             if _names_file(self.path, fd):
                 break
@@ -189,7 +192,7 @@ class WorkLock:
         else:
             raise WorkFolderBusy(f"the lock file {self.path} keeps being replaced; is another drdaemon starting?")
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())  # who holds it, for the next one's message
         self._fd = fd
 
     def release(self) -> None:
@@ -206,6 +209,19 @@ class WorkLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _lock_holder_text(fd: int) -> str:
+    """``pid N on host H`` from a held lock file (its holder writes ``PID HOST``), or what is known."""
+    try:
+        fields = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+    except OSError:
+        fields = []
+    if not fields or not fields[0].isdigit():
+        return "pid unknown: the lock file does not name it yet"
+    host = fields[1] if len(fields) > 1 else "unknown"
+    here = " (this host)" if host == socket.gethostname() else ""
+    return f"pid {fields[0]} on host {host}{here}"
 
 
 def _names_file(path: Path, fd: int) -> bool:

@@ -20,7 +20,11 @@ than a GPU's compute.
 A frame that cannot be read, enhanced or written goes to ``failed/`` with a reason and the
 daemon goes on. An engine raising :class:`~drdaemon.errors.DeviceLost` stops the daemon
 with :data:`EXIT_DEVICE_LOST`, leaving unfinished frames in ``work/`` for the next start.
-SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0.
+SIGTERM or SIGINT stops claiming, finishes every claimed frame and exits 0, saying what it
+finishes and roughly how long that takes; a second one exits at once (128 + the signal's
+number), leaving the frames in ``work/`` for the next start, as a crash would. SIGHUP reloads
+the weights, except in a daemon started from a terminal: there it is the terminal closing,
+and stops the daemon as SIGTERM does.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -44,11 +49,12 @@ from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_checked_engines, reader_window
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
-from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim
+from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim, pending_work
 from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
 from drdaemon.folders.space import FreeBytes, free_bytes
 from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io.formats import configured_output_format
+from drdaemon.logs import use_json
 from drdaemon.service.frame import (
     EnhancedFrame,
     LoadedFrame,
@@ -73,6 +79,37 @@ T = TypeVar("T")
 
 #: Times a claimed frame may be found changed (and read again) before it fails as ``changed``.
 MAX_CHANGES = 5
+#: Seconds between two ``still_stopping`` lines while a stop waits for frames to finish.
+STOP_REPORT_EVERY_S = 10.0
+
+
+def has_controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal (started from a shell; not under systemd)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def detach_from_closed_terminal() -> None:
+    """Point stdin, stdout and stderr that are a terminal at /dev/null: a closed terminal fails every write.
+
+    Called on the hangup, so that the stop's log lines and the last frames' do not fail
+    (with EIO) and turn a clean stop into an internal error.
+    """
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        null_device = os.fstat(null).st_rdev
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                # isatty() fails on a terminal that has hung up: any character device but /dev/null is one.
+                st = os.fstat(fd)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev != null_device:
+                    os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 class Progress:
@@ -82,6 +119,13 @@ class Progress:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.last_progress_mono = time.monotonic()
+        #: Seconds from claim to commit of recent frames (a moving average); None before the first.
+        self.frame_s: float | None = None
+
+    def took(self, seconds: float) -> None:
+        """A frame was committed ``seconds`` after its claim: update the recent pace."""
+        with self._lock:
+            self.frame_s = seconds if self.frame_s is None else 0.7 * self.frame_s + 0.3 * seconds
 
     def claimed(self) -> None:
         with self._lock:
@@ -136,6 +180,11 @@ class Daemon:
         self.metrics_port: int | None = None
         self._stop_signal: str | None = None
         self._stop_announced = False
+        self._stop_requested_mono: float | None = None
+        self._next_stop_report_s = STOP_REPORT_EVERY_S
+        #: What SIGHUP does: stop (a daemon started in a terminal, which a hangup closes) or reload the weights.
+        self.hangup_stops = False
+        self._engine_count = 1
 
     # -- start-up -------------------------------------------------------------------------
     def prepare_folders(self) -> None:
@@ -255,15 +304,63 @@ class Daemon:
         self.request_stop()
 
     def _install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: object) -> None:
-            self.stop_from_signal(signal.Signals(signum).name)
+        """SIGTERM and SIGINT stop gracefully, a second one at once; SIGHUP stops or reloads.
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload_requested.set())
+        SIGHUP reloads the weights where the daemon has no controlling terminal (systemd, a
+        container). Started in a terminal, SIGHUP is the terminal closing: the daemon then stops
+        gracefully, as it would on Ctrl-C, instead of running on as an orphan that holds the
+        work folder. Under ``nohup`` (SIGHUP ignored when the daemon started) it keeps running
+        and SIGHUP still reloads.
+        """
+        hangup_ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        self.hangup_stops = not hangup_ignored and has_controlling_terminal()
+
+        def on_stop(signum: int, _frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self.stop_requested.is_set() and signum != signal.SIGHUP:
+                self._stop_now(signum)
+            self.stop_from_signal(name)
+
+        def on_hangup(signum: int, frame: object) -> None:
+            if self.stop_requested.is_set():
+                return  # the terminal went during a stop: go on finishing (a hangup never stops at once)
+            detach_from_closed_terminal()
+            on_stop(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        if self.hangup_stops:
+            signal.signal(signal.SIGHUP, on_hangup)
+        else:
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload_requested.set())
         # The check for writers still holding a frame open takes a lease for an instant; were a
         # writer to open the file in that instant, the kernel would signal SIGIO (fatal by default).
         signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+    def _stop_now(self, signum: int) -> None:
+        """A second stop signal: exit at once; frames in work/ are finished or redone at the next start.
+
+        Runs in the signal handler: a line written straight to stderr (no logger's lock), then
+        ``os._exit``, as after a crash (the kernel releases the work lock).
+        """
+        name = signal.Signals(signum).name
+        fields = {
+            "event": "stopping_now",
+            "level": "warning",
+            "signal": name,
+            "in_flight": self.progress.in_flight,
+            "exit_status": 128 + signum,
+            "note": f"a second stop signal: stopping at once; the {self.progress.in_flight} frame(s) in flight stay "
+            f"in {self.folders.work} and are finished or redone at the next start, as after a crash",
+        }
+        line = (
+            json.dumps(fields)
+            if use_json(self.settings.logging, sys.stderr)
+            else (f"drdaemon: second {name}: stopping at once. {fields['note']}")
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, (line + "\n").encode())
+        os._exit(128 + signum)
 
     def _fatal(self, status: int, cause: str) -> None:
         """Stop fast: unstarted frames stay in work/ and are redone at the next start.
@@ -280,6 +377,7 @@ class Daemon:
     def _start_pipeline(self, engines: list[Engine], recovered: list[Path]) -> None:
         service = self.settings.service
         readers, writers = stage_threads(len(engines), service.readers, service.writers)
+        self._engine_count = len(engines)
         log.info("pipeline_threads", readers=readers, workers=len(engines), writers=writers)
         # Each pipe holds about one frame per consumer: enough to keep every thread busy,
         # no more (unclaimed frames wait in the inbox, not in memory).
@@ -361,12 +459,58 @@ class Daemon:
         log.info("engines_reloaded", engine=engines[0].name, weights_sha256=engines[0].weights_sha256)
 
     def _announce_stop(self) -> None:
-        if self.stop_requested.is_set() and not self._stop_announced:
-            self._stop_announced = True
-            self.notifier.stopping()
-            log.info(
-                "stopping", signal=self._stop_signal, exit_status=self.exit_status, in_flight=self.progress.in_flight
+        """Log the stop once: what is being finished, about how long it takes, how to stop at once."""
+        if not self.stop_requested.is_set():
+            return
+        now = time.monotonic()
+        if self._stop_announced:
+            if self.progress.in_flight and self._stop_requested_mono is not None:
+                waited = now - self._stop_requested_mono
+                if waited >= self._next_stop_report_s:  # no long silence while frames finish
+                    self._next_stop_report_s += STOP_REPORT_EVERY_S
+                    log.info("still_stopping", in_flight=self.progress.in_flight, waited_s=round(waited, 1))
+            return
+        self._stop_announced = True
+        self._stop_requested_mono = now
+        self._next_stop_report_s = STOP_REPORT_EVERY_S
+        self.notifier.stopping()
+        in_flight = self.progress.in_flight
+        finishing = self._frames_in_work()
+        expected = self._expected_stop_s(in_flight)
+        again = "Ctrl-C again" if self._stop_signal == "SIGINT" else "a second SIGTERM or SIGINT"
+        if in_flight:
+            pace = f"about {expected:.0f} s at the recent pace" if expected is not None else "no frame finished yet"
+            note = (
+                f"finishing the {in_flight} frame(s) already claimed ({pace}); {again} stops at once, "
+                f"leaving them in {self.folders.work} to be finished or redone at the next start"
             )
+        else:
+            note = "nothing in flight"
+        if self._stop_signal == "SIGHUP":
+            note = "the terminal closed (SIGHUP with a controlling terminal); " + note
+        log.info(
+            "stopping",
+            signal=self._stop_signal,
+            exit_status=self.exit_status,
+            in_flight=in_flight,
+            finishing=finishing[:10],
+            expected_s=None if expected is None else round(expected, 1),
+            note=note,
+        )
+
+    def _frames_in_work(self) -> list[str]:
+        """Names of the frames claimed and not yet finished (they lie in work/)."""
+        try:
+            return [display_name(path.name) for path in pending_work(self.folders.work)]
+        except OSError:
+            return []
+
+    def _expected_stop_s(self, in_flight: int) -> float | None:
+        """Roughly how long the frames in flight take, from the recent pace; None before any frame finished."""
+        if self.progress.frame_s is None or in_flight == 0:
+            return None
+        rounds = -(-in_flight // max(1, self._engine_count))
+        return self.progress.frame_s * rounds
 
     def _check_space(self) -> None:
         """Free-space gauges per folder; claiming pauses below ``retention.claim_min_free_space`` on the output side."""
@@ -497,6 +641,7 @@ class Daemon:
                 self.progress.finished()
                 continue
             latency = max(0.0, time.monotonic() - item.arrived_mono)
+            self.progress.took(time.monotonic() - item.claimed_mono)
             for stage, seconds in stage_timings(done, committed).items():
                 self.metrics.observe_stage(stage, seconds)
             self.metrics.frame_succeeded(pixels=int(done.result.pixels.size), latency_s=latency)

@@ -89,6 +89,7 @@ class Daemon:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "drdaemon", "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.plant.root, env=env,
+                start_new_session=True,  # no controlling terminal, as under systemd: SIGHUP reloads
             )
 
     def running(self) -> bool:
