@@ -268,6 +268,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)
+    if args.config is None:  # say where the folders are: a newcomer may not expect them in the current directory
+        where = ", ".join(f"{name} {path}" for name, path in settings.folders)
+        print(
+            f"drdaemon: no --config: defaults and DRDAEMON_* variables only, folders relative to the current "
+            f"directory {Path.cwd()}: {where}. Pass --config FILE (see config.example.toml) to choose them.",
+            file=sys.stderr,
+        )
     try:
         return Daemon(settings).run()
     except WorkFolderBusy as exc:

@@ -204,3 +204,13 @@ def test_a_second_daemon_on_the_same_work_folder_names_the_pid_and_host_of_the_f
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=30)
+
+
+def test_run_without_a_configuration_says_where_its_folders_are_and_creates_no_inbox(tmp_path: Path) -> None:
+    env = {k: v for k, v in ENV.items() if not k.startswith("DRDAEMON_")}
+    done = subprocess.run([sys.executable, "-m", "drdaemon", "run"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=20, start_new_session=True)
+    assert done.returncode == 78, done.stderr
+    assert "no --config" in done.stderr and f"inbox {tmp_path / 'inbox'}" in done.stderr
+    assert f"folders.inbox: {tmp_path / 'inbox'} does not exist" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created in the current directory
