@@ -279,3 +279,16 @@ def test_a_frame_whose_output_is_not_finite_fails_as_engine_error_instead_of_bla
         cpu_engine(net).enhance(xray_like((40, 30)))
     assert caught.value.reason is Reason.ENGINE_ERROR
     assert "not finite" in str(caught.value) and "1200 of 1200" in str(caught.value)
+
+
+def test_the_precision_follows_the_device_unless_set_and_the_sidecar_records_the_one_that_ran(tmp_path):
+    from drdaemon.defaults import precision_for_device
+
+    weights = write_weights(tmp_path)
+    assert EngineConfig().precision == "auto"  # the default: not float16, about half bfloat16's speed on a CPU
+    default = build_engines(EngineConfig(name="net", weights=weights, devices=["cpu"]))[0]
+    assert default.precision == "bfloat16"  # the fastest within the precision bound on a CPU
+    assert default.enhance(xray_like((40, 44))).parameters["precision"] == "bfloat16"
+    explicit = build_engines(EngineConfig(name="net", weights=weights, devices=["cpu"], precision="float16"))[0]
+    assert explicit.enhance(xray_like((40, 44))).parameters["precision"] == "float16"  # an explicit choice is kept
+    assert precision_for_device("auto", "cuda") == "float16" and precision_for_device("float32", "cuda") == "float32"
