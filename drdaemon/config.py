@@ -324,6 +324,18 @@ def environment_keys(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
     return keys
 
 
+def from_environment(key: str, environ: Mapping[str, str] | None = None) -> str:
+    """`` (from the environment variable DRDAEMON_X__Y)`` when one sets the dotted ``key``, else ``""``."""
+    variable = _variable_for(tuple(key.split(".")), environment_keys(os.environ if environ is None else environ))
+    return "" if variable is None else f" (from the environment variable {variable})"
+
+
+def closest_choice(typed: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``; did you mean 'x'?`` naming the choice closest to a misspelt ``typed``, else ``""``."""
+    matches = difflib.get_close_matches(typed.lower(), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
 def _variable_for(loc: tuple[str, ...], keys: dict[tuple[str, ...], str]) -> str | None:
     """The variable that set the value at ``loc`` (or a table above it), if one did."""
     for length in range(len(loc), 0, -1):

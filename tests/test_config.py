@@ -114,21 +114,27 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys,
 
 def test_an_error_from_an_environment_variable_names_the_variable_and_the_closest_value(
         tmp_path: Path, capsys, monkeypatch) -> None:
-    config = write(tmp_path / "d.toml", '[engine]\nname = "classical"\n')
-    monkeypatch.setenv("DRDAEMON_ENGINE__NAME", "clasical")
+    config = write(tmp_path / "d.toml", '[folders]\ncreate = true\n[engine]\nname = "classical"\n[metrics]\nport = 0\n')
+    monkeypatch.setenv("DRDAEMON_ENGINE__NAME", "clasical")  # the example: an engine name (a registry)
     assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert "invalid configuration in the environment:" in err and "d.toml" not in err  # the file is not blamed
-    assert "engine.name (from the environment variable DRDAEMON_ENGINE__NAME)" in err
+    assert "engine.name (from the environment variable DRDAEMON_ENGINE__NAME): unknown engine 'clasical'" in err
     assert "did you mean 'classical'?" in err
+    monkeypatch.setenv("DRDAEMON_ENGINE__NAME", "classical")
+    monkeypatch.setenv("DRDAEMON_OUTPUT__COMPRESSION", "lzww")  # a choice the configuration itself checks
+    assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "invalid configuration in the environment:" in err and "d.toml:" not in err  # the file is not blamed
+    assert "output.compression (from the environment variable DRDAEMON_OUTPUT__COMPRESSION)" in err
+    assert "did you mean 'lzw'?" in err
 
 
 def test_a_misspelt_key_in_the_file_gets_the_closest_key(tmp_path: Path, capsys, monkeypatch) -> None:
-    config = write(tmp_path / "d.toml", '[watch]\nstabilty_wait_s = 1\n[engine]\nname = "clahe"\n')
+    config = write(tmp_path / "d.toml", '[watch]\nstabilty_wait_s = 1\n[output]\ncompression = "jpeg"\n')
     monkeypatch.setenv("DRDAEMON_ENGINE__GAMA", "0.8")
     assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert f"invalid configuration in {config} and the environment:" in err
     assert "watch.stabilty_wait_s: unknown key; did you mean 'stability_wait_s'?" in err
     assert "engine.gama (from the environment variable DRDAEMON_ENGINE__GAMA): unknown key; did you mean 'gamma'?" in err
-    assert "engine.name: Input should be" in err and "(got 'clahe')" in err  # no close value: no guess
+    assert "output.compression: Input should be" in err and "(got 'jpeg')" in err

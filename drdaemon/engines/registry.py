@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 
-from drdaemon.config import ConfigError, EngineConfig
+from drdaemon.config import ConfigError, EngineConfig, closest_choice, from_environment
 from drdaemon.defaults import ClassicalMethod
 from drdaemon.engines.base import Engine
 from drdaemon.engines.classical import ClassicalEngine
@@ -81,7 +81,8 @@ class Registry:
             return self.entries[name]
         except KeyError:
             raise ConfigError(
-                f"engine.name: unknown engine {name!r}; the engines are: {', '.join(self.accepted_names())}"
+                f"engine.name{from_environment('engine.name')}: unknown engine {name!r}; the engines are: "
+                f"{', '.join(self.accepted_names())}{closest_choice(name, self.accepted_names())}"
             ) from None
 
     def __iter__(self) -> Iterator[str]:
