@@ -21,6 +21,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from drdaemon.kernels.checks import FLOATS, check_frame
 from drdaemon.kernels.noise import wavelet_noise_sigma
 from drdaemon.kernels.tone import clahe_u16, equalise_histogram_u16, gamma, to_u16
 from drdaemon.kernels.window import U16_MAX, Window, image_to_u16, robust_window, u16_to_image
@@ -52,11 +53,13 @@ def percentile_normalise(image: np.ndarray, low_percentile: float, high_percenti
 
 def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian low-pass (OpenCV; kernel to 4 sigma, mirrored borders)."""
+    check_frame("gaussian", image, FLOATS)
     return cv2.GaussianBlur(image, (0, 0), sigma)
 
 
 def median(image: np.ndarray, size: int) -> np.ndarray:
     """Median over a ``size`` x ``size`` window, replicated borders (OpenCV up to 5, SciPy above)."""
+    check_frame("median", image, FLOATS)
     if size <= OPENCV_MEDIAN_MAX:
         return cv2.medianBlur(image, size)
     from scipy import ndimage  # only large windows need SciPy (the `pipeline` extra)
@@ -72,6 +75,7 @@ def noise_sigma_levels(image: np.ndarray) -> float:
 
 def non_local_means(image: np.ndarray, h: float, template_size: int, search_size: int) -> np.ndarray:
     """OpenCV's non-local means on the 16-bit rendition (L1 patch distance, strength ``h`` in levels)."""
+    check_frame("non_local_means", image, FLOATS)
     denoised = cv2.fastNlMeansDenoising(
         image_to_u16(image),
         h=[h],
@@ -94,6 +98,7 @@ def clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
 
 def unsharp(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     """Unsharp masking: ``x + amount * (x - gaussian(x, sigma))``."""
+    check_frame("unsharp", image, FLOATS)
     blurred = gaussian(image, sigma)
     return cv2.addWeighted(image, 1.0 + amount, blurred, -amount, 0.0)
 
@@ -108,6 +113,7 @@ def footprint(radius: int, shape: Footprint) -> np.ndarray:
 
 def morphology(image: np.ndarray, operation: Morphology, radius: int, shape: Footprint) -> np.ndarray:
     """Gray-level opening (removes bright details smaller than the footprint) or closing (dark ones)."""
+    check_frame("morphology", image, FLOATS)
     code = cv2.MORPH_OPEN if operation == "opening" else cv2.MORPH_CLOSE
     return cv2.morphologyEx(image, code, footprint(radius, shape))
 
@@ -119,6 +125,7 @@ def tophat(image: np.ndarray, radius: int, shape: Footprint, bright: float, dark
     the black one (``closing - x``) the dark details (pores, cracks); adding the first and
     subtracting the second raises the contrast of small features over a smooth background.
     """
+    check_frame("tophat", image, FLOATS)
     kernel = footprint(radius, shape)
     out = image.copy()
     if bright:
@@ -149,6 +156,7 @@ def multiscale_contrast(image: np.ndarray, gains: Sequence[float], residual_gain
     (``up`` is linear), so no band image is ever formed at full resolution: the full-size
     work is one ``pyrDown``, one ``pyrUp`` and one scaled add.
     """
+    check_frame("multiscale_contrast", image, FLOATS)
     pyramid = gaussian_pyramid(image, len(gains))
     residual = pyramid[-1]
     mean = float(residual.mean())

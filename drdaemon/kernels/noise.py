@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from drdaemon.kernels.checks import FLOATS, check_frame
+
 #: The db2 (Daubechies, two vanishing moments) decomposition high-pass filter.
 DB2_HIGH_PASS = np.array([-0.48296291314453416, 0.8365163037378079, -0.2241438680420134, -0.12940952255126037])
 #: Wavelet coefficients smaller than this are flat image (clipped background) up to rounding.
@@ -50,7 +52,8 @@ def sigma_of(diagonal: np.ndarray, measured: np.ndarray) -> float:
 
 
 def wavelet_noise_sigma(image: np.ndarray) -> float:
-    """Noise standard deviation of ``image`` in its own units, flat regions left out."""
+    """Noise standard deviation of ``image`` in its own units, flat regions left out. Takes a 2-D float32 or float64 image."""
+    check_frame("wavelet_noise_sigma", image, FLOATS)
     diagonal = db2_finest_diagonal(image)
     return sigma_of(diagonal, np.abs(diagonal) > FLAT_COEFFICIENT)
 

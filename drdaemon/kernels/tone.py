@@ -13,6 +13,7 @@ from typing import Final
 import cv2
 import numpy as np
 
+from drdaemon.kernels.checks import FLOATS, check_frame
 from drdaemon.kernels.window import U16_MAX, Window, image_to_u16, u16_to_image, unit_to_u16
 
 #: CLAHE clip limit (a multiple of the mean bin height) and tile grid (tiles per side).
@@ -38,7 +39,15 @@ def clahe_u16(
     multiple of the mean height of a ``levels``-bin histogram. On a windowed frame the
     dropped low bits are finer than one raw detector level unless the raw window spans more
     than ``levels`` values.
+
+    Takes and returns a 2-D (height, width) uint16 frame.
     """
+    check_frame(
+        "clahe_u16",
+        frame,
+        (np.uint16,),
+        "a float frame in [0, 1] goes through drdaemon.kernels.window.unit_to_u16 first",
+    )
     step = (U16_MAX + 1) // levels
     coarse = np.ascontiguousarray(frame, dtype=np.uint16) & np.uint16(U16_MAX - step + 1)
     clahe = cv2.createCLAHE(clipLimit=clip_limit * step, tileGridSize=(tile_grid, tile_grid))
@@ -46,7 +55,8 @@ def clahe_u16(
 
 
 def equalise_histogram_u16(frame: np.ndarray) -> np.ndarray:
-    """Global histogram equalisation over all 65536 levels (OpenCV's equalizeHist is 8-bit only)."""
+    """Global histogram equalisation over all 65536 levels (OpenCV's equalizeHist is 8-bit only). 2-D uint16 in and out."""
+    check_frame("equalise_histogram_u16", frame, (np.uint16,), "convert with drdaemon.kernels.tone.to_u16 first")
     counts = np.bincount(frame.ravel(), minlength=U16_MAX + 1)
     cdf = np.cumsum(counts, dtype=np.float64)
     first = cdf[np.nonzero(counts)[0][0]]
@@ -63,13 +73,17 @@ def gamma(image: np.ndarray, exponent: float) -> np.ndarray:
     with that option) run it through :func:`apply_gamma_u16`'s table of its 65536 values.
     OpenCV's ``pow`` on the float32 image: a 65536-entry table needs the image rounded to
     16 bits and back, and numpy's table lookup on 13 megapixels takes three times as long.
+
+    2-D float32 (or float64) in and out.
     """
+    check_frame("gamma", image, FLOATS, "a uint16 frame goes through apply_gamma_u16")
     clipped = np.clip(image, 0.0, 1.0)
     return cv2.pow(clipped, exponent, dst=clipped)
 
 
 def apply_gamma_u16(frame: np.ndarray, exponent: float) -> np.ndarray:
-    """:func:`gamma` on a uint16 frame, through a 65536-entry table of its values (exact and fast on 16 bits)."""
+    """:func:`gamma` on a uint16 frame, through a 65536-entry table of its values (exact and fast on 16 bits). 2-D uint16 in and out."""
+    check_frame("apply_gamma_u16", frame, (np.uint16,), "a float image goes through gamma")
     if exponent == 1.0:
         return frame
     levels = u16_to_image(np.arange(U16_MAX + 1, dtype=np.uint16).reshape(1, -1))
@@ -78,7 +92,8 @@ def apply_gamma_u16(frame: np.ndarray, exponent: float) -> np.ndarray:
 
 
 def to_u16(frame: np.ndarray) -> np.ndarray:
-    """A frame as uint16 without enhancement: 8-bit scaled by 257, float through its own window."""
+    """A frame as uint16 without enhancement: 8-bit scaled by 257, float through its own window. 2-D uint8, uint16, float32 or float64 in, 2-D uint16 out."""
+    check_frame("to_u16", frame, (np.uint8, np.uint16, np.float32, np.float64))
     if frame.dtype == np.uint16:
         return frame
     if frame.dtype == np.uint8:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import cv2
 import numpy as np
 
+from drdaemon.kernels.checks import check_frame
+
 if TYPE_CHECKING:
     import torch
 
@@ -60,7 +62,8 @@ def subsample(frame: np.ndarray, target_pixels: int = WINDOW_SAMPLE_PIXELS) -> n
 def robust_window(
     frame: np.ndarray, low_percentile: float = LOW_PERCENTILE, high_percentile: float = HIGH_PERCENTILE
 ) -> Window:
-    """The percentile window of a frame; a flat frame gets a unit-wide window at its value."""
+    """The percentile window of a frame; a flat frame gets a unit-wide window at its value. Takes a 2-D (height, width) frame of uint8, uint16, int16, int32, float32 or float64."""
+    check_frame("robust_window", frame, (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64))
     sample = subsample(frame)
     low, high = np.percentile(sample, [low_percentile, high_percentile])
     if not high > low:
@@ -89,7 +92,8 @@ def frame_to_unit(
 
 
 def u16_to_image(frame: np.ndarray) -> np.ndarray:
-    """A uint16 frame as float32 ``x / 65535`` in one OpenCV pass."""
+    """A uint16 frame as float32 ``x / 65535`` in one OpenCV pass. 2-D uint16 in, 2-D float32 out."""
+    check_frame("u16_to_image", frame, (np.uint16,))
     return cv2.addWeighted(frame, 1.0 / U16_MAX, frame, 0.0, 0.0, dtype=cv2.CV_32F)
 
 
@@ -99,5 +103,8 @@ def image_to_u16(image: np.ndarray) -> np.ndarray:
     :func:`~drdaemon.kernels.window.unit_to_u16` in one OpenCV pass (its saturating
     conversion clips and rounds) instead of numpy's three, a quarter of its time on a
     13-megapixel frame; the two differ only on values exactly half-way between two levels.
+
+    2-D float32 in, 2-D uint16 out.
     """
+    check_frame("image_to_u16", image, (np.float32,))
     return cv2.addWeighted(image, float(U16_MAX), image, 0.0, 0.0, dtype=cv2.CV_16U)
