@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import cv2
 import numpy as np
 
-from drdaemon.kernels.checks import check_frame
+from drdaemon.kernels.checks import FLOATS, check_frame
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +104,7 @@ def image_to_u16(image: np.ndarray) -> np.ndarray:
     conversion clips and rounds) instead of numpy's three, a quarter of its time on a
     13-megapixel frame; the two differ only on values exactly half-way between two levels.
 
-    2-D float32 in, 2-D uint16 out.
+    2-D float32 (or float64) in, 2-D uint16 out.
     """
-    check_frame("image_to_u16", image, (np.float32,))
+    check_frame("image_to_u16", image, FLOATS)
     return cv2.addWeighted(image, float(U16_MAX), image, 0.0, 0.0, dtype=cv2.CV_16U)
