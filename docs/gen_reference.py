@@ -239,7 +239,8 @@ def bounds(field: FieldInfo) -> str:
         elif isinstance(item, MaxLen):
             parts.append(f"at most {item.max_length} long")
         elif type(item).__name__ == "_PydanticGeneralMetadata" and getattr(item, "pattern", None):
-            parts.append("a dotted UID root")
+            pattern = str(item.pattern)  # a pattern with "|" cannot be shown in a table cell's code
+            parts.append("dotted numbers" if "|" in pattern else f"matching `{pattern}`")
     return ", ".join(parts)
 
 
@@ -313,6 +314,10 @@ def configuration() -> str:
                 raise SystemExit(f"configuration key {key} has no meaning: add Field(description=...) or KEY_MEANINGS")
             kind = type_name(field.annotation)
             limit = bounds(field)
+            if key == "engine.name":  # a name the engine registry accepts, not any string the pattern allows
+                from drdaemon.engines.registry import ENGINES
+
+                kind, limit = " \\| ".join(f'`"{n}"`' for n in ENGINES.accepted_names()), ""
             env = "DRDAEMON_" + "__".join(p.upper() for p in [*path, name])
             lines.append(
                 f"| `{name}` | {kind}{' (' + limit + ')' if limit else ''} | {shown(default_of(field))} | "
