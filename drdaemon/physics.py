@@ -58,6 +58,8 @@ SATURATION = float(U16_MAX)
 LABEL_TREND_WEIGHT = 0.6
 LABEL_TREND_SIGMA = 0.03
 MAX_PIXELS = 5732 * 2333
+#: Thickness above which a pixel is the part's material (the label's window and the mask use it).
+MATERIAL_MM = 0.5
 TEST_SET, TRAIN_ABNORMAL_SET, TRAIN_NORMAL_SET = 0, 1, 2
 
 
@@ -406,7 +408,7 @@ def fused_label(
 def render(rng: np.random.Generator, part: Part) -> tuple[np.ndarray, np.ndarray, Physics]:
     """The abnormal single exposure and the fused well exposed label of a part."""
     physics = sample_physics(rng, part.thickness_mm)
-    material = part.thickness_mm > 0.5
+    material = part.thickness_mm > MATERIAL_MM
     transmission = expected_transmission(part.thickness_mm, physics)
     physics = replace(physics, dose=clipping_dose(transmission, material, physics.clipped_percent))
     abnormal = to_detector(expose(rng, transmission, physics, physics.dose))
@@ -446,7 +448,7 @@ def _write(path: Path, frame: np.ndarray) -> None:
 def generate(
     out: Path, pairs: int, train: int, size: tuple[int, int], seed: int, progress: bool = True
 ) -> dict[str, Any]:
-    """Write ``out/test/{input,label}``, ``out/test/defects.json`` and ``out/train/{abnormal,normal}``.
+    """Write ``out/test/{input,label,mask}``, ``out/test/defects.json`` and ``out/train/{abnormal,normal}``.
 
     The training folders are unpaired on purpose: their abnormal and normal frames come from
     different parts (different seed subsets), and none from the test parts.
@@ -465,6 +467,8 @@ def generate(
         if subset == TEST_SET:
             _write(out / "test" / "input" / name, abnormal)
             _write(out / "test" / "label" / name, label)
+            # The part's material mask (255 inside), for the evaluation's figures over the part.
+            _write(out / "test" / "mask" / name, np.where(part.thickness_mm > MATERIAL_MM, 255, 0).astype(np.uint8))
             annotations[name] = {
                 "kind": part.kind,
                 "physics": asdict(physics),

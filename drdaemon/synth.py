@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pairs and --train must not be negative")
     generate(args.out, args.pairs, args.train, size, args.seed, progress=not args.no_progress)
     print(
-        f"wrote {args.pairs} test pairs (test/input, test/label, test/defects.json) and {args.train} "
+        f"wrote {args.pairs} test pairs (test/input, test/label, test/mask, test/defects.json) and {args.train} "
         f"frames in each of train/abnormal and train/normal under {args.out}"
     )
     return 0

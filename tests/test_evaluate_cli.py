@@ -35,8 +35,17 @@ def _rows(table: str) -> dict[str, list[str]]:
 
 
 def test_paired_run_writes_table_scores_and_figure(bench, tmp_path, capsys):
-    code = main(["--data", str(bench), "--methods", "identity,stretch,gamma:0.6,he,clahe,filtered:median",
-                 "--out", str(tmp_path), "--no-progress"])
+    code = main(
+        [
+            "--data",
+            str(bench),
+            "--methods",
+            "identity,stretch,gamma:0.6,he,clahe,filtered:median",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     table = (tmp_path / "table.md").read_text()
@@ -48,7 +57,15 @@ def test_paired_run_writes_table_scores_and_figure(bench, tmp_path, capsys):
     for name in ["identity", "he", "clahe"]:
         psnr, ssim = float(rows[name][0]), float(rows[name][1])
         assert 3 < psnr < 60 and 0 < ssim <= 1
-    assert rows["identity"][-1] == "1.00"  # the input's own noise, by definition
+    column = {h: i for i, (_, h, _) in enumerate(COLUMNS)}
+    for noise in ["noise gain ↓", "noise part ↓", "noise 2x2 ↓"]:
+        assert rows["identity"][column[noise]] == "1.00"  # the input's own noise, by definition
+    assert rows["identity"][column["SD Δ%"]] == "0.0"
+    # the inspector's figures over the part: the label scores best, every frame has its mask
+    assert float(rows["clahe"][column["PSNR part ↑"]]) > float(rows["clahe"][column["PSNR ↑"]])
+    assert 0 <= float(rows["identity"][column["visible ↑"]]) <= 1
+    assert float(rows["label (reference)"][column["visible ↑"]]) > 0.5
+    assert (tmp_path / "table.csv").read_text().splitlines()[0].startswith("method,psnr,ssim")
     assert rows["label (reference)"][0] == "—"  # no PSNR of the label against itself
     assert "LPIPS" in table and "Mean over 3 frame(s)" in table
     scores = json.loads((tmp_path / "scores.json").read_text())
@@ -81,9 +98,13 @@ def test_unpaired_folder_gets_no_reference_metrics_only(bench, tmp_path):
 def test_bad_data_and_methods_are_clear_errors(bench, tmp_path, capsys):
     with pytest.raises(DataError, match="no frames"):
         find_dataset(tmp_path)
-    for text, message in [("sharpen", "unknown method"), ("gamma:x", "number"), ("filtered:bilateral", "denoiser"),
-                          ("pipeline:sharp", "presets are"),
-                          (f"net:{tmp_path / 'none.safetensors'}", "no weights file")]:
+    for text, message in [
+        ("sharpen", "unknown method"),
+        ("gamma:x", "number"),
+        ("filtered:bilateral", "denoiser"),
+        ("pipeline:sharp", "presets are"),
+        (f"net:{tmp_path / 'none.safetensors'}", "no weights file"),
+    ]:
         with pytest.raises(MethodError, match=message):
             build_method(text)
     with pytest.raises(MethodError, match="twice"):

@@ -97,6 +97,12 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> float:
     return float(structural_similarity(reference, test, data_range=data_range_of(reference)))
 
 
+def ssim_map(reference: np.ndarray, test: np.ndarray, data_range: float) -> np.ndarray:
+    """The local SSIM map (scikit-image defaults, 7 x 7 window) of two float images of the same shape."""
+    _, local = structural_similarity(reference, test, data_range=data_range, full=True)
+    return np.asarray(local)
+
+
 def average_gradient(image: np.ndarray) -> float:
     f = image.astype(np.float64)
     dx = f[:-1, 1:] - f[:-1, :-1]
@@ -220,6 +226,16 @@ class FrameScores:
     sf: float = _metric(float("nan"), "SF ↑", 2)
     nrss: float = _metric(float("nan"), "NRSS ↑", 3)
     noise_gain: float = _metric(float("nan"), "noise gain ↓", 2)
+    # The inspector's figures (drdaemon.evaluate.inspection): over the part where the data has a mask.
+    psnr_part: float | None = _metric(None, "PSNR part ↑", 2)
+    ssim_part: float | None = _metric(None, "SSIM part ↑", 3)
+    noise_gain_part: float = _metric(float("nan"), "noise part ↓", 2)
+    noise_gain_2x2: float = _metric(float("nan"), "noise 2x2 ↓", 2)
+    visible_share: float | None = _metric(None, "visible ↑", 2)
+    defect_levels: float | None = _metric(None, "defect levels ↑", 1)
+    defect_cnr: float | None = _metric(None, "defect CNR ↑", 2)
+    sd_change: float = _metric(float("nan"), "SD Δ%", 1)
+    ie_change: float = _metric(float("nan"), "IE Δ%", 1)
 
     @classmethod
     def names(cls) -> list[str]:

@@ -57,6 +57,18 @@ def markdown_table(summaries: list[MethodSummary], notes: Sequence[str] = ()) ->
     return text + "\n"
 
 
+def csv_table(summaries: list[MethodSummary]) -> str:
+    """The table as CSV: one row per method, every metric by its field name, empty where absent."""
+    names = [f for f, _, _ in COLUMNS]
+    lines = [",".join(["method", *names, "seconds_per_frame", "frames"])]
+    for s in summaries:
+        cells = ["" if s.means[f] is None else f"{s.means[f]:.6g}" for f in names]
+        timing = "" if s.seconds_per_frame is None else f"{s.seconds_per_frame:.4g}"
+        label = '"' + s.label.replace('"', '""') + '"'
+        lines.append(",".join([label, *cells, timing, str(s.frames)]))
+    return "\n".join(lines) + "\n"
+
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,27 @@ from tqdm import tqdm
 
 from drdaemon.evaluate.baselines import build_methods
 from drdaemon.evaluate.dicom import full_range_u16, is_dicom
-from drdaemon.evaluate.quality import FrameScores, load_lpips, measured_coefficients, noise_sigma, score_frame
-from drdaemon.evaluate.report import MethodSummary, comparison_figure, markdown_table, pick_crop, pick_defect, summarise
+from drdaemon.evaluate.inspection import VISIBLE_CNR, VISIBLE_LEVELS, PartScores, part_scores
+from drdaemon.evaluate.quality import (
+    FrameScores,
+    LpipsMetric,
+    display_u8,
+    information_entropy,
+    load_lpips,
+    measured_coefficients,
+    noise_sigma,
+    score_frame,
+    standard_deviation,
+)
+from drdaemon.evaluate.report import (
+    MethodSummary,
+    comparison_figure,
+    csv_table,
+    markdown_table,
+    pick_crop,
+    pick_defect,
+    summarise,
+)
 from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
 from drdaemon.io.readers import FRAME_SUFFIXES, read_frame
 from drdaemon.kernels.tone import to_u16
@@ -40,6 +59,7 @@ class Dataset:
     inputs: list[Path]
     labels: list[Path] | None  # same order as inputs; None when unpaired
     defects: dict[str, dict[str, Any]]
+    masks: list[Path] | None = None  # the part's material masks (``mask/``, as the generator writes them)
 
     @property
     def paired(self) -> bool:
@@ -73,7 +93,13 @@ def find_dataset(root: Path) -> Dataset:
             raise DataError(f"--data {root}: label/ lacks {len(missing)} frame(s) of input/, e.g. {missing[0]}")
     defects_file = root / "defects.json"
     defects = json.loads(defects_file.read_text()) if defects_file.is_file() else {}
-    return Dataset(inputs, labels, defects)
+    masks = None
+    if labels is not None and (root / "mask").is_dir():
+        masks = [root / "mask" / p.name for p in inputs]
+        missing = [p.name for p in masks if not p.is_file()]
+        if missing:
+            raise DataError(f"--data {root}: mask/ lacks {len(missing)} frame(s) of input/, e.g. {missing[0]}")
+    return Dataset(inputs, labels, defects, masks)
 
 
 def load_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
@@ -128,7 +154,8 @@ def evaluate(
         frame = load_frame(path, limits)
         label = to_u16(load_frame(labels[index], limits)) if labels else None
         input_u16 = to_u16(frame)
-        input_sigma, input_measured = noise_sigma(input_u16), measured_coefficients(input_u16)
+        mask = load_frame(dataset.masks[index], limits) > 0 if dataset.masks else None
+        context = FrameContext(input_u16, label, mask, dataset.defects.get(path.name, {}).get("defects", []))
         keep = path.name == figure_name
         per_frame[path.name] = {}
         if keep and not any(m.label == "identity" for m in methods):
@@ -137,14 +164,14 @@ def evaluate(
             start = time.perf_counter()
             output = method.engine.enhance(frame).pixels
             seconds[method.label].append(time.perf_counter() - start)
-            scores = score_frame(output, input_sigma, label, lpips_metric, input_measured)
+            scores = context.score(output, lpips_metric)
             per_method[method.label].append(scores)
             per_frame[path.name][method.label] = asdict(scores)
             if keep:
                 panels.append(("input (identity)" if method.label == "identity" else method.label, output))
             bar.update()
         if label is not None:
-            scores = score_frame(label, input_sigma, input_measured=input_measured)
+            scores = context.score(label, is_label=True)
             label_scores.append(scores)
             per_frame[path.name]["label"] = asdict(scores)
             if keep:
@@ -163,6 +190,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "table.md"
     table_path.write_text(table, encoding="utf-8")
+    (out / "table.csv").write_text(csv_table(summaries), encoding="utf-8")
     scores_path = out / "scores.json"
     scores_path.write_text(
         json.dumps({"data": str(data), "methods": method_texts, "frames": _finite(per_frame)}, indent=1)
@@ -172,6 +200,54 @@ def evaluate(
         title = f"{figure_name}: zoom box in orange" + (", defect box dotted" if defect else "")
         figure_path = comparison_figure(out / "figure.png", panels, crop, title=title, defect=defect)
     return EvaluationResult(summaries, table, table_path, figure_path, scores_path)
+
+
+@dataclass
+class FrameContext:
+    """What every method's output on one frame is scored against."""
+
+    input_u16: np.ndarray
+    label: np.ndarray | None
+    mask: np.ndarray | None
+    defects: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        self.input_sigma = noise_sigma(self.input_u16)
+        self.input_measured = measured_coefficients(self.input_u16)
+        shown = display_u8(self.input_u16)
+        self.input_sd, self.input_ie = standard_deviation(shown), information_entropy(shown)
+
+    def score(self, output: np.ndarray, lpips: LpipsMetric | None = None, is_label: bool = False) -> FrameScores:
+        """Every metric of ``output``: the published ones, the inspector's, and SD / IE change.
+
+        ``is_label``: ``output`` is the label itself, so no figure compares it with the label
+        (they would be perfect by definition); its defect visibility is still measured.
+        """
+        reference = None if is_label else self.label
+        scores = score_frame(output, self.input_sigma, reference, lpips, self.input_measured)
+        part = part_scores(output, self.input_u16, self.label, self.mask, self.defects)
+        if is_label:
+            part = replace(part, psnr_part=None, ssim_part=None)
+        add_part_scores(scores, part)
+        scores.sd_change = _change(scores.sd, self.input_sd)
+        scores.ie_change = _change(scores.ie, self.input_ie)
+        return scores
+
+
+def _change(value: float, reference: float) -> float:
+    """Relative change of ``value`` from ``reference`` in percent (NaN when the reference is 0)."""
+    return 100.0 * (value - reference) / reference if reference else float("nan")
+
+
+def add_part_scores(scores: FrameScores, part: PartScores) -> None:
+    """Copy the inspector's figures (:mod:`drdaemon.evaluate.inspection`) into a frame's scores."""
+    scores.psnr_part, scores.ssim_part = part.psnr_part, part.ssim_part
+    scores.noise_gain_part, scores.noise_gain_2x2 = part.noise_gain_part, part.noise_gain_2x2
+    scores.visible_share, scores.defect_levels, scores.defect_cnr = (
+        part.visible_share,
+        part.defect_levels,
+        part.defect_cnr,
+    )
 
 
 def _default_figure_frame(inputs: list[Path], defects: dict[str, dict[str, Any]]) -> str:
@@ -190,6 +266,14 @@ def _notes(frames: int, paired: bool, lpips_note: str, summaries: list[MethodSum
     notes.append(
         "AG, IE, SD, SF and NRSS on the 8-bit display rendition (x / 257); noise gain = wavelet-MAD "
         "noise sigma of the output over that of the input, both on the unit rendition (x / 65535)."
+    )
+    notes.append(
+        "The inspector's figures (drdaemon.evaluate.inspection): PSNR part and SSIM part against the label "
+        "after the least-squares affine map of output to label, over the part's mask (the whole frame "
+        "where the data has no mask/); noise part and noise 2x2: noise gain inside the part at full "
+        "resolution and after 2 x 2 binning; visible: mean per-frame share of the defect boxes with a "
+        f"contrast of at least {VISIBLE_LEVELS:g} display levels and a CNR of at least {VISIBLE_CNR:g}; "
+        "defect levels and defect CNR: per-frame medians; SD Δ% and IE Δ%: change from the input's."
     )
     timed = [f"{s.label} {s.seconds_per_frame:.2f}" for s in summaries if s.seconds_per_frame is not None]
     if timed:
