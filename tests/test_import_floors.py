@@ -20,7 +20,7 @@ The trainer may import drdaemon's kernels, floor 1, the network, io, the configu
 evaluation's library (the oracle and the radiograph CLIP's judge score with it), never an
 engine, the folders, the service, the bench or a command line (``*.cli``, ``__main__``,
 ``drdaemon.synth``). Inside the trainer: ``trainer.shared`` imports no scheme; ``trainer.clip``
-and ``trainer.cyclegan`` import only ``trainer.shared``; ``trainer.radiograph`` imports
+imports only ``trainer.shared``, ``trainer.cyclegan`` also ``trainer.clip`` (its feature priors); ``trainer.radiograph`` imports
 ``trainer.shared`` and ``trainer.clip``; the top-level modules (the command lines) import any room.
 """
 
@@ -57,7 +57,8 @@ TRAINER_MAY_IMPORT = {"drdaemon.kernels", "drdaemon", "drdaemon.defaults", "drda
 ROOMS_MAY_IMPORT = {
     "trainer.shared": {"trainer.shared"},
     "trainer.clip": {"trainer.shared", "trainer.clip"},
-    "trainer.cyclegan": {"trainer.shared", "trainer.cyclegan"},
+    # the CycleGAN's feature priors use the CLIP room's frozen visual tower and feature losses
+    "trainer.cyclegan": {"trainer.shared", "trainer.clip", "trainer.cyclegan"},
     "trainer.radiograph": {"trainer.shared", "trainer.clip", "trainer.radiograph"},
 }
 

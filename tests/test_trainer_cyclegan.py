@@ -264,3 +264,46 @@ def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key():
                           env=env, timeout=60)
     assert proc.returncode == 2 and "history_size" in proc.stderr
     assert load_config(None, ["run.scheme=cyclegan"]).run.scheme == "cyclegan"
+
+
+# -- the paper's feature priors ------------------------------------------------------------
+
+def prior_trainer(data, tmp_path, **cyclegan):
+    from trainer_testkit import write_tiny_clip_config
+
+    abnormal, normal = data
+    clip_json = write_tiny_clip_config(tmp_path)
+    overrides = cyclegan_overrides(tmp_path / "run", **cyclegan) + [f'clip.model="{clip_json}"', 'clip.weights="none"']
+    return CycleGanTrainer(load_config(None, overrides), abnormal, normal, tmp_path / "w.safetensors")
+
+
+def test_feature_priors_are_off_by_default_and_load_no_clip(data, tmp_path):
+    trainer = CycleGanTrainer(cyclegan_config(tmp_path / "run", constant_iters=1, decay_iters=0), *data,
+                              tmp_path / "w.safetensors")
+    assert trainer.feature_extractor is None
+    trainer.run()
+    assert "feature_identity" not in trainer.loss_values() and "clahe_prior" not in trainer.loss_values()
+
+
+def test_feature_priors_measure_the_distance_to_the_input_and_to_its_clahe(data, tmp_path):
+    torch.manual_seed(0)
+    trainer = prior_trainer(data, tmp_path, feature_identity=1.0, clahe_prior=1.0)
+    abnormal = torch.rand(2, 1, 32, 32) * 0.1
+    clahe = torch.rand(2, 1, 32, 32)
+    same = trainer.feature_priors(abnormal, clahe, abnormal)
+    assert float(same["feature_identity"]) == pytest.approx(0.0, abs=1e-7)  # the output is the input
+    assert float(same["clahe_prior"]) > 0
+    towards = trainer.feature_priors(abnormal, clahe, clahe)
+    assert float(towards["clahe_prior"]) == pytest.approx(0.0, abs=1e-7)  # the output is the CLAHE prior
+    assert float(towards["feature_identity"]) > 0
+
+
+def test_feature_priors_enter_the_generators_loss_with_their_weights(data, tmp_path):
+    trainer = prior_trainer(data, tmp_path, feature_identity=0.7, clahe_prior=0.3, constant_iters=1, decay_iters=0)
+    trainer.run()
+    v = trainer.loss_values()
+    c = trainer.cfg.cyclegan
+    expected = (v["adversarial"] + c.cycle_weight * v["cycle"] + c.identity_fraction * c.cycle_weight * v["identity"]
+                + 0.7 * v["feature_identity"] + 0.3 * v["clahe_prior"])
+    assert v["clahe_prior"] > 0
+    assert v["generators"] == pytest.approx(expected, rel=1e-5)

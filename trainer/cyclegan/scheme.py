@@ -9,6 +9,14 @@ PatchGAN discriminators (:mod:`trainer.cyclegan.patchgan`) judge each domain. On
   ``cycle_weight`` times the cycle-consistency L1 (abnormal -> normal -> abnormal and back),
   plus ``identity_fraction * cycle_weight`` times the identity L1 (a generator fed a frame
   of its target domain should leave it alone; 0 switches the term off);
+* optionally the paper's two feature priors on the forward generator, computed on a frozen
+  feature extractor, the visual tower of the ``[clip]`` table's CLIP (for this project: the
+  bundled radiograph CLIP, ``--clip radiograph-clip --clip-weights bundled``): the feature
+  identity ``feature_identity * sum_l alpha_l * |Phi_l(G(I)) - Phi_l(I)|^2 / E_l`` and the CLAHE
+  prior ``clahe_prior * sum_l gamma_l * |Phi_l(G(I)) - Phi_l(CLAHE(I))|^2 / E_l``, with
+  ``alpha`` and ``gamma`` the ``[loss]`` table's level weights and ``E_l`` the input's own
+  feature energy at level ``l`` (a relative error, so the weights mean the same for any
+  extractor). The maps are taken at the crop's size. Both weights 0 (the default) load no CLIP;
 * discriminators: least squares, real frames towards 1, generated ones towards 0, the
   generated ones drawn through a history buffer of 50 (:mod:`trainer.shared.history`); halved, as
   published, so they learn at half the generators' rate.
@@ -42,6 +50,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from drdaemon.model.network import Enhancer, EnhancerSpec
+from trainer.clip import losses
+from trainer.clip.backbone import ClipBackbone, load_backbone
 from trainer.cyclegan.patchgan import PatchDiscriminator
 from trainer.shared.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from trainer.shared.config import TrainConfig
@@ -151,6 +161,10 @@ class CycleGanTrainer(SchemeRun):
         self.history_normal = HistoryBuffer(c.history_size, cfg.run.seed, NORMAL_STREAM)
         self.history_abnormal = HistoryBuffer(c.history_size, cfg.run.seed, ABNORMAL_STREAM)
         self.preview_inputs: Tensor | None = None
+        self.feature_extractor: ClipBackbone | None = None
+        if c.feature_priors:
+            clip = cfg.clip
+            self.feature_extractor = load_backbone(clip.model, clip.weights, clip.cache_dir).to(self.device)
         if resume:
             self.load_checkpoint()
         self.generators_ddp = self._wrap(self.generators)
@@ -205,6 +219,10 @@ class CycleGanTrainer(SchemeRun):
             cycle = F.l1_loss(out.cycle_abnormal, abnormal) + F.l1_loss(out.cycle_normal, normal)
             loss = adversarial + c.cycle_weight * cycle
             parts = {"adversarial": adversarial.detach(), "cycle": cycle.detach()}
+            if self.feature_extractor is not None:
+                priors = self.feature_priors(abnormal, batch["clahe"].to(self.device), out.fake_normal)
+                loss = loss + c.feature_identity * priors["feature_identity"] + c.clahe_prior * priors["clahe_prior"]
+                parts.update({k: v.detach() for k, v in priors.items()})
             if out.same_normal is not None and out.same_abnormal is not None:
                 identity = F.l1_loss(out.same_normal, normal) + F.l1_loss(out.same_abnormal, abnormal)
                 loss = loss + identity_weight * identity
@@ -232,6 +250,25 @@ class CycleGanTrainer(SchemeRun):
             "disc_normal": d_normal.detach(),
             "disc_abnormal": d_abnormal.detach(),
             "lr": lr,
+        }
+
+    def feature_priors(self, abnormal: Tensor, clahe: Tensor, fake_normal: Tensor) -> dict[str, Tensor]:
+        """The feature identity and CLAHE-prior terms (unweighted) of the forward generator's output."""
+        if self.feature_extractor is None:
+            raise RuntimeError("feature priors need cyclegan.feature_identity or cyclegan.clahe_prior above 0")
+        w = self.cfg.loss
+        levels = losses.deepest_level(w.alpha, w.gamma)
+        with torch.no_grad():
+            targets = [
+                m.split(len(abnormal))
+                for m in self.feature_extractor.feature_maps(torch.cat([abnormal, clahe]), levels)
+            ]
+        inputs = [t[0] for t in targets]
+        energies = losses.feature_energy(inputs)
+        maps = self.feature_extractor.feature_maps(fake_normal, levels)
+        return {
+            "feature_identity": losses.feature_loss(maps, inputs, w.alpha, energies),
+            "clahe_prior": losses.feature_loss(maps, [t[1] for t in targets], w.gamma, energies),
         }
 
     # -- the run -------------------------------------------------------------------------

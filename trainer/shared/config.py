@@ -143,6 +143,15 @@ class CycleGanConfig(Section):
     identity_fraction: float = Field(0.5, ge=0, description="identity L1 weight as a fraction of cycle_weight")
     history_size: int = Field(50, ge=0, description="generated images kept per discriminator; 0 disables")
     disc_width: int = Field(64, ge=1, description="channels of the discriminator's first layer (C64)")
+    feature_identity: float = Field(
+        0.0, ge=0, description="weight of the feature identity prior on the forward generator (0: off)"
+    )
+    clahe_prior: float = Field(0.0, ge=0, description="weight of the CLAHE feature-map prior (0: off)")
+
+    @property
+    def feature_priors(self) -> bool:
+        """Whether a frozen feature extractor ([clip]) is needed for the priors."""
+        return self.feature_identity > 0 or self.clahe_prior > 0
 
     @property
     def total_iters(self) -> int:
