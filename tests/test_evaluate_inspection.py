@@ -122,3 +122,18 @@ def test_part_scores_share_of_visible_defects() -> None:
     assert blind.visible_share == 0.0
     no_label = part_scores(disc_frame(8.0, 1.0), disc_frame(0.5, 1.0))
     assert no_label.psnr_part is None and no_label.visible_share is None
+
+
+def test_halo_overshoot_on_a_hand_made_step() -> None:
+    from drdaemon.evaluate.baselines import build_method
+    from drdaemon.evaluate.inspection import halo_overshoot, step_frame
+
+    frame = step_frame()
+    assert halo_overshoot(frame) == 0.0  # the step itself draws no band
+    banded = frame.astype(np.float64)
+    banded[:, 512:540] += 0.1 * 65535  # a bright band 0.1 high along the step of 0.4
+    assert halo_overshoot(np.clip(banded, 0, 65535).astype(np.uint16)) == pytest.approx(25.0, abs=0.5)
+    # the pyramid's trend compression draws bands; the edge-aware base layer (guided filter) hardly any
+    pyramid = halo_overshoot(build_method("pipeline:detail").engine.enhance(frame).pixels)
+    guided = halo_overshoot(build_method("pipeline:detail-guided").engine.enhance(frame).pixels)
+    assert pyramid > 100 and guided < 15

@@ -325,7 +325,8 @@ def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_th
     assert parameters["method"] == "pipeline" and parameters["preset"] is None
     assert [step["op"] for step in parameters["steps"]] == ["normalise", "median", "multiscale"]
     assert parameters["steps"][0]["low_percentile"] == 1.0 and len(parameters["steps"][0]["window"]) == 2
-    assert parameters["steps"][2] == {"op": "multiscale", "gains": [1.0, 1.5], "residual_gain": 1.0}
+    assert parameters["steps"][2] == {"op": "multiscale", "gains": [1.0, 1.5], "residual_gain": 1.0,
+                                      "base": "pyramid", "base_radius": 32, "base_eps": 0.001}
     assert {"step0_normalise", "step1_median", "step2_multiscale"} <= set(record.timings)
     assert record.timings["window"] == 0.0  # the reader measured no window: the normalise step did
     raw = json.loads((station.dirs["outbox"] / "plate.tif.json").read_text())

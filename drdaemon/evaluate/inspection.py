@@ -271,6 +271,41 @@ def part_scores(
     return PartScores(part_psnr(output, label, part), part_ssim(output, label, part), full, binned, share, levels, cnr)
 
 
+#: Side of :func:`step_frame` and the distance from its edge beyond which the output counts as plateau.
+STEP_SIZE, STEP_FAR = 1024, 256
+
+
+def step_frame(low: float = 0.3, high: float = 0.7, size: int = STEP_SIZE) -> np.ndarray:
+    """A hand-made step edge (uint16, ``size`` square): ``low`` left of the middle column, ``high`` right.
+
+    Two strips across the top 16 rows at 0.05 and 0.95 of full scale (more than 0.5 % of the
+    frame each) set the percentile window, so the step itself is not clipped by it.
+    """
+    frame = np.full((size, size), low, np.float64)
+    frame[:, size // 2 :] = high
+    frame[:16, : size // 2], frame[:16, size // 2 :] = 0.05, 0.95
+    return np.round(frame * 65535.0).astype(np.uint16)
+
+
+def halo_overshoot(output: np.ndarray, far: int = STEP_FAR) -> float:
+    """Halo of a method at the step of :func:`step_frame`, in percent of the output's own step.
+
+    The profile across the edge is the output's mean over the rows below the window strips. The
+    plateaus are its medians farther than ``far`` pixels from the edge; the halo is the overshoot
+    above the bright plateau within ``far`` of the edge plus the undershoot below the dark one,
+    over the plateaus' difference. 0 for a method that draws no bands; NaN when the output's
+    step has vanished or reversed. output: uint16 (or uint8) H x W.
+    """
+    profile = unit(output)[32:].mean(axis=0)
+    edge = profile.size // 2
+    dark, bright = float(np.median(profile[: edge - far])), float(np.median(profile[edge + far :]))
+    if not bright > dark:
+        return float("nan")
+    over = max(0.0, float(profile[edge : edge + far].max()) - bright)
+    under = max(0.0, dark - float(profile[edge - far : edge].min()))
+    return 100.0 * (over + under) / (bright - dark)
+
+
 __all__ = [
     "DISPLAY_LEVELS",
     "VISIBLE_CNR",
@@ -280,9 +315,11 @@ __all__ = [
     "affine_to_label",
     "bin2",
     "defect_contrasts",
+    "halo_overshoot",
     "noise_gains",
     "part_psnr",
     "part_scores",
     "part_ssim",
+    "step_frame",
     "unit",
 ]

@@ -58,6 +58,10 @@ def apply_step(step: Step, image: np.ndarray) -> Applied:
         case TophatStep():
             return Applied(ops.tophat(image, step.radius, step.shape, step.bright, step.dark))
         case MultiscaleStep():
+            if step.base == "guided":
+                return Applied(
+                    ops.edge_aware_contrast(image, step.gains, step.residual_gain, step.base_radius, step.base_eps)
+                )
             return Applied(ops.multiscale_contrast(image, step.gains, step.residual_gain))
 
 

@@ -26,7 +26,7 @@ from drdaemon.pipeline.steps import (
     Step,
 )
 
-PresetName = Literal["detail", "detail-smooth", "filtered", "filtered-median", "filtered-gaussian"]
+PresetName = Literal["detail", "detail-guided", "detail-smooth", "filtered", "filtered-median", "filtered-gaussian"]
 PRESET_NAMES: Final[tuple[str, ...]] = get_args(PresetName)
 DEFAULT_PRESET: Final = "detail"
 
@@ -39,6 +39,7 @@ def _filtered(denoise: Step) -> tuple[Step, ...]:
 
 PRESETS: Final[dict[str, tuple[Step, ...]]] = {
     "detail": (NormaliseStep(), GammaStep(gamma=0.5), MultiscaleStep(residual_gain=0.5)),
+    "detail-guided": (NormaliseStep(), GammaStep(gamma=0.5), MultiscaleStep(residual_gain=0.5, base="guided")),
     "detail-smooth": (
         NormaliseStep(),
         GammaStep(gamma=0.5),

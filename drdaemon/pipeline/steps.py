@@ -134,6 +134,13 @@ class MultiscaleStep(_Step):
         default_factory=lambda: [1.0, 1.3, 1.5, 1.4, 1.2], min_length=1, max_length=8
     )
     residual_gain: float = Field(1.0, ge=0.0, le=2.0)
+    #: Where the trend is compressed: ``pyramid`` the Laplacian pyramid's coarse residual (bands
+    #: along strong edges), ``guided`` an edge-aware base layer (guided filter; no bands).
+    base: Literal["pyramid", "guided"] = "pyramid"
+    #: The guided filter's window radius in pixels (``base = "guided"``).
+    base_radius: int = Field(32, ge=1, le=512)
+    #: The guided filter's eps in squared display units: steps much above ``sqrt(eps)`` stay in the base.
+    base_eps: float = Field(1e-3, gt=0.0, le=1.0)
 
 
 #: One ``[[engine.pipeline.steps]]`` table; ``op`` picks the model.
