@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 
 from drdaemon.evaluate.quality import ssim_map
-from drdaemon.pipeline.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of
+from drdaemon.kernels.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of
 
 #: Display levels (of 256) a defect must differ from its surroundings by to count as visible.
 VISIBLE_LEVELS = 3.0
