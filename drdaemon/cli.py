@@ -123,6 +123,37 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     enhance.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the outputs")
     _add_config_argument(enhance, required=False)
 
+    export = verbs.add_parser(
+        "export-onnx",
+        help="write enhancer weights as an ONNX model (optionally statically quantised to INT8)",
+        description="Export the whole-frame enhancer of WEIGHTS (.safetensors) as an ONNX model with dynamic "
+        "height and width, for engine.weights = MODEL.onnx (ONNX Runtime) or any ONNX tool. Its metadata records "
+        "the illumination scale, the input's normalisation (the percentile window), the weights' sha256 and the "
+        "model card's name. --quantize int8 writes a statically quantised model instead, calibrated on the "
+        "--calibration frames (read as the daemon reads them). Exit 78 when the weights cannot be read or the "
+        "onnx extra is missing, 1 when a calibration frame cannot be read.",
+    )
+    export.add_argument("weights", type=Path, metavar="WEIGHTS", help="the enhancer's .safetensors weights")
+    export.add_argument("--out", required=True, type=Path, metavar="MODEL.onnx", help="the model to write")
+    export.add_argument(
+        "--quantize", choices=("int8",), default=None, help="write a statically quantised INT8 model instead"
+    )
+    export.add_argument(
+        "--calibration",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FRAME",
+        help="frames the INT8 ranges are calibrated on (TIFF, PNG, DICOM, ...): a few typical frames of the line",
+    )
+    export.add_argument(
+        "--quant-format",
+        choices=("qdq", "qoperator"),
+        default="qoperator",
+        help="INT8 graph form: qoperator (QLinearConv; the faster one on this project's CPU) or qdq "
+        "(QuantizeLinear/DequantizeLinear pairs, which TensorRT takes as explicit INT8)",
+    )
+
     bench = verbs.add_parser(
         "bench",
         help="benchmark the engine and the daemon on synthetic frames",
@@ -324,6 +355,47 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from drdaemon.errors import FrameError
+    from drdaemon.io.onnx_model import describe, export_onnx, quantize_onnx, require_onnx
+    from drdaemon.io.readers import read_frame
+    from drdaemon.model.weights import WeightsError, load_weights
+
+    if args.calibration and args.quantize is None:
+        print("drdaemon export-onnx: --calibration is used only with --quantize int8", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.quantize and not args.calibration:
+        print(
+            "drdaemon export-onnx: --quantize int8 needs --calibration FRAME... (a few typical frames)", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    try:
+        require_onnx()
+        loaded = load_weights(args.weights)
+    except WeightsError as exc:
+        print(f"drdaemon export-onnx: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    frames = []
+    for path in args.calibration:
+        try:
+            frames.append(read_frame(path).pixels)
+        except (FrameError, OSError) as exc:
+            print(f"drdaemon export-onnx: calibration frame {path}: {exc}", file=sys.stderr)
+            return EXIT_SOME_FAILED
+    print(f"exporting {args.weights} ...", file=sys.stderr)
+    if args.quantize is None:
+        info = export_onnx(loaded, args.out)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            float_model = export_onnx(loaded, Path(tmp) / "float32.onnx")
+            print(f"calibrating on {len(frames)} frame(s) and quantising ({args.quant_format}) ...", file=sys.stderr)
+            info = quantize_onnx(float_model.path, args.out, frames, args.quant_format)
+    print(describe(info))
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from drdaemon.bench.cli import run_bench
@@ -340,6 +412,7 @@ _COMMANDS = {
     "prune": cmd_prune,
     "enhance": cmd_enhance,
     "bench": cmd_bench,
+    "export-onnx": cmd_export_onnx,
 }
 
 

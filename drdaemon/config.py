@@ -74,6 +74,8 @@ RUNTIME_ENGINE_KEYS = frozenset(
         "warm_up_frame_size",
         "workers_per_device",
         "allow_pickle",
+        "tensorrt",
+        "tensorrt_cache",
     }
 )
 
@@ -140,6 +142,11 @@ class EngineConfig(_Table):
     warm_up_frame_size: tuple[PositiveInt, PositiveInt] | None = None
     workers_per_device: int = Field(2, ge=1, le=8)
     allow_pickle: bool = False
+    # ONNX weights (engine.weights = "MODEL.onnx") on a CUDA device: TensorRT's provider first,
+    # its engine cache in the work folder (drdaemon/engines/onnx_runtime.py).
+    tensorrt: bool = False
+    # TensorRT's engine and timing caches; unset: ".tensorrt-cache" in folders.work.
+    tensorrt_cache: Path | None = None
     # Pipeline engine.
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
@@ -433,6 +440,10 @@ def load_settings(path: Path | None) -> Settings:
             """DRDAEMON_ENGINE__PIPELINE__STEPS='[{"op": "gaussian", "sigma": 1.0}]'"""
         ) from exc
     settings.folders = settings.folders.resolved(base)
+    if settings.engine.tensorrt_cache is None:
+        settings.engine.tensorrt_cache = settings.folders.work / ".tensorrt-cache"
+    elif not settings.engine.tensorrt_cache.is_absolute():
+        settings.engine.tensorrt_cache = base / settings.engine.tensorrt_cache
     if settings.engine.weights is not None and not settings.engine.weights.is_absolute():
         settings.engine.weights = base / settings.engine.weights
     return settings

@@ -112,6 +112,11 @@ def build_pipeline(config: EngineConfig) -> list[Engine]:
 
 def build_net(config: EngineConfig) -> list[Engine]:
     """The learned engine's workers (torch is imported only here, when it is asked for)."""
+    if config.weights is not None and config.weights.suffix.lower() == ".onnx":
+        # An exported model runs on ONNX Runtime (drdaemon/engines/onnx_runtime.py, the onnx extra).
+        from drdaemon.engines.onnx_runtime import build_onnx_engines
+
+        return [*build_onnx_engines(config)]
     from drdaemon.engines.net import build_net_engines
 
     return [*build_net_engines(config)]
