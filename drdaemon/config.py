@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from drdaemon import defaults
 from drdaemon.defaults import Compression, PrecisionSetting
 from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESETS, PresetName
-from drdaemon.pipeline.steps import Step
+from drdaemon.pipeline.steps import MatchStep, Step
 
 
 class ConfigError(Exception):
@@ -444,6 +444,12 @@ def load_settings(path: Path | None) -> Settings:
         settings.engine.tensorrt_cache = settings.folders.work / ".tensorrt-cache"
     elif not settings.engine.tensorrt_cache.is_absolute():
         settings.engine.tensorrt_cache = base / settings.engine.tensorrt_cache
+    settings.engine.pipeline.steps = [
+        step.model_copy(update={"reference": base / step.reference})
+        if isinstance(step, MatchStep) and step.reference is not None and not step.reference.is_absolute()
+        else step
+        for step in settings.engine.pipeline.steps
+    ]
     if settings.engine.weights is not None and not settings.engine.weights.is_absolute():
         settings.engine.weights = base / settings.engine.weights
     return settings

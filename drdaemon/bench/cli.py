@@ -59,7 +59,7 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH = 2333, 5732
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
-        choices=ENGINES.names(),
+        choices=(*ENGINES.names(), "onnx"),
         default="classical",
         help="which engine of the registry to benchmark (default: classical); classical, pipeline, net and "
         "identity have their own detailed benches, any other engine is timed with its default settings",
@@ -123,6 +123,20 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--nlm-repeats", type=int, default=1, help="pipeline: timed runs of the non-local-means step (0 skips it)"
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="MODEL.onnx",
+        help="onnx: models from `drdaemon export-onnx` (of --weights) timed on ONNX Runtime beside the PyTorch "
+        "engine in --precisions, in the same rounds on the same frame",
+    )
+    parser.add_argument(
+        "--openvino",
+        action="store_true",
+        help="onnx: also time every --onnx model on OpenVINO's CPU plugin (float32 inference hint)",
     )
     parser.add_argument(
         "--tile-check",
@@ -665,6 +679,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from drdaemon.bench.compression import print_compression_table
 
         print_compression_table(frame, source.split(", ", 1)[-1], args.repeats)
+    elif args.engine == "onnx":
+        from drdaemon.bench.onnx import bench_onnx
+
+        bench_onnx(args, frame)
     else:
         DETAILED_BENCHES.get(args.engine, bench_registered)(args, frame)
     return 0

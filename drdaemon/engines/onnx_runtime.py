@@ -275,6 +275,17 @@ def effective_precision(provider: str, config: EngineConfig, info: OnnxModelInfo
     return info.precision
 
 
+def open_session(path: Path, providers: list[Any], threads: int = 0) -> Any:
+    """An ONNX Runtime session with every graph optimisation; ``threads`` intra-op threads (0: ORT's default)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=providers)
+
+
 def build_onnx_engines(config: EngineConfig) -> list[OnnxEngine]:
     """The ONNX Runtime workers: one on the CPU, ``workers_per_device`` per CUDA device (one session each)."""
     assert config.weights is not None
@@ -294,13 +305,8 @@ def build_onnx_engines(config: EngineConfig) -> list[OnnxEngine]:
         seen.add(device)
         if provider == TENSORRT_PROVIDER:
             cache.mkdir(parents=True, exist_ok=True)
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         try:
-            session = onnxruntime.InferenceSession(
-                str(info.path), options, providers=provider_list(provider, index, config, info, cache)
-            )
+            session = open_session(info.path, provider_list(provider, index, config, info, cache))
         except Exception as exc:  # onnxruntime raises its own classes
             text = f"{type(exc).__name__}: {exc}"
             if index is not None and ("CUDA" in text or "cuda" in text):
@@ -347,6 +353,7 @@ __all__ = [
     "build_onnx_engines",
     "estimated_peak_bytes",
     "frame_to_unit_input",
+    "open_session",
     "provider_list",
     "resolve_provider",
 ]

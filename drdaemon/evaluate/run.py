@@ -26,6 +26,7 @@ from drdaemon.evaluate.baselines import build_methods
 from drdaemon.evaluate.dicom import full_range_u16, is_dicom
 from drdaemon.evaluate.inspection import VISIBLE_CNR, VISIBLE_LEVELS, PartScores, part_scores
 from drdaemon.evaluate.quality import (
+    NIQE_NOTE,
     FrameScores,
     LpipsMetric,
     display_u8,
@@ -275,6 +276,7 @@ def _notes(frames: int, paired: bool, lpips_note: str, summaries: list[MethodSum
         f"contrast of at least {VISIBLE_LEVELS:g} display levels and a CNR of at least {VISIBLE_CNR:g}; "
         "defect levels and defect CNR: per-frame medians; SD Δ% and IE Δ%: change from the input's."
     )
+    notes.append(NIQE_NOTE)
     timed = [f"{s.label} {s.seconds_per_frame:.2f}" for s in summaries if s.seconds_per_frame is not None]
     if timed:
         notes.append("Seconds per frame on this machine (enhancement only): " + ", ".join(timed) + ".")

@@ -91,6 +91,46 @@ def equalise(image: np.ndarray) -> np.ndarray:
     return u16_to_image(equalise_histogram_u16(image_to_u16(image)))
 
 
+def level_histogram(frame: np.ndarray) -> np.ndarray:
+    """Counts of each of the 65536 levels of a uint16 frame: int64, shape (65536,)."""
+    if frame.dtype != np.uint16:
+        raise TypeError(f"level_histogram takes a uint16 frame, got {frame.dtype}")
+    return np.bincount(frame.ravel(), minlength=U16_MAX + 1)
+
+
+def histogram_template(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A reference histogram as (values, quantiles), both float64 of one length, for :func:`match_histogram`.
+
+    ``counts`` are over N equal bins of the 16-bit range, darkest first; a bin's value is the
+    mean level it covers in image units (for N = 65536: level / 65535, the levels themselves).
+    Only bins that hold pixels take part, as in ``skimage.exposure.match_histograms``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size < 2 or not counts.sum() > 0:
+        raise ValueError("a histogram is a 1-D array of at least 2 non-negative counts that add up to more than 0")
+    width = (U16_MAX + 1) / counts.size
+    present = np.flatnonzero(counts > 0)
+    values = ((present + 0.5) * width - 0.5) / U16_MAX
+    quantiles = np.cumsum(counts[present]) / counts.sum()
+    return values, quantiles
+
+
+def match_histogram(image: np.ndarray, values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Histogram matching of the 16-bit rendition onto a template from :func:`histogram_template`.
+
+    Each level present in the frame goes to the template value at the level's quantile
+    (linear interpolation between the template's quantiles): ``skimage.exposure.match_histograms``
+    on the uint16 frame, done with a 65536-entry lookup table instead of sorting the frame.
+    """
+    levels = image_to_u16(image)
+    counts = level_histogram(levels)
+    present = np.flatnonzero(counts)
+    source_quantiles = np.cumsum(counts[present]) / levels.size
+    table = np.zeros(U16_MAX + 1, dtype=np.float32)
+    table[present] = np.interp(source_quantiles, quantiles, values)
+    return table[levels]
+
+
 def clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
     """CLAHE on the 16-bit rendition (the classical engine's function)."""
     return u16_to_image(clahe_u16(image_to_u16(image), clip_limit, tile_grid))
@@ -221,7 +261,10 @@ __all__ = [
     "gaussian",
     "gaussian_pyramid",
     "guided_filter",
+    "histogram_template",
     "image_to_u16",
+    "level_histogram",
+    "match_histogram",
     "median",
     "morphology",
     "multiscale_contrast",

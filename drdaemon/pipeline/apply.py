@@ -13,6 +13,7 @@ from drdaemon.pipeline.steps import (
     EqualiseStep,
     GammaStep,
     GaussianStep,
+    MatchStep,
     MedianStep,
     MorphologyStep,
     MultiscaleStep,
@@ -24,6 +25,23 @@ from drdaemon.pipeline.steps import (
 )
 
 
+@dataclass(frozen=True)
+class MatchTemplate:
+    """A ``match`` step's reference as :func:`ops.histogram_template` gives it, and what names it in the sidecar."""
+
+    values: np.ndarray
+    quantiles: np.ndarray
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+def histogram_step_template(step: MatchStep) -> MatchTemplate:
+    """The template of a ``match`` step with a stored histogram (a reference frame is read by the engine)."""
+    if step.histogram is None:
+        raise ValueError("this match step names a reference frame; the engine reads it into a template")
+    values, quantiles = ops.histogram_template(step.histogram)
+    return MatchTemplate(values, quantiles, {"histogram_bins": len(step.histogram)})
+
+
 @dataclass
 class Applied:
     """One step's result: the image and what the step measured on the frame (for the sidecar)."""
@@ -32,8 +50,9 @@ class Applied:
     measured: dict[str, Any] = field(default_factory=dict)
 
 
-def apply_step(step: Step, image: np.ndarray) -> Applied:
-    """Run ``step`` on the pipeline's float32 image."""
+def apply_step(step: Step, image: np.ndarray, template: MatchTemplate | None = None) -> Applied:
+    """Run ``step`` on the pipeline's float32 image; ``template`` is a ``match`` step's reference,
+    prepared once (:func:`histogram_step_template`, or the engine's reading of a reference frame)."""
     match step:
         case NormaliseStep():
             out, window = ops.percentile_normalise(image, step.low_percentile, step.high_percentile)
@@ -63,6 +82,9 @@ def apply_step(step: Step, image: np.ndarray) -> Applied:
                     ops.edge_aware_contrast(image, step.gains, step.residual_gain, step.base_radius, step.base_eps)
                 )
             return Applied(ops.multiscale_contrast(image, step.gains, step.residual_gain))
+        case MatchStep():
+            template = template or histogram_step_template(step)
+            return Applied(ops.match_histogram(image, template.values, template.quantiles), dict(template.measured))
 
 
 def _non_local_means(step: NlmStep, image: np.ndarray) -> Applied:
@@ -77,4 +99,4 @@ def _non_local_means(step: NlmStep, image: np.ndarray) -> Applied:
     return Applied(ops.non_local_means(image, h, step.template_size, step.search_size), measured)
 
 
-__all__ = ["Applied", "apply_step"]
+__all__ = ["Applied", "MatchTemplate", "apply_step", "histogram_step_template"]

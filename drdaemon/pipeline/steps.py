@@ -9,6 +9,7 @@ imports them); :func:`drdaemon.pipeline.apply.apply_step` runs one.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -143,6 +144,29 @@ class MultiscaleStep(_Step):
     base_eps: float = Field(1e-3, gt=0.0, le=1.0)
 
 
+class MatchStep(_Step):
+    """Histogram matching: the frame's gray levels remapped so that its histogram follows a reference's.
+
+    The reference is a frame file (``reference``, read as the daemon reads frames, relative
+    paths against the configuration file's folder) or a stored ``histogram``: counts over
+    equal bins of the 16-bit range, darkest first (any bin count from 2 to 65536). Exactly
+    one of the two. Works on the 16-bit rendition, like ``equalise``; the result is
+    ``skimage.exposure.match_histograms`` of that rendition.
+    """
+
+    op: Literal["match"] = "match"
+    reference: Path | None = None
+    histogram: list[Annotated[float, Field(ge=0.0)]] | None = Field(None, min_length=2, max_length=65536)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> MatchStep:
+        if (self.reference is None) == (self.histogram is None):
+            raise ValueError("give either reference (a frame file) or histogram (counts per bin), exactly one")
+        if self.histogram is not None and not sum(self.histogram) > 0:
+            raise ValueError("histogram: the counts add up to zero")
+        return self
+
+
 #: One ``[[engine.pipeline.steps]]`` table; ``op`` picks the model.
 Step = Annotated[
     NormaliseStep
@@ -155,7 +179,8 @@ Step = Annotated[
     | GammaStep
     | MorphologyStep
     | TophatStep
-    | MultiscaleStep,
+    | MultiscaleStep
+    | MatchStep,
     Field(discriminator="op"),
 ]
 
@@ -165,6 +190,7 @@ __all__ = [
     "Footprint",
     "GammaStep",
     "GaussianStep",
+    "MatchStep",
     "MedianStep",
     "Morphology",
     "MorphologyStep",
