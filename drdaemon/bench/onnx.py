@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from drdaemon.bench.cli import psnr_u16
+from drdaemon.engines.base import Engine
 
 
 @dataclass
@@ -50,6 +51,13 @@ def _openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndar
     return run
 
 
+def _pixels_of(engine: Engine) -> Callable[[np.ndarray], np.ndarray]:
+    def run(frame: np.ndarray) -> np.ndarray:
+        return engine.enhance(frame).pixels
+
+    return run
+
+
 def bench_onnx(args: argparse.Namespace, frame: np.ndarray) -> None:
     import torch
 
@@ -73,14 +81,14 @@ def bench_onnx(args: argparse.Namespace, frame: np.ndarray) -> None:
     cases: list[Case] = []
     for precision in _precision_names(args.precisions, cuda=False):
         engine = NetEngine(runtime, loaded.sha256, precision, args.memory_budget_mb)
-        cases.append(Case(f"pytorch {precision}", lambda f, e=engine: e.enhance(f).pixels))
+        cases.append(Case(f"pytorch {precision}", _pixels_of(engine)))
     for path in args.onnx:
         info = read_onnx_model(path)
         if info.source_weights_sha256 != loaded.sha256:
             print(f"note: {path.name} was exported from weights {info.source_weights_sha256[:16]}..., not --weights")
         session = open_session(info.path, [CPU_PROVIDER], threads)
         ort = OnnxEngine(OrtRuntime(session, "cpu", CPU_PROVIDER, info.precision, info), args.memory_budget_mb)
-        cases.append(Case(f"onnxruntime {path.name} ({info.precision})", lambda f, e=ort: e.enhance(f).pixels))
+        cases.append(Case(f"onnxruntime {path.name} ({info.precision})", _pixels_of(ort)))
         if args.openvino:
             try:
                 cases.append(Case(f"openvino {path.name} ({info.precision})", _openvino_runner(info.path, threads)))

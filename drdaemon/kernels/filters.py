@@ -98,7 +98,7 @@ def level_histogram(frame: np.ndarray) -> np.ndarray:
     return np.bincount(frame.ravel(), minlength=U16_MAX + 1)
 
 
-def histogram_template(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def histogram_template(counts: np.ndarray | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """A reference histogram as (values, quantiles), both float64 of one length, for :func:`match_histogram`.
 
     ``counts`` are over N equal bins of the 16-bit range, darkest first; a bin's value is the
