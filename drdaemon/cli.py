@@ -361,7 +361,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from drdaemon.errors import FrameError
     from drdaemon.io.onnx_model import describe, export_onnx, quantize_onnx, require_onnx
     from drdaemon.io.readers import read_frame
-    from drdaemon.model.weights import WeightsError, load_weights
+    from drdaemon.io.weights import WeightsError, load_weights
 
     if args.calibration and args.quantize is None:
         print("drdaemon export-onnx: --calibration is used only with --quantize int8", file=sys.stderr)

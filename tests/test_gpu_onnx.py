@@ -20,7 +20,7 @@ from drdaemon.config import EngineConfig  # noqa: E402
 from drdaemon.engines import build_engines  # noqa: E402
 from drdaemon.io.onnx_model import export_onnx, quantize_onnx  # noqa: E402
 from drdaemon.model.network import Enhancer, EnhancerSpec  # noqa: E402
-from drdaemon.model.weights import load_weights, save_weights  # noqa: E402
+from drdaemon.io.weights import load_weights, save_weights  # noqa: E402
 
 PROVIDERS = ort.get_available_providers()
 pytestmark = [

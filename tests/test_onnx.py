@@ -19,7 +19,7 @@ from drdaemon.engines import build_engines  # noqa: E402
 from drdaemon.errors import FrameError, Reason  # noqa: E402
 from drdaemon.io.onnx_model import export_onnx, quantize_onnx, read_onnx_model  # noqa: E402
 from drdaemon.model.network import Enhancer, EnhancerSpec  # noqa: E402
-from drdaemon.model.weights import WeightsError, load_weights, save_weights  # noqa: E402
+from drdaemon.io.weights import WeightsError, load_weights, save_weights  # noqa: E402
 
 from test_net_daemon import run_daemon_on  # noqa: E402
 

@@ -37,7 +37,7 @@ def _openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndar
     import openvino
 
     from drdaemon.engines.onnx_runtime import frame_to_unit_input
-    from drdaemon.model.normalise import robust_window, unit_to_u16
+    from drdaemon.kernels.window import robust_window, unit_to_u16
 
     core = openvino.Core()
     compiled: Any = core.compile_model(
@@ -65,7 +65,7 @@ def bench_onnx(args: argparse.Namespace, frame: np.ndarray) -> None:
     from drdaemon.engines.net import NetEngine, prepare_runtime
     from drdaemon.engines.onnx_runtime import CPU_PROVIDER, OnnxEngine, OrtRuntime, open_session
     from drdaemon.io.onnx_model import read_onnx_model
-    from drdaemon.model.weights import load_weights
+    from drdaemon.io.weights import load_weights
 
     if args.weights is None or not args.onnx:
         raise SystemExit("drdaemon bench --engine onnx needs --weights WEIGHTS.safetensors and --onnx MODEL.onnx...")

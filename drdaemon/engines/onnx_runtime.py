@@ -3,7 +3,7 @@
 The model is the one ``drdaemon export-onnx`` writes (float32, or INT8 with ``--quantize
 int8``), checked at start-up by :func:`drdaemon.io.onnx_model.read_onnx_model`. A frame
 goes the same way as through the PyTorch engine: the same percentile window
-(:func:`drdaemon.model.normalise.robust_window`, measured by the daemon's reader), the same
+(:func:`drdaemon.kernels.window.robust_window`, measured by the daemon's reader), the same
 ``to_unit`` mapping, the whole frame through the network, and ``round(y * 65535)`` to 16
 bits; the sidecar's ``engine.parameters`` carry the PyTorch engine's keys plus ``backend``
 (``onnxruntime``) and ``provider`` (the execution provider that ran it).
@@ -38,9 +38,9 @@ from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE, MEMORY_BUDGET_MB
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, read_onnx_model, require_onnx
-from drdaemon.model.normalise import U16_MAX, Window, robust_window, unit_to_u16
+from drdaemon.io.weights import WeightsError
+from drdaemon.kernels.window import U16_MAX, Window, robust_window, unit_to_u16
 from drdaemon.model.tiling import FRAME_BYTES_PER_PIXEL
-from drdaemon.model.weights import WeightsError
 
 log = structlog.get_logger(__name__)
 

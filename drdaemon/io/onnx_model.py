@@ -29,9 +29,9 @@ import numpy as np
 
 from drdaemon.defaults import HIGH_PERCENTILE, LOW_PERCENTILE
 from drdaemon.io.durable import file_sha256
+from drdaemon.io.weights import LoadedWeights, WeightsError
+from drdaemon.kernels.window import frame_to_unit
 from drdaemon.model.network import EnhancerSpec
-from drdaemon.model.normalise import frame_to_unit
-from drdaemon.model.weights import LoadedWeights, WeightsError
 
 #: Marks a model written by ``drdaemon export-onnx`` (metadata key ``drdaemon_format``).
 ONNX_FORMAT = "drdaemon-onnx-1"
