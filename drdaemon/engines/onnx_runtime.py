@@ -51,9 +51,9 @@ TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 #: The TensorRT engine cache, a hidden folder of the work folder (the daemon never takes it for a frame).
 TENSORRT_CACHE = ".tensorrt-cache"
 #: Peak live activations of a whole-frame pass through ONNX Runtime's CPU provider, in float32
-#: channel maps of the network's input size (its arena plans the plain out-of-place graph:
-#: about three 64-channel maps, the concatenation and its reorders). Measured as the peak
-#: resident memory of 1024 x 2048 passes at illumination scale 1 (see docs/results/onnx.md).
+#: channel maps of the network's input size. An estimate, not yet measured: the plain
+#: out-of-place graph keeps about three 64-channel maps, the 64-channel concatenation and the
+#: provider's layout reorders alive, against 138 maps for the PyTorch engine's in-place form.
 ORT_ACTIVATION_MAPS = 330
 ORT_ELEMENT_BYTES = 4
 
