@@ -54,8 +54,9 @@ def rms(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(model: Path, tmp_path: Path, device: str, **keys: object) -> tuple[np.ndarray, dict[str, object]]:
-    config = EngineConfig(name="net", weights=model, devices=[device], workers_per_device=1, **keys)  # type: ignore[arg-type]
-    result = build_engines(config, tmp_path)[0].enhance(frame())
+    config = EngineConfig(name="net", weights=model, devices=[device], workers_per_device=1,  # type: ignore[arg-type]
+                          tensorrt_cache=tmp_path / ".tensorrt-cache", **keys)
+    result = build_engines(config)[0].enhance(frame())
     return result.pixels, result.parameters
 
 
