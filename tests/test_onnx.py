@@ -146,6 +146,7 @@ def test_daemon_runs_an_onnx_model_end_to_end(exported: tuple[Path, Path], tmp_p
     (tmp_path / model.name).write_bytes(model.read_bytes())
     config = tmp_path / "daemon.toml"
     config.write_text(
+        '[folders]\ncreate = true\n'
         f'[engine]\nname = "net"\nweights = "{model.name}"\ndevices = ["cpu"]\n'
         '[watch]\nstability_wait_s = 0.2\nrescan_interval_s = 0.5\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
     )
