@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from drdaemon.defaults import (
 )
 from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.io.trust import UntrustedFile, check_not_writable_by_others
 from drdaemon.io.weights import WeightsError, load_weights
 from drdaemon.kernels.window import U16_MAX, Window, robust_window, to_unit
 from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
@@ -581,7 +583,11 @@ def build_net_engines(config: EngineConfig) -> list[NetEngine]:
     """
     path = config.weights if config.weights is not None else SHIPPED_WEIGHTS
     try:
+        if Path(path).is_file():
+            check_not_writable_by_others(Path(path), "engine.weights")
         loaded = load_weights(path, allow_pickle=config.allow_pickle)
+    except UntrustedFile as exc:
+        raise ConfigError(f"engine.weights: {exc}") from exc
     except WeightsError as exc:
         where = "" if config.weights is not None else " (unset: the shipped weights; reinstall the package)"
         raise ConfigError(f"engine.weights{where}: {exc}") from exc

@@ -9,6 +9,7 @@ A lock file in ``work/`` makes sure only one daemon owns a work folder at a time
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drdaemon.io.durable import NAME_MAX, fsync_directory
+from drdaemon.io.durable import ID_HEX, NAME_MAX, Owner, current_owner, fsync_directory
 
 LOCK_NAME = ".drdaemon.lock"
 
@@ -67,6 +68,8 @@ class WorkItem:
     claimed_mono: float = field(default_factory=time.monotonic)
     #: Times the file was found changed after its claim (a writer still at work).
     changes: int = 0
+    #: (inode, size, mtime_ns) right after the claim; the read refuses a file that changed since.
+    claimed_signature: tuple[int, int, int] | None = None
 
     @property
     def wait_s(self) -> float:
@@ -143,6 +146,7 @@ class SettlingWork:
                     entry.signature, entry.since_mono = signature, now
                     waiting.append(entry)
                 elif now - entry.since_mono >= self.wait_s:
+                    entry.item.claimed_signature = signature  # what the next read must find
                     ready.append(entry.item)
                 else:
                     waiting.append(entry)
@@ -234,13 +238,57 @@ def _names_file(path: Path, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
+def work_identity(work: Path) -> str:
+    """The work folder's identity: a hash of this host's name, the folder's real path and its inode.
+
+    Temporaries name it, so that a daemon's start-up removes the leftovers of earlier runs
+    over its own work folder and never those of a peer sharing the outbox (whose proof of a
+    half-made commit they may be), even a peer on a host or in a container of the same name
+    whose pids repeat. It stays the same across restarts as long as the folder is not
+    re-created; nothing is written for it.
+    """
+    real = os.path.realpath(work)
+    inode = os.stat(real).st_ino
+    text = f"{socket.gethostname()}\0{real}\0{inode}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:ID_HEX]
+
+
+def work_owner(work: Path) -> Owner:
+    """This process as the owner of the temporaries of the daemon over ``work``."""
+    return current_owner(work_identity(work))
+
+
+def sync_data(path: Path) -> None:
+    """fsync a regular file's data (without following a link); a no-op for anything else.
+
+    A station may have written the frame without an fsync of its own: the claim makes the
+    data durable before the frame's inbox entry disappears, so that a power cut can never
+    leave an archived frame of zero bytes while its inbox entry is gone.
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return  # never opened (a FIFO, a device): the read refuses it unopened
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return  # vanished, or unreadable: nothing this daemon could make durable (the read says why)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def claim(candidate: Path, work: Path, arrived_wall: float, arrived_mono: float) -> WorkItem | None:
     """Move ``candidate`` into ``work`` under its own name (or a ``~N`` name when that is taken).
 
-    Returns None when the file vanished before it could be claimed. Only the daemon holding
-    the :class:`WorkLock` writes into ``work/``, so the existence check cannot race.
+    The frame's data is flushed first, then renamed, then both folders are flushed: data,
+    then name. Returns None when the file vanished before it could be claimed; raises
+    ``OSError`` when it cannot be renamed (an immutable file, one a share keeps locked).
+    Only the daemon holding the :class:`WorkLock` writes into ``work/``, so the existence
+    check cannot race.
     """
     target = free_name(Path(work) / candidate.name)
+    sync_data(candidate)
     try:
         os.rename(candidate, target)
     except FileNotFoundError:
@@ -248,7 +296,13 @@ def claim(candidate: Path, work: Path, arrived_wall: float, arrived_mono: float)
     # Durable before any result exists: after a power cut the frame must not be back in the inbox.
     fsync_directory(target.parent)
     fsync_directory(candidate.parent)
-    return WorkItem(path=target, original=candidate, arrived_wall=arrived_wall, arrived_mono=arrived_mono)
+    return WorkItem(
+        path=target,
+        original=candidate,
+        arrived_wall=arrived_wall,
+        arrived_mono=arrived_mono,
+        claimed_signature=_signature(target),
+    )
 
 
 def pending_work(work: Path) -> list[Path]:

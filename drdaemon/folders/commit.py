@@ -24,16 +24,18 @@ name exists. The protocol for one claimed frame ``work/N``:
 5. unlink ``work/N`` and the temporaries, fsync every folder touched, delete the plan.
 
 On start-up, :meth:`Finisher.recover` looks at every plan: a sidecar that *vouches* for the
-frame (its ``input.sha256`` is the hash of ``work/N``) means step 4 completed, so only step
-5 is redone; otherwise the files named in the plan that are provably this daemon's (the
+frame (its ``input.claim`` is the plan's claim id and its ``input.sha256`` the hash of
+``work/N``; another daemon's sidecar for identical bytes under the same name does not) means
+step 4 completed, so only step 5 is redone; otherwise the files named in the plan that are provably this daemon's (the
 same inode as its temporary, or as ``work/N``) are removed and the frame is enhanced again.
 Nobody else's file is ever removed. A frame in ``work/`` without a plan had nothing under
 a final name yet and is simply redone.
 
 Names are never reused: when ``frame.tif`` exists in the outbox, the next frame with that
 stem is written as ``frame~1.tif`` (then ``~2`` ...), with ``frame~1.tif.json`` beside it.
-Names that are not valid UTF-8 or too long to take a suffix are made so (undecodable bytes
-as ``\\xNN``, a long stem cut and given a hash); the sidecar keeps the exact original name.
+Names that are not valid UTF-8, hold control characters or are too long to take a suffix
+are made so (undecodable bytes and control characters as ``\\xNN``, a long stem cut and
+given a hash); the sidecar keeps the exact original name.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -101,6 +104,9 @@ class Plan:
     failed: str | None = None
     reason: str | None = None
     owner: str | None = None  # the owner token of the daemon that wrote the plan (its temporaries)
+    #: A random id of this claim of the frame, recorded in the sidecar (``input.claim``): only the
+    #: sidecar this plan's commit wrote vouches for it, not one for identical bytes under the same name.
+    claim: str | None = None
 
     def final_paths(self) -> list[Path]:
         names = (self.output, self.sidecar, self.preview, self.archive, self.failed, self.reason)
@@ -136,9 +142,18 @@ def name_hex(name: str) -> str | None:
     return None
 
 
+def _escape_controls(text: str) -> str:
+    """Control and other unprintable characters as ``\\xNN`` (``\\uNNNN``): none reaches a file name."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}") for ch in text
+    )
+
+
 def final_name(name: str) -> str:
-    """The name a frame's final files derive from: valid UTF-8 and short enough for any suffix."""
-    text = display_name(name)
+    """The name a frame's final files derive from: valid UTF-8, printable, short enough for any suffix."""
+    text = _escape_controls(display_name(name))
     if len(text.encode("utf-8")) <= NAME_MAX - _NAME_ROOM:
         return text
     path = Path(text)
@@ -180,13 +195,25 @@ def sha256_or_none(path: Path) -> str | None:
         return None
 
 
-def sidecar_vouches(sidecar: Path, work_file: Path, output: str | None) -> bool:
-    """A sidecar vouches for a frame when it names this output and the frame's exact bytes."""
+def _sidecar_of(sidecar: Path, output: str | None, claim: str | None) -> Sidecar | None:
+    """The sidecar at ``sidecar`` if it names this output and was written for this claim."""
     try:
         record = Sidecar.model_validate_json(sidecar.read_bytes())
     except (OSError, ValueError):
-        return False
-    return record.output.path == output and record.input.sha256 == sha256_or_none(work_file)
+        return None
+    if record.output.path != output:
+        return None
+    # A plan with a claim id is vouched for only by its own commit's sidecar: on a shared outbox
+    # another daemon may have committed identical bytes (a re-sent frame) under the same name.
+    if claim is not None and record.input.claim != claim:
+        return None
+    return record
+
+
+def sidecar_vouches(sidecar: Path, work_file: Path, output: str | None, claim: str | None = None) -> bool:
+    """A sidecar vouches for a frame when it names this output, this claim and the frame's exact bytes."""
+    record = _sidecar_of(sidecar, output, claim)
+    return record is not None and record.input.sha256 == sha256_or_none(work_file)
 
 
 @dataclass
@@ -232,7 +259,13 @@ class Finisher:
 
     # -- choosing names -------------------------------------------------------------------
     def _free(self, *paths: Path) -> bool:
-        return all(p not in self._reserved and not os.path.lexists(p) for p in paths)
+        """No final name is taken, and none's kept temporary either (a file planted there is never opened)."""
+        return all(
+            p not in self._reserved
+            and not os.path.lexists(p)
+            and not os.path.lexists(temp_path_for(p, owner=self.owner))
+            for p in paths
+        )
 
     def _first_free(self, key: tuple[str, str], make: Callable[[int], tuple[Path, ...]]) -> tuple[Path, ...]:
         """The first free set of names ``make(index)``, searching on from the last index used.
@@ -276,6 +309,7 @@ class Finisher:
                 preview=str(preview) if self.preview else None,
                 archive=str(archive) if archive is not None else None,
                 owner=self.owner.token,
+                claim=secrets.token_hex(16),
             )
             self._reserved.update(plan.final_paths())
         if write_plan:
@@ -399,6 +433,7 @@ class Finisher:
         for name in (plan.archive, plan.failed):
             if name is not None and _same_file(Path(name), work_file):
                 Path(name).unlink(missing_ok=True)
+                fsync_directory(Path(name).parent)  # the removal is durable before the frame is redone
 
     def write_sidecar(self, plan: Plan, data: bytes) -> None:
         atomic_write(_named(plan.sidecar), data, owner=self.owner)
@@ -437,7 +472,7 @@ class Finisher:
                 recovery.finished.append(plan)
         for folder in (work, self.outbox, self.archive, self.failed):
             if folder is not None:
-                remove_temporaries(folder)
+                remove_temporaries(folder, self.owner)
         recovery.redo = pending_work(work)
         return recovery
 
@@ -449,9 +484,13 @@ class Finisher:
             plan_file.unlink(missing_ok=True)
             return None
         work_file = work / plan.work
-        if not os.path.lexists(work_file):  # the input was retired; only the plan's removal was missing
+        if not os.path.lexists(work_file):
+            # The input was retired, so the commit completed; only the plan's removal (and the
+            # frame's log line and count) were missing: it is reported as finished.
+            self.undo_output_temporaries(plan)
             plan_file.unlink(missing_ok=True)
-            return None
+            fsync_directory(work)
+            return plan if self._recorded(plan) else None
         if self._committed(work_file, plan):
             self._reserved.update(plan.final_paths())
             self.retire_input(work_file, plan)
@@ -463,9 +502,15 @@ class Finisher:
         fsync_directory(work)
         return None
 
+    def _recorded(self, plan: Plan) -> bool:
+        """Whether the plan's record (its sidecar, or reason file) is there: its frame was finished."""
+        if plan.kind == "ok":
+            return _sidecar_of(_named(plan.sidecar), plan.output, plan.claim) is not None
+        return _named(plan.reason).exists()
+
     def _committed(self, work_file: Path, plan: Plan) -> bool:
         if plan.kind == "ok":
-            return sidecar_vouches(_named(plan.sidecar), work_file, plan.output)
+            return sidecar_vouches(_named(plan.sidecar), work_file, plan.output, plan.claim)
         reason = _named(plan.reason)
         if not reason.exists():
             return False
@@ -604,6 +649,7 @@ def commit_output(item: WorkItem, result: FrameOutput, finisher: Finisher, *, re
             preview=plan.preview,
             write_s=write_s,
             output_format=output_format.name,
+            claim=plan.claim,
         )
         finisher.write_sidecar(plan, sidecar.to_bytes())
         sidecar_s = time.perf_counter() - start

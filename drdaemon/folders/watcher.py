@@ -37,6 +37,7 @@ from watchdog.observers.api import BaseObserver
 
 from drdaemon.config import WatchConfig
 from drdaemon.folders.claim import held_for_writing, is_hidden_or_temporary
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
 from drdaemon.io.readers import looks_complete
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,13 @@ log = structlog.get_logger(__name__)
 _COMPLETENESS_RECHECK_S = 0.5
 #: Seconds between attempts to restart a dead observer (an unmounted inbox fails each time).
 _RESTART_BACKOFF_S = 5.0
+#: First and longest wait before claiming again a file whose claim the filesystem refused.
+CLAIM_RETRY_FIRST_S = 1.0
+CLAIM_RETRY_MAX_S = 60.0
+#: Unallocated bytes (holes) above which a file counts as pre-sized and not yet written.
+_HOLE_SLACK_BYTES = 1 << 16
+#: Directories named like frames that were reported once (bounded: the oldest are forgotten).
+_REPORTED_MEMORY = 1024
 
 
 @dataclass
@@ -58,6 +66,19 @@ class Candidate:
     changed_mono: float = 0.0
     checked_complete_mono: float = float("-inf")
     complete: bool = False
+    #: Times its claim was refused (an immutable file, one a share keeps locked), and when to try again.
+    refusals: int = 0
+    retry_mono: float = 0.0
+
+
+def has_holes(st: os.stat_result) -> bool:
+    """Whether a file has unwritten holes: a writer that pre-sized it (``ftruncate``) is not done.
+
+    Filesystems that do not report allocated blocks (``st_blocks`` 0 for a non-empty file)
+    say nothing here.
+    """
+    allocated = st.st_blocks * 512
+    return allocated > 0 and allocated + _HOLE_SLACK_BYTES < st.st_size
 
 
 def arrival(path: Path, now_mono: float) -> tuple[float, float]:
@@ -110,9 +131,11 @@ class InboxWatcher:
     All methods except the event handler run on one thread (the daemon's intake loop).
     """
 
-    def __init__(self, inbox: Path, config: WatchConfig) -> None:
+    def __init__(self, inbox: Path, config: WatchConfig, limits: ReadLimits = DEFAULT_LIMITS) -> None:
         self.inbox = Path(inbox)
         self.config = config
+        #: The reader's limits: the completeness check reads no more than the reader would.
+        self.limits = limits
         self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._candidates: dict[Path, Candidate] = {}
         self._observer: BaseObserver | None = None
@@ -123,6 +146,7 @@ class InboxWatcher:
         self._lost = threading.Event()  # set by the observer when the watched inbox is deleted or moved
         #: Files in the inbox that no pattern takes, as of the last scan (each logged once when first seen).
         self._unmatched: set[str] = set()
+        self._reported_dirs: dict[tuple[str, int], None] = {}  # directories named like frames, logged once
 
     # -- which names count --------------------------------------------------------------------
     def accepts(self, name: str) -> bool:
@@ -229,6 +253,20 @@ class InboxWatcher:
     def forget(self, path: Path) -> None:
         self._candidates.pop(path, None)
 
+    @property
+    def unclaimable(self) -> int:
+        """Files whose claim was refused and that wait for their retry."""
+        return sum(1 for c in self._candidates.values() if c.refusals)
+
+    def defer(self, candidate: Candidate, now_mono: float | None = None) -> float:
+        """The filesystem refused to claim ``candidate``: try again later, with backoff; the wait in seconds."""
+        now = time.monotonic() if now_mono is None else now_mono
+        candidate.refusals += 1
+        wait = min(CLAIM_RETRY_MAX_S, CLAIM_RETRY_FIRST_S * 2 ** (candidate.refusals - 1))
+        candidate.retry_mono = now + wait
+        self._candidates.setdefault(candidate.path, candidate)
+        return wait
+
     def poll(self, now_mono: float | None = None) -> list[Candidate]:
         """Take in events and scans, re-check every candidate; return the ready ones, oldest first."""
         now = time.monotonic() if now_mono is None else now_mono
@@ -252,6 +290,8 @@ class InboxWatcher:
         unmatched: set[str] = set()
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
+                if self.accepts(entry.name):
+                    self._report_directory(Path(entry.path))
                 continue
             # Symlinks, FIFOs, sockets and devices are candidates too: they are claimed and refused
             # with a reason (never opened), rather than left in the inbox unexplained.
@@ -260,6 +300,24 @@ class InboxWatcher:
             elif not is_hidden_or_temporary(entry.name):
                 unmatched.add(entry.name)
         self._note_unmatched(unmatched)
+
+    def _report_directory(self, path: Path) -> None:
+        """A directory named like a frame is left where it is, and said so once."""
+        try:
+            inode = os.lstat(path).st_ino
+        except OSError:
+            return
+        key = (os.fsdecode(path.name), inode)
+        if key in self._reported_dirs:
+            return
+        self._reported_dirs[key] = None
+        while len(self._reported_dirs) > _REPORTED_MEMORY:
+            self._reported_dirs.pop(next(iter(self._reported_dirs)))
+        log.warning(
+            "inbox_directory_ignored",
+            path=os.fsencode(path).decode("utf-8", "backslashreplace"),
+            note="a directory named like a frame is not a frame; it stays in the inbox (move it away)",
+        )
 
     def _drain_events(self, now: float) -> None:
         while True:
@@ -283,8 +341,11 @@ class InboxWatcher:
             return False
         except OSError:
             return False
+        if now < candidate.retry_mono:
+            return False  # its claim was refused: not before its retry
         if not stat.S_ISREG(st.st_mode):
             if stat.S_ISDIR(st.st_mode):
+                self._report_directory(candidate.path)
                 self.forget(candidate.path)
                 return False
             return True  # not a frame: claimed at once (a rename, nothing is opened) and refused
@@ -304,7 +365,7 @@ class InboxWatcher:
             return False
         if not candidate.complete and now - candidate.checked_complete_mono >= _COMPLETENESS_RECHECK_S:
             candidate.checked_complete_mono = now
-            candidate.complete = st.st_size > 0 and looks_complete(candidate.path)
+            candidate.complete = st.st_size > 0 and not has_holes(st) and looks_complete(candidate.path, self.limits)
         if candidate.complete:
             return True
         # Stable but never whole: let the reader fail it with a reason rather than keep it forever.

@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from drdaemon.errors import FrameError, Reason, Stage
-from drdaemon.io.limits import ReadLimits, check_decoded, check_shape, refuse_frames
+from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits, check_decoded, check_shape, refuse_frames
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
 
 # pydicom is imported where a DICOM file is met, so processes that never see one (the trainer,
 # a TIFF-only station) do not pay for it.
@@ -44,6 +45,14 @@ DICM_OFFSET = 128
 DICM_MARKER = b"DICM"
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 GRAY = ("MONOCHROME1", "MONOCHROME2")
+#: The transfer syntax whose whole data set (header and pixels) is one deflate stream.
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: Inflated bytes enough for any real header (checked before the rest is inflated).
+HEADER_PEEK_BYTES = 1 << 20
+#: Inflated bytes allowed beyond the pixel data the header declares (other elements).
+HEADER_ALLOWANCE_BYTES = 16 << 20
+#: The pixel data element's tag: reading the header stops before it.
+_PIXEL_DATA_TAG = 0x7FE00010
 
 
 def has_dicom_marker(head: bytes) -> bool:
@@ -86,20 +95,96 @@ def uids_of(dataset: Dataset) -> DicomUids:
     )
 
 
-def parse_dicom(data: bytes, name: str) -> Dataset:
-    """The whole dataset (pixel data still encoded), or :class:`FrameError` when it is not DICOM."""
+def parse_dicom(data: bytes, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> Dataset:
+    """The whole dataset (pixel data still encoded), or :class:`FrameError` when it is not DICOM.
+
+    A deflated data set is inflated here, never by pydicom (which inflates it whole, however
+    large): its header first (at most :data:`HEADER_PEEK_BYTES`), whose frame size is checked
+    against ``limits``, then the rest, stopping with ``too_large`` past the pixel data the
+    header declares plus :data:`HEADER_ALLOWANCE_BYTES` (never past the decoded-bytes limit
+    plus that allowance). A deflate bomb thus costs at most that much memory.
+    """
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a short file is judged below, not by pydicom's warnings
+            stream = io.BytesIO(data)
+            preamble = pydicom.filereader.read_preamble(stream, False)
+            meta = pydicom.filereader._read_file_meta_info(stream)
+            if meta.get("TransferSyntaxUID") == DEFLATED:
+                return _inflated_dataset(memoryview(data)[stream.tell() :], preamble, meta, name, limits)
             return pydicom.dcmread(io.BytesIO(data))
+    except FrameError:
+        raise
     except pydicom.errors.InvalidDicomError as exc:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} is not a DICOM file: {exc}") from exc
     except EOFError as exc:
         raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: {exc}") from exc
     except Exception as exc:  # pydicom raises many kinds for a damaged header
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot parse DICOM {name}: {exc}") from exc
+
+
+def _inflate(zipped: memoryview, limit: int, name: str) -> bytes:
+    """At most ``limit`` bytes of a raw deflate stream; :class:`FrameError` when it holds more or ends early."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(zipped, limit + 1)
+    except zlib.error as exc:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name}: damaged deflated data set: {exc}") from exc
+    if len(out) > limit:
+        raise FrameError(
+            Stage.READ,
+            Reason.TOO_LARGE,
+            f"{name} is a deflated data set that inflates to more than {limit} bytes "
+            "(the pixel data its header declares, within input.max_decoded_bytes, plus "
+            f"{HEADER_ALLOWANCE_BYTES} bytes of other elements)",
+        )
+    if not inflater.eof:
+        raise FrameError(Stage.READ, Reason.TRUNCATED, f"{name} is truncated: the deflated data set ends early")
+    return out
+
+
+def _declared_pixel_bytes(head: bytes, name: str, limits: ReadLimits) -> int | None:
+    """The pixel bytes an (inflated) header declares, checked against the limits; None if unreadable."""
+    from pydicom.filereader import read_dataset
+
+    try:
+        header = read_dataset(io.BytesIO(head), False, True, stop_when=lambda tag, *_: tag >= _PIXEL_DATA_TAG)
+        rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+        allocated = int(header.get("BitsAllocated", 16))
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 - a header beyond the peek, or damaged: the bound alone applies
+        return None
+    if rows and columns:
+        check_shape(name, (rows, columns), limits)
+        refuse_frames(name, frames, "DICOM object")
+        declared = rows * columns * max(allocated, 8) // 8
+        check_decoded(name, declared, limits)
+        return declared
+    return None
+
+
+def _inflated_dataset(
+    zipped: memoryview, preamble: bytes | None, meta: FileMetaDataset, name: str, limits: ReadLimits
+) -> Dataset:
+    """A deflated data set, inflated within bounds (:func:`parse_dicom`), as pydicom would read it."""
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import read_dataset
+
+    peek = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        head = peek.decompress(zipped, HEADER_PEEK_BYTES)
+    except zlib.error as exc:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name}: damaged deflated data set: {exc}") from exc
+    declared = _declared_pixel_bytes(head, name, limits)
+    del head, peek
+    pixel_bound = limits.decoded_limit if declared is None else min(declared, limits.decoded_limit)
+    inflated = _inflate(zipped, pixel_bound + HEADER_ALLOWANCE_BYTES, name)
+    dataset = read_dataset(io.BytesIO(inflated), False, True)
+    result = FileDataset(io.BytesIO(), dataset, preamble, meta, False, True)
+    result.set_original_encoding(False, True, dataset._character_set)
+    return result
 
 
 def check_dicom_header(dataset: Dataset, name: str, limits: ReadLimits) -> tuple[int, int]:
@@ -201,7 +286,7 @@ def engine_view(stored: np.ndarray, dataset: Dataset) -> tuple[np.ndarray, tuple
 
 def decode_dicom(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray, DicomSource]:
     """The engines' view of a DICOM frame and the header to write its derived output from."""
-    dataset = parse_dicom(data, name)
+    dataset = parse_dicom(data, name, limits)
     check_dicom_header(dataset, name, limits)
     stored = _decode_stored(dataset, name)
     if stored.shape != (dataset.Rows, dataset.Columns):
@@ -224,10 +309,13 @@ def decode_dicom(data: bytes, name: str, limits: ReadLimits) -> tuple[np.ndarray
     return pixels, source
 
 
-def dicom_complete(data: bytes) -> bool:
-    """A DICOM file is complete when its header parses and its pixel data is all there."""
+def dicom_complete(data: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> bool:
+    """A DICOM file is complete when its header parses and its pixel data is all there.
+
+    A file over ``limits`` counts as complete: the reader refuses it as too large, with a reason.
+    """
     try:
-        check_dicom_header(parse_dicom(data, "file"), "file", ReadLimits(max_pixels=2**62, max_bytes=2**62))
+        check_dicom_header(parse_dicom(data, "file", limits), "file", limits)
     except FrameError as error:
         return error.reason not in (Reason.TRUNCATED, Reason.UNREADABLE)
     return True

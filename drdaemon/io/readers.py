@@ -16,6 +16,8 @@ import io
 import os
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -119,12 +121,18 @@ def open_regular(path: Path) -> int:
 
 
 def read_regular(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[bytes, os.stat_result]:
-    """The whole content of a regular file, and its status before the read; size-checked first."""
+    """The whole content of a regular file, and its status before the read; size- and header-checked first.
+
+    The header is read from the file itself (:func:`check_header`), so a file whose header
+    claims too large a frame is refused before its bytes are read into memory.
+    """
     fd = open_regular(path)
     try:
         status = os.fstat(fd)
         check_size(Path(path).name, status.st_size, limits)
         with os.fdopen(fd, "rb", closefd=False) as fh:
+            check_header(fh, Path(path).name, status.st_size, limits)
+            fh.seek(0)
             data = fh.read(status.st_size)  # a file that grows meanwhile is caught by the change check
     except OSError as exc:
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot read {Path(path).name}: {exc}") from exc
@@ -170,24 +178,62 @@ def _check_pixels(name: str, pixels: np.ndarray) -> None:
         )
 
 
+def check_header(fh: BinaryIO, name: str, size: int, limits: ReadLimits) -> None:
+    """Check a TIFF's or PNG's header, read from the open file, against ``limits`` before the whole read.
+
+    Other formats are checked from their header once read (a DICOM's, a ``.his``'s) or have
+    none (``.raw``: its size is the layout's).
+    """
+    head = fh.read(HEAD_BYTES)
+    if has_dicom_marker(head):
+        return
+    if head.startswith(PNG_SIGNATURE):
+        height, width = _png_size(head, name)
+        check_shape(name, (height, width), limits)
+        check_decoded(name, height * width * _PNG_CHANNELS.get(head[25], 4) * max(1, head[24] // 8), limits)
+    elif head[:4] in TIFF_MAGICS and Path(name).suffix.lower() not in RAW_SUFFIXES | HIS_SUFFIXES:
+        fh.seek(0)
+        with _tiff_errors(name), tifffile.TiffFile(fh, name=name) as tif:
+            _check_tiff_header(tif, name, size, limits)
+
+
+def _check_tiff_header(tif: tifffile.TiffFile, name: str, size: int, limits: ReadLimits) -> tifffile.TiffPage:
+    """One page of a size within ``limits``, whose image data lies within the file's ``size`` bytes."""
+    if len(tif.pages) == 0:
+        raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has a TIFF header but no readable page")
+    if len(tif.series) != 1 or len(tif.pages) != 1:
+        raise FrameError(
+            Stage.READ,
+            Reason.UNSUPPORTED,
+            f"{name} holds {len(tif.pages)} pages; split it into one frame per file",
+        )
+    page = tif.pages.first
+    shape = tuple(int(n) for n in page.shape)
+    check_shape(name, shape, limits)
+    check_decoded(name, int(np.prod(page.shaped)) * page.dtype.itemsize if page.dtype else 0, limits)
+    _check_tiff_complete(name, page, size)
+    return page
+
+
 def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
+    # The buffer is closed explicitly: tifffile's objects form reference cycles that would keep a
+    # bad file's bytes resident until the cyclic collector happens to run.
+    buffer = io.BytesIO(data)
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            if len(tif.pages) == 0:
-                raise FrameError(Stage.READ, Reason.UNREADABLE, f"{name} has a TIFF header but no readable page")
-            if len(tif.series) != 1 or len(tif.pages) != 1:
-                raise FrameError(
-                    Stage.READ,
-                    Reason.UNSUPPORTED,
-                    f"{name} holds {len(tif.pages)} pages; split it into one frame per file",
-                )
-            page = tif.pages.first
-            shape = tuple(int(n) for n in page.shape)
-            check_shape(name, shape, limits)
-            check_decoded(name, int(np.prod(page.shaped)) * page.dtype.itemsize if page.dtype else 0, limits)
-            _check_tiff_complete(name, page, len(data))
+        with _tiff_errors(name), tifffile.TiffFile(buffer) as tif:
+            page = _check_tiff_header(tif, name, len(data), limits)
             pixels = page.asarray()
             tags = _carried_tags(page)
+    finally:
+        buffer.close()
+    return Frame(pixels=np.ascontiguousarray(pixels), format="tiff", tags=tags)
+
+
+@contextmanager
+def _tiff_errors(name: str) -> Iterator[None]:
+    """Whatever tifffile or a codec raises for a damaged file, as a :class:`FrameError` with a reason."""
+    try:
+        yield
     except FrameError:
         raise
     except (
@@ -204,7 +250,6 @@ def _read_tiff(data: bytes, name: str, limits: ReadLimits) -> Frame:
         raise FrameError(Stage.READ, reason, f"cannot decode TIFF {name}: {exc}") from exc
     except Exception as exc:  # codec errors from imagecodecs have their own classes
         raise FrameError(Stage.READ, Reason.UNREADABLE, f"cannot decode TIFF {name}: {exc}") from exc
-    return Frame(pixels=np.ascontiguousarray(pixels), format="tiff", tags=tags)
 
 
 def _tiff_data_end(page: tifffile.TiffPage) -> int:
@@ -275,12 +320,13 @@ def _read_png(data: bytes, name: str, limits: ReadLimits) -> Frame:
     return Frame(pixels=pixels, format="png")
 
 
-def looks_complete(path: Path) -> bool:
+def looks_complete(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> bool:
     """Cheap test, without decoding pixels, that a file is a whole image and not one being written.
 
     Used by the watcher before claiming; a file that fails here stays in the inbox and is
     looked at again, while a file that is stable but never completes is claimed after all
-    and fails in :func:`read_frame` with a reason file. Only a regular file is opened.
+    and fails in :func:`read_frame` with a reason file. Only a regular file is opened. A file
+    over ``limits`` counts as complete: the reader refuses it with a reason, without reading it.
     """
     try:
         fd = open_regular(path)
@@ -290,9 +336,11 @@ def looks_complete(path: Path) -> bool:
         with os.fdopen(fd, "rb") as fh:
             head = fh.read(HEAD_BYTES)
             size = os.fstat(fh.fileno()).st_size
+            if size > limits.max_bytes:
+                return True
             if has_dicom_marker(head):
                 fh.seek(0)
-                return dicom_complete(fh.read(size))
+                return dicom_complete(fh.read(size), limits)
             suffix = Path(path).suffix.lower()
             if suffix in HIS_SUFFIXES:
                 return his_complete(head, size)

@@ -64,6 +64,9 @@ class InputRecord(_Record):
     format: str | None = None  # tiff, png, dicom, raw, his
     dicom: DicomRecord | None = None
     raw: RawRecord | None = None
+    #: The id of the claim whose commit wrote this sidecar (recovery tells its own sidecar from a
+    #: peer's for identical bytes under the same name by it); None in sidecars of older versions.
+    claim: str | None = None
 
 
 class OutputRecord(_Record):
@@ -151,6 +154,7 @@ class SidecarDraft:
         preview: str | None,
         write_s: float,
         output_format: str | None = None,
+        claim: str | None = None,
     ) -> Sidecar:
         """The sidecar of an output whose encoded bytes are ``data``, written in ``write_s`` seconds."""
         timings = {**self.timings, "write": write_s}
@@ -167,6 +171,7 @@ class SidecarDraft:
                 format=self.input_format,
                 dicom=self.input_dicom,
                 raw=self.input_raw,
+                claim=claim,
             ),
             output=OutputRecord(
                 path=output_path,

@@ -49,10 +49,11 @@ from drdaemon.config import ConfigError, Settings
 from drdaemon.engines import Engine, build_checked_engines, reader_window
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.exits import EXIT_DEVICE_LOST, EXIT_INTERNAL_ERROR, EXIT_OK
-from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim, pending_work
+from drdaemon.folders.claim import SettlingWork, WorkItem, WorkLock, claim, pending_work, work_owner
 from drdaemon.folders.commit import Finisher, FrameChanged, Plan, display_name, fail_frame
+from drdaemon.folders.mounts import MountWatch
 from drdaemon.folders.space import FreeBytes, free_bytes
-from drdaemon.folders.watcher import InboxWatcher
+from drdaemon.folders.watcher import Candidate, InboxWatcher
 from drdaemon.io.formats import configured_output_format
 from drdaemon.logs import use_json
 from drdaemon.service.frame import (
@@ -112,8 +113,18 @@ def detach_from_closed_terminal() -> None:
         os.close(null)
 
 
+#: Seconds a waiting thread may take beyond its announced wait before the watchdog is withheld.
+WAIT_GRACE_S = 2.0
+
+
 class Progress:
-    """Frames in flight and the last moment any stage moved; feeds the systemd watchdog."""
+    """Frames in flight, the last moment any stage moved, and waits by design; feeds the systemd watchdog.
+
+    A thread that waits on purpose (a writer holding its frame while the outbox refuses it, the
+    intake while claimed frames settle) announces how long it will wait: the daemon is alive
+    until then (plus :data:`WAIT_GRACE_S`), even though nothing moves. A thread stuck in a call
+    that never returns announces nothing, and the watchdog is withheld.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,6 +137,7 @@ class Progress:
         """A frame was committed ``seconds`` after its claim: update the recent pace."""
         with self._lock:
             self.frame_s = seconds if self.frame_s is None else 0.7 * self.frame_s + 0.3 * seconds
+        self.waiting_until_mono = float("-inf")
 
     def claimed(self) -> None:
         with self._lock:
@@ -134,6 +146,15 @@ class Progress:
 
     def moved(self) -> None:
         self.last_progress_mono = time.monotonic()
+
+    def waiting(self, seconds: float) -> None:
+        """A thread waits on purpose for ``seconds`` (then tries again)."""
+        until = time.monotonic() + seconds + WAIT_GRACE_S
+        with self._lock:
+            self.waiting_until_mono = max(self.waiting_until_mono, until)
+
+    def waits_by_design(self, now_mono: float) -> bool:
+        return now_mono <= self.waiting_until_mono
 
     def finished(self) -> None:
         with self._lock:
@@ -166,11 +187,13 @@ class Daemon:
             preview=settings.output.preview_png,
             output_format=configured_output_format(settings.output, settings.engine),
         )
-        self.watcher = InboxWatcher(self.folders.inbox, settings.watch)
+        self.watcher = InboxWatcher(self.folders.inbox, settings.watch, self.limits)
         self.settling = SettlingWork(settings.watch.stability_wait_s)
-        self.output_gate = OutputGate(
-            self.metrics, [self.folders.outbox, self.folders.archive, self.folders.failed, self.folders.work]
+        output_folders = [self.folders.outbox, self.folders.archive, self.folders.failed, self.folders.work]
+        self.mounts = MountWatch(
+            (name, path) for name, path in self.folders if name in ("outbox", "archive", "failed", "work")
         )
+        self.output_gate = OutputGate(self.metrics, output_folders, self.mounts)
         self.progress = Progress()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()  # SIGHUP: reload the weights
@@ -226,7 +249,10 @@ class Daemon:
             # ``drdaemon`` blocks them from its first instant; one that came meanwhile arrives now.
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         self.prepare_folders()
+        self.mounts.record()
         with WorkLock(self.folders.work):
+            # Temporaries name this work folder, so that no peer's start-up takes them for abandoned.
+            self.finisher.owner = work_owner(self.folders.work)
             engines = self.load_engines()
             for engine in engines:
                 engine.warm_up()
@@ -419,7 +445,8 @@ class Daemon:
             now = time.monotonic()
             if ping_every and now - last_ping_mono >= ping_every:
                 moved = self.progress.last_progress_mono != last_ping_progress
-                if self.watcher.alive and (moved or self.progress.in_flight == 0):
+                waiting = self.progress.waits_by_design(now)
+                if self.watcher.alive and (moved or self.progress.in_flight == 0 or waiting):
                     self.notifier.watchdog()
                     last_ping_mono = now
                     last_ping_progress = self.progress.last_progress_mono
@@ -534,6 +561,7 @@ class Daemon:
         self.metrics.set_queue_depth(len(self._claimed) + len(self._loaded) + len(self._enhanced))
         self.metrics.set_in_flight(self.progress.in_flight)
         self.metrics.set_watcher_up(self.watcher.alive)
+        self.metrics.set_inbox_unclaimable(self.watcher.unclaimable)
         torch_module = sys.modules.get("torch")
         if torch_module is None or not torch_module.cuda.is_initialized():
             return
@@ -562,6 +590,8 @@ class Daemon:
                 for item in self.settling.settled():
                     if not self._claimed.put(item):
                         self.progress.finished()
+                if len(self.settling):
+                    self.progress.waiting(tick)  # claimed frames still being written: waiting by design
                 self.watcher.ensure_observer()
                 for candidate in self.watcher.poll():
                     # Claim only when a reader can take the frame soon: the rest wait in the inbox.
@@ -569,9 +599,13 @@ class Daemon:
                         break
                     if not self.watcher.still_ready(candidate):
                         continue
-                    claimed = claim(
-                        candidate.path, self.folders.work, candidate.first_seen_wall, candidate.first_seen_mono
-                    )
+                    try:
+                        claimed = claim(
+                            candidate.path, self.folders.work, candidate.first_seen_wall, candidate.first_seen_mono
+                        )
+                    except OSError as exc:
+                        self._claim_refused(candidate.path, candidate, exc)
+                        continue
                     self.watcher.forget(candidate.path)
                     if claimed is None:
                         continue
@@ -581,6 +615,21 @@ class Daemon:
                 self.stop_requested.wait(tick)
         finally:
             self._claimed.producer_done()
+
+    def _claim_refused(self, path: Path, candidate: Candidate, exc: OSError) -> None:
+        """The filesystem refused to move a file into work/: it waits in the inbox, the others go on."""
+        retry_s = self.watcher.defer(candidate)
+        self.metrics.claim_refused()
+        log.error(
+            "claim_refused",
+            frame=display_name(path.name),
+            path=display_name(str(path)),
+            error=f"{type(exc).__name__}: {exc}",
+            attempts=candidate.refusals,
+            retry_in_s=retry_s,
+            note="the file stays in the inbox and is tried again with backoff; other frames go on "
+            "(an immutable file: chattr -i; a share that keeps it locked: close it on the station)",
+        )
 
     def _reader_loop(self) -> None:
         try:
@@ -670,12 +719,14 @@ class Daemon:
         backoff = BACKOFF_FIRST_S
         while True:
             try:
+                self.mounts.check()  # a share that went away: wait for it, never write to the disk beneath
                 result = commit()
             except Exception as exc:
                 reason = blocking_reason(exc)
                 if reason is None or not os.path.lexists(item.path):
                     raise
                 self.output_gate.block(reason, exc)
+                self.progress.waiting(backoff)  # alive: waiting by design, not stuck
                 if self.stop_requested.wait(backoff):
                     return None
                 backoff = min(2 * backoff, BACKOFF_MAX_S)

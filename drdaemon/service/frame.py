@@ -88,6 +88,12 @@ def load_frame(item: WorkItem, limits: ReadLimits, percentiles: tuple[float, flo
     signature = (status.st_ino, status.st_size, status.st_mtime_ns)
     if file_signature(item.path) != signature or len(data) != status.st_size:
         raise FrameChanged(f"{item.path.name} changed while it was read")
+    if item.claimed_signature is not None and item.claimed_signature != signature:
+        # A writer still at work after the watcher judged the file whole: read it again once it settles.
+        raise FrameChanged(
+            f"{item.path.name} changed between its claim and its read "
+            f"(inode, size, mtime {item.claimed_signature} -> {signature})"
+        )
     digest = hashlib.sha256(data).hexdigest()
     read_s = time.perf_counter() - start
     window, window_s = None, 0.0

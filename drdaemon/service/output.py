@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from drdaemon.errors import FrameError, Stage
+from drdaemon.folders.mounts import FolderUnmounted, MountWatch
 from drdaemon.service.prometheus import DaemonMetrics
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,8 @@ def blocking_reason(error: BaseException) -> str | None:
         cause = cause.__cause__
     if cause is None or isinstance(cause, FileExistsError):
         return None
+    if isinstance(cause, FolderUnmounted):
+        return "unmounted"
     return _BLOCKING.get(cause.errno or 0)
 
 
@@ -60,9 +63,11 @@ class OutputGate:
     (:meth:`set_low_space`, cleared by a reading above it). A fault is shown before low space.
     """
 
-    def __init__(self, metrics: DaemonMetrics, folders: Iterable[Path]) -> None:
+    def __init__(self, metrics: DaemonMetrics, folders: Iterable[Path], mounts: MountWatch | None = None) -> None:
         self.metrics = metrics
         self.folders = [Path(f) for f in folders]
+        #: Where each folder's filesystem began at start; None: folders are re-created with their parents.
+        self.mounts = mounts
         self._lock = threading.Lock()
         self._fault: str | None = None
         self._low_space = False
@@ -119,12 +124,18 @@ class OutputGate:
             )
 
     def recreate_folders(self) -> None:
-        """Re-create a deleted outbox (or archive, failed); a folder still refused stays refused."""
+        """Re-create a deleted outbox (or archive, failed); a folder still refused stays refused.
+
+        Never a vanished mount point, nor a folder whose filesystem went away
+        (:meth:`~drdaemon.folders.mounts.MountWatch.may_recreate`): that waits for its share.
+        """
         for folder in self.folders:
             if folder.is_dir():
                 continue
+            if self.mounts is not None and not self.mounts.may_recreate(folder):
+                continue
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=self.mounts is None, exist_ok=True)
             except OSError:
                 continue
             log.info("folder_created", path=str(folder), note="re-created after it vanished")

@@ -58,7 +58,15 @@ ERROR_STAGES: Final = tuple(dict.fromkeys([s.value for s in Stage] + list(STAGES
 REASONS: Final = tuple(r.value for r in Reason)
 #: Why the output side refuses writes (``drdaemon_output_blocked{reason}``), see
 #: :mod:`drdaemon.service.output`.
-OUTPUT_BLOCKED_REASONS: Final = ("disk_full", "read_only", "permission", "missing", "io_error", "low_space")
+OUTPUT_BLOCKED_REASONS: Final = (
+    "disk_full",
+    "read_only",
+    "permission",
+    "missing",
+    "io_error",
+    "low_space",
+    "unmounted",
+)
 #: The folders whose filesystem's free space is exported (``drdaemon_folder_free_bytes{folder}``).
 FOLDERS: Final = ("inbox", "outbox", "archive", "failed", "work")
 #: ``drdaemon_retention_pruned_frames_total{policy}`` and ``..._pruned_bytes_total{folder}``, as in
@@ -148,6 +156,16 @@ class DaemonMetrics:
         self.queue_depth = Gauge("drdaemon_queue_frames", "Frames claimed and queued for the engine.", registry=reg)
         self.in_flight = Gauge("drdaemon_frames_in_flight", "Frames being enhanced right now.", registry=reg)
         self.watcher_up = Gauge("drdaemon_watcher_up", "1 while the inbox watcher is alive, else 0.", registry=reg)
+        self.claim_refusals = Counter(
+            "drdaemon_claim_refusals",
+            "Claims of inbox files the filesystem refused (an immutable file, one a share keeps locked).",
+            registry=reg,
+        )
+        self.inbox_unclaimable = Gauge(
+            "drdaemon_inbox_unclaimable_frames",
+            "Inbox files whose claim was refused, waiting for a retry with backoff (the others go on).",
+            registry=reg,
+        )
         self.device_memory_in_use = Gauge(
             "drdaemon_device_memory_in_use_bytes",
             "Accelerator memory held by live tensors.",
@@ -302,6 +320,12 @@ class DaemonMetrics:
 
     def set_watcher_up(self, up: bool) -> None:
         self.watcher_up.set(1 if up else 0)
+
+    def claim_refused(self) -> None:
+        self.claim_refusals.inc()
+
+    def set_inbox_unclaimable(self, n: int) -> None:
+        self.inbox_unclaimable.set(n)
 
     def set_output_blocked(self, reason: str | None) -> None:
         """Which output fault holds frames back now (None: none); exactly one reason is 1 at a time."""

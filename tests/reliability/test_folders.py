@@ -100,10 +100,10 @@ def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
     fault = {"on": True}
     real_write_temp = durable.write_temp
 
-    def refusing_outbox(final, data, owner=None):
+    def refusing_outbox(final, data, owner=None, **kwargs):
         if fault["on"] and Path(final).parent == folders.outbox:
             raise OSError(code, os.strerror(code), str(final))
-        return real_write_temp(final, data, owner)
+        return real_write_temp(final, data, owner, **kwargs)
 
     monkeypatch.setattr(durable, "write_temp", refusing_outbox)
     inputs = [frame_bytes(i) for i in range(10)]
