@@ -98,7 +98,7 @@ def test_frames_finished_by_recovery_are_logged_and_counted(tmp_path: Path) -> N
     crashed.reserve_archive(item.path, plan, kind="archive")
     sidecar = sidecar_draft(done).complete(input_path=plan.archive, output_path=plan.output, data=encoded,
                                            shape=[40, 48], dtype="uint16", compression="zstd", preview=None,
-                                           write_s=0.0)
+                                           write_s=0.0, claim=plan.claim)
     crashed.write_sidecar(plan, sidecar.to_bytes())  # killed here: committed, not cleaned up
     daemon = Daemon(settings, engines=[ClassicalEngine()])
     daemon.request_stop()  # start, recover, stop

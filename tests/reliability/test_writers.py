@@ -81,6 +81,7 @@ def test_a_frame_that_changes_after_its_read_is_not_committed(tmp_path: Path) ->
         commit_frame(done, Finisher.for_folders(folders, preview=False))
     assert list(folders.outbox.iterdir()) == [] and list(folders.archive.iterdir()) == []
     assert [p.name for p in folders.work.iterdir()] == ["f.tif"]  # kept, to be read again
+    item.claimed_signature = None  # once settled, as the daemon's settling wait records it anew
     commit_frame(enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()),
                  Finisher.for_folders(folders, preview=False))
     record = Sidecar.model_validate_json((folders.outbox / "f.tif.json").read_bytes())
