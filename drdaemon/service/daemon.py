@@ -132,12 +132,13 @@ class Progress:
         self.last_progress_mono = time.monotonic()
         #: Seconds from claim to commit of recent frames (a moving average); None before the first.
         self.frame_s: float | None = None
+        #: Until when a thread announced it waits on purpose (:meth:`waiting`).
+        self.waiting_until_mono = float("-inf")
 
     def took(self, seconds: float) -> None:
         """A frame was committed ``seconds`` after its claim: update the recent pace."""
         with self._lock:
             self.frame_s = seconds if self.frame_s is None else 0.7 * self.frame_s + 0.3 * seconds
-        self.waiting_until_mono = float("-inf")
 
     def claimed(self) -> None:
         with self._lock:
