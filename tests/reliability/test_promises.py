@@ -742,6 +742,9 @@ def test_group_or_world_writable_weights_are_refused_like_sshd_refuses_keys(tmp_
     weights = open_folder / "enhancer.safetensors"
     shutil.copyfile(SHIPPED_WEIGHTS, weights)
 
+    for folder in ("inbox", "outbox", "archive", "failed", "work"):
+        (tmp_path / folder).mkdir()
+
     def check(file_mode: int, folder_mode: int) -> tuple[int, str]:
         os.chmod(weights, file_mode)
         os.chmod(open_folder, folder_mode)
