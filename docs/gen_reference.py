@@ -114,6 +114,7 @@ KEY_MEANINGS: dict[str, str] = {
 SIDECAR_MEANINGS: dict[str, str] = {
     "schema_version": "1; bumped only if a key changes meaning (keys are added, never renamed)",
     "input": "the raw frame",
+    "input.claim": "the random id of the claim that made this sidecar; a sidecar vouches for an output only for its own claim",
     "input.path": "where the raw frame rests now (the archive), byte-identical to what arrived",
     "input.original_path": "where it arrived (the inbox); bytes that are not UTF-8 shown as `\\xNN`",
     "input.original_path_hex": "the exact bytes of `original_path` in hex, only when they are not valid UTF-8",
