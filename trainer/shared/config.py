@@ -219,9 +219,12 @@ def check_overrides_apply(cfg: TrainConfig, overrides: Sequence[str]) -> None:
     a ``--set`` on the command line is meant for this run, so one that would change nothing is an error.
     """
     scheme = cfg.run.scheme
+    sections = SCHEME_SECTIONS[scheme]
+    if scheme == "cyclegan" and cfg.cyclegan.feature_priors:
+        sections = sections | {"clip"}  # the priors' frozen feature extractor is the [clip] table's CLIP
     for text in overrides:
         keys, _ = parse_override(text)
-        if keys[0] in TrainConfig.model_fields and keys[0] not in SCHEME_SECTIONS[scheme]:
+        if keys[0] in TrainConfig.model_fields and keys[0] not in sections:
             other = "cyclegan" if scheme == "clip" else "clip"
             raise TrainConfigError(
                 f"--set {text}: {keys[0]}.* does not apply to --scheme {scheme} (it is read by --scheme {other} "
