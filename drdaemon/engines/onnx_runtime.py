@@ -39,7 +39,7 @@ from drdaemon.engines.base import Enhanced
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModelInfo, read_onnx_model, require_onnx
 from drdaemon.io.weights import WeightsError
-from drdaemon.kernels.window import U16_MAX, Window, robust_window, unit_to_u16
+from drdaemon.kernels.window import U16_MAX, Window, robust_window, to_unit_float32, unit_to_u16
 from drdaemon.model.tiling import FRAME_BYTES_PER_PIXEL
 
 log = structlog.get_logger(__name__)
@@ -192,12 +192,8 @@ class OnnxEngine:
 
 
 def frame_to_unit_input(frame: np.ndarray, window: Window) -> np.ndarray:
-    """The network's ``(1, 1, H, W)`` float32 input: :func:`to_unit` of the frame, computed in place."""
-    unit = frame.astype(np.float32)
-    unit -= np.float32(window.low)
-    unit *= np.float32(1.0 / window.span)
-    np.clip(unit, 0.0, 1.0, out=unit)
-    return unit[None, None]
+    """The network's ``(1, 1, H, W)`` float32 input: the frame through its window."""
+    return to_unit_float32(frame, window)[None, None]
 
 
 # -- building the workers ---------------------------------------------------------------------

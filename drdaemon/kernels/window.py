@@ -78,6 +78,16 @@ def to_unit(frame: ArrayLike, window: Window) -> ArrayLike:
     return ((frame - window.low) * (1.0 / window.span)).clip(0.0, 1.0)
 
 
+def to_unit_float32(frame: np.ndarray, window: Window) -> np.ndarray:
+    """:func:`to_unit` as a new float32 array, computed in place on one copy (a 5732 x 2333 frame
+    allocates 53 MB once instead of three times). Any 2-D real frame in, 2-D float32 out."""
+    unit = frame.astype(np.float32)  # always a copy: the caller's frame is never written
+    unit -= np.float32(window.low)
+    unit *= np.float32(1.0 / window.span)
+    np.clip(unit, 0.0, 1.0, out=unit)
+    return unit
+
+
 def unit_to_u16(unit: np.ndarray) -> np.ndarray:
     """[0, 1] float to uint16 over the full range, rounding to nearest."""
     return (np.clip(unit, 0.0, 1.0) * U16_MAX + 0.5).astype(np.uint16)
@@ -88,7 +98,7 @@ def frame_to_unit(
 ) -> tuple[np.ndarray, Window]:
     """Normalise a frame of any dtype to float32 [0, 1]; returns the window used."""
     window = robust_window(frame, low_percentile, high_percentile)
-    return to_unit(frame.astype(np.float32, copy=False), window).astype(np.float32, copy=False), window
+    return to_unit_float32(frame, window), window
 
 
 def u16_to_image(frame: np.ndarray) -> np.ndarray:
