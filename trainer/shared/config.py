@@ -194,11 +194,12 @@ class TrainConfig(Section):
         return self
 
 
-#: The config sections each scheme reads; a section outside its set is the other scheme's.
-SCHEME_SECTIONS: dict[str, frozenset[str]] = {
-    "clip": frozenset({"data", "clip", "prompts", "loss", "schedule", "optim", "enhancer", "run"}),
-    "cyclegan": frozenset({"data", "enhancer", "run", "cyclegan"}),
-}
+def sections_read(cfg: TrainConfig) -> frozenset[str]:
+    """The config sections this run reads; any other section is the other scheme's."""
+    if cfg.run.scheme == "clip":
+        return frozenset({"data", "clip", "prompts", "loss", "schedule", "optim", "enhancer", "run"})
+    # the CycleGAN's feature priors take their frozen extractor from the [clip] table's CLIP
+    return frozenset({"data", "enhancer", "run", "cyclegan"} | ({"clip"} if cfg.cyclegan.feature_priors else set()))
 
 
 def scheme_budget(cfg: TrainConfig) -> str:
@@ -219,9 +220,7 @@ def check_overrides_apply(cfg: TrainConfig, overrides: Sequence[str]) -> None:
     a ``--set`` on the command line is meant for this run, so one that would change nothing is an error.
     """
     scheme = cfg.run.scheme
-    sections = SCHEME_SECTIONS[scheme]
-    if scheme == "cyclegan" and cfg.cyclegan.feature_priors:
-        sections = sections | {"clip"}  # the priors' frozen feature extractor is the [clip] table's CLIP
+    sections = sections_read(cfg)
     for text in overrides:
         keys, _ = parse_override(text)
         if keys[0] in TrainConfig.model_fields and keys[0] not in sections:
