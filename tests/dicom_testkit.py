@@ -17,8 +17,11 @@ DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 #: A private NDE block as DICONDE writes its component, inspection and equipment details.
 NDE_CREATOR = "DRDAEMON TEST NDE"
-NDE_VALUES = {0x10: ("LO", "turbine blade 7 / weld seam B"), 0x11: ("DS", "12.5"),
-              0x12: ("OB", bytes(range(7)) + b"\x00")}
+NDE_VALUES = {
+    0x10: ("LO", "turbine blade 7 / weld seam B"),
+    0x11: ("DS", "12.5"),
+    0x12: ("OB", bytes(range(7)) + b"\x00"),
+}
 
 
 def pydicom_data_file(name: str) -> Path:
@@ -29,9 +32,16 @@ def pydicom_data_file(name: str) -> Path:
     return path
 
 
-def diconde_dataset(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                    slope: float | None = None, intercept: float | None = None, series_uid: str | None = None,
-                    for_processing: bool = True) -> Dataset:
+def diconde_dataset(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    slope: float | None = None,
+    intercept: float | None = None,
+    series_uid: str | None = None,
+    for_processing: bool = True,
+) -> Dataset:
     """A DX frame with the component (patient), inspection (study), equipment and private NDE details."""
     rows, columns = pixels.shape
     ds = Dataset()

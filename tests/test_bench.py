@@ -15,8 +15,10 @@ def bench_args(*argv: str) -> argparse.Namespace:
 
 
 def test_net_bench_reports_speed_memory_and_half_precision_psnr(capsys):
-    assert run_bench(bench_args("--engine", "net", "--device", "cpu", "--scales", "1,4",
-                                "--precisions", "float32,half")) == 0
+    assert (
+        run_bench(bench_args("--engine", "net", "--device", "cpu", "--scales", "1,4", "--precisions", "float32,half"))
+        == 0
+    )
     out = capsys.readouterr().out
     assert "machine:" in out and "278,790 with in_ch 3" in out
     for scale in (1, 4):
@@ -38,7 +40,9 @@ def test_compression_table_has_a_row_per_option_with_its_tiff_code(capsys):
     codes = {"none": 1, "lzw": 5, "adobe_deflate": 8, "deflate": 32946, "zstd": 50000}
     assert set(codes) == set(COMPRESSIONS)
     for name, code in codes.items():
-        assert re.search(rf"^\| `{name}`( \(default\))? \| {code} \| \d+ \| \d+ \| \d+ \| [\d.]+ \| \d+% \|$", out, re.M), name
+        assert re.search(
+            rf"^\| `{name}`( \(default\))? \| {code} \| \d+ \| \d+ \| \d+ \| [\d.]+ \| \d+% \|$", out, re.M
+        ), name
     assert "| `lzw` (default) | 5 |" in out and "| `none` | 1 |" in out
 
 
@@ -58,8 +62,25 @@ def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_
 
     frame = tmp_path / "part.tif"
     tifffile.imwrite(frame, (np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 20))
-    assert run_bench(bench_args("--engine", "net", "--device", "cpu", "--scales", "1", "--precisions",
-                                "float32,bfloat16", "--frame", str(frame), "--tile-check", "16")) == 0
+    assert (
+        run_bench(
+            bench_args(
+                "--engine",
+                "net",
+                "--device",
+                "cpu",
+                "--scales",
+                "1",
+                "--precisions",
+                "float32,bfloat16",
+                "--frame",
+                str(frame),
+                "--tile-check",
+                "16",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "frame: 60 x 40 (0.00 MP), part.tif" in out
     assert re.search(r"s=1 bfloat16.*PSNR vs float32 [\d.]+ dB, RMS [\d.]+ levels, max \d+ levels", out)

@@ -22,8 +22,14 @@ from drdaemon.folders.claim import WorkLock
 ERROR_HEADER = "drdaemon: configuration error\n"
 
 
-def write_config(root: Path, port: int, extra: str = "", engine: str = 'name = "classical"\n',
-                 inbox: str = "inbox", create: bool = True) -> Path:
+def write_config(
+    root: Path,
+    port: int,
+    extra: str = "",
+    engine: str = 'name = "classical"\n',
+    inbox: str = "inbox",
+    create: bool = True,
+) -> Path:
     config = root / "config.toml"
     config.write_text(
         "[folders]\n"
@@ -73,8 +79,9 @@ def test_a_good_configuration_passes_every_check_and_leaves_no_probe(tmp_path: P
         assert list((tmp_path / name).iterdir()) == [], name
 
 
-def test_check_config_creates_nothing_and_says_what_run_would_create(tmp_path: Path, capsys,
-                                                                     keep_signal_handlers) -> None:
+def test_check_config_creates_nothing_and_says_what_run_would_create(
+    tmp_path: Path, capsys, keep_signal_handlers
+) -> None:
     config = write_config(tmp_path, 0)  # folders.create = true, no folder exists yet
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
     out = capsys.readouterr().out
@@ -83,8 +90,7 @@ def test_check_config_creates_nothing_and_says_what_run_would_create(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]  # nothing on disk changed
 
 
-def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(tmp_path: Path, capsys,
-                                                                 keep_signal_handlers) -> None:
+def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(tmp_path: Path, capsys, keep_signal_handlers) -> None:
     (tmp_path / "example" / "inbox").mkdir(parents=True)
     config = write_config(tmp_path, 0, inbox="example/inobx", create=False)
     message = error_of("check-config", config, capsys)
@@ -115,8 +121,9 @@ def test_a_weights_path_with_a_typo_fails_like_run(tmp_path: Path, capsys, keep_
     assert_same_refusal(config, capsys, "engine.weights")
 
 
-def test_an_engine_name_not_in_the_registry_fails_like_run_naming_the_engines(tmp_path: Path, capsys,
-                                                                             keep_signal_handlers) -> None:
+def test_an_engine_name_not_in_the_registry_fails_like_run_naming_the_engines(
+    tmp_path: Path, capsys, keep_signal_handlers
+) -> None:
     config = write_config(tmp_path, 0, engine='name = "gamma"\n')  # once silently the stretch
     assert_same_refusal(config, capsys, "engine.name: unknown engine 'gamma'; the engines are: auto, classical, he")
 
@@ -188,9 +195,22 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
         for name in ("inbox", "outbox", "archive", "failed", "work"):
             (root / name).mkdir(mode=0o755)
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             sys.executable, "-m", "drdaemon", "check-config", "--config", str(config)],
-            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "drdaemon",
+                "check-config",
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[1],
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
@@ -199,18 +219,20 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(tmp_path: Path, capsys,
-                                                                              keep_signal_handlers) -> None:
+def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(
+    tmp_path: Path, capsys, keep_signal_handlers
+) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from drdaemon.model.network import Enhancer, EnhancerSpec
     from drdaemon.io.weights import save_weights
+    from drdaemon.model.network import Enhancer, EnhancerSpec
 
     weights = tmp_path / "enhancer.safetensors"
     save_weights(weights, Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)), {"run": "unit-test"})
-    config = write_config(tmp_path, 0,
-                          engine=f'name = "net"\nweights = "{weights}"\ndevices = ["cpu"]\nprecision = "float32"\n')
+    config = write_config(
+        tmp_path, 0, engine=f'name = "net"\nweights = "{weights}"\ndevices = ["cpu"]\nprecision = "float32"\n'
+    )
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
     assert "engine: net built on cpu" in capsys.readouterr().out
     with safe_open(str(weights), framework="pt") as fh:

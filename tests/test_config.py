@@ -30,8 +30,14 @@ def test_example_config_documents_every_key_and_loads() -> None:
     for table, field in Settings.model_fields.items():
         assert f"[{table}]" in text, table
         for key, inner in field.annotation.model_fields.items():
-            sub = next((t for t in (inner.annotation, *typing.get_args(inner.annotation)) if isinstance(t, type) and
-                        issubclass(t, BaseModel)), None)
+            sub = next(
+                (
+                    t
+                    for t in (inner.annotation, *typing.get_args(inner.annotation))
+                    if isinstance(t, type) and issubclass(t, BaseModel)
+                ),
+                None,
+            )
             if sub is not None:  # a sub-table such as [input.raw], possibly commented out
                 assert re.search(rf"^#?\s*\[{table}\.{key}\]", text, re.MULTILINE), f"[{table}.{key}] undocumented"
                 for sub_key in sub.model_fields:
@@ -72,7 +78,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
         ("[colour]\nx = 1\n", "colour", "unknown key"),
         ("[engine]\nclahe_tile_grid = 0\n", "engine.clahe_tile_grid", "greater than or equal to 1"),
         ("[engine]\nwarm_up_frame_size = [2333]\n", "engine.warm_up_frame_size", "2333"),
-        ("[output]\ncompression = \"jpeg\"\n", "output.compression", "lzw"),
+        ('[output]\ncompression = "jpeg"\n', "output.compression", "lzw"),
         ("[metrics\nport = 1\n", "cannot parse", "d.toml"),
     ],
     ids=["misspelt-key", "unknown-table", "out-of-range", "half-a-size", "bad-choice", "bad-toml"],
@@ -91,7 +97,9 @@ def test_missing_config_file_exits_78_from_a_real_process(tmp_path: Path) -> Non
     for verb in ("run", "check-config"):
         result = subprocess.run(
             [sys.executable, "-m", "drdaemon", verb, "--config", str(tmp_path / "absent.toml")],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == EXIT_CONFIG
         assert "not found" in result.stderr and "absent.toml" in result.stderr
@@ -113,7 +121,8 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys,
 
 
 def test_an_error_from_an_environment_variable_names_the_variable_and_the_closest_value(
-        tmp_path: Path, capsys, monkeypatch) -> None:
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     config = write(tmp_path / "d.toml", '[folders]\ncreate = true\n[engine]\nname = "classical"\n[metrics]\nport = 0\n')
     monkeypatch.setenv("DRDAEMON_ENGINE__NAME", "clasical")  # the example: an engine name (a registry)
     assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
@@ -136,5 +145,7 @@ def test_a_misspelt_key_in_the_file_gets_the_closest_key(tmp_path: Path, capsys,
     err = capsys.readouterr().err
     assert f"invalid configuration in {config} and the environment:" in err
     assert "watch.stabilty_wait_s: unknown key; did you mean 'stability_wait_s'?" in err
-    assert "engine.gama (from the environment variable DRDAEMON_ENGINE__GAMA): unknown key; did you mean 'gamma'?" in err
+    assert (
+        "engine.gama (from the environment variable DRDAEMON_ENGINE__GAMA): unknown key; did you mean 'gamma'?" in err
+    )
     assert "output.compression: Input should be" in err and "(got 'jpeg')" in err

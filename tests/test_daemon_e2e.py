@@ -45,9 +45,11 @@ class Station:
         self.dirs = {name: root / name for name in FOLDERS}
         self.config = root / "drdaemon.toml"
         self.config.write_text(
-            "[folders]\ncreate = true\n" + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
+            "[folders]\ncreate = true\n"
+            + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
             + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
-            + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
+            + '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
+            + extra
         )
         self.process: subprocess.Popen | None = None
         self.log = root / "daemon.log"
@@ -56,7 +58,9 @@ class Station:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "drdaemon", "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
             )
 
     def stop(self) -> int:
@@ -153,7 +157,7 @@ def test_slow_writer_is_never_read_early(station: Station) -> None:
         for start in range(0, len(data), step):
             # The part written so far has been stable for longer than the stability wait.
             assert station.names("outbox") == [] and station.names("failed") == []
-            fh.write(data[start:start + step])
+            fh.write(data[start : start + step])
             fh.flush()
             time.sleep(0.45)  # > stability_wait_s, < incomplete_grace_s
     station.wait_for(lambda: "slow.tif.json" in station.names("outbox"))
@@ -215,16 +219,23 @@ def test_bad_files_land_in_failed_with_a_reason_while_good_frames_pass(station: 
         "huge.tif": oversized_header(tmp_path / "h.tif"),
         "truncated.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 200,
     }
-    expected = {"corrupt.tif": {"unreadable", "truncated"}, "truncated.tif": {"truncated"}, "zero.tif": {"empty"},
-                "notes.tif": {"unreadable"}, "huge.tif": {"too_large"}, "truncated.png": {"unreadable", "truncated"}}
+    expected = {
+        "corrupt.tif": {"unreadable", "truncated"},
+        "truncated.tif": {"truncated"},
+        "zero.tif": {"empty"},
+        "notes.tif": {"unreadable"},
+        "huge.tif": {"too_large"},
+        "truncated.png": {"unreadable", "truncated"},
+    }
     goods = {f"good{index}.tif": frame_bytes(10 + index, (120, 100)) for index in range(4)}
     station.start()
     order = list(bad.items())
     for index, (name, data) in enumerate(order):
         station.drop(f"good{index}.tif", goods[f"good{index}.tif"]) if index < len(goods) else None
         station.drop(name, data)
-    station.wait_for(lambda: len(station.names("archive")) == len(goods)
-                     and len(station.names("failed")) == 2 * len(bad), timeout=60)
+    station.wait_for(
+        lambda: len(station.names("archive")) == len(goods) and len(station.names("failed")) == 2 * len(bad), timeout=60
+    )
     assert station.stop() == 0
     for name, data in bad.items():
         assert (station.dirs["failed"] / name).read_bytes() == data  # never modified
@@ -237,7 +248,7 @@ def test_bad_files_land_in_failed_with_a_reason_while_good_frames_pass(station: 
 
 
 def test_config_errors_exit_78_before_touching_anything(tmp_path: Path) -> None:
-    station = Station(tmp_path, extra="[output]\ncompresion = \"zstd\"\n")
+    station = Station(tmp_path, extra='[output]\ncompresion = "zstd"\n')
     station.start()
     assert station.process.wait(timeout=60) == EXIT_CONFIG
     station.process = None
@@ -273,7 +284,10 @@ def test_systemd_hears_ready_then_watchdog_then_stopping(tmp_path: Path) -> None
     with station.log.open("ab") as log:
         station.process = subprocess.Popen(
             [sys.executable, "-m", "drdaemon", "run", "--config", str(station.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
         )
     try:
         messages: list[str] = []
@@ -291,7 +305,10 @@ def test_systemd_hears_ready_then_watchdog_then_stopping(tmp_path: Path) -> None
         listener.close()
         if station.process is not None:
             station.kill()
-    kinds = [next(k for k in ("READY=1", "WATCHDOG=1", "STOPPING=1") if k in m) for m in messages
-             if any(k in m for k in ("READY=1", "WATCHDOG=1", "STOPPING=1"))]
+    kinds = [
+        next(k for k in ("READY=1", "WATCHDOG=1", "STOPPING=1") if k in m)
+        for m in messages
+        if any(k in m for k in ("READY=1", "WATCHDOG=1", "STOPPING=1"))
+    ]
     assert kinds[0] == "READY=1" and kinds[-1] == "STOPPING=1"
     assert set(kinds[1:-1]) == {"WATCHDOG=1"}

@@ -69,8 +69,7 @@ def test_unit_sandbox_leaves_the_gpu_reachable():
     assert "PrivateDevices" not in service  # it would hide /dev/nvidia*
     assert service["DevicePolicy"] == ["closed"]
     allowed = " ".join(service["DeviceAllow"])
-    for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-                 "/dev/nvidia-modeset"):
+    for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"):
         assert f"{node} rw" in allowed
     assert service["ProtectSystem"] == ["strict"]
     assert service["ReadWritePaths"]
@@ -92,8 +91,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     result = run(analyze, "verify", "--man=no", str(copy))
     # verify only warns (exit 0) about unknown keys and bad values: any line about the
     # unit is a finding.
-    findings = [line for line in (result.stdout + result.stderr).splitlines() if str(copy) in line
-                or "drdaemon.service" in line]
+    findings = [
+        line for line in (result.stdout + result.stderr).splitlines() if str(copy) in line or "drdaemon.service" in line
+    ]
     assert result.returncode == 0, result.stderr
     assert findings == []
 
@@ -123,8 +123,7 @@ def test_promtool_accepts_the_scrape_config():
 def test_promtool_finds_no_problem_in_the_exposition():
     promtool = tool("promtool", "prometheus")
     metrics = DaemonMetrics()
-    metrics.set_build_info(version="0.1.0", engine="net", weights_sha256="0" * 64,
-                           torch="2.14.1", cuda="12.8")
+    metrics.set_build_info(version="0.1.0", engine="net", weights_sha256="0" * 64, torch="2.14.1", cuda="12.8")
     metrics.set_device_memory("cuda:0", 1 << 20, 4 << 20)
     metrics.frame_succeeded(pixels=1000, latency_s=0.4)
     metrics.frame_failed(stage="read", reason="truncated")
@@ -153,7 +152,10 @@ def test_the_exposition_has_no_created_series_and_no_empty_label():
     text = cpu_station_exposition()
     assert "_created" not in text
     assert '=""' not in text
-    assert 'drdaemon_build_info{cuda="none",engine="classical",torch="2.14.1",version="0.1.0",weights_sha256="none"} 1.0' in text
+    assert (
+        'drdaemon_build_info{cuda="none",engine="classical",torch="2.14.1",version="0.1.0",weights_sha256="none"} 1.0'
+        in text
+    )
 
 
 # --- Grafana ---------------------------------------------------------------------------
@@ -177,8 +179,18 @@ def test_dashboard_imports_without_editing():
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"] for p in board["panels"]).lower()
-    for topic in ("frames per second", "megapixels per second", "latency", "stage duration p95",
-                  "queue", "by reason", "device memory", "free disk space", "frames pruned", "pruning behind"):
+    for topic in (
+        "frames per second",
+        "megapixels per second",
+        "latency",
+        "stage duration p95",
+        "queue",
+        "by reason",
+        "device memory",
+        "free disk space",
+        "frames pruned",
+        "pruning behind",
+    ):
         assert topic in titles
 
 
@@ -186,9 +198,11 @@ def test_dashboard_only_queries_metrics_the_daemon_exports():
     metrics = DaemonMetrics()
     metrics.set_device_memory("cuda:0", 1, 1)
     metrics.set_build_info(version="x", engine="x", weights_sha256=None, torch="x", cuda=None)
-    exported = {line.split("{")[0].split(" ")[0]
-                for line in generate_latest(metrics.registry).decode().splitlines()
-                if line and not line.startswith("#")}
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in generate_latest(metrics.registry).decode().splitlines()
+        if line and not line.startswith("#")
+    }
     used = {name for expr in dashboard_queries() for name in re.findall(r"\b(?:drdaemon|process)_\w+", expr)}
     assert used and used <= exported, used - exported
 
@@ -246,13 +260,22 @@ def test_the_install_guide_steps_are_numbered_in_order_and_cover_a_plant_install
     for needed in (
         "apt-get install -y python3-venv",  # a bare Debian/Ubuntu has no venv module
         "--index-url https://download.pytorch.org/whl/cpu",  # the CPU build of torch
-        "pip download", "--no-index --find-links",  # the air-gapped wheelhouse
-        "setfacl", "usermod -aG drdaemon",  # the station's write access
-        "smbpasswd", "cifs", "polling = true",  # a Windows station's share
-        "journald.conf.d", "MaxRetentionSec",  # journal retention
-        "apt-get install -y prometheus", "drdaemon-rules.yml",  # Prometheus and the rules
-        "apt-get install -y grafana", "provisioning/dashboards",  # Grafana and the dashboard
-        "pinned.txt", "daemon-reload", "ln -sfn \"$OLD\"",  # pinned upgrade and rollback
+        "pip download",
+        "--no-index --find-links",  # the air-gapped wheelhouse
+        "setfacl",
+        "usermod -aG drdaemon",  # the station's write access
+        "smbpasswd",
+        "cifs",
+        "polling = true",  # a Windows station's share
+        "journald.conf.d",
+        "MaxRetentionSec",  # journal retention
+        "apt-get install -y prometheus",
+        "drdaemon-rules.yml",  # Prometheus and the rules
+        "apt-get install -y grafana",
+        "provisioning/dashboards",  # Grafana and the dashboard
+        "pinned.txt",
+        "daemon-reload",
+        'ln -sfn "$OLD"',  # pinned upgrade and rollback
         "drdaemon selftest --config /etc/drdaemon/config.toml",  # the smoke test
     ):
         assert needed in commands or needed in text, needed

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from dicom_testkit import (
     DX_FOR_PRESENTATION,
     NDE_CREATOR,
     NDE_VALUES,
-    diconde_dataset,
     dicom_bytes,
+    diconde_dataset,
     has_decoder,
     pydicom,
     pydicom_data_file,
 )
+
 from drdaemon.cli import main
 from drdaemon.config import WatchConfig
 from drdaemon.errors import FrameError, Reason
@@ -83,8 +83,9 @@ def test_cr_frame_is_read_as_dicom_despite_the_tiff_header_in_its_preamble(name:
 
 
 @pytest.mark.parametrize("name", CR_FRAMES)
-@pytest.mark.parametrize("syntax", [JPEG2000_LOSSLESS, JPEGLS_LOSSLESS, RLE_LOSSLESS, DEFLATED],
-                         ids=["jpeg2000", "jpegls", "rle", "deflate"])
+@pytest.mark.parametrize(
+    "syntax", [JPEG2000_LOSSLESS, JPEGLS_LOSSLESS, RLE_LOSSLESS, DEFLATED], ids=["jpeg2000", "jpegls", "rle", "deflate"]
+)
 def test_recompressed_cr_frame_reads_as_the_reference_decoder_reads_it(tmp_path: Path, syntax: str, name: str) -> None:
     if not has_decoder(syntax):
         pytest.skip(f"no decoder for {syntax} (pip install 'drdaemon[dicom]')")
@@ -262,8 +263,7 @@ def test_uids_and_references_of_the_derived_image() -> None:
     out_second, _ = derived(frames[1], enhanced, root=root)
     out_again, _ = derived(frames[0], enhanced, root=root)
     out_other, _ = derived(frames[2], enhanced, root=root)
-    out_other_engine, _ = derived(frames[0], enhanced, root=root,
-                                  derivation=Derivation("he", {"gamma": 1.0}, None))
+    out_other_engine, _ = derived(frames[0], enhanced, root=root, derivation=Derivation("he", {"gamma": 1.0}, None))
     for out in (out_first, out_second, out_other):
         assert out.SOPInstanceUID.startswith(root + ".") and out.SeriesInstanceUID.startswith(root + ".")
         assert out.StudyInstanceUID == first.StudyInstanceUID
@@ -293,10 +293,26 @@ def test_generated_root_is_documented_pydicoms() -> None:
 
 #: Attributes the derived image changes on purpose; every other one is kept as it was.
 CHANGED = {
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesDescription", "ImageType",
-    "DerivationDescription", "SourceImageSequence", "InstanceCreationDate", "InstanceCreationTime",
-    "ContentDate", "ContentTime", "PresentationIntentType", "BitsStored", "HighBit", "WindowCenter",
-    "WindowWidth", "PixelData", "RescaleSlope", "RescaleIntercept", "RescaleType",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "ImageType",
+    "DerivationDescription",
+    "SourceImageSequence",
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "ContentDate",
+    "ContentTime",
+    "PresentationIntentType",
+    "BitsStored",
+    "HighBit",
+    "WindowCenter",
+    "WindowWidth",
+    "PixelData",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
 }
 
 
@@ -317,8 +333,14 @@ def test_non_pixel_attributes_and_private_nde_values_are_kept() -> None:
 
 @pytest.mark.parametrize(
     "syntax, expected",
-    [(EXPLICIT, EXPLICIT), ("1.2.840.10008.1.2", "1.2.840.10008.1.2"), (DEFLATED, DEFLATED), (RLE_LOSSLESS, RLE_LOSSLESS), (JPEG2000_LOSSLESS, JPEG2000_LOSSLESS),
-     (JPEGLS_LOSSLESS, JPEGLS_LOSSLESS)],
+    [
+        (EXPLICIT, EXPLICIT),
+        ("1.2.840.10008.1.2", "1.2.840.10008.1.2"),
+        (DEFLATED, DEFLATED),
+        (RLE_LOSSLESS, RLE_LOSSLESS),
+        (JPEG2000_LOSSLESS, JPEG2000_LOSSLESS),
+        (JPEGLS_LOSSLESS, JPEGLS_LOSSLESS),
+    ],
     ids=["explicit", "implicit", "deflate", "rle", "jpeg2000", "jpegls"],
 )
 def test_output_keeps_the_input_transfer_syntax_when_asked(tmp_path: Path, syntax: str, expected: str) -> None:
@@ -343,7 +365,7 @@ def test_lossy_input_is_never_reencoded_lossily() -> None:
     if not has_decoder(str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)):
         pytest.skip("no JPEG 2000 decoder")
     frame = read_frame(path)
-    out, identity = derived(frame, ramp((frame.pixels.shape), top=65535), transfer="input")
+    _out, identity = derived(frame, ramp((frame.pixels.shape), top=65535), transfer="input")
     assert identity.transfer_syntax == EXPLICIT
 
 
@@ -383,8 +405,10 @@ def tifffile_bytes(pixels: np.ndarray) -> bytes:
 
 
 # -- raw detector frames ------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype, order, header", [("uint16", "little", 0), ("uint16", "big", 512),
-                                                  ("uint8", "little", 16), ("float32", "little", 0)])
+@pytest.mark.parametrize(
+    "dtype, order, header",
+    [("uint16", "little", 0), ("uint16", "big", 512), ("uint8", "little", 16), ("float32", "little", 0)],
+)
 def test_raw_frame_is_read_with_the_configured_layout(dtype: str, order: str, header: int) -> None:
     pixels = ramp((24, 40), top=255 if dtype == "uint8" else 65535).astype(dtype)
     body = pixels.astype(np.dtype(dtype).newbyteorder("<" if order == "little" else ">")).tobytes()
@@ -395,8 +419,10 @@ def test_raw_frame_is_read_with_the_configured_layout(dtype: str, order: str, he
     assert (frame.raw.width, frame.raw.height, frame.raw.header_bytes, frame.raw.source) == (40, 24, header, "config")
 
 
-@pytest.mark.parametrize("size, reason", [(24 * 40 * 2 - 2, Reason.TRUNCATED), (24 * 40 * 2 + 2, Reason.UNSUPPORTED),
-                                          (24 * 40 * 4, Reason.UNSUPPORTED)])
+@pytest.mark.parametrize(
+    "size, reason",
+    [(24 * 40 * 2 - 2, Reason.TRUNCATED), (24 * 40 * 2 + 2, Reason.UNSUPPORTED), (24 * 40 * 4, Reason.UNSUPPORTED)],
+)
 def test_raw_size_mismatch_fails(size: int, reason: Reason) -> None:
     limits = ReadLimits(raw=RawLayout(width=40, height=24))
     with pytest.raises(FrameError) as error:
@@ -468,8 +494,13 @@ def test_raw_layout_and_dicom_output_keys_come_from_the_environment_and_print_ba
     assert settings.output.format == "dicom"
     printed = tmp_path / "printed.toml"
     printed.write_text(settings_to_toml(settings), encoding="utf-8")
-    for name in ("DRDAEMON_INPUT__RAW__WIDTH", "DRDAEMON_INPUT__RAW__HEIGHT", "DRDAEMON_INPUT__RAW__BYTE_ORDER",
-                 "DRDAEMON_OUTPUT__FORMAT", "DRDAEMON_OUTPUT__DICOM_UID_ROOT"):
+    for name in (
+        "DRDAEMON_INPUT__RAW__WIDTH",
+        "DRDAEMON_INPUT__RAW__HEIGHT",
+        "DRDAEMON_INPUT__RAW__BYTE_ORDER",
+        "DRDAEMON_OUTPUT__FORMAT",
+        "DRDAEMON_OUTPUT__DICOM_UID_ROOT",
+    ):
         monkeypatch.delenv(name)
     again = load_settings(printed)
     assert again.input == settings.input and again.output == settings.output
@@ -493,8 +524,11 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
 def test_one_source_series_gives_one_enhanced_series_per_engine_configuration(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
-    series = {"a1.dcm": "1.2.826.0.1.3680043.8.498.1002", "a2.dcm": "1.2.826.0.1.3680043.8.498.1002",
-              "b1.dcm": "1.2.826.0.1.3680043.8.498.2002"}
+    series = {
+        "a1.dcm": "1.2.826.0.1.3680043.8.498.1002",
+        "a2.dcm": "1.2.826.0.1.3680043.8.498.1002",
+        "b1.dcm": "1.2.826.0.1.3680043.8.498.2002",
+    }
     for index, (name, series_uid) in enumerate(series.items()):  # different content: different windows
         (inputs / name).write_bytes(dicom_bytes(diconde_dataset(ramp(top=1000 + 1000 * index), series_uid=series_uid)))
     written: dict[str, dict[str, str]] = {}
@@ -517,13 +551,24 @@ def test_enhance_writes_dicom_for_dicom_tiff_for_tiff_and_records_uids(tmp_path:
     (inputs / "plain.tif").write_bytes(tifffile_bytes(ramp()))
     (inputs / "det.his").write_bytes(encode_his(ramp((24, 40))))
     (inputs / "det.raw").write_bytes(ramp((24, 40)).tobytes())
-    config = _config(tmp_path, '[input.raw]\nwidth = 40\nheight = 24\n[output]\ndicom_uid_root = "1.2.826.0.1.3680043.10.999"\n')
+    config = _config(
+        tmp_path, '[input.raw]\nwidth = 40\nheight = 24\n[output]\ndicom_uid_root = "1.2.826.0.1.3680043.10.999"\n'
+    )
     out = tmp_path / "out"
     files = [str(inputs / n) for n in ("IM0001", "plain.tif", "det.his", "det.raw")]
     assert main(["enhance", *files, "--out", str(out), "--config", str(config)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["IM0001.dcm", "IM0001.dcm.json", "plain.tif", "plain.tif.json", "det.tif", "det.tif.json", "det~1.tif",
-         "det~1.tif.json"])
+        [
+            "IM0001.dcm",
+            "IM0001.dcm.json",
+            "plain.tif",
+            "plain.tif.json",
+            "det.tif",
+            "det.tif.json",
+            "det~1.tif",
+            "det~1.tif.json",
+        ]
+    )
     sidecar = json.loads((out / "IM0001.dcm.json").read_text())
     written = pydicom.dcmread(out / "IM0001.dcm")
     assert sidecar["input"]["format"] == "dicom" and sidecar["output"]["format"] == "dicom"
@@ -547,8 +592,7 @@ def test_enhance_writes_dicom_for_dicom_tiff_for_tiff_and_records_uids(tmp_path:
 def test_enhance_with_format_dicom_refuses_a_tiff(tmp_path: Path, capsys) -> None:
     (tmp_path / "plain.tif").write_bytes(tifffile_bytes(ramp()))
     config = _config(tmp_path, '[output]\nformat = "dicom"\n')
-    assert main(["enhance", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "out"),
-                 "--config", str(config)]) == 1
+    assert main(["enhance", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "out"), "--config", str(config)]) == 1
     assert "unsupported" in capsys.readouterr().err
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -564,8 +608,12 @@ def test_the_evaluation_reads_what_the_daemon_reads(tmp_path: Path) -> None:
     (data / "det.raw").write_bytes(pixels.tobytes())
     config = _config(tmp_path, "[input.raw]\nwidth = 64\nheight = 48\n")
     out = tmp_path / "eval"
-    assert evaluate_main(["--data", str(data), "--methods", "identity", "--out", str(out), "--no-progress",
-                          "--config", str(config)]) == 0
+    assert (
+        evaluate_main(
+            ["--data", str(data), "--methods", "identity", "--out", str(out), "--no-progress", "--config", str(config)]
+        )
+        == 0
+    )
     scores = json.loads((out / "scores.json").read_text())
     assert set(scores["frames"]) == {"IM0001", "det.his", "det.raw"}, scores.keys()
     # Without the layout, the .raw frame fails as the daemon would fail it.
@@ -577,12 +625,15 @@ def test_daemon_takes_dicom_and_his_frames_through_the_folder_lifecycle(tmp_path
     from test_daemon_e2e import Station, sha
 
     station = Station(tmp_path, extra='[output]\ndicom_uid_root = "1.2.826.0.1.3680043.10.999"\n')
-    station.config.write_text(station.config.read_text().replace(
-        "[watch]\n", '[watch]\npatterns = ["*.dcm", "*.his", "IM*"]\n'))
+    station.config.write_text(
+        station.config.read_text().replace("[watch]\n", '[watch]\npatterns = ["*.dcm", "*.his", "IM*"]\n')
+    )
     source = diconde_dataset(ramp((96, 80)), bits_stored=12)
     good = {"IM0001": dicom_bytes(source), "det.his": encode_his(ramp((64, 72)))}
-    bad = {"cut.dcm": dicom_bytes(diconde_dataset(ramp((96, 80))))[:-500],
-           "stack.his": encode_his(np.stack([ramp((16, 16))] * 3))}
+    bad = {
+        "cut.dcm": dicom_bytes(diconde_dataset(ramp((96, 80))))[:-500],
+        "stack.his": encode_his(np.stack([ramp((16, 16))] * 3)),
+    }
     station.start()
     try:
         for name, data in {**good, **bad}.items():

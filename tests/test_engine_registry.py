@@ -7,7 +7,14 @@ import pytest
 from toy_engine import InvertEngine, build_invert
 
 from drdaemon.config import ConfigError, EngineConfig
-from drdaemon.engines import ENGINES, EngineEntry, build_checked_engines, build_engines, check_engine_name, reader_window
+from drdaemon.engines import (
+    ENGINES,
+    EngineEntry,
+    build_checked_engines,
+    build_engines,
+    check_engine_name,
+    reader_window,
+)
 from drdaemon.evaluate.baselines import MethodError, build_method
 
 TOY = ENGINES.with_engine("invert", EngineEntry("the gray scale upside down (a test's toy)", build_invert))

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from dicom_testkit import pydicom_data_file
+
 from drdaemon import physics as synth
 from drdaemon.evaluate.baselines import MethodError, build_method, build_methods
 from drdaemon.evaluate.cli import main
-from drdaemon.evaluate.run import DataError, evaluate, find_dataset
 from drdaemon.evaluate.dicom import read_dicom
 from drdaemon.evaluate.report import COLUMNS
+from drdaemon.evaluate.run import DataError, evaluate, find_dataset
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,8 @@ def test_filtered_pipeline_denoises_before_equalising():
 
 def test_net_method_runs_the_learned_engine(bench, tmp_path):
     pytest.importorskip("drdaemon.engines.net")
-    from drdaemon.model.network import Enhancer, EnhancerSpec
     from drdaemon.io.weights import save_weights
+    from drdaemon.model.network import Enhancer, EnhancerSpec
 
     weights = tmp_path / "tiny" / "weights.safetensors"
     weights.parent.mkdir()

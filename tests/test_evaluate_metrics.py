@@ -11,9 +11,7 @@ from skimage.restoration import estimate_sigma
 from drdaemon.evaluate import quality as m
 
 # A 3 x 3 image whose differences are easy to do by hand.
-TINY = np.array([[0, 10, 20],
-                 [0, 10, 40],
-                 [30, 30, 30]], dtype=np.uint8)
+TINY = np.array([[0, 10, 20], [0, 10, 40], [30, 30, 30]], dtype=np.uint8)
 
 
 def test_display_rendition_rounds_x_over_257():
@@ -25,8 +23,14 @@ def test_display_rendition_rounds_x_over_257():
 def test_average_gradient_by_hand():
     # Pixels with a right and a lower neighbour: (0,0), (0,1), (1,0), (1,1).
     # dx: 10, 10, 10, 30   dy: 0, 0, 30, 20
-    expected = np.mean([math.sqrt((10**2 + 0) / 2), math.sqrt((10**2 + 0) / 2),
-                        math.sqrt((10**2 + 30**2) / 2), math.sqrt((30**2 + 20**2) / 2)])
+    expected = np.mean(
+        [
+            math.sqrt((10**2 + 0) / 2),
+            math.sqrt((10**2 + 0) / 2),
+            math.sqrt((10**2 + 30**2) / 2),
+            math.sqrt((30**2 + 20**2) / 2),
+        ]
+    )
     assert m.average_gradient(TINY) == pytest.approx(expected)
 
 
@@ -84,15 +88,18 @@ def _nrss_by_loops(image: np.ndarray) -> float:
     blocks = []
     for r in range(0, g.shape[0] - 7, 4):
         for c in range(0, g.shape[1] - 7, 4):
-            blocks.append((g[r:r + 8, c:c + 8].var(), r, c))
+            blocks.append((g[r : r + 8, c : c + 8].var(), r, c))
     blocks.sort(key=lambda b: -b[0])
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     total = 0.0
     for _, r, c in blocks[:64]:
-        x, y = g[r:r + 8, c:c + 8], gr[r:r + 8, c:c + 8]
+        x, y = g[r : r + 8, c : c + 8], gr[r : r + 8, c : c + 8]
         cov = np.mean((x - x.mean()) * (y - y.mean()))
-        total += ((2 * x.mean() * y.mean() + c1) * (2 * cov + c2)
-                  / ((x.mean() ** 2 + y.mean() ** 2 + c1) * (x.var() + y.var() + c2)))
+        total += (
+            (2 * x.mean() * y.mean() + c1)
+            * (2 * cov + c2)
+            / ((x.mean() ** 2 + y.mean() ** 2 + c1) * (x.var() + y.var() + c2))
+        )
     return 1 - total / min(64, len(blocks))
 
 

@@ -41,11 +41,11 @@ def test_frames_are_16_bit_of_the_asked_size_with_defects_on_the_part():
 def test_a_pore_removes_material_and_brightens_the_label():
     # Thickness along the beam drops inside a pore, so transmission, and the label, rise there.
     for index in range(6):
-        abnormal, label, part, _ = synth.generate_one(0, synth.TEST_SET, index, 384, 384)
+        _abnormal, _label, part, _ = synth.generate_one(0, synth.TEST_SET, index, 384, 384)
         pores = [d for d in part.defects if d.kind == "pore"]
         if pores:
             break
-    defect = max(pores, key=lambda d: (d.box[2] - d.box[0]))
+    defect = max(pores, key=lambda d: d.box[2] - d.box[0])
     x0, y0, x1, y1 = defect.box
     cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     assert part.thickness_mm[cy, cx] < defect.thickness_mm
@@ -53,7 +53,7 @@ def test_a_pore_removes_material_and_brightens_the_label():
 
 def test_abnormal_frames_clip_thin_and_starve_thick_material_and_labels_fix_both():
     for index in range(4):
-        abnormal, label, part, physics = synth.generate_one(1, synth.TEST_SET, index, *SIZE)
+        abnormal, label, part, _physics = synth.generate_one(1, synth.TEST_SET, index, *SIZE)
         material = part.thickness_mm > 0.5
         shown_in, shown_label = display_u8(abnormal)[material], display_u8(label)[material]
         clipped_in = np.mean(abnormal[material] == 65535)

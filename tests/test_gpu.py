@@ -24,16 +24,18 @@ import torch
 
 from drdaemon.engines.net import NetEngine, prepare_runtime
 from drdaemon.errors import FrameError, Reason
+from drdaemon.io.weights import save_weights
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.model.tiling import TileSize
-from drdaemon.io.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="CUDA is not visible (no GPU, driver or CUDA build of torch): run on a GPU machine"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="CUDA is not visible (no GPU, driver or CUDA build of torch): run on a GPU machine",
+    ),
 ]
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two visible CUDA devices")
 
@@ -69,8 +71,13 @@ def assert_within(reference: np.ndarray, pixels: np.ndarray, precision: str) -> 
         assert worst <= max_bound, f"{precision}: max {worst:.0f} levels > {max_bound}"
 
 
-def engine_on(device: torch.device, precision: str, net: Enhancer | None = None, budget_mb: int = 6144,
-              compile_model: bool = False) -> NetEngine:
+def engine_on(
+    device: torch.device,
+    precision: str,
+    net: Enhancer | None = None,
+    budget_mb: int = 6144,
+    compile_model: bool = False,
+) -> NetEngine:
     runtime = prepare_runtime(net or lit_enhancer(), device, compile_model=compile_model)
     return NetEngine(runtime, "f" * 64, precision, budget_mb)
 
@@ -79,8 +86,10 @@ def engine_on(device: torch.device, precision: str, net: Enhancer | None = None,
 def cpu_reference() -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """CPU float32 outputs (s = 1 and s = 4) of a 1536 x 2048 DR-like frame, computed once."""
     frame = dr_frame((1536, 2048))
-    return {scale: (frame, engine_on(torch.device("cpu"), "float32", lit_enhancer(scale=scale)).enhance(frame).pixels)
-            for scale in (1, 4)}
+    return {
+        scale: (frame, engine_on(torch.device("cpu"), "float32", lit_enhancer(scale=scale)).enhance(frame).pixels)
+        for scale in (1, 4)
+    }
 
 
 @pytest.mark.parametrize("scale", [1, 4])
@@ -93,8 +102,9 @@ def test_whole_frame_on_cuda_is_within_the_bounds_of_cpu_float32(cpu_reference, 
     assert set(result.timings) == {"upload", "compute", "download"} and result.timings["compute"] > 0
 
 
-@pytest.mark.parametrize(("precision", "compile_model"),
-                         [("float32", False), ("float16", False), ("bfloat16", False), ("float16", True)])
+@pytest.mark.parametrize(
+    ("precision", "compile_model"), [("float32", False), ("float16", False), ("bfloat16", False), ("float16", True)]
+)
 def test_exact_tiling_on_cuda_matches_the_whole_frame(precision, compile_model):
     frame = dr_frame((1100, 1700), seed=1)
     engine = engine_on(CUDA0, precision, compile_model=compile_model)
@@ -127,8 +137,9 @@ def test_two_workers_with_their_copy_streams_give_the_pixels_of_one_frame_at_a_t
         for index in indices:
             together[index] = worker.enhance(frames[index]).pixels
 
-    threads = [threading.Thread(target=work, args=(worker, range(k, len(frames), 2)))
-               for k, worker in enumerate(workers)]
+    threads = [
+        threading.Thread(target=work, args=(worker, range(k, len(frames), 2))) for k, worker in enumerate(workers)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -182,8 +193,9 @@ DEVICE_LOST_SCRIPT = textwrap.dedent("""
 def test_a_sticky_device_error_is_a_lost_device():
     """A device-side assert poisons the CUDA context; run in its own process so this one keeps its GPU."""
     env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_LAUNCH_BLOCKING="1")
-    proc = subprocess.run([sys.executable, "-c", DEVICE_LOST_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", DEVICE_LOST_SCRIPT], capture_output=True, text=True, env=env, timeout=240
+    )
     assert "DEVICE_LOST" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
@@ -196,10 +208,16 @@ def run_daemon(root: Path, devices: list[str], frames: list[np.ndarray], precisi
         f'[folders]\ncreate = true\n[engine]\nname = "net"\nweights = "{weights.name}"\ndevices = {json.dumps(devices)}\n'
         f'precision = "{precision}"\nwarm_up_frame_size = {list(frames[0].shape)}\n'
         "[watch]\nstability_wait_s = 0.2\nrescan_interval_s = 0.5\n[metrics]\nenabled = false\n"
-        '[logging]\nformat = "json"\n')
+        '[logging]\nformat = "json"\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DRDAEMON_", "NOTIFY_", "WATCHDOG_"))}
-    daemon = subprocess.Popen([sys.executable, "-m", "drdaemon", "run", "--config", str(config)], cwd=root,
-                              env=env | {"PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
+        cwd=root,
+        env=env | {"PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     inbox, outbox = root / "inbox", root / "outbox"
     try:
         deadline = time.monotonic() + 240
@@ -258,8 +276,9 @@ def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path):
 
     abnormal, normal = make_data(tmp_path)
     cfg = tiny_config(write_tiny_clip_config(tmp_path), tmp_path / "run", total_iters=10)
-    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(
-        update={"device": "cuda", "precision": "bf16", "deterministic": False})})
+    cfg = cfg.model_copy(
+        update={"run": cfg.run.model_copy(update={"device": "cuda", "precision": "bf16", "deterministic": False})}
+    )
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
     assert trainer.amp_dtype == torch.bfloat16
     trainer.run()
@@ -272,14 +291,36 @@ def test_torchrun_with_nccl_on_two_gpus(tmp_path):
     from trainer_testkit import make_data, tiny_overrides, write_tiny_clip_config
 
     abnormal, normal = make_data(tmp_path)
-    overrides = [o for o in tiny_overrides(write_tiny_clip_config(tmp_path), tmp_path / "run")
-                 if not o.startswith(("run.device", "run.precision", "run.deterministic"))]
+    overrides = [
+        o
+        for o in tiny_overrides(write_tiny_clip_config(tmp_path), tmp_path / "run")
+        if not o.startswith(("run.device", "run.precision", "run.deterministic"))
+    ]
     overrides += ['run.device="cuda"', 'run.precision="bf16"', "run.deterministic=false"]
     sets = [arg for value in overrides for arg in ("--set", value)]
     out = tmp_path / "ddp.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
-         "--abnormal", str(abnormal), "--normal", str(normal), "--out", str(out), *sets],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path, timeout=400)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "trainer",
+            "--abnormal",
+            str(abnormal),
+            "--normal",
+            str(normal),
+            "--out",
+            str(out),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.is_file()

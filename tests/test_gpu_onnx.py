@@ -19,16 +19,20 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 from drdaemon.config import EngineConfig  # noqa: E402
 from drdaemon.engines import build_engines  # noqa: E402
 from drdaemon.io.onnx_model import export_onnx, quantize_onnx  # noqa: E402
-from drdaemon.model.network import Enhancer, EnhancerSpec  # noqa: E402
 from drdaemon.io.weights import load_weights, save_weights  # noqa: E402
+from drdaemon.model.network import Enhancer, EnhancerSpec  # noqa: E402
 
 PROVIDERS = ort.get_available_providers()
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif("CUDAExecutionProvider" not in PROVIDERS,
-                       reason=f"onnxruntime has no CUDA provider here ({', '.join(PROVIDERS)}): install onnxruntime-gpu on a GPU machine"),
+    pytest.mark.skipif(
+        "CUDAExecutionProvider" not in PROVIDERS,
+        reason=f"onnxruntime has no CUDA provider here ({', '.join(PROVIDERS)}): install onnxruntime-gpu on a GPU machine",
+    ),
 ]
-tensorrt = pytest.mark.skipif("TensorrtExecutionProvider" not in PROVIDERS, reason="onnxruntime has no TensorRT provider")
+tensorrt = pytest.mark.skipif(
+    "TensorrtExecutionProvider" not in PROVIDERS, reason="onnxruntime has no TensorRT provider"
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +58,14 @@ def rms(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(model: Path, tmp_path: Path, device: str, **keys: object) -> tuple[np.ndarray, dict[str, object]]:
-    config = EngineConfig(name="net", weights=model, devices=[device], workers_per_device=1,  # type: ignore[arg-type]
-                          tensorrt_cache=tmp_path / ".tensorrt-cache", **keys)
+    config = EngineConfig(
+        name="net",
+        weights=model,
+        devices=[device],
+        workers_per_device=1,  # type: ignore[arg-type]
+        tensorrt_cache=tmp_path / ".tensorrt-cache",
+        **keys,
+    )
     result = build_engines(config)[0].enhance(frame())
     return result.pixels, result.parameters
 

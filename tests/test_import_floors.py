@@ -52,8 +52,18 @@ FLOORS = {
     "drdaemon.__main__": 8,
     "drdaemon.synth": 8,
 }
-TRAINER_MAY_IMPORT = {"drdaemon.kernels", "drdaemon", "drdaemon.defaults", "drdaemon.errors", "drdaemon.exits",
-                      "drdaemon.physics", "drdaemon.model", "drdaemon.io", "drdaemon.config", "drdaemon.evaluate"}
+TRAINER_MAY_IMPORT = {
+    "drdaemon.kernels",
+    "drdaemon",
+    "drdaemon.defaults",
+    "drdaemon.errors",
+    "drdaemon.exits",
+    "drdaemon.physics",
+    "drdaemon.model",
+    "drdaemon.io",
+    "drdaemon.config",
+    "drdaemon.evaluate",
+}
 ROOMS_MAY_IMPORT = {
     "trainer.shared": {"trainer.shared"},
     "trainer.clip": {"trainer.shared", "trainer.clip"},

@@ -20,14 +20,14 @@ from drdaemon.cli import main
 from drdaemon.config import Folders, WatchConfig
 from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
-from drdaemon.io.readers import ReadLimits
-from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner, temp_path_for
-from drdaemon.io.formats import encode_tiff_u16
-from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
 from drdaemon.folders.commit import Finisher, fail_frame, plan_path
 from drdaemon.folders.watcher import InboxWatcher
+from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner, temp_path_for
+from drdaemon.io.formats import encode_tiff_u16
+from drdaemon.io.readers import ReadLimits
+from drdaemon.io.sidecar import Sidecar
+from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 
 
 def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
@@ -64,9 +64,8 @@ def test_claim_moves_the_file_and_never_replaces_a_work_item(folders: Folders) -
 def test_only_one_daemon_owns_a_work_folder(folders: Folders) -> None:
     import socket
 
-    with WorkLock(folders.work):
-        with pytest.raises(WorkFolderBusy) as busy:
-            WorkLock(folders.work).acquire()
+    with WorkLock(folders.work), pytest.raises(WorkFolderBusy) as busy:
+        WorkLock(folders.work).acquire()
     # Exit 75's message names who holds the folder, so that it can be found and stopped.
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in str(busy.value)
     with WorkLock(folders.work):  # released with the first holder
@@ -129,8 +128,12 @@ def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
         assert record.input.sha256 == sha(inputs[name])
     assert set(seen) == set(inputs)
     assert sorted(p.read_bytes() for p in folders.archive.iterdir()) == sorted(inputs.values())
-    leftovers = [p.name for _, folder in folders for p in folder.iterdir() if p.name != ".drdaemon.lock"
-                 and folder not in (folders.outbox, folders.archive)]
+    leftovers = [
+        p.name
+        for _, folder in folders
+        for p in folder.iterdir()
+        if p.name != ".drdaemon.lock" and folder not in (folders.outbox, folders.archive)
+    ]
     assert leftovers == []
     assert not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
 
@@ -177,9 +180,17 @@ def crash_at(step: str, folders: Folders, finisher: Finisher, item: WorkItem) ->
 
 
 def sidecar_for(done, plan, data: bytes) -> Sidecar:
-    return sidecar_draft(done).complete(input_path=plan.archive, output_path=plan.output, data=data,
-                                        shape=[48, 64], dtype="uint16", compression="zstd", preview=None, write_s=0.0,
-                                        claim=plan.claim)
+    return sidecar_draft(done).complete(
+        input_path=plan.archive,
+        output_path=plan.output,
+        data=data,
+        shape=[48, 64],
+        dtype="uint16",
+        compression="zstd",
+        preview=None,
+        write_s=0.0,
+        claim=plan.claim,
+    )
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -294,7 +305,7 @@ def test_watcher_takes_only_stable_complete_frames(folders: Folders, polling: bo
         assert ready_names(watcher, t0 + 1.1) == ["whole.tif"]  # the half file is not whole
         assert watcher.depth == 2
         with (folders.inbox / "half.tif").open("ab") as fh:
-            fh.write(data[len(data) // 2:])
+            fh.write(data[len(data) // 2 :])
         assert ready_names(watcher, t0 + 1.2) == ["whole.tif"]  # it changed: the wait starts again
         assert ready_names(watcher, t0 + 2.3) == ["half.tif", "whole.tif"]
         assert watcher.alive
@@ -341,8 +352,16 @@ def test_enhance_command_writes_outputs_and_never_touches_inputs(tmp_path: Path,
     assert main(["enhance", str(inputs[0]), str(bad), "--out", str(out)]) == 1
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["f0.tif", "f0.tif.json", "f0~1.tif", "f0~1.tif.json", "f1.tif", "f1.tif.json",
-                     "f2.tif", "f2.tif.json"]
+    assert names == [
+        "f0.tif",
+        "f0.tif.json",
+        "f0~1.tif",
+        "f0~1.tif.json",
+        "f1.tif",
+        "f1.tif.json",
+        "f2.tif",
+        "f2.tif.json",
+    ]
     record = Sidecar.model_validate_json((out / "f1.tif.json").read_bytes())
     assert record.input.path == str(inputs[1]) and record.input.sha256 == sha(inputs[1].read_bytes())
     with tifffile.TiffFile(out / "f1.tif") as tif:
@@ -387,8 +406,9 @@ class ScriptedEngine:
 def daemon_settings(tmp_path: Path):
     from drdaemon.config import Settings
 
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False},
-                        folders={"create": True})
+    settings = Settings(
+        watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False}, folders={"create": True}
+    )
     settings.folders = settings.folders.resolved(tmp_path)
     return settings
 
@@ -442,8 +462,13 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
         (settings.folders.inbox / f"f{index}.tif").write_bytes(frame_bytes(index))
         os.utime(settings.folders.inbox / f"f{index}.tif", (index, index))
     daemon = Daemon(settings, engines=[ScriptedEngine(behaviour)])
-    status = run_daemon_until(daemon, lambda: len(list(settings.folders.archive.glob("*.tif"))) == 2
-                              and len(list(settings.folders.failed.glob("*.reason.json"))) == 2)
+    status = run_daemon_until(
+        daemon,
+        lambda: (
+            len(list(settings.folders.archive.glob("*.tif"))) == 2
+            and len(list(settings.folders.failed.glob("*.reason.json"))) == 2
+        ),
+    )
     assert status == 0
     reasons = sorted(json.loads(p.read_text())["reason"] for p in settings.folders.failed.glob("*.reason.json"))
     assert reasons == ["device_error", "engine_error"]
@@ -454,9 +479,9 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
 
 
 def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
+    from drdaemon.errors import DeviceLost
     from drdaemon.exits import EXIT_DEVICE_LOST
     from drdaemon.service.daemon import Daemon
-    from drdaemon.errors import DeviceLost
 
     def behaviour(call: int) -> None:
         raise DeviceLost("cuda:7 fell off the bus")

@@ -46,5 +46,5 @@ def test_match_needs_exactly_one_reference_and_a_readable_frame(tmp_path: Path) 
         MatchStep()
     with pytest.raises(ValueError, match="exactly one"):
         MatchStep(reference=tmp_path / "a.tif", histogram=[1.0, 2.0])
-    with pytest.raises(ConfigError, match="match.reference"):
+    with pytest.raises(ConfigError, match=r"match\.reference"):
         build_pipeline_engine(PipelineConfig(steps=[MatchStep(reference=tmp_path / "missing.tif")]))

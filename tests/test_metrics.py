@@ -69,12 +69,8 @@ def test_gauges_and_build_info():
     metrics.set_in_flight(1)
     metrics.set_watcher_up(True)
     metrics.set_device_memory("cuda:0", in_use=3 << 20, reserved=8 << 20)
-    metrics.set_build_info(
-        version="0.1.0", engine="classical", weights_sha256=None, torch="2.14.1", cuda=None
-    )
-    metrics.set_build_info(
-        version="0.1.0", engine="net", weights_sha256="ab" * 32, torch="2.14.1", cuda="12.8"
-    )
+    metrics.set_build_info(version="0.1.0", engine="classical", weights_sha256=None, torch="2.14.1", cuda=None)
+    metrics.set_build_info(version="0.1.0", engine="net", weights_sha256="ab" * 32, torch="2.14.1", cuda="12.8")
     got = scrape(metrics)
     assert got[("drdaemon_inbox_frames", ())] == 7
     assert got[("drdaemon_queue_frames", ())] == 2
@@ -134,8 +130,9 @@ def test_build_info_has_no_empty_label_on_a_cpu_station_without_weights():
     metrics = DaemonMetrics()
     metrics.set_build_info(version="0.1.0", engine="classical", weights_sha256=None, torch="", cuda=None)
     info = [dict(labels) for name, labels in scrape(metrics) if name == "drdaemon_build_info"]
-    assert info == [{"version": "0.1.0", "engine": "classical", "weights_sha256": "none", "torch": "none",
-                     "cuda": "none"}]
+    assert info == [
+        {"version": "0.1.0", "engine": "classical", "weights_sha256": "none", "torch": "none", "cuda": "none"}
+    ]
 
 
 def test_stage_labels_are_the_sidecar_timing_words():

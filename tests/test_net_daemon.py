@@ -15,8 +15,8 @@ import pytest
 import tifffile
 import torch
 
-from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.io.weights import file_sha256, load_weights, save_weights
+from drdaemon.model.network import Enhancer, EnhancerSpec
 
 
 def write_config(root: Path, weights: Path | None) -> Path:
@@ -25,9 +25,7 @@ def write_config(root: Path, weights: Path | None) -> Path:
     config.write_text(
         "[folders]\ncreate = true\n"
         "[engine]\n"
-        'name = "net"\n'
-        + (f'weights = "{weights.name}"\n' if weights is not None else "")
-        + 'devices = ["cpu"]\n'
+        'name = "net"\n' + (f'weights = "{weights.name}"\n' if weights is not None else "") + 'devices = ["cpu"]\n'
         'precision = "float32"\n'
         "[watch]\n"
         "stability_wait_s = 0.2\n"
@@ -43,8 +41,13 @@ def write_config(root: Path, weights: Path | None) -> Path:
 def run_daemon_on(root: Path, config: Path, shapes: list[tuple[int, int]]) -> tuple[Path, str]:
     """Start ``drdaemon run``, drop one random 16-bit frame per shape, wait for their sidecars, stop it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DRDAEMON_", "NOTIFY_", "WATCHDOG_"))}
-    daemon = subprocess.Popen([sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         inbox, outbox = root / "inbox", root / "outbox"
         deadline = time.monotonic() + 60

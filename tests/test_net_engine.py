@@ -7,10 +7,10 @@ from drdaemon.engines import build_engines
 from drdaemon.engines.base import Engine
 from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
+from drdaemon.io.weights import file_sha256, save_weights
+from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.model.tiling import TileSize
-from drdaemon.kernels.window import frame_to_unit, unit_to_u16
-from drdaemon.io.weights import file_sha256, save_weights
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
 
@@ -26,7 +26,7 @@ def lit_enhancer(in_ch=1, scale=1):
 def xray_like(shape, seed=0):
     """A smooth 16-bit frame with structure, so the enhancement is not trivially flat."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     base = 20000 + 15000 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 500, shape)
     return np.clip(base, 0, 65535).astype(np.uint16)
 
@@ -137,8 +137,16 @@ def write_weights(tmp_path, in_ch=1, scale=1):
 
 def test_build_from_config_gives_engines_of_the_daemon_interface(tmp_path):
     weights = write_weights(tmp_path, in_ch=3, scale=4)
-    engines = build_engines(EngineConfig(name="net", weights=weights, devices=["cpu"], precision="float32",
-                                         workers_per_device=2, warm_up_frame_size=(50, 77)))
+    engines = build_engines(
+        EngineConfig(
+            name="net",
+            weights=weights,
+            devices=["cpu"],
+            precision="float32",
+            workers_per_device=2,
+            warm_up_frame_size=(50, 77),
+        )
+    )
     assert len(engines) == 1  # the CPU gets one worker: two would share the same cores
     engine = engines[0]
     assert isinstance(engine, Engine)
@@ -171,7 +179,7 @@ def test_auto_device_runs_on_the_cpu_without_a_gpu():
 
 
 def test_unknown_device_names_are_configuration_errors():
-    with pytest.raises(ConfigError, match="engine.devices"):
+    with pytest.raises(ConfigError, match=r"engine\.devices"):
         resolve_device("gpu0")
 
 
@@ -239,6 +247,7 @@ def test_warm_up_tries_the_exact_tiler_before_the_first_frame(monkeypatch):
     """A broken tiled path stops the daemon at start-up, not at the first oversized frame."""
     engine = cpu_engine(lit_enhancer())
     engine.warm_up()
+
     def broken_tiler(gray, tile):
         raise ValueError("tiling is broken")
 

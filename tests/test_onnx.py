@@ -14,14 +14,14 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra (pip install 'drdaemon[onnx]') is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (pip install 'drdaemon[onnx]') is not installed")
 
-from drdaemon.config import ConfigError, EngineConfig  # noqa: E402
-from drdaemon.engines import build_engines  # noqa: E402
-from drdaemon.errors import FrameError, Reason  # noqa: E402
-from drdaemon.io.onnx_model import export_onnx, quantize_onnx, read_onnx_model  # noqa: E402
-from drdaemon.model.network import Enhancer, EnhancerSpec  # noqa: E402
-from drdaemon.io.weights import WeightsError, load_weights, save_weights  # noqa: E402
+from test_net_daemon import run_daemon_on
 
-from test_net_daemon import run_daemon_on  # noqa: E402
+from drdaemon.config import ConfigError, EngineConfig
+from drdaemon.engines import build_engines
+from drdaemon.errors import FrameError, Reason
+from drdaemon.io.onnx_model import export_onnx, quantize_onnx, read_onnx_model
+from drdaemon.io.weights import WeightsError, load_weights, save_weights
+from drdaemon.model.network import Enhancer, EnhancerSpec
 
 
 def rms(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,7 +111,7 @@ def test_corrupt_and_foreign_onnx_files_are_refused(tmp_path: Path) -> None:
 
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07not a protobuf at all" * 10)
-    with pytest.raises(WeightsError, match="cannot read corrupt.onnx as an ONNX model"):
+    with pytest.raises(WeightsError, match=r"cannot read corrupt\.onnx as an ONNX model"):
         read_onnx_model(corrupt)
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -131,11 +131,19 @@ def test_check_config_exits_78_on_a_bad_onnx_file(exported: tuple[Path, Path], t
     bad = tmp_path / "bad.onnx"
     data = model.read_bytes()
     # corrupt: the file cut short; foreign: the same graph with its drdaemon marker renamed
-    bad.write_bytes(data[: len(data) // 3] if kind == "corrupt" else data.replace(b"drdaemon_format", b"drdaemon_formak"))
+    bad.write_bytes(
+        data[: len(data) // 3] if kind == "corrupt" else data.replace(b"drdaemon_format", b"drdaemon_formak")
+    )
     config = tmp_path / "daemon.toml"
-    config.write_text(f'[engine]\nname = "net"\nweights = "{bad.name}"\ndevices = ["cpu"]\n[metrics]\nenabled = false\n')
-    done = subprocess.run([sys.executable, "-m", "drdaemon", "check-config", "--config", str(config)],
-                          capture_output=True, text=True, timeout=240)
+    config.write_text(
+        f'[engine]\nname = "net"\nweights = "{bad.name}"\ndevices = ["cpu"]\n[metrics]\nenabled = false\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "drdaemon", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 78, done.stderr
     assert "engine.weights" in done.stderr and "bad.onnx" in done.stderr
 
@@ -146,7 +154,7 @@ def test_daemon_runs_an_onnx_model_end_to_end(exported: tuple[Path, Path], tmp_p
     (tmp_path / model.name).write_bytes(model.read_bytes())
     config = tmp_path / "daemon.toml"
     config.write_text(
-        '[folders]\ncreate = true\n'
+        "[folders]\ncreate = true\n"
         f'[engine]\nname = "net"\nweights = "{model.name}"\ndevices = ["cpu"]\n'
         '[watch]\nstability_wait_s = 0.2\nrescan_interval_s = 0.5\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
     )
@@ -157,8 +165,24 @@ def test_daemon_runs_an_onnx_model_end_to_end(exported: tuple[Path, Path], tmp_p
     assert sidecar["engine"]["weights_sha256"] == read_onnx_model(model).sha256
 
 
-def test_export_onnx_command_writes_a_model_and_refuses_missing_calibration(exported: tuple[Path, Path], tmp_path: Path) -> None:
+def test_export_onnx_command_writes_a_model_and_refuses_missing_calibration(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
     weights, _ = exported
-    done = subprocess.run([sys.executable, "-m", "drdaemon", "export-onnx", str(weights), "--out",
-                           str(tmp_path / "m.onnx"), "--quantize", "int8"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "drdaemon",
+            "export-onnx",
+            str(weights),
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--quantize",
+            "int8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 78 and "--calibration" in done.stderr

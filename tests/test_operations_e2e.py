@@ -102,8 +102,14 @@ def start_daemon(config: Path, notify: Path | None, watchdog_usec: int | None = 
     if watchdog_usec is not None:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     return subprocess.Popen(
-        [sys.executable, "-c", "import sys; from drdaemon.cli import main; sys.exit(main())",
-         "run", "--config", str(config)],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from drdaemon.cli import main; sys.exit(main())",
+            "run",
+            "--config",
+            str(config),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -151,8 +157,10 @@ def wait_for_metric(port: int, done, timeout: float) -> dict:
         if done(samples):
             return samples
         time.sleep(0.2)
-    raise AssertionError("metrics never reached the expected values: " + repr(
-        {k: v for k, v in samples.items() if k[0].startswith("drdaemon_frames")}))
+    raise AssertionError(
+        "metrics never reached the expected values: "
+        + repr({k: v for k, v in samples.items() if k[0].startswith("drdaemon_frames")})
+    )
 
 
 def stop(process: subprocess.Popen) -> tuple[int, str]:
@@ -202,16 +210,19 @@ def test_daemon_reports_to_systemd_and_prometheus(tmp_path, systemd):
         drop_garbage(tmp_path / "inbox", "broken.tif")
 
         def all_four_done(samples):
-            return (value(samples, "drdaemon_frames_total", result="ok") == 3
-                    and value(samples, "drdaemon_frames_total", result="failed") == 1)
+            return (
+                value(samples, "drdaemon_frames_total", result="ok") == 3
+                and value(samples, "drdaemon_frames_total", result="failed") == 1
+            )
 
         after = wait_for_metric(port, all_four_done, timeout=30)
         pixels = FRAME_SHAPE[0] * FRAME_SHAPE[1]
         assert value(after, "drdaemon_pixels_total") == 3 * pixels
         assert value(after, "drdaemon_frame_latency_seconds_count") == 3
         assert value(after, "drdaemon_frame_latency_seconds_sum") > 0
-        read_errors = sum(v for (name, labels), v in after.items()
-                          if name == "drdaemon_errors_total" and ("stage", "read") in labels)
+        read_errors = sum(
+            v for (name, labels), v in after.items() if name == "drdaemon_errors_total" and ("stage", "read") in labels
+        )
         assert read_errors == 1
         # Every stage of the CPU engine timed once per good frame, under the sidecar's words;
         # upload/compute/download are the learned engine's sub-stages, which CLAHE has not.
@@ -251,8 +262,10 @@ def test_promtool_accepts_a_live_scrape(tmp_path):
         while True:
             try:
                 samples = parse(scrape_text(port))
-                if value(samples, "drdaemon_frames_total", result="ok") == 1 and \
-                        value(samples, "drdaemon_frames_total", result="failed") == 1:
+                if (
+                    value(samples, "drdaemon_frames_total", result="ok") == 1
+                    and value(samples, "drdaemon_frames_total", result="failed") == 1
+                ):
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass
@@ -263,8 +276,7 @@ def test_promtool_accepts_a_live_scrape(tmp_path):
     finally:
         status, output = stop(process)
     assert status == 0, output
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
 

@@ -18,9 +18,9 @@ from drdaemon.engines import build_checked_engines, build_engines
 from drdaemon.engines.pipeline import PipelineEngine
 from drdaemon.evaluate.baselines import build_method
 from drdaemon.exits import EXIT_CONFIG
+from drdaemon.kernels.filters import footprint
 from drdaemon.kernels.window import robust_window
 from drdaemon.pipeline import steps as s
-from drdaemon.kernels.filters import footprint
 from drdaemon.pipeline.presets import PRESET_NAMES, PRESETS
 
 U16 = 65535.0
@@ -81,7 +81,9 @@ def test_median_matches_scipy_ndimage(frame, size):
 
 def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(frame):
     out = run_step(s.NlmStep(h=900.0, template_size=5, search_size=11), frame)
-    expected = cv2.fastNlMeansDenoising(frame, h=[900.0], templateWindowSize=5, searchWindowSize=11, normType=cv2.NORM_L1)
+    expected = cv2.fastNlMeansDenoising(
+        frame, h=[900.0], templateWindowSize=5, searchWindowSize=11, normType=cv2.NORM_L1
+    )
     assert np.array_equal(out, expected)
     from skimage.restoration import estimate_sigma
 
@@ -146,7 +148,9 @@ def test_tophat_adds_the_white_and_subtracts_the_black_top_hat(frame):
     out = run_step(s.TophatStep(radius=4, bright=0.7, dark=1.2), frame)
     disk = footprint(4, "disk").astype(bool)
     unit = frame / U16
-    expected = unit + 0.7 * ndimage.white_tophat(unit, footprint=disk) - 1.2 * ndimage.black_tophat(unit, footprint=disk)
+    expected = (
+        unit + 0.7 * ndimage.white_tophat(unit, footprint=disk) - 1.2 * ndimage.black_tophat(unit, footprint=disk)
+    )
     assert levels(inner(out, 9), inner(as_u16(expected), 9)) <= 1
 
 
@@ -200,13 +204,20 @@ def write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("steps", "named"),
     [
-        ('[[engine.pipeline.steps]]\nop = "normalise"\n[[engine.pipeline.steps]]\nop = "median"\nsize = 4\n',
-         "engine.pipeline.steps.1.median.size: Value error, must be odd"),
+        (
+            '[[engine.pipeline.steps]]\nop = "normalise"\n[[engine.pipeline.steps]]\nop = "median"\nsize = 4\n',
+            "engine.pipeline.steps.1.median.size: Value error, must be odd",
+        ),
         ('[[engine.pipeline.steps]]\nop = "sharpen"\n', "engine.pipeline.steps.0: Input tag 'sharpen'"),
-        ('[[engine.pipeline.steps]]\nop = "gaussian"\nsigmaa = 1.0\n', "engine.pipeline.steps.0.gaussian.sigmaa: unknown key"),
+        (
+            '[[engine.pipeline.steps]]\nop = "gaussian"\nsigmaa = 1.0\n',
+            "engine.pipeline.steps.0.gaussian.sigmaa: unknown key",
+        ),
         ('[[engine.pipeline.steps]]\nop = "multiscale"\ngains = []\n', "engine.pipeline.steps.0.multiscale.gains"),
-        ('[[engine.pipeline.steps]]\nop = "nlm"\ntemplate_size = 9\nsearch_size = 7\n',
-         "engine.pipeline.steps.0.nlm: Value error, search_size (7) must exceed template_size (9)"),
+        (
+            '[[engine.pipeline.steps]]\nop = "nlm"\ntemplate_size = 9\nsearch_size = 7\n',
+            "engine.pipeline.steps.0.nlm: Value error, search_size (7) must exceed template_size (9)",
+        ),
         ('[engine.pipeline]\npreset = "sharp"\n', "engine.pipeline.preset"),
     ],
 )
@@ -223,7 +234,9 @@ def test_a_bad_step_stops_the_daemon_with_78_before_it_touches_a_folder(tmp_path
         tmp_path / "d.toml",
         '[folders]\ninbox = "in"\n[engine]\nname = "pipeline"\n[[engine.pipeline.steps]]\nop = "gamma"\ngamma = 0\n',
     )
-    done = subprocess.run([sys.executable, "-m", "drdaemon", "run", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == EXIT_CONFIG
     assert "engine.pipeline.steps.0.gamma.gamma: Input should be greater than 0" in done.stderr
     assert not (tmp_path / "in").exists()
@@ -231,14 +244,16 @@ def test_a_bad_step_stops_the_daemon_with_78_before_it_touches_a_folder(tmp_path
 
 def test_steps_and_preset_come_from_the_environment(tmp_path, monkeypatch, capsys):
     config = write(tmp_path / "d.toml", '[engine]\nname = "pipeline"\n[[engine.pipeline.steps]]\nop = "gaussian"\n')
-    monkeypatch.setenv("DRDAEMON_ENGINE__PIPELINE__STEPS", '[{"op": "median", "size": 5}, {"op": "gamma", "gamma": 0.7}]')
+    monkeypatch.setenv(
+        "DRDAEMON_ENGINE__PIPELINE__STEPS", '[{"op": "median", "size": 5}, {"op": "gamma", "gamma": 0.7}]'
+    )
     assert load_settings(config).engine.pipeline.resolved_steps() == (s.MedianStep(size=5), s.GammaStep(gamma=0.7))
     monkeypatch.setenv("DRDAEMON_ENGINE__PIPELINE__STEPS", "[]")
     monkeypatch.setenv("DRDAEMON_ENGINE__PIPELINE__PRESET", "filtered")
     pipeline = load_settings(config).engine.pipeline
     assert pipeline.preset_name() == "filtered" and pipeline.resolved_steps() == PRESETS["filtered"]
     monkeypatch.delenv("DRDAEMON_ENGINE__PIPELINE__STEPS")  # the file's steps and a preset: which one?
-    with pytest.raises(ConfigError, match="set either preset .* or steps, not both"):
+    with pytest.raises(ConfigError, match=r"set either preset .* or steps, not both"):
         load_settings(config)
     monkeypatch.delenv("DRDAEMON_ENGINE__PIPELINE__PRESET")
     monkeypatch.setenv("DRDAEMON_ENGINE__PIPELINE__STEPS", "[{op: median}]")
@@ -278,11 +293,20 @@ def test_every_preset_runs_and_the_default_is_detail(frame):
         assert result.pixels.dtype == np.uint16 and result.pixels.shape == frame.shape
         assert result.parameters["preset"] == name
         assert [step["op"] for step in result.parameters["steps"]] == [step.op for step in PRESETS[name]]
-        assert set(result.timings) == {f"step{i}_{step.op}" for i, step in enumerate(PRESETS[name])} | {"pipeline_output"}
+        assert set(result.timings) == {f"step{i}_{step.op}" for i, step in enumerate(PRESETS[name])} | {
+            "pipeline_output"
+        }
 
 
-@pytest.mark.parametrize(("method", "preset"), [("filtered", "filtered"), ("filtered:median", "filtered-median"),
-                                                ("filtered:gaussian", "filtered-gaussian"), ("pipeline", "detail")])
+@pytest.mark.parametrize(
+    ("method", "preset"),
+    [
+        ("filtered", "filtered"),
+        ("filtered:median", "filtered-median"),
+        ("filtered:gaussian", "filtered-gaussian"),
+        ("pipeline", "detail"),
+    ],
+)
 def test_the_evaluations_filtered_method_is_the_pipeline_preset(frame, method, preset):
     engine = build_method(method).engine
     assert isinstance(engine, PipelineEngine) and engine.steps == PRESETS[preset]
@@ -325,8 +349,14 @@ def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_th
     assert parameters["method"] == "pipeline" and parameters["preset"] is None
     assert [step["op"] for step in parameters["steps"]] == ["normalise", "median", "multiscale"]
     assert parameters["steps"][0]["low_percentile"] == 1.0 and len(parameters["steps"][0]["window"]) == 2
-    assert parameters["steps"][2] == {"op": "multiscale", "gains": [1.0, 1.5], "residual_gain": 1.0,
-                                      "base": "pyramid", "base_radius": 32, "base_eps": 0.001}
+    assert parameters["steps"][2] == {
+        "op": "multiscale",
+        "gains": [1.0, 1.5],
+        "residual_gain": 1.0,
+        "base": "pyramid",
+        "base_radius": 32,
+        "base_eps": 0.001,
+    }
     assert {"step0_normalise", "step1_median", "step2_multiscale"} <= set(record.timings)
     assert record.timings["window"] == 0.0  # the reader measured no window: the normalise step did
     raw = json.loads((station.dirs["outbox"] / "plate.tif.json").read_text())
@@ -335,8 +365,13 @@ def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_th
 
 def test_the_configuration_hash_follows_the_steps_that_run_and_ignores_the_table_elsewhere():
     detail = EngineConfig(name="pipeline").configuration_sha256()
-    assert detail == EngineConfig(name="pipeline", pipeline=PipelineConfig(steps=list(PRESETS["detail"]))).configuration_sha256()
+    assert (
+        detail
+        == EngineConfig(name="pipeline", pipeline=PipelineConfig(steps=list(PRESETS["detail"]))).configuration_sha256()
+    )
     assert detail != EngineConfig(name="pipeline", pipeline=PipelineConfig(preset="filtered")).configuration_sha256()
     # for another engine the pipeline table shapes nothing, so it changes no DICOM series
-    assert EngineConfig(name="he").configuration_sha256() == EngineConfig(
-        name="he", pipeline=PipelineConfig(preset="filtered")).configuration_sha256()
+    assert (
+        EngineConfig(name="he").configuration_sha256()
+        == EngineConfig(name="he", pipeline=PipelineConfig(preset="filtered")).configuration_sha256()
+    )

@@ -12,6 +12,7 @@ from trainer_testkit import write_tiny_clip_config
 
 from drdaemon.io.weights import load_weights
 from trainer.clip.backbone import load_backbone
+from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, make_captioned_set
 from trainer.radiograph.judge import judge, mean_part_spearman, real_frame_renderings, well_scores, zero_shot_accuracy
 from trainer.radiograph.pretrain import (
     WEIGHTS_NAME,
@@ -23,7 +24,6 @@ from trainer.radiograph.pretrain import (
     ranking_loss,
     train,
 )
-from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, make_captioned_set
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,13 @@ def test_same_state_captions_are_not_negatives():
     classes = torch.tensor([4, 4, 7])
     alike = torch.eye(2)[[0, 0, 1]]
     apart = torch.eye(3)
+
     def logits(f: torch.Tensor) -> torch.Tensor:
         return 50.0 * f @ f.t()
-    assert float(class_aware_contrastive(logits(alike), classes)) < float(class_aware_contrastive(logits(apart), classes))
+
+    assert float(class_aware_contrastive(logits(alike), classes)) < float(
+        class_aware_contrastive(logits(apart), classes)
+    )
     # at its optimum the loss is the targets' own entropy: (log 2 + log 2 + 0) / 3
     assert float(class_aware_contrastive(logits(alike), classes)) == pytest.approx(2 * np.log(2) / 3, abs=1e-4)
     plain = torch.nn.functional.cross_entropy
@@ -125,8 +129,16 @@ def test_judge_end_to_end_with_a_known_judge():
     frames = [np.full((40, 40), int(v * 65535), np.uint16) for v in levels]
     truth = [True, True, False, False, None, True]  # the last is dark but called well: one error
     quality = np.array(levels)  # brighter is better in this toy, per part
-    report, scores = judge(BrightnessClip(), frames, truth, quality, quality, np.array([0, 0, 0, 1, 1, 1]),
-                           image_size=32, context_length=77)
+    report, scores = judge(
+        BrightnessClip(),
+        frames,
+        truth,
+        quality,
+        quality,
+        np.array([0, 0, 0, 1, 1, 1]),
+        image_size=32,
+        context_length=77,
+    )
     assert np.sign(scores).tolist() == [1, 1, -1, -1, 1, -1]
     assert report.accuracy == pytest.approx(4 / 5) and report.accuracy_bad == 1.0
     assert report.spearman_psnr == pytest.approx(1.0) and report.parts == 2
@@ -143,8 +155,18 @@ def test_real_frame_renderings_start_with_the_windowed_reference():
 
 def tiny_config(tmp_path: Path, **changes) -> PretrainConfig:
     clip_json = write_tiny_clip_config(tmp_path)
-    base = PretrainConfig(model_config=str(clip_json), frames=2 * len(STATES), size=64, held_out_parts=1,
-                          seed=3, steps=4, parts_per_batch=2, states_per_part=4, lr=2e-3, warmup_steps=1)
+    base = PretrainConfig(
+        model_config=str(clip_json),
+        frames=2 * len(STATES),
+        size=64,
+        held_out_parts=1,
+        seed=3,
+        steps=4,
+        parts_per_batch=2,
+        states_per_part=4,
+        lr=2e-3,
+        warmup_steps=1,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -156,8 +178,19 @@ def test_a_few_pretraining_iterations_lower_the_loss(tmp_path, tiny_set):
     batch = BatchMaker(tiny_set, cfg, size, model_cfg["text_cfg"]["context_length"])(0)
 
     def loss() -> torch.Tensor:
-        return pretrain_losses(clip, batch["views"], batch["tokens"], batch["prompt_tokens"], batch["classes"],
-                               batch["well"], batch["psnr"], batch["parts"], cfg, size, batch["ssim"])["total"]
+        return pretrain_losses(
+            clip,
+            batch["views"],
+            batch["tokens"],
+            batch["prompt_tokens"],
+            batch["classes"],
+            batch["well"],
+            batch["psnr"],
+            batch["parts"],
+            cfg,
+            size,
+            batch["ssim"],
+        )["total"]
 
     optim = torch.optim.Adam(clip.parameters(), lr=1e-3)
     with torch.no_grad():
@@ -206,7 +239,7 @@ def test_oracle_fits_and_exports_labelled_weights(tmp_path):
 
     cfg = OracleConfig(scale=2, parts=2, size=(64, 64), net_pixels=16, batch=2, iterations=3)
     inputs, targets = training_pairs(cfg, progress=False)
-    assert inputs.shape == targets.shape == (2, 64, 64) and 0 <= inputs.min() and targets.max() <= 1
+    assert inputs.shape == targets.shape == (2, 64, 64) and inputs.min() >= 0 and targets.max() <= 1
     result = fit(cfg, inputs, targets, tmp_path / "oracle" / "weights.safetensors", progress=False)
     loaded = load_weights(Path(result.weights))
     assert loaded.model.spec.illumination_scale == 2 and loaded.provenance["note"] == ORACLE_NOTE
@@ -218,9 +251,31 @@ def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
 
     from trainer.radiograph.oracle import main
 
-    code = main(["--out", str(tmp_path / "o"), "--scales", "2,4", "--parts", "2", "--train-size", "96x96",
-                 "--net-pixels", "16", "--batch", "2", "--iterations", "2", "--pairs", "2", "--size", "96x96",
-                 "--baselines", "identity", "--no-progress"])
+    code = main(
+        [
+            "--out",
+            str(tmp_path / "o"),
+            "--scales",
+            "2,4",
+            "--parts",
+            "2",
+            "--train-size",
+            "96x96",
+            "--net-pixels",
+            "16",
+            "--batch",
+            "2",
+            "--iterations",
+            "2",
+            "--pairs",
+            "2",
+            "--size",
+            "96x96",
+            "--baselines",
+            "identity",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "REACHABILITY ORACLE" in printed and "net (oracle-s4)" in printed
     rows = json.loads((tmp_path / "o" / "oracle.json").read_text())["rows"]

@@ -12,10 +12,10 @@ import pytest
 import tifffile
 
 from drdaemon.errors import FrameError, Reason
-from drdaemon.io.readers import ReadLimits, decode_frame, looks_complete, read_frame, read_frame_bytes
-from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
 from drdaemon.io.durable import TEMP_SUFFIX, atomic_write
 from drdaemon.io.formats import encode_preview_png, encode_tiff_u16
+from drdaemon.io.readers import ReadLimits, decode_frame, looks_complete, read_frame, read_frame_bytes
+from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
 
 
 def ramp(shape=(37, 53), dtype=np.uint16) -> np.ndarray:
@@ -121,8 +121,14 @@ def test_looks_complete_only_once_the_whole_file_is_there(tmp_path: Path) -> Non
 def test_16bit_round_trip_keeps_shape_dtype_values_and_tags(tmp_path: Path, compression: str) -> None:
     source = tmp_path / "in.tif"
     pixels = ramp((41, 67))
-    tifffile.imwrite(source, pixels, resolution=((254, 1), (127, 1)), resolutionunit="CENTIMETER",
-                     description="station 7, 90 kV", metadata=None)
+    tifffile.imwrite(
+        source,
+        pixels,
+        resolution=((254, 1), (127, 1)),
+        resolutionunit="CENTIMETER",
+        description="station 7, 90 kV",
+        metadata=None,
+    )
     frame = read_frame(source)
     out = tmp_path / "out.tif"
     atomic_write(out, encode_tiff_u16(frame.pixels, frame.tags, compression))
@@ -205,10 +211,22 @@ def test_preview_is_8bit_and_small() -> None:
 # -- sidecar -----------------------------------------------------------------------------------
 def test_sidecar_has_the_documented_keys() -> None:
     sidecar = Sidecar(
-        input={"path": "/a/x.tif", "original_path": "/in/x.tif", "sha256": "ab" * 32, "bytes": 10,
-               "shape": [2, 3], "dtype": "uint16"},
-        output={"path": "/o/x.tif", "sha256": "cd" * 32, "bytes": 9, "shape": [2, 3], "dtype": "uint16",
-                "compression": "zstd"},
+        input={
+            "path": "/a/x.tif",
+            "original_path": "/in/x.tif",
+            "sha256": "ab" * 32,
+            "bytes": 10,
+            "shape": [2, 3],
+            "dtype": "uint16",
+        },
+        output={
+            "path": "/o/x.tif",
+            "sha256": "cd" * 32,
+            "bytes": 9,
+            "shape": [2, 3],
+            "dtype": "uint16",
+            "compression": "zstd",
+        },
         engine={"name": "classical", "parameters": {"clahe_clip_limit": 2.0}, "weights_sha256": None},
         software=software_record("cpu"),
         timings={"wait": 0.1, "read": 0.01, "enhance": 0.2, "write": 0.03},

@@ -54,10 +54,14 @@ class Tree:
         self.seed += 1
         (self.folders.inbox / name).write_bytes(frame_bytes(self.seed))
         item = claim(self.folders.inbox / name, self.folders.work, time.time(), time.monotonic())
-        committed = commit_frame(enhance_frame(load_frame(item, read_limits(self.settings.input)), self.engine),
-                                 self.finisher)
-        files = {"raw": Path(committed.sidecar.input.path), "output": committed.output,
-                 "sidecar": committed.output.with_name(committed.output.name + ".json")}
+        committed = commit_frame(
+            enhance_frame(load_frame(item, read_limits(self.settings.input)), self.engine), self.finisher
+        )
+        files = {
+            "raw": Path(committed.sidecar.input.path),
+            "output": committed.output,
+            "sidecar": committed.output.with_name(committed.output.name + ".json"),
+        }
         self.age(files, age_days)
         return files
 
@@ -70,8 +74,12 @@ class Tree:
 
     def snapshot(self) -> dict[str, bytes]:
         folders = [*self.folders, ("elsewhere", self.folders.inbox.parent / "elsewhere")]
-        return {f"{name}/{p.name}": p.read_bytes() for name, folder in folders if folder.is_dir()
-                for p in sorted(folder.iterdir())}
+        return {
+            f"{name}/{p.name}": p.read_bytes()
+            for name, folder in folders
+            if folder.is_dir()
+            for p in sorted(folder.iterdir())
+        }
 
 
 def root_of(tree: Tree) -> Path:
@@ -176,8 +184,10 @@ def test_a_free_space_floor_prunes_the_oldest_until_enough_is_free(tree: Tree) -
 
 def test_prune_dry_run_lists_what_a_real_pass_removes_and_removes_nothing(tree: Tree, tmp_path: Path, capsys):
     config = tmp_path / "config.toml"
-    config.write_text(f'[folders]\ninbox = "inbox"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\n'
-                      f'work = "work"\n[retention]\nmax_age_days = 7.5\n[logging]\nformat = "json"\n')
+    config.write_text(
+        '[folders]\ninbox = "inbox"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\n'
+        'work = "work"\n[retention]\nmax_age_days = 7.5\n[logging]\nformat = "json"\n'
+    )
     before = tree.snapshot()
     expected = files_of(*tree.done[:3], tree.raw_gone)
     assert main(["prune", "--config", str(config), "--dry-run"]) == EXIT_OK
@@ -205,8 +215,9 @@ def test_retention_settings_read_sizes_with_units_and_refuse_a_floor_below_the_p
 
 # -- the running daemon -----------------------------------------------------------------------
 def in_process_daemon(tmp_path: Path, free, **retention) -> Daemon:
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False},
-                        retention=retention)
+    settings = Settings(
+        watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False}, retention=retention
+    )
     settings.folders = settings.folders.resolved(tmp_path)
     settings.folders.inbox.mkdir(parents=True, exist_ok=True)
     return Daemon(settings, engines=[ClassicalEngine()], free_space=free)

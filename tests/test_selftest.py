@@ -52,8 +52,11 @@ def test_a_dry_run_on_the_real_tree_leaves_nothing_behind(tmp_path: Path, capsys
 
 def test_a_broken_weights_path_fails_as_a_configuration_error(tmp_path: Path, capsys) -> None:
     config = example_config(tmp_path)
-    config.write_text(config.read_text().replace('# weights = "weights/enhancer.safetensors"',
-                                                 'weights = "weights/enhancer.safetensor"'))
+    config.write_text(
+        config.read_text().replace(
+            '# weights = "weights/enhancer.safetensors"', 'weights = "weights/enhancer.safetensor"'
+        )
+    )
     assert main(["selftest", "--config", str(config)]) == EXIT_CONFIG
     assert "engine.weights" in capsys.readouterr().err
 

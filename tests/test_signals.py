@@ -58,9 +58,9 @@ def frame_bytes(seed: int, shape: tuple[int, int] = (48, 64)) -> bytes:
 def write_config(root: Path) -> Path:
     config = root / "config.toml"
     config.write_text(
-        "[folders]\ncreate = true\n[engine]\nname = \"classical\"\n"
+        '[folders]\ncreate = true\n[engine]\nname = "classical"\n'
         "[watch]\nstability_wait_s = 0.1\nrescan_interval_s = 0.5\n"
-        "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n"
+        '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
     )
     return config
 
@@ -99,9 +99,15 @@ class Lines:
 def test_ctrl_c_says_what_it_finishes_and_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     marker = tmp_path / "enhancing-the-slow-frame"
-    daemon = subprocess.Popen([sys.executable, "-c", SLOW_SECOND_FRAME, str(config), str(marker)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV,
-                              start_new_session=True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SECOND_FRAME, str(config), str(marker)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+        start_new_session=True,
+    )
     try:
         err = Lines(daemon.stderr)
         wait_for(lambda: err.event("daemon_ready") is not None, 60, "the daemon to start")
@@ -132,9 +138,14 @@ def test_ctrl_c_says_what_it_finishes_and_a_second_ctrl_c_stops_at_once(tmp_path
     assert not (tmp_path / "outbox" / "slow.tif").exists()
 
     # The next start recovers the frame, as after a crash.
-    again = subprocess.Popen([sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=ENV,
-                             start_new_session=True)
+    again = subprocess.Popen(
+        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=ENV,
+        start_new_session=True,
+    )
     try:
         wait_for((tmp_path / "outbox" / "slow.tif.json").exists, 60, "the recovered frame")
         again.send_signal(signal.SIGTERM)
@@ -167,9 +178,16 @@ def read_until(master: int, needle: bytes, timeout: float) -> bytes:
 def test_closing_the_terminal_stops_a_daemon_started_in_it(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     master, slave = pty.openpty()
-    daemon = subprocess.Popen([sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
-                              stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=ENV,
-                              start_new_session=True, preexec_fn=_set_controlling_terminal)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=tmp_path,
+        env=ENV,
+        start_new_session=True,
+        preexec_fn=_set_controlling_terminal,
+    )
     os.close(slave)
     try:
         read_until(master, b"daemon_ready", 60)
@@ -190,15 +208,27 @@ def test_closing_the_terminal_stops_a_daemon_started_in_it(tmp_path: Path) -> No
 
 def test_a_second_daemon_on_the_same_work_folder_names_the_pid_and_host_of_the_first(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    first = subprocess.Popen([sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+        start_new_session=True,
+    )
     try:
         err = Lines(first.stderr)
         wait_for(lambda: err.event("daemon_ready") is not None, 60, "the first daemon")
-        second = subprocess.run([sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
-                                capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=60,
-                                start_new_session=True)
+        second = subprocess.run(
+            [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=ENV,
+            timeout=60,
+            start_new_session=True,
+        )
         assert second.returncode == EXIT_BUSY
         assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr, second.stderr
     finally:
@@ -208,8 +238,15 @@ def test_a_second_daemon_on_the_same_work_folder_names_the_pid_and_host_of_the_f
 
 def test_run_without_a_configuration_says_where_its_folders_are_and_creates_no_inbox(tmp_path: Path) -> None:
     env = {k: v for k, v in ENV.items() if not k.startswith("DRDAEMON_")}
-    done = subprocess.run([sys.executable, "-m", "drdaemon", "run"], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=20, start_new_session=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "drdaemon", "run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=20,
+        start_new_session=True,
+    )
     assert done.returncode == 78, done.stderr
     assert "no --config" in done.stderr and f"inbox {tmp_path / 'inbox'}" in done.stderr
     assert f"folders.inbox: {tmp_path / 'inbox'} does not exist" in done.stderr

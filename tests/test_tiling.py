@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -38,10 +39,9 @@ def test_halos_match_the_published_structure():
 def test_bin_bounds_reproduce_adaptive_average_pooling(length, bins):
     x = torch.rand(1, 2, length, length + 3, dtype=torch.float64)
     rows, cols = bin_bounds(length, bins), bin_bounds(length + 3, bins)
-    manual = torch.stack([
-        torch.stack([x[..., r0:r1, c0:c1].mean(dim=(-2, -1)) for c0, c1 in cols], dim=-1)
-        for r0, r1 in rows
-    ], dim=-2)
+    manual = torch.stack(
+        [torch.stack([x[..., r0:r1, c0:c1].mean(dim=(-2, -1)) for c0, c1 in cols], dim=-1) for r0, r1 in rows], dim=-2
+    )
     assert torch.allclose(manual, F.adaptive_avg_pool2d(x, bins))
 
 
@@ -53,11 +53,11 @@ def test_region_pooling_equals_adaptive_average_pooling_forward_and_backward(siz
     weights = [torch.rand(2, 3, b, b) for b in bins]
     ours = region_average_pool(x, bins)
     reference = [F.adaptive_avg_pool2d(x, b) for b in bins]
-    for a, b in zip(ours, reference):
+    for a, b in zip(ours, reference, strict=True):
         assert a.dtype == x.dtype and a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-6)
-    grad_ours, = torch.autograd.grad(sum((w * a).sum() for w, a in zip(weights, ours)), x)
-    grad_ref, = torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, reference)), x)
+    (grad_ours,) = torch.autograd.grad(sum((w * a).sum() for w, a in zip(weights, ours, strict=True)), x)
+    (grad_ref,) = torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, reference, strict=True)), x)
     assert torch.allclose(grad_ours, grad_ref, atol=1e-6)
 
 
@@ -67,14 +67,14 @@ def test_region_pooling_keeps_half_precision_maps_in_their_dtype_and_accurate():
         pooled = region_average_pool(x.to(dtype), (1, 6))
         assert all(p.dtype == dtype for p in pooled)
         exact = [F.adaptive_avg_pool2d(x.to(dtype).double(), b) for b in (1, 6)]
-        assert all((p.double() - e).abs().max() < 1e-2 for p, e in zip(pooled, exact))
+        assert all((p.double() - e).abs().max() < 1e-2 for p, e in zip(pooled, exact, strict=True))
 
 
 def test_spans_cover_the_length_once_within_the_tile():
     for length, tile in [(100, 30), (7, 7), (5, 64), (1001, 17)]:
         parts = spans(length, tile)
         assert parts[0][0] == 0 and parts[-1][1] == length
-        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
         assert max(b - a for a, b in parts) <= tile
 
 
@@ -84,16 +84,19 @@ def test_pool_pass_equals_pooling_the_whole_stem_output():
     with torch.no_grad():
         expected = net.context.pool(net.stem(x))
         got = pooled_context(net, x, TileSize(11, 16))
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         assert torch.allclose(e, g, atol=1e-6)
 
 
-@pytest.mark.parametrize("in_ch,scale,size,tile", [
-    (1, 1, (67, 89), (29, 40)),
-    (3, 1, (61, 47), (13, 9)),  # tiles smaller than the halo
-    (1, 2, (83, 101), (17, 22)),
-    (1, 4, (131, 97), (11, 13)),
-])
+@pytest.mark.parametrize(
+    "in_ch,scale,size,tile",
+    [
+        (1, 1, (67, 89), (29, 40)),
+        (3, 1, (61, 47), (13, 9)),  # tiles smaller than the halo
+        (1, 2, (83, 101), (17, 22)),
+        (1, 4, (131, 97), (11, 13)),
+    ],
+)
 def test_tiled_output_equals_whole_frame(in_ch, scale, size, tile):
     net = lit_enhancer(in_ch, scale)
     x = torch.rand(1, in_ch, *size)
@@ -130,8 +133,10 @@ def test_plan_runs_whole_frames_that_fit_and_tiles_the_rest_within_budget():
     assert tile is not None
     assert (tile.height + 2 * halo) * (tile.width + 2 * halo) * bytes_per_pixel + fixed <= budget
     # s = 4 shrinks the network's input 16-fold: the same budget then holds it whole.
-    assert plan_tiles(h, w, 4, int(math.ceil(h / 4) * math.ceil(w / 4) * bytes_per_pixel + fixed),
-                      bytes_per_pixel, halo) is None
+    assert (
+        plan_tiles(h, w, 4, int(math.ceil(h / 4) * math.ceil(w / 4) * bytes_per_pixel + fixed), bytes_per_pixel, halo)
+        is None
+    )
     bigger = plan_tiles(h, w, 1, 2 * budget, bytes_per_pixel, halo)
     assert bigger.height * bigger.width > tile.height * tile.width
 

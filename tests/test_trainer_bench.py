@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from trainer_testkit import one_torch_thread, write_tiny_clip_config
 
 from trainer.bench import main, schedule_counts
 from trainer.shared.config import TrainConfig
-from trainer_testkit import one_torch_thread, write_tiny_clip_config
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
@@ -18,9 +18,31 @@ def test_published_schedule_splits_into_prompt_and_enhancer_iterations():
 
 def test_bench_reports_step_times_and_projection(tmp_path, capsys):
     clip_json = write_tiny_clip_config(tmp_path)
-    assert main(["--clip", str(clip_json), "--iters", "2", "--warmup", "1", "--frame-size", "96",
-                 "--set", "data.crop_size=48", "--set", "data.workers=0", "--set", "optim.enhancer_batch=2",
-                 "--set", "optim.prompt_batch=2", "--set", 'run.device="cpu"']) == 0
+    assert (
+        main(
+            [
+                "--clip",
+                str(clip_json),
+                "--iters",
+                "2",
+                "--warmup",
+                "1",
+                "--frame-size",
+                "96",
+                "--set",
+                "data.crop_size=48",
+                "--set",
+                "data.workers=0",
+                "--set",
+                "optim.enhancer_batch=2",
+                "--set",
+                "optim.prompt_batch=2",
+                "--set",
+                'run.device="cpu"',
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["prompt_s_per_iter"] > 0 and report["enhancer_s_per_iter"] > 0
     expected = (16_000 * report["prompt_s_per_iter"] + 34_000 * report["enhancer_s_per_iter"]) / 3600

@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from trainer_testkit import make_data, one_torch_thread, tiny_overrides, write_tiny_clip_config
 
 from trainer.clip import losses as L
-from trainer.shared.config import load_config
 from trainer.clip.scheme import Trainer, score_saturated
+from trainer.shared.config import load_config
 from trainer.shared.run_loop import log_line
-from trainer_testkit import make_data, one_torch_thread, tiny_overrides, write_tiny_clip_config
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
@@ -32,9 +32,7 @@ def test_input_normalised_feature_loss_is_the_same_for_a_clip_with_larger_activa
     assert raw_k == pytest.approx(900 * raw_1, rel=1e-4)
     assert rel_k == pytest.approx(rel_1, rel=1e-4)
     # a relative error: about 0.1^2 at level 0 (noise 0.1 on unit-variance maps)
-    by_hand = sum(
-        w * ((o - i) ** 2).mean() / (i**2).mean() for o, i, w in zip(outputs, inputs, weights, strict=True)
-    )
+    by_hand = sum(w * ((o - i) ** 2).mean() / (i**2).mean() for o, i, w in zip(outputs, inputs, weights, strict=True))
     assert rel_1 == pytest.approx(float(by_hand), rel=1e-5)
 
 
@@ -68,7 +66,7 @@ def data(tmp_path_factory):
 
 def test_a_run_without_a_tty_logs_losses_every_log_every_and_keeps_its_score_history(data, tmp_path, capsys):
     abnormal, normal, clip_json = data
-    overrides = tiny_overrides(clip_json, tmp_path / "run") + ["run.log_every=2", 'loss.feature_norm="input"']
+    overrides = [*tiny_overrides(clip_json, tmp_path / "run"), "run.log_every=2", 'loss.feature_norm="input"']
     out = tmp_path / "w.safetensors"
     result = Trainer(load_config(None, overrides), abnormal, normal, out).run()
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trainer: it ")]

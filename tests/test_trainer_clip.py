@@ -11,10 +11,10 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
+from trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 
 from trainer.clip.backbone import ClipUnavailable, build_clip, load_backbone
 from trainer.clip.prompts import PromptPair
-from trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,8 +93,12 @@ def test_checkpoint_forms_load_the_same_weights(tmp_path, tiny_json, form):
         weights = str(target)
     elif form == "jit.pt":  # OpenAI ships TorchScript archives
         target = tmp_path / form
-        traced = torch.jit.trace(reference.eval(), (torch.rand(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)),
-                                 check_trace=False, strict=False)
+        traced = torch.jit.trace(
+            reference.eval(),
+            (torch.rand(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)),
+            check_trace=False,
+            strict=True,
+        )
         traced.save(str(target))
         weights = str(target)
     else:
@@ -121,14 +125,37 @@ def test_missing_or_mismatched_checkpoint_says_what_to_do(tmp_path, tiny_json):
 
 def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path):
     """RN101-quickgelu/openai with no network and an empty cache: seconds, and a useful message."""
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "cache"),
-               HF_HUB_OFFLINE="0", PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        HF_HOME=str(tmp_path / "hf"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        HF_HUB_OFFLINE="0",
+        PYTHONPATH=str(REPO),
+    )
     abnormal, normal = make_data(tmp_path)
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "--abnormal", str(abnormal), "--normal", str(normal), "--out",
-         str(tmp_path / "w.safetensors"), "--clip", "RN101-quickgelu", "--clip-weights", "openai"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--abnormal",
+            str(abnormal),
+            "--normal",
+            str(normal),
+            "--out",
+            str(tmp_path / "w.safetensors"),
+            "--clip",
+            "RN101-quickgelu",
+            "--clip-weights",
+            "openai",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 3, proc.stderr
     assert "--clip-weights" in proc.stderr and "local-dir:" in proc.stderr
@@ -138,8 +165,8 @@ def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path):
 def test_score_temperature_is_the_loaded_clips_own_unless_a_number_is_set(tmp_path, tiny_json):
     import math
 
-    from trainer.shared.config import ClipConfig, TrainConfigError, load_config
     from trainer.clip.scheme import score_temperature
+    from trainer.shared.config import ClipConfig, TrainConfigError, load_config
 
     assert ClipConfig().logit_scale == "model" and ClipConfig().feature_size == "model"
     clip = reference_clip()
@@ -162,6 +189,5 @@ def test_feature_maps_at_the_tower_input_size(tiny_json):
     x = torch.rand(2, 1, 48, 48)
     maps = backbone.feature_maps(x, size=backbone.image_size)  # the tiny tower's input is 32 px
     assert [m.shape[-1] for m in maps] == [8, 8, 4, 2, 1]
-    resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False,
-                                              antialias=True)
+    resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(maps[2], backbone.feature_maps(resized)[2], atol=1e-6)

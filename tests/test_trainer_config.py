@@ -34,13 +34,16 @@ def test_file_then_overrides(tmp_path):
     assert cfg.loss.gamma == [0, 1, 1, 1, 0]
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("schedule.total_iterz=5", "total_iterz"),
-    ("loss.alpha=[1, 1]", "alpha"),
-    ("enhancer.in_ch=3", "in_ch"),
-    ("enhancer.illumination_scale=3", "illumination_scale"),
-    ("noequals", "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("schedule.total_iterz=5", "total_iterz"),
+        ("loss.alpha=[1, 1]", "alpha"),
+        ("enhancer.in_ch=3", "in_ch"),
+        ("enhancer.illumination_scale=3", "illumination_scale"),
+        ("noequals", "section.key=value"),
+    ],
+)
 def test_bad_values_are_refused_by_name(override, needle):
     with pytest.raises(TrainConfigError, match=needle):
         load_config(None, [override])
@@ -66,13 +69,28 @@ def test_example_file_documents_every_key_with_the_defaults():
 
 
 def test_schedule_phases_in_order():
-    s = load_config(None, ["schedule.total_iters=20", "schedule.prompt_init_iters=3", "schedule.warmup_iters=2",
-                           "schedule.enhancer_iters=4", "schedule.prompt_round_iters=2",
-                           "schedule.enhancer_round_iters=3"]).schedule
+    s = load_config(
+        None,
+        [
+            "schedule.total_iters=20",
+            "schedule.prompt_init_iters=3",
+            "schedule.warmup_iters=2",
+            "schedule.enhancer_iters=4",
+            "schedule.prompt_round_iters=2",
+            "schedule.enhancer_round_iters=3",
+        ],
+    ).schedule
     labels = [phase_at(i, s).label for i in range(20)]
-    assert labels == (["prompt_init"] * 3 + ["warmup"] * 2 + ["enhance"] * 4
-                      + ["prompt_rank#1"] * 2 + ["enhance#1"] * 3 + ["prompt_rank#2"] * 2 + ["enhance#2"] * 3
-                      + ["prompt_rank#3"])
+    assert labels == (
+        ["prompt_init"] * 3
+        + ["warmup"] * 2
+        + ["enhance"] * 4
+        + ["prompt_rank#1"] * 2
+        + ["enhance#1"] * 3
+        + ["prompt_rank#2"] * 2
+        + ["enhance#2"] * 3
+        + ["prompt_rank#3"]
+    )
     last = phase_at(19, s)
     assert last.kind is PhaseKind.PROMPT_RANK and last.end == 20
     with pytest.raises(ValueError):
@@ -111,15 +129,39 @@ def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(t
 
     abnormal, normal = make_data(tmp_path)
     clip = write_tiny_clip_config(tmp_path)
-    script = ("import sys; sys.modules['open_clip'] = None  # as if the train extra were not installed\n"
-              "from trainer.cli import main; sys.exit(main(sys.argv[1:]))\n")
+    script = (
+        "import sys; sys.modules['open_clip'] = None  # as if the train extra were not installed\n"
+        "from trainer.cli import main; sys.exit(main(sys.argv[1:]))\n"
+    )
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, "-c", script, "--abnormal", str(abnormal), "--normal", str(normal),
-         "--out", str(tmp_path / "w.safetensors"), "--clip", str(clip), "--clip-weights", "none", "--device", "cpu",
-         "--set", "data.crop_size=48", "--set", "data.workers=0"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"))
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--abnormal",
+            str(abnormal),
+            "--normal",
+            str(normal),
+            "--out",
+            str(tmp_path / "w.safetensors"),
+            "--clip",
+            str(clip),
+            "--clip-weights",
+            "none",
+            "--device",
+            "cpu",
+            "--set",
+            "data.crop_size=48",
+            "--set",
+            "data.workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 5, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr
     assert "'train' extra" in proc.stderr and "pip install 'drdaemon[train]'" in proc.stderr

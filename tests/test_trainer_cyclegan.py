@@ -16,16 +16,16 @@ from safetensors.torch import load_file
 from torch import nn
 from trainer_testkit import make_data, one_torch_thread
 
-from drdaemon.model.network import Enhancer
-from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.io.weights import LoadedWeights, load_weights
+from drdaemon.kernels.window import frame_to_unit, unit_to_u16
+from drdaemon.model.network import Enhancer
+from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
+from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
 from trainer.shared.checkpoint import write_checkpoint
 from trainer.shared.config import load_config
-from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
+from trainer.shared.enhancer import start_near_identity
 from trainer.shared.errors import TrainerError
 from trainer.shared.history import HistoryBuffer
-from trainer.shared.enhancer import start_near_identity
-from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,12 +39,26 @@ def data(tmp_path_factory):
 
 def cyclegan_overrides(run_dir, **cyclegan):
     """Three iterations at the full rate and three decaying, a history buffer that fills by the third."""
-    settings = {"constant_iters": 3, "decay_iters": 3, "batch": 2, "history_size": 3, "disc_width": 8,
-                "lr": 1e-3} | cyclegan
+    settings = {
+        "constant_iters": 3,
+        "decay_iters": 3,
+        "batch": 2,
+        "history_size": 3,
+        "disc_width": 8,
+        "lr": 1e-3,
+    } | cyclegan
     return [f"cyclegan.{k}={v}" for k, v in settings.items()] + [
-        'run.scheme="cyclegan"', f'run.run_dir="{run_dir}"', "data.crop_size=32", "data.workers=0",
-        'run.device="cpu"', 'run.precision="fp32"', "run.deterministic=true", "run.progress=false",
-        "run.checkpoint_every=1000", "run.preview_every=1000", "run.log_every=1",
+        'run.scheme="cyclegan"',
+        f'run.run_dir="{run_dir}"',
+        "data.crop_size=32",
+        "data.workers=0",
+        'run.device="cpu"',
+        'run.precision="fp32"',
+        "run.deterministic=true",
+        "run.progress=false",
+        "run.checkpoint_every=1000",
+        "run.preview_every=1000",
+        "run.log_every=1",
     ]
 
 
@@ -61,6 +75,7 @@ def changed(before, module):
 
 
 # -- the parts ---------------------------------------------------------------------------
+
 
 def test_patchgan_sees_70_by_70_pixels_by_its_layers_and_by_a_gradient_probe():
     disc = PatchDiscriminator(width=8)
@@ -129,12 +144,17 @@ def test_the_enhancer_can_darken_as_the_reverse_generator_must():
 
 # -- the run ----------------------------------------------------------------------------
 
+
 def test_a_few_iterations_train_all_four_networks_with_finite_losses(data, tmp_path):
     abnormal, normal = data
     cfg = cyclegan_config(tmp_path / "run")
     trainer = CycleGanTrainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
-    nets = {"to_normal": trainer.generators.to_normal, "to_abnormal": trainer.generators.to_abnormal,
-            "disc_normal": trainer.discriminators.normal, "disc_abnormal": trainer.discriminators.abnormal}
+    nets = {
+        "to_normal": trainer.generators.to_normal,
+        "to_abnormal": trainer.generators.to_abnormal,
+        "disc_normal": trainer.discriminators.normal,
+        "disc_abnormal": trainer.discriminators.abnormal,
+    }
     before = {name: snapshot(net) for name, net in nets.items()}
     rates = []
     while trainer.iteration < 6:
@@ -152,8 +172,12 @@ def test_a_few_iterations_train_all_four_networks_with_finite_losses(data, tmp_p
 
 def test_without_identity_loss_the_term_is_left_out(data, tmp_path):
     abnormal, normal = data
-    trainer = CycleGanTrainer(cyclegan_config(tmp_path / "run", identity_fraction=0, constant_iters=1, decay_iters=0),
-                              abnormal, normal, tmp_path / "w.safetensors")
+    trainer = CycleGanTrainer(
+        cyclegan_config(tmp_path / "run", identity_fraction=0, constant_iters=1, decay_iters=0),
+        abnormal,
+        normal,
+        tmp_path / "w.safetensors",
+    )
     trainer.run()
     assert "identity" not in trainer.loss_values()
 
@@ -218,11 +242,15 @@ def test_exported_forward_generator_runs_in_the_daemon_and_names_its_scheme(data
     assert np.abs(enhanced.pixels.astype(int) - expected.astype(int)).max() <= 2
 
 
-@pytest.mark.parametrize("provenance, scheme", [
-    ({"scheme": "cyclegan"}, "cyclegan"), ({"scheme": "clip", "clip_model": "RN101"}, "clip"),
-    ({"clip_model": "RN101"}, "clip"),  # exported before the trainer recorded its scheme
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "provenance, scheme",
+    [
+        ({"scheme": "cyclegan"}, "cyclegan"),
+        ({"scheme": "clip", "clip_model": "RN101"}, "clip"),
+        ({"clip_model": "RN101"}, "clip"),  # exported before the trainer recorded its scheme
+        ({}, None),
+    ],
+)
 def test_the_sidecar_scheme_comes_from_the_weights_provenance(provenance, scheme):
     loaded = LoadedWeights(model=Enhancer(), sha256="", path=Path("w"), provenance=provenance)
     assert loaded.training_scheme == scheme
@@ -239,9 +267,30 @@ def test_two_process_ddp_run_matches_one_process(data, tmp_path):
     sets = [arg for value in cyclegan_overrides(tmp_path / "ddp.run") for arg in ("--set", value)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
-         "--scheme", "cyclegan", "--abnormal", str(abnormal), "--normal", str(normal), "--out", str(ddp), *sets],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "trainer",
+            "--scheme",
+            "cyclegan",
+            "--abnormal",
+            str(abnormal),
+            "--normal",
+            str(normal),
+            "--out",
+            str(ddp),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "6 iterations" in proc.stdout
     # As in the CLIP scheme's DDP test: half a batch per process and averaged gradients follow the
@@ -256,30 +305,51 @@ def test_two_process_ddp_run_matches_one_process(data, tmp_path):
 
 def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key():
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, env=env,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, env=env, timeout=60
+    ).stdout
     assert "--scheme" in out and "cyclegan" in out
-    proc = subprocess.run([sys.executable, "-m", "trainer", "--scheme", "cyclegan", "--abnormal", "a", "--normal", "b",
-                           "--out", "w", "--set", "cyclegan.history_size=-1"], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--scheme",
+            "cyclegan",
+            "--abnormal",
+            "a",
+            "--normal",
+            "b",
+            "--out",
+            "w",
+            "--set",
+            "cyclegan.history_size=-1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "history_size" in proc.stderr
     assert load_config(None, ["run.scheme=cyclegan"]).run.scheme == "cyclegan"
 
 
 # -- the paper's feature priors ------------------------------------------------------------
 
+
 def prior_trainer(data, tmp_path, **cyclegan):
     from trainer_testkit import write_tiny_clip_config
 
     abnormal, normal = data
     clip_json = write_tiny_clip_config(tmp_path)
-    overrides = cyclegan_overrides(tmp_path / "run", **cyclegan) + [f'clip.model="{clip_json}"', 'clip.weights="none"']
+    overrides = [*cyclegan_overrides(tmp_path / "run", **cyclegan), f'clip.model="{clip_json}"', 'clip.weights="none"']
     return CycleGanTrainer(load_config(None, overrides), abnormal, normal, tmp_path / "w.safetensors")
 
 
 def test_feature_priors_are_off_by_default_and_load_no_clip(data, tmp_path):
-    trainer = CycleGanTrainer(cyclegan_config(tmp_path / "run", constant_iters=1, decay_iters=0), *data,
-                              tmp_path / "w.safetensors")
+    trainer = CycleGanTrainer(
+        cyclegan_config(tmp_path / "run", constant_iters=1, decay_iters=0), *data, tmp_path / "w.safetensors"
+    )
     assert trainer.feature_extractor is None
     trainer.run()
     assert "feature_identity" not in trainer.loss_values() and "clahe_prior" not in trainer.loss_values()
@@ -303,7 +373,12 @@ def test_feature_priors_enter_the_generators_loss_with_their_weights(data, tmp_p
     trainer.run()
     v = trainer.loss_values()
     c = trainer.cfg.cyclegan
-    expected = (v["adversarial"] + c.cycle_weight * v["cycle"] + c.identity_fraction * c.cycle_weight * v["identity"]
-                + 0.7 * v["feature_identity"] + 0.3 * v["clahe_prior"])
+    expected = (
+        v["adversarial"]
+        + c.cycle_weight * v["cycle"]
+        + c.identity_fraction * c.cycle_weight * v["identity"]
+        + 0.7 * v["feature_identity"]
+        + 0.3 * v["clahe_prior"]
+    )
     assert v["clahe_prior"] > 0
     assert v["generators"] == pytest.approx(expected, rel=1e-5)

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from trainer_testkit import make_data
 
 from trainer.shared.config import DataConfig
 from trainer.shared.data import DataError, IterationBatches, SampleKey, TrainingSamples, folder_summary, list_frames
-from trainer_testkit import make_data
 
 
 @pytest.fixture()
@@ -26,7 +26,7 @@ def test_sample_is_a_unit_range_crop_of_the_right_size(folders):
     assert set(item) == {"abnormal", "normal", "clahe"}
     for tensor in item.values():
         assert tensor.shape == (1, 32, 32) and tensor.dtype == torch.float32
-        assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+        assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
     # The dark, low-contrast abnormal frames are stretched by the percentile window.
     assert float(item["abnormal"].max() - item["abnormal"].min()) > 0.5
 
@@ -62,7 +62,7 @@ def test_the_schedule_decides_what_a_sample_carries(folders):
     abnormal, normal = folders
     ds = TrainingSamples(list_frames(abnormal), list_frames(normal), DataConfig(crop_size=32), 0, schedule)
     assert set(ds[SampleKey(1, 0).encode()]) == {"abnormal", "normal"}  # prompt initialisation
-    assert set(ds[SampleKey(2, 0).encode()]) == {"abnormal", "clahe"}   # warm-up
+    assert set(ds[SampleKey(2, 0).encode()]) == {"abnormal", "clahe"}  # warm-up
 
 
 def test_ranks_split_the_global_batch_without_overlap():
@@ -92,7 +92,7 @@ def test_worker_processes_deliver_the_same_batches(folders):
     inline = list(make_loader(ds, IterationBatches(4, [2, 3, 2]), workers=0, pin_memory=False))
     parallel = list(make_loader(ds, IterationBatches(4, [2, 3, 2]), workers=2, pin_memory=False))
     assert len(inline) == len(parallel) == 3
-    for a, b in zip(inline, parallel):
+    for a, b in zip(inline, parallel, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -101,5 +101,5 @@ def test_unreadable_frame_is_reported_by_name(tmp_path, folders):
     broken.mkdir()
     (broken / "cut.tif").write_bytes(b"II*\x00" + b"\x00" * 12)
     ds = TrainingSamples(list_frames(broken), list_frames(folders[1]), DataConfig(crop_size=32), 0)
-    with pytest.raises(DataError, match="cut.tif"):
+    with pytest.raises(DataError, match=r"cut\.tif"):
         ds[0]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainer_testkit import make_data, one_torch_thread, tiny_config, tiny_overrides, write_tiny_clip_config
 
 from trainer.clip.scheme import Trainer
-from trainer_testkit import one_torch_thread, make_data, tiny_config, tiny_overrides, write_tiny_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,9 +28,28 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
     sets = [arg for value in tiny_overrides(clip_json, tmp_path / "ddp.run") for arg in ("--set", value)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
-         "--abnormal", str(abnormal), "--normal", str(normal), "--out", str(ddp), *sets],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "trainer",
+            "--abnormal",
+            str(abnormal),
+            "--normal",
+            str(normal),
+            "--out",
+            str(ddp),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "14 iterations" in proc.stdout  # printed once, by rank 0
 
@@ -48,15 +67,49 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
 
 
 def test_help_explains_every_option():
-    out = subprocess.run([sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60).stdout
-    for option in ("--abnormal", "--normal", "--out", "--config", "--clip", "--clip-weights", "--resume",
-                   "--set", "--device", "--seed", "--deterministic", "torchrun", "local-dir:"):
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "--help"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=60,
+    ).stdout
+    for option in (
+        "--abnormal",
+        "--normal",
+        "--out",
+        "--config",
+        "--clip",
+        "--clip-weights",
+        "--resume",
+        "--set",
+        "--device",
+        "--seed",
+        "--deterministic",
+        "torchrun",
+        "local-dir:",
+    ):
         assert option in out, option
 
 
 def test_bad_config_value_exits_with_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainer", "--abnormal", "a", "--normal", "b", "--out", "w",
-                           "--set", "optim.prompt_batch=0"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--abnormal",
+            "a",
+            "--normal",
+            "b",
+            "--out",
+            "w",
+            "--set",
+            "optim.prompt_batch=0",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=60,
+    )
     assert proc.returncode == 2 and "prompt_batch" in proc.stderr

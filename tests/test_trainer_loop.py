@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainer_testkit import make_data, one_torch_thread, tiny_config, write_tiny_clip_config
 
-from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.io.weights import file_sha256, load_weights
+from drdaemon.kernels.window import frame_to_unit, unit_to_u16
+from trainer.clip.scheme import Trainer
 from trainer.shared.config import load_config
 from trainer.shared.errors import TrainerError
-from trainer.clip.scheme import Trainer
 from trainer.shared.schedule import PhaseKind, phase_at
-from trainer_testkit import one_torch_thread, make_data, tiny_config, write_tiny_clip_config
-
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
@@ -37,7 +36,7 @@ def changed(before, module):
 
 
 def test_every_phase_runs_and_trains_only_its_learner(setup, tmp_path):
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run")
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
     clip_before = snapshot(trainer.backbone)
@@ -55,8 +54,14 @@ def test_every_phase_runs_and_trains_only_its_learner(setup, tmp_path):
         if phase.kind is PhaseKind.ENHANCE:
             assert {"clip", "identity", "clahe"} <= set(losses)
         seen.add((phase.kind, phase.round >= 2))
-    assert {(PhaseKind.PROMPT_INIT, False), (PhaseKind.WARMUP, False), (PhaseKind.ENHANCE, False),
-            (PhaseKind.PROMPT_RANK, False), (PhaseKind.PROMPT_RANK, True), (PhaseKind.ENHANCE, True)} <= seen
+    assert {
+        (PhaseKind.PROMPT_INIT, False),
+        (PhaseKind.WARMUP, False),
+        (PhaseKind.ENHANCE, False),
+        (PhaseKind.PROMPT_RANK, False),
+        (PhaseKind.PROMPT_RANK, True),
+        (PhaseKind.ENHANCE, True),
+    } <= seen
     assert not changed(clip_before, trainer.backbone)  # frozen, BatchNorm statistics included
     assert (tmp_path / "w.safetensors").is_file()
     assert list((tmp_path / "run" / "previews").glob("iter_*.png"))
@@ -64,7 +69,7 @@ def test_every_phase_runs_and_trains_only_its_learner(setup, tmp_path):
 
 
 def test_prompt_initialisation_loss_falls(setup, tmp_path):
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run", prompt_init_iters=40, total_iters=50)
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
     phase = phase_at(0, cfg.schedule)
@@ -73,7 +78,7 @@ def test_prompt_initialisation_loss_falls(setup, tmp_path):
 
 
 def test_interrupted_and_resumed_run_gives_the_same_weights(setup, tmp_path):
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     straight = tmp_path / "straight.safetensors"
     Trainer(tiny_config(clip_json, tmp_path / "a"), abnormal, normal, straight).run()
 
@@ -96,7 +101,7 @@ def test_interrupted_and_resumed_run_gives_the_same_weights(setup, tmp_path):
 
 
 def test_resume_without_checkpoint_or_with_another_clip_is_refused(setup, tmp_path):
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run")
     with pytest.raises(TrainerError, match="no checkpoint"):
         Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors", resume=True)
@@ -110,7 +115,7 @@ def test_resume_without_checkpoint_or_with_another_clip_is_refused(setup, tmp_pa
 
 @pytest.mark.parametrize("scale", [1, 4])
 def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run")
     cfg = cfg.model_copy(update={"enhancer": load_config(None, [f"enhancer.illumination_scale={scale}"]).enhancer})
     out = tmp_path / "weights.safetensors"
@@ -129,8 +134,12 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
     assert set(card["final_losses"]) and card["duration_s"] > 0 and card["versions"]["torch"]
     # The score's temperature and feature scale actually used: a random CLIP's own is 100.
     score = {k: card["score"][k] for k in ("logit_scale", "feature_size", "feature_norm", "prompt_init_confidence")}
-    assert score == {"logit_scale": 100.0, "feature_size": [32, 32], "feature_norm": "none",
-                     "prompt_init_confidence": 0.95}
+    assert score == {
+        "logit_scale": 100.0,
+        "feature_size": [32, 32],
+        "feature_norm": "none",
+        "prompt_init_confidence": 0.95,
+    }
 
     from drdaemon.config import EngineConfig
     from drdaemon.engines.net import build_net_engines
@@ -147,7 +156,7 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
 
 def test_mixed_precision_run_keeps_losses_finite(setup, tmp_path):
     """bf16 autocast (what a GPU run uses by default) through every phase, here on the CPU."""
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run", total_iters=10)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"precision": "bf16", "deterministic": False})})
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
@@ -162,7 +171,7 @@ def test_ctrl_c_finishes_the_iteration_checkpoints_and_resumes_exactly(setup, tm
     import os
     import signal
 
-    root, abnormal, normal, clip_json = setup
+    _root, abnormal, normal, clip_json = setup
     straight = tmp_path / "straight.safetensors"
     Trainer(tiny_config(clip_json, tmp_path / "a"), abnormal, normal, straight).run()
 

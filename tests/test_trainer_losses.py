@@ -68,6 +68,7 @@ def test_clip_loss_and_levels():
 
 # -- the score's temperature -------------------------------------------------------------------
 
+
 def unit_at(difference: float) -> list[float]:
     """A unit 2-vector whose cosines to e_n = (1, 0) and e_p = (0, 1) differ by ``difference``."""
     angle = math.acos(difference / math.sqrt(2)) - math.pi / 4
@@ -91,22 +92,31 @@ def test_ranking_losses_at_clip_temperature_match_hand_values_with_inactive_hing
     m0, m1, m2 = 0.9, 0.2, 0.2
     # per sample: cos_n - cos_p of I_w, I_b, I_t, I_{t-1}
     w, b, t, prev = [-0.02, -0.03], [0.03, 0.04], [0.0, 0.0], [0.01, -0.005]
-    hand = {name: [score_by_hand(d, 100) for d in ds] for name, ds in
-            {"w": w, "b": b, "t": t, "prev": prev}.items()}
+    hand = {name: [score_by_hand(d, 100) for d in ds] for name, ds in {"w": w, "b": b, "t": t, "prev": prev}.items()}
     got = {name: scores(ds, 100.0) for name, ds in {"w": w, "b": b, "t": t, "prev": prev}.items()}
     for name in hand:
         assert got[name].tolist() == pytest.approx(hand[name], rel=1e-5)
     relu = lambda v: max(0.0, v)  # noqa: E731
-    first = [relu(hand["w"][i] - hand["b"][i] + m0) + relu(hand["t"][i] - hand["b"][i] + m0)
-             + relu(hand["w"][i] - hand["t"][i] + m1) for i in range(2)]
-    later = [relu(hand["w"][i] - hand["b"][i] + m0) + relu(hand["prev"][i] - hand["b"][i] + m0)
-             + relu(hand["w"][i] - hand["t"][i] + m1) + relu(hand["t"][i] - hand["prev"][i] + m2) for i in range(2)]
+    first = [
+        relu(hand["w"][i] - hand["b"][i] + m0)
+        + relu(hand["t"][i] - hand["b"][i] + m0)
+        + relu(hand["w"][i] - hand["t"][i] + m1)
+        for i in range(2)
+    ]
+    later = [
+        relu(hand["w"][i] - hand["b"][i] + m0)
+        + relu(hand["prev"][i] - hand["b"][i] + m0)
+        + relu(hand["w"][i] - hand["t"][i] + m1)
+        + relu(hand["t"][i] - hand["prev"][i] + m2)
+        for i in range(2)
+    ]
     # Some hinges are off at temperature 100: sample 1's m0 margin is met (S_b - S_w > 0.9),
     # S_t exceeds S_w by more than m1 in both samples; at temperature 1 none of that can happen.
     assert hand["w"][1] - hand["b"][1] + m0 < 0 and all(hand["w"][i] - hand["t"][i] + m1 < 0 for i in range(2))
     assert L.ranking_loss_first(got["w"], got["b"], got["t"], m0, m1).item() == pytest.approx(sum(first) / 2, rel=1e-5)
     assert L.ranking_loss_later(got["w"], got["b"], got["t"], got["prev"], m0, m1, m2).item() == pytest.approx(
-        sum(later) / 2, rel=1e-5)
+        sum(later) / 2, rel=1e-5
+    )
 
 
 def prompt_gradient(loss_of_scores, temperature: float, **differences: list[float]) -> torch.Tensor:
@@ -118,10 +128,11 @@ def prompt_gradient(loss_of_scores, temperature: float, **differences: list[floa
 
 def test_enhanced_outputs_steer_prompt_refinement_only_at_the_clip_temperature(tmp_path):
     """The default temperature is the CLIP's own (100 for a random CLIP); at 1 I_t drops out of L_prompt1."""
-    from trainer.clip.backbone import load_backbone
-    from trainer.shared.config import ClipConfig
-    from trainer.clip.scheme import score_temperature
     from trainer_testkit import write_tiny_clip_config
+
+    from trainer.clip.backbone import load_backbone
+    from trainer.clip.scheme import score_temperature
+    from trainer.shared.config import ClipConfig
 
     default = score_temperature(ClipConfig().logit_scale, load_backbone(str(write_tiny_clip_config(tmp_path)), "none"))
     assert default == 100.0

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.io.weights import WeightsError, file_sha256, load_weights, save_weights
+from drdaemon.model.network import Enhancer, EnhancerSpec
 
 
 def test_safetensors_round_trip_keeps_spec_output_and_hash(tmp_path):
@@ -64,8 +64,9 @@ def test_the_same_weights_give_the_same_file_in_every_process(tmp_path):
     digests = set()
     for i in range(3):
         path = tmp_path / f"w{i}.safetensors"
-        done = subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(path)], check=True,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(path)], check=True, capture_output=True, text=True
+        )
         digests.add(done.stdout.strip())
         assert load_weights(path).provenance == {"run": "x", "data": {"files": 3}}
     assert len(digests) == 1
@@ -76,11 +77,16 @@ def test_weights_saved_before_the_head_was_named_still_load(tmp_path):
 
     torch.manual_seed(1)
     net = Enhancer(EnhancerSpec()).eval()
-    old_keys = {("body.6." + k[len("head.conv."):] if k.startswith("head.conv.") else k): v.contiguous()
-                for k, v in net.state_dict().items()}
+    old_keys = {
+        ("body.6." + k[len("head.conv.") :] if k.startswith("head.conv.") else k): v.contiguous()
+        for k, v in net.state_dict().items()
+    }
     path = tmp_path / "old.safetensors"
-    save_file(old_keys, str(path), metadata={"format_version": "1", "in_ch": "1", "illumination_scale": "1",
-                                             "architecture": "retinex-ppm-v1"})
+    save_file(
+        old_keys,
+        str(path),
+        metadata={"format_version": "1", "in_ch": "1", "illumination_scale": "1", "architecture": "retinex-ppm-v1"},
+    )
     x = torch.rand(1, 1, 30, 20)
     with torch.no_grad():
         assert torch.equal(load_weights(path).model(x), net(x))

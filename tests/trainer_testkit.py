@@ -25,12 +25,13 @@ def write_tiny_clip_config(folder: Path) -> Path:
     return path
 
 
-def write_frames(folder: Path, count: int, level: float, spread: float, seed: int,
-                 shape: tuple[int, int] = (72, 96)) -> Path:
+def write_frames(
+    folder: Path, count: int, level: float, spread: float, seed: int, shape: tuple[int, int] = (72, 96)
+) -> Path:
     """16-bit frames: a smooth part-like pattern around ``level`` (0..1 of full scale) plus noise."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
     for i in range(count):
         pattern = np.sin(x / (5 + i) + i) * np.cos(y / (7 + i))
         values = (level + spread * pattern) * 65535 + rng.normal(0, 200, shape)
@@ -40,19 +41,38 @@ def write_frames(folder: Path, count: int, level: float, spread: float, seed: in
 
 def make_data(root: Path) -> tuple[Path, Path]:
     """Dark, low-contrast 'abnormal' frames and bright, contrasty 'normal' frames."""
-    return (write_frames(root / "abnormal", 3, level=0.05, spread=0.02, seed=1),
-            write_frames(root / "normal", 3, level=0.5, spread=0.35, seed=2))
+    return (
+        write_frames(root / "abnormal", 3, level=0.05, spread=0.02, seed=1),
+        write_frames(root / "normal", 3, level=0.5, spread=0.35, seed=2),
+    )
 
 
 def tiny_overrides(clip_json: Path, run_dir: Path, **schedule: int) -> list[str]:
     """``--set`` values: every phase a few iterations long, small crops, batch 4, no worker processes."""
-    lengths = {"total_iters": 14, "prompt_init_iters": 3, "warmup_iters": 2, "enhancer_iters": 3,
-               "prompt_round_iters": 1, "enhancer_round_iters": 2} | schedule
+    lengths = {
+        "total_iters": 14,
+        "prompt_init_iters": 3,
+        "warmup_iters": 2,
+        "enhancer_iters": 3,
+        "prompt_round_iters": 1,
+        "enhancer_round_iters": 2,
+    } | schedule
     overrides = [f"schedule.{k}={v}" for k, v in lengths.items()] + [
-        f'clip.model="{clip_json}"', 'clip.weights="none"', f'run.run_dir="{run_dir}"',
-        "data.crop_size=48", "data.workers=0", "optim.prompt_batch=4", "optim.enhancer_batch=4",
-        "optim.prompt_lr=1e-2", "optim.enhancer_lr=1e-3", "run.device=\"cpu\"", "run.precision=\"fp32\"",
-        "run.deterministic=true", "run.progress=false", "run.checkpoint_every=1000", "run.preview_every=1000",
+        f'clip.model="{clip_json}"',
+        'clip.weights="none"',
+        f'run.run_dir="{run_dir}"',
+        "data.crop_size=48",
+        "data.workers=0",
+        "optim.prompt_batch=4",
+        "optim.enhancer_batch=4",
+        "optim.prompt_lr=1e-2",
+        "optim.enhancer_lr=1e-3",
+        'run.device="cpu"',
+        'run.precision="fp32"',
+        "run.deterministic=true",
+        "run.progress=false",
+        "run.checkpoint_every=1000",
+        "run.preview_every=1000",
     ]
     return overrides
 

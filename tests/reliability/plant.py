@@ -77,9 +77,12 @@ class Daemon:
         self.config = plant.root / f"drdaemon-{name}.toml"
         folders = "".join(f'{n} = "{plant.dirs[n]}"\n' for n in SHARED) + f'work = "{self.work}"\n'
         self.config.write_text(
-            "[folders]\ncreate = true\n" + folders
-            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n" + watch
-            + "[metrics]\nenabled = false\n[logging]\nformat = \"json\"\n" + extra
+            "[folders]\ncreate = true\n"
+            + folders
+            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
+            + watch
+            + '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
+            + extra
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +91,10 @@ class Daemon:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "drdaemon", "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.plant.root, env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.plant.root,
+                env=env,
                 start_new_session=True,  # no controlling terminal, as under systemd: SIGHUP reloads
             )
 
@@ -149,8 +155,9 @@ class Plant:
         return sorted(p.name for p in self.dirs[folder].iterdir())
 
     def logs(self) -> str:
-        return "\n".join(f"--- {d.name}\n{d.log.read_text(errors='replace')[-6000:]}" for d in self.daemons
-                         if d.log.exists())
+        return "\n".join(
+            f"--- {d.name}\n{d.log.read_text(errors='replace')[-6000:]}" for d in self.daemons if d.log.exists()
+        )
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -162,8 +169,9 @@ class Plant:
 
     def records(self) -> int:
         """Sidecars plus failure records: the frames finished one way or the other."""
-        return (sum(1 for _ in self.dirs["outbox"].glob("*.json"))
-                + sum(1 for _ in self.dirs["failed"].glob("*.reason.json")))
+        return sum(1 for _ in self.dirs["outbox"].glob("*.json")) + sum(
+            1 for _ in self.dirs["failed"].glob("*.reason.json")
+        )
 
     def stop_all(self) -> None:
         for daemon in self.daemons:
@@ -204,9 +212,13 @@ def ledger(dirs: dict[str, Path], works: list[Path], inputs: list[bytes]) -> Led
         record = Sidecar.model_validate_json(path.read_bytes())
         output = Path(record.output.path)
         archived = Path(record.input.path)
-        whole = (output == path.with_name(path.name[: -len(".json")]) and output.exists()
-                 and sha(output.read_bytes()) == record.output.sha256
-                 and archived.exists() and sha(archived.read_bytes()) == record.input.sha256)
+        whole = (
+            output == path.with_name(path.name[: -len(".json")])
+            and output.exists()
+            and sha(output.read_bytes()) == record.output.sha256
+            and archived.exists()
+            and sha(archived.read_bytes()) == record.input.sha256
+        )
         partial += not whole
         ok[record.input.sha256] += 1
     for path in dirs["failed"].glob("*.reason.json"):
@@ -216,11 +228,17 @@ def ledger(dirs: dict[str, Path], works: list[Path], inputs: list[bytes]) -> Led
             continue
         failed[sha(raw.read_bytes()) if raw.is_file() and not raw.is_symlink() else f"link:{raw.name}"] += 1
     # An output without a sidecar, or a temporary or plan of a daemon that is not running.
-    sidecar_less = [p for p in dirs["outbox"].iterdir() if not p.name.startswith(".")
-                    and not p.name.endswith(".json") and not p.name.endswith(".preview.png")
-                    and not p.with_name(p.name + ".json").exists()]
-    leftovers = [p for folder in (dirs["outbox"], dirs["archive"], dirs["failed"])
-                 for p in folder.glob(f".*{TEMP_SUFFIX}")]
+    sidecar_less = [
+        p
+        for p in dirs["outbox"].iterdir()
+        if not p.name.startswith(".")
+        and not p.name.endswith(".json")
+        and not p.name.endswith(".preview.png")
+        and not p.with_name(p.name + ".json").exists()
+    ]
+    leftovers = [
+        p for folder in (dirs["outbox"], dirs["archive"], dirs["failed"]) for p in folder.glob(f".*{TEMP_SUFFIX}")
+    ]
     in_work = [p for w in works if w.exists() for p in w.iterdir() if p.name != ".drdaemon.lock"]
     archived = Counter(sha(p.read_bytes()) for p in dirs["archive"].iterdir() if not p.name.startswith("."))
     partial += len(sidecar_less) + len(leftovers) + len(in_work)
@@ -228,5 +246,6 @@ def ledger(dirs: dict[str, Path], works: list[Path], inputs: list[bytes]) -> Led
     got = ok + failed
     lost = sum(max(0, n - got[h]) for h, n in wanted.items())
     doubled = sum(max(0, got[h] - n) for h, n in wanted.items()) + sum(
-        n for h, n in got.items() if h not in wanted and not h.startswith("link:"))
+        n for h, n in got.items() if h not in wanted and not h.startswith("link:")
+    )
     return Ledger(len(inputs), sum(ok.values()), sum(failed.values()), lost, doubled, partial)

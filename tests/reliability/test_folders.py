@@ -34,9 +34,16 @@ def test_a_bind_mounted_work_folder_is_refused_at_start_with_exit_78(tmp_path: P
     real.mkdir()
     daemon.work.mkdir()
     # The daemon runs in its own mount namespace, where its work folder is a bind mount of real-work.
-    command = f'mount --bind "{real}" "{daemon.work}" && exec "{sys.executable}" -m drdaemon run --config "{daemon.config}"'
-    run = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = (
+        f'mount --bind "{real}" "{daemon.work}" && exec "{sys.executable}" -m drdaemon run --config "{daemon.config}"'
+    )
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == EXIT_CONFIG, run.stderr[-3000:]
     assert "bind mount" in run.stderr and "folders.inbox" in run.stderr
     assert os.stat(real).st_dev == os.stat(plant.dirs["inbox"]).st_dev  # the device check alone passes
@@ -53,7 +60,7 @@ def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(tmp_path: Path, 
         return real_rename(source, target, *args, **kwargs)
 
     monkeypatch.setattr(daemon_module.os, "rename", cross_mount)
-    with pytest.raises(ConfigError, match="folders.archive"):
+    with pytest.raises(ConfigError, match=r"folders\.archive"):
         daemon_module.Daemon(settings, engines=[]).prepare_folders()
     assert [p.name for p in settings.folders.work.iterdir()] == []  # the probe cleaned up after itself
 
@@ -87,13 +94,15 @@ def wait(condition, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize(("code", "label"), [(errno.ENOSPC, "disk_full"), (errno.EROFS, "read_only"),
-                                             (errno.EACCES, "permission")])
+@pytest.mark.parametrize(
+    ("code", "label"), [(errno.ENOSPC, "disk_full"), (errno.EROFS, "read_only"), (errno.EACCES, "permission")]
+)
 def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
     tmp_path: Path, monkeypatch, code: int, label: str
 ) -> None:
-    from drdaemon.io import durable
     from plant import frame_bytes, ledger
+
+    from drdaemon.io import durable
 
     daemon = in_process_daemon(tmp_path)
     folders = daemon.folders
@@ -124,8 +133,9 @@ def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
     daemon.request_stop()
     thread.join(30)
     assert statuses == [0]
-    result = ledger({"outbox": folders.outbox, "archive": folders.archive, "failed": folders.failed},
-                    [folders.work], inputs)
+    result = ledger(
+        {"outbox": folders.outbox, "archive": folders.archive, "failed": folders.failed}, [folders.work], inputs
+    )
     result.save(f"output_fault_{label}")
     result.assert_exact()
     assert gauge("drdaemon_frames_total", {"result": "failed"}) == 0

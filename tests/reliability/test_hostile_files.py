@@ -46,8 +46,12 @@ def test_links_fifos_and_sockets_are_refused_with_a_reason_and_never_opened(tmp_
     finally:
         listener.close()
         plant.stop_all()
-    for name, kind in (("fifo-link.tif", "symbolic link"), ("link.tif", "symbolic link"), ("fifo.tif", "FIFO"),
-                       ("sock.tif", "socket")):
+    for name, kind in (
+        ("fifo-link.tif", "symbolic link"),
+        ("link.tif", "symbolic link"),
+        ("fifo.tif", "FIFO"),
+        ("sock.tif", "socket"),
+    ):
         reason = refusal(plant, name)
         assert reason["reason"] == "unsupported" and kind in str(reason["message"]), reason
         assert not os.path.exists(plant.dirs["inbox"] / name) and os.path.lexists(plant.dirs["failed"] / name)
@@ -93,8 +97,11 @@ def test_any_name_the_filesystem_accepts_gets_its_result_and_keeps_its_exact_nam
     records = [Sidecar.model_validate_json(p.read_bytes()) for p in plant.dirs["outbox"].glob("*.json")]
     exact = {}
     for record in records:
-        original = bytes.fromhex(record.input.original_path_hex) if record.input.original_path_hex else \
-            record.input.original_path.encode()
+        original = (
+            bytes.fromhex(record.input.original_path_hex)
+            if record.input.original_path_hex
+            else record.input.original_path.encode()
+        )
         exact[os.fsdecode(Path(os.fsdecode(original)).name)] = record
     assert set(exact) == set(inputs)  # the sidecar keeps each exact name, bytes and all
     assert exact[names["not-utf8"]].input.original_path_hex is not None
@@ -102,9 +109,11 @@ def test_any_name_the_filesystem_accepts_gets_its_result_and_keeps_its_exact_nam
     reasons = [json.loads(p.read_text()) for p in plant.dirs["failed"].glob("*.reason.json")]
     assert sorted(r["reason"] for r in reasons) == ["unreadable"] * 3
     assert {bytes.fromhex(r["input_name_hex"]) for r in reasons if r["input_name_hex"]} == {
-        os.fsencode(names["not-utf8"])}
-    assert not list(daemon.work.glob("*.tif")) and not any(n.startswith(".") and n.endswith(".plan.json")
-                                                          for n in os.listdir(daemon.work))
+        os.fsencode(names["not-utf8"])
+    }
+    assert not list(daemon.work.glob("*.tif")) and not any(
+        n.startswith(".") and n.endswith(".plan.json") for n in os.listdir(daemon.work)
+    )
     result = ledger(plant.dirs, [daemon.work], list(inputs.values()) + [d[::-1][:10] + d[10:] for d in inputs.values()])
     result.save("long_and_odd_names")
     assert (result.outputs, result.failure_records, result.lost, result.doubled, result.partial) == (3, 3, 0, 0, 0)

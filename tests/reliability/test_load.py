@@ -15,8 +15,9 @@ pytestmark = pytest.mark.reliability
 
 
 @pytest.mark.parametrize(("watch", "frames", "kills"), [("inotify", 200, 20), ("polling", 60, 6)])
-def test_kill_9_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, watch: str, frames: int,
-                                                            kills: int) -> None:
+def test_kill_9_at_random_moments_loses_and_doubles_nothing(
+    tmp_path: Path, watch: str, frames: int, kills: int
+) -> None:
     plant = Plant(tmp_path)
     daemon = plant.daemon("a", watch="polling = true\npoll_interval_s = 0.2\n" if watch == "polling" else "")
     rng = random.Random(20261201)
@@ -110,7 +111,8 @@ def test_a_sustained_stream_of_large_frames_keeps_memory_flat(tmp_path: Path) ->
     peak = max(rss for _, rss in samples)
     LEDGER_DIR.mkdir(parents=True, exist_ok=True)
     (LEDGER_DIR / "sustained_large_memory.json").write_text(
-        json.dumps({"seconds": seconds, "frames": len(frames), "rss_early": warm, "rss_late": late, "rss_peak": peak}))
+        json.dumps({"seconds": seconds, "frames": len(frames), "rss_early": warm, "rss_late": late, "rss_peak": peak})
+    )
     assert len(frames) >= 20
     assert late <= warm + (64 << 20), f"resident memory grew: {warm >> 20} MiB early, {late >> 20} MiB late"
     assert peak < 1 << 30

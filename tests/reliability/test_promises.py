@@ -113,12 +113,18 @@ def wait(condition, timeout: float = 30.0, what: str = "condition") -> None:
 
 def child_peak_rss(code: str) -> dict[str, int]:
     """Run ``code`` in a fresh interpreter; it prints a JSON dict, to which its peak resident bytes are added."""
-    script = code + "\nimport json, resource, sys\n" + (
-        "OUT['peak'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "print(json.dumps(OUT))\n"
+    script = (
+        code
+        + "\nimport json, resource, sys\n"
+        + ("OUT['peak'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\nprint(json.dumps(OUT))\n")
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -179,6 +185,7 @@ class Trace:
             def call(src, dst, *args, **kwargs):
                 self.events.append((name, os.fsdecode(src), os.fsdecode(dst)))
                 return real[name](src, dst, *args, **kwargs)
+
             return call
 
         def unlink(path, *args, **kwargs):
@@ -245,8 +252,9 @@ def test_power_cut_snapshot_mid_commit_keeps_the_archived_frames_bytes(tmp_path:
             archived = after / Path(record.input.path).relative_to(root)
             assert archived.read_bytes() == data, f"the sidecar vouches for {archived.stat().st_size} bytes"
         else:  # the commit is not durable yet; the frame then must be whole where it was
-            assert any(p.exists() and p.read_bytes() == data for p in (after / "inbox" / "f.tif",
-                                                                      after / "work" / "f.tif"))
+            assert any(
+                p.exists() and p.read_bytes() == data for p in (after / "inbox" / "f.tif", after / "work" / "f.tif")
+            )
 
 
 # -- 2. the watchdog while the daemon waits by design -----------------------------------------
@@ -453,7 +461,8 @@ def test_resident_memory_returns_after_large_bad_files(tmp_path: Path) -> None:
     finally:
         plant.stop_all()
     assert sorted(n for n in plant.names("failed") if n.endswith(".reason.json")) == [
-        f"bad{i}.tif.reason.json" for i in range(3)]
+        f"bad{i}.tif.reason.json" for i in range(3)
+    ]
     assert after - before < 80 << 20, f"resident memory grew by {(after - before) >> 20} MB"
 
 
@@ -515,8 +524,9 @@ def test_links_planted_at_every_temporary_name_never_touch_their_target(folders,
     victim.write_bytes(b"an archived raw frame")
     alternate = iter(range(10**6))
     # Pin every other random tag, so that the planted links sit at the names the daemon tries first.
-    monkeypatch.setattr(durable, "_nonce", lambda: "_feed" if next(alternate) % 2 == 0 else "_" + os.urandom(6).hex(),
-                        raising=False)
+    monkeypatch.setattr(
+        durable, "_nonce", lambda: "_feed" if next(alternate) % 2 == 0 else "_" + os.urandom(6).hex(), raising=False
+    )
     finisher = Finisher.for_folders(folders, preview=True)
 
     def plant_links(final: Path) -> None:
@@ -546,15 +556,20 @@ def test_links_planted_at_every_temporary_name_never_touch_their_target(folders,
     assert stat.S_IMODE(victim.stat().st_mode) & 0o222  # untouched, still a plain file
     sidecars = list(folders.outbox.glob("good*.tif.json"))
     assert len(sidecars) == 1 and Sidecar.model_validate_json(sidecars[0].read_bytes()).input.sha256 == sha(
-        frame_bytes(5))
+        frame_bytes(5)
+    )
     assert list(folders.failed.glob("bad*.reason.json"))
 
 
 def test_temporary_names_cannot_be_predicted_from_another_process(tmp_path: Path) -> None:
-    code = ("from pathlib import Path; from drdaemon.io.durable import temp_path_for;"
-            "print(temp_path_for(Path('/o/x.tif')).name)")
-    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-             for _ in range(2)}
+    code = (
+        "from pathlib import Path; from drdaemon.io.durable import temp_path_for;"
+        "print(temp_path_for(Path('/o/x.tif')).name)"
+    )
+    names = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     assert len(names) == 2  # even a process with the same pid would not repeat another's names
 
 
@@ -585,7 +600,11 @@ def test_an_unmounted_outbox_share_holds_frames_until_it_is_mounted_again(tmp_pa
         assert statuses == [0]
         names = sorted(p.name for p in outbox.iterdir())
         assert [n for n in names if not n.startswith(".")] == [
-            "first.tif", "first.tif.json", "second.tif", "second.tif.json"], names
+            "first.tif",
+            "first.tif.json",
+            "second.tif",
+            "second.tif.json",
+        ], names
         assert sorted(p.name for p in daemon.folders.archive.iterdir()) == ["first.tif", "second.tif"]
     finally:
         subprocess.run(["umount", "-l", str(outbox)], capture_output=True)
@@ -631,8 +650,10 @@ def test_a_peers_start_up_keeps_a_dead_daemons_proof_of_its_output(tmp_path: Pat
     restarted = Finisher.for_folders(a, preview=False, owner=durable.current_owner(work_identity(a.work)))
     redo = restarted.recover(a.work)
     assert [p.name for p in redo] == ["s.tif"]
-    commit_frame(enhance_frame(load_frame(WorkItem(path=redo[0], original=a.inbox / "s.tif"), ReadLimits()),
-                               ClassicalEngine()), restarted)
+    commit_frame(
+        enhance_frame(load_frame(WorkItem(path=redo[0], original=a.inbox / "s.tif"), ReadLimits()), ClassicalEngine()),
+        restarted,
+    )
     del done
     result = ledger({"outbox": a.outbox, "archive": a.archive, "failed": a.failed}, [a.work, b.work], [data])
     result.assert_exact()
@@ -718,15 +739,16 @@ def test_a_pre_sized_file_with_holes_is_not_taken_for_whole(tmp_path: Path) -> N
     with path.open("wb") as fh:  # pre-size to the final size, write the first fifth, close, pause
         fh.truncate(len(data))
         fh.write(data[: len(data) // 5])
-    watcher = InboxWatcher(inbox, WatchConfig(stability_wait_s=0.05, rescan_interval_s=0.05,
-                                              incomplete_grace_s=30.0, polling=True))
+    watcher = InboxWatcher(
+        inbox, WatchConfig(stability_wait_s=0.05, rescan_interval_s=0.05, incomplete_grace_s=30.0, polling=True)
+    )
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         assert not watcher.poll(), "a file four fifths holes was judged whole"
         time.sleep(0.05)
     with path.open("r+b") as fh:  # the writer comes back and finishes
         fh.seek(len(data) // 5)
-        fh.write(data[len(data) // 5:])
+        fh.write(data[len(data) // 5 :])
     wait(lambda: [c.path.name for c in watcher.poll()] == ["f.tif"], 5, "the finished file")
 
 
@@ -789,8 +811,10 @@ def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(folder
     structlog.reset_defaults()  # info lines too, whatever an earlier test configured
     daemon = in_process_daemon(folders.inbox.parent)
     with structlog.testing.capture_logs() as logs, running(daemon):
-        wait(lambda: daemon.metrics.registry.get_sample_value("drdaemon_frames_total", {"result": "ok"}) == 1,
-             what="the recovered frame's count")
+        wait(
+            lambda: daemon.metrics.registry.get_sample_value("drdaemon_frames_total", {"result": "ok"}) == 1,
+            what="the recovered frame's count",
+        )
     assert [e["frame"] for e in logs if e["event"] == "frame_done"] == ["f.tif"]
     assert not plan_path(item.path).exists()
 
@@ -802,10 +826,10 @@ def test_library_warnings_join_the_json_log_once(tmp_path: Path) -> None:
     tifffile.imwrite(head, np.zeros((200, 300), np.uint16), description="bad tag ahead")
     data = bytearray(head.getvalue())
     offset = struct.unpack("<I", data[4:8])[0]
-    for index in range(struct.unpack("<H", data[offset:offset + 2])[0]):
+    for index in range(struct.unpack("<H", data[offset : offset + 2])[0]):
         entry = offset + 2 + 12 * index
-        if struct.unpack("<H", data[entry:entry + 2])[0] == 270:  # ImageDescription of type 99: tifffile warns
-            data[entry + 2:entry + 4] = struct.pack("<H", 99)
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 270:  # ImageDescription of type 99: tifffile warns
+            data[entry + 2 : entry + 4] = struct.pack("<H", 99)
     daemon.start()
     try:
         daemon.wait_ready()

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.reliability
 
 def two_hosts(tmp_path: Path) -> tuple[Folders, Folders]:
     shared = Folders().resolved(tmp_path)
-    a, b = shared.model_copy(update={"work": tmp_path / "work-a"}), shared.model_copy(update={"work": tmp_path / "work-b"})
+    a, b = (
+        shared.model_copy(update={"work": tmp_path / "work-a"}),
+        shared.model_copy(update={"work": tmp_path / "work-b"}),
+    )
     for folders in (a, b):
         for _, path in folders:
             path.mkdir(exist_ok=True)
@@ -51,7 +54,11 @@ def test_a_killed_daemon_never_takes_another_daemons_sidecar_for_its_own(tmp_pat
     result = ledger({"outbox": a.outbox, "archive": a.archive, "failed": a.failed}, [a.work, b.work], [mine, theirs])
     result.assert_exact()
     assert result.outputs == 2 and sorted(p.name for p in a.outbox.iterdir()) == [
-        "s.tif", "s.tif.json", "s~1.tif", "s~1.tif.json"]
+        "s.tif",
+        "s.tif.json",
+        "s~1.tif",
+        "s~1.tif.json",
+    ]
     assert sorted(p.name for p in a.archive.iterdir()) == ["s.tif", "s~1.tif"]
 
 

@@ -96,16 +96,27 @@ def test_frames_finished_by_recovery_are_logged_and_counted(tmp_path: Path) -> N
     encoded = crashed.output_format.encode(done.result.pixels, {})
     crashed.write_output(plan, encoded)
     crashed.reserve_archive(item.path, plan, kind="archive")
-    sidecar = sidecar_draft(done).complete(input_path=plan.archive, output_path=plan.output, data=encoded,
-                                           shape=[40, 48], dtype="uint16", compression="zstd", preview=None,
-                                           write_s=0.0, claim=plan.claim)
+    sidecar = sidecar_draft(done).complete(
+        input_path=plan.archive,
+        output_path=plan.output,
+        data=encoded,
+        shape=[40, 48],
+        dtype="uint16",
+        compression="zstd",
+        preview=None,
+        write_s=0.0,
+        claim=plan.claim,
+    )
     crashed.write_sidecar(plan, sidecar.to_bytes())  # killed here: committed, not cleaned up
     daemon = Daemon(settings, engines=[ClassicalEngine()])
     daemon.request_stop()  # start, recover, stop
     assert daemon.run(install_signal_handlers=False) == 0
     assert daemon.metrics.registry.get_sample_value("drdaemon_frames_total", {"result": "ok"}) == 1
-    result = ledger({"outbox": settings.folders.outbox, "archive": settings.folders.archive,
-                     "failed": settings.folders.failed}, [settings.folders.work], [data])
+    result = ledger(
+        {"outbox": settings.folders.outbox, "archive": settings.folders.archive, "failed": settings.folders.failed},
+        [settings.folders.work],
+        [data],
+    )
     result.assert_exact()
 
 
@@ -158,15 +169,17 @@ def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(folders: Folder
     (folders.inbox / "p.tif").write_bytes(frame_bytes(2))
     item = claim(folders.inbox / "p.tif", folders.work, time.time(), time.monotonic())
     journal.clear()
-    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()),
-                 Finisher.for_folders(folders, preview=False))
+    commit_frame(
+        enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()), Finisher.for_folders(folders, preview=False)
+    )
     steps = [(op, folder) for op, folder in journal if op != "fsync"]
     assert {folder for _, folder in steps} >= {folders.outbox, folders.archive, folders.work}
     for index, (op, folder) in enumerate(journal):
         if op == "fsync":
             continue
-        later = journal[index + 1:]
+        later = journal[index + 1 :]
         # The next step in another folder comes only after this folder was fsynced.
         next_elsewhere = next((i for i, (o, f) in enumerate(later) if o != "fsync" and f != folder), len(later))
-        assert ("fsync", folder) in later[:next_elsewhere] or not later[:next_elsewhere] and (
-            "fsync", folder) in later, (op, folder, journal)
+        assert ("fsync", folder) in later[:next_elsewhere] or (
+            not later[:next_elsewhere] and ("fsync", folder) in later
+        ), (op, folder, journal)

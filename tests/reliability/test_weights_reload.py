@@ -11,8 +11,8 @@ import torch
 from plant import Plant, frame_bytes
 
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.io.weights import save_weights
+from drdaemon.model.network import Enhancer, EnhancerSpec
 
 pytestmark = pytest.mark.reliability
 
@@ -28,7 +28,9 @@ def test_replaced_weights_are_used_only_after_sighup_and_a_bad_file_is_refused(t
     live = tmp_path / "enhancer.safetensors"
     first = weights_file(live, 0)
     second = weights_file(tmp_path / "second.safetensors", 1)
-    daemon = plant.daemon("a", f'[engine]\nname = "net"\nweights = "{live}"\ndevices = ["cpu"]\nprecision = "float32"\n')
+    daemon = plant.daemon(
+        "a", f'[engine]\nname = "net"\nweights = "{live}"\ndevices = ["cpu"]\nprecision = "float32"\n'
+    )
     daemon.start()
     used: list[str | None] = []
 

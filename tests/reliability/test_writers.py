@@ -33,7 +33,7 @@ def write_in_chunks(path: Path, data: bytes, chunks: int, pause_s: float, presiz
             os.ftruncate(fd, len(data))  # the full size at once, zero-filled
         step = -(-len(data) // chunks)
         for start in range(0, len(data), step):
-            os.pwrite(fd, data[start:start + step], start)
+            os.pwrite(fd, data[start : start + step], start)
             if start + step < len(data):
                 time.sleep(pause_s)
     finally:
@@ -47,8 +47,11 @@ def assert_made_from(plant: Plant, data: bytes) -> None:
     np.testing.assert_array_equal(tifffile.imread(record.output.path), expected)
 
 
-@pytest.mark.parametrize(("presize", "pause_s"), [(True, 0.8), (False, 0.8), (True, 4.0)],
-                         ids=["pre-sizing", "slow-past-stability", "pausing-past-grace"])
+@pytest.mark.parametrize(
+    ("presize", "pause_s"),
+    [(True, 0.8), (False, 0.8), (True, 4.0)],
+    ids=["pre-sizing", "slow-past-stability", "pausing-past-grace"],
+)
 def test_a_writer_still_at_work_is_waited_for(tmp_path: Path, presize: bool, pause_s: float) -> None:
     plant = Plant(tmp_path)
     daemon = plant.daemon("a")  # stability wait 0.2 s, grace 3 s: every pause is longer than the wait
@@ -82,8 +85,9 @@ def test_a_frame_that_changes_after_its_read_is_not_committed(tmp_path: Path) ->
     assert list(folders.outbox.iterdir()) == [] and list(folders.archive.iterdir()) == []
     assert [p.name for p in folders.work.iterdir()] == ["f.tif"]  # kept, to be read again
     item.claimed_signature = None  # once settled, as the daemon's settling wait records it anew
-    commit_frame(enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()),
-                 Finisher.for_folders(folders, preview=False))
+    commit_frame(
+        enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()), Finisher.for_folders(folders, preview=False)
+    )
     record = Sidecar.model_validate_json((folders.outbox / "f.tif.json").read_bytes())
     assert record.input.sha256 == sha((folders.archive / "f.tif").read_bytes())
 
@@ -119,7 +123,6 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
     assert list(settings.folders.work.iterdir()) == []  # nothing left, the lock file neither
 
 
-
 def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_reads(tmp_path: Path) -> None:
     import json
 
@@ -147,5 +150,6 @@ def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_r
     assert run_until(daemon, reason_file.exists, timeout=60) == 0
     assert json.loads(reason_file.read_text())["reason"] == "changed"
     assert len(calls) == MAX_CHANGES + 1 and list(settings.folders.outbox.iterdir()) == []
-    assert daemon.metrics.registry.get_sample_value("drdaemon_errors_total",
-                                                    {"stage": "read", "reason": "changed"}) == 1
+    assert (
+        daemon.metrics.registry.get_sample_value("drdaemon_errors_total", {"stage": "read", "reason": "changed"}) == 1
+    )
