@@ -2,6 +2,7 @@
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ def bench_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["--height", "48", "--width", "70", "--repeats", "1", "--frames", "0", *argv])
 
 
-def test_net_bench_reports_speed_memory_and_half_precision_psnr(capsys):
+def test_net_bench_reports_speed_memory_and_half_precision_psnr(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
         run_bench(bench_args("--engine", "net", "--device", "cpu", "--scales", "1,4", "--precisions", "float32,half"))
         == 0
@@ -27,12 +28,12 @@ def test_net_bench_reports_speed_memory_and_half_precision_psnr(capsys):
     assert "faster than s=1" in out
 
 
-def test_classical_bench_reports_read_enhance_write(capsys):
+def test_classical_bench_reports_read_enhance_write(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_bench(bench_args("--engine", "classical")) == 0
     assert re.search(r"read [\d.]+ ms, enhance [\d.]+ ms, write \(lzw\) [\d.]+ ms", capsys.readouterr().out)
 
 
-def test_compression_table_has_a_row_per_option_with_its_tiff_code(capsys):
+def test_compression_table_has_a_row_per_option_with_its_tiff_code(capsys: pytest.CaptureFixture[str]) -> None:
     from drdaemon.defaults import COMPRESSIONS
 
     assert run_bench(bench_args("--compression-table", "--height", "96", "--width", "128")) == 0
@@ -46,7 +47,7 @@ def test_compression_table_has_a_row_per_option_with_its_tiff_code(capsys):
     assert "| `lzw` (default) | 5 |" in out and "| `none` | 1 |" in out
 
 
-def test_pipeline_bench_prints_each_steps_time_and_non_local_means_apart(capsys):
+def test_pipeline_bench_prints_each_steps_time_and_non_local_means_apart(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_bench(bench_args("--engine", "pipeline", "--preset", "filtered-median")) == 0
     out = capsys.readouterr().out
     for key in ("step0_normalise", "step1_median", "step2_clahe", "step3_normalise", "pipeline_output"):
@@ -56,7 +57,9 @@ def test_pipeline_bench_prints_each_steps_time_and_non_local_means_apart(capsys)
     assert re.search(r"non-local means apart .*: [\d.]+ s = [\d.]+ MP/s", out)
 
 
-def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_frame_file(capsys, tmp_path):
+def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_frame_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     import numpy as np
     import tifffile
 
@@ -87,7 +90,7 @@ def test_net_bench_prints_half_precision_and_tiler_errors_in_output_levels_on_a_
     assert len(re.findall(r"exact tiler, 16 x 16 tiles, (float32|bfloat16): PSNR vs whole frame", out)) == 2
 
 
-def test_identity_bench_breaks_the_host_cost_down_by_stage_and_thread(capsys):
+def test_identity_bench_breaks_the_host_cost_down_by_stage_and_thread(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_bench(bench_args("--engine", "identity", "--readers", "2", "--writers", "3")) == 0
     out = capsys.readouterr().out
     for stage in ("read", "hash input", "window", "copies", "encode", "hash output", "write", "fsync", "sidecar"):
@@ -97,7 +100,7 @@ def test_identity_bench_breaks_the_host_cost_down_by_stage_and_thread(capsys):
     assert re.search(r"host ceiling with 2 reader\(s\), 1 worker\(s\), 3 writer\(s\): [\d.]+ frames/s", out)
 
 
-def test_host_ceiling_is_set_by_the_slowest_stage_per_thread():
+def test_host_ceiling_is_set_by_the_slowest_stage_per_thread() -> None:
     from drdaemon.bench.host import HostCosts
 
     costs = HostCosts({"read": 0.05, "window": 0.01, "copies": 0.01, "encode": 0.12, "fsync": 0.03})

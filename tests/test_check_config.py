@@ -51,7 +51,7 @@ def keep_signal_handlers():
         signal.signal(sig, handler)
 
 
-def error_of(verb: str, config: Path, capsys) -> str:
+def error_of(verb: str, config: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """The configuration error `verb` prints, after checking that it exits 78."""
     capsys.readouterr()
     status = main([verb, "--config", str(config)])
@@ -61,14 +61,16 @@ def error_of(verb: str, config: Path, capsys) -> str:
     return err.split(ERROR_HEADER, 1)[1].strip()
 
 
-def assert_same_refusal(config: Path, capsys, expected: str) -> None:
+def assert_same_refusal(config: Path, capsys: pytest.CaptureFixture[str], expected: str) -> None:
     from_run = error_of("run", config, capsys)
     from_check = error_of("check-config", config, capsys)
     assert expected in from_run
     assert from_run in from_check  # the very message run gives (check-config may add other findings)
 
 
-def test_a_good_configuration_passes_every_check_and_leaves_no_probe(tmp_path: Path, capsys) -> None:
+def test_a_good_configuration_passes_every_check_and_leaves_no_probe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, 0)
     for name in ("inbox", "outbox", "archive", "failed", "work"):
         (tmp_path / name).mkdir()
@@ -80,7 +82,7 @@ def test_a_good_configuration_passes_every_check_and_leaves_no_probe(tmp_path: P
 
 
 def test_check_config_creates_nothing_and_says_what_run_would_create(
-    tmp_path: Path, capsys, keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
 ) -> None:
     config = write_config(tmp_path, 0)  # folders.create = true, no folder exists yet
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
@@ -90,7 +92,9 @@ def test_check_config_creates_nothing_and_says_what_run_would_create(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]  # nothing on disk changed
 
 
-def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+) -> None:
     (tmp_path / "example" / "inbox").mkdir(parents=True)
     config = write_config(tmp_path, 0, inbox="example/inobx", create=False)
     message = error_of("check-config", config, capsys)
@@ -102,7 +106,9 @@ def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "example"]
 
 
-def test_every_folder_the_daemon_creates_is_named_in_a_log_line(tmp_path: Path, capsys) -> None:
+def test_every_folder_the_daemon_creates_is_named_in_a_log_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from drdaemon.config import load_settings
     from drdaemon.logs import configure_logging
     from drdaemon.service.startup import prepare_folders
@@ -116,19 +122,23 @@ def test_every_folder_the_daemon_creates_is_named_in_a_log_line(tmp_path: Path, 
     assert created == {name: str(tmp_path / name) for name in ("inbox", "outbox", "archive", "failed", "work")}
 
 
-def test_a_weights_path_with_a_typo_fails_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+def test_a_weights_path_with_a_typo_fails_like_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+) -> None:
     config = write_config(tmp_path, 0, engine='name = "net"\nweights = "weights/enhancer.safetensros"\n')
     assert_same_refusal(config, capsys, "engine.weights")
 
 
 def test_an_engine_name_not_in_the_registry_fails_like_run_naming_the_engines(
-    tmp_path: Path, capsys, keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
 ) -> None:
     config = write_config(tmp_path, 0, engine='name = "gamma"\n')  # once silently the stretch
     assert_same_refusal(config, capsys, "engine.name: unknown engine 'gamma'; the engines are: auto, classical, he")
 
 
-def test_folders_a_rename_cannot_cross_fail_like_run(tmp_path: Path, capsys, keep_signal_handlers, monkeypatch):
+def test_folders_a_rename_cannot_cross_fail_like_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write_config(tmp_path, 0)
     real_rename = os.rename
 
@@ -141,7 +151,9 @@ def test_folders_a_rename_cannot_cross_fail_like_run(tmp_path: Path, capsys, kee
     assert_same_refusal(config, capsys, "folders.archive")
 
 
-def test_folders_on_two_filesystems_fail_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+def test_folders_on_two_filesystems_fail_like_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+) -> None:
     other = Path("/dev/shm")
     if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("no second filesystem (/dev/shm) here")
@@ -155,7 +167,9 @@ def test_folders_on_two_filesystems_fail_like_run(tmp_path: Path, capsys, keep_s
         shutil.rmtree(archive, ignore_errors=True)
 
 
-def test_a_metrics_port_already_taken_fails_like_run(tmp_path: Path, capsys, keep_signal_handlers) -> None:
+def test_a_metrics_port_already_taken_fails_like_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -163,7 +177,9 @@ def test_a_metrics_port_already_taken_fails_like_run(tmp_path: Path, capsys, kee
         assert_same_refusal(config, capsys, "metrics.port: cannot serve metrics")
 
 
-def test_the_port_of_the_daemon_running_on_this_work_folder_is_not_a_failure(tmp_path: Path, capsys) -> None:
+def test_the_port_of_the_daemon_running_on_this_work_folder_is_not_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Before a restart the running daemon holds both its work lock and the port; here this process plays it.
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -175,7 +191,9 @@ def test_the_port_of_the_daemon_running_on_this_work_folder_is_not_a_failure(tmp
     assert "held by the daemon running on this work folder" in capsys.readouterr().out
 
 
-def test_every_failure_is_named_at_once(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_every_failure_is_named_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -220,7 +238,7 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
 
 
 def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(
-    tmp_path: Path, capsys, keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
 ) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

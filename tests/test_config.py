@@ -50,7 +50,7 @@ def test_example_config_documents_every_key_and_loads() -> None:
     assert settings.folders.inbox == REPO / "example" / "inbox"
 
 
-def test_relative_folders_resolve_against_the_config_file(tmp_path: Path, monkeypatch) -> None:
+def test_relative_folders_resolve_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "conf").mkdir()
     config = write(tmp_path / "conf" / "d.toml", '[folders]\ninbox = "in"\noutbox = "/abs/out"\n')
     monkeypatch.chdir("/")
@@ -60,7 +60,7 @@ def test_relative_folders_resolve_against_the_config_file(tmp_path: Path, monkey
     assert settings.folders.work == tmp_path / "conf" / "work"
 
 
-def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\n[watch]\nstability_wait_s = 3.0\n')
     monkeypatch.setenv("DRDAEMON_FOLDERS__INBOX", "/data/in")
     monkeypatch.setenv("DRDAEMON_WATCH__STABILITY_WAIT_S", "0.5")
@@ -83,7 +83,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
     ],
     ids=["misspelt-key", "unknown-table", "out-of-range", "half-a-size", "bad-choice", "bad-toml"],
 )
-def test_config_errors_exit_78_naming_the_key(tmp_path: Path, capsys, text: str, key: str, hint: str) -> None:
+def test_config_errors_exit_78_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str, hint: str
+) -> None:
     config = write(tmp_path / "d.toml", text)
     with pytest.raises(ConfigError):
         load_settings(config)
@@ -105,7 +107,9 @@ def test_missing_config_file_exits_78_from_a_real_process(tmp_path: Path) -> Non
         assert "not found" in result.stderr and "absent.toml" in result.stderr
 
 
-def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_check_config_prints_the_effective_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write(tmp_path / "d.toml", '[folders]\ninbox = "in"\ncreate = true\n[output]\npreview_png = true\n')
     monkeypatch.setenv("DRDAEMON_METRICS__PORT", "9999")
     monkeypatch.setenv("DRDAEMON_METRICS__ENABLED", "false")  # no port is bound: the test needs none free
@@ -121,7 +125,7 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path, capsys,
 
 
 def test_an_error_from_an_environment_variable_names_the_variable_and_the_closest_value(
-    tmp_path: Path, capsys, monkeypatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = write(tmp_path / "d.toml", '[folders]\ncreate = true\n[engine]\nname = "classical"\n[metrics]\nport = 0\n')
     monkeypatch.setenv("DRDAEMON_ENGINE__NAME", "clasical")  # the example: an engine name (a registry)
@@ -138,7 +142,9 @@ def test_an_error_from_an_environment_variable_names_the_variable_and_the_closes
     assert "did you mean 'lzw'?" in err
 
 
-def test_a_misspelt_key_in_the_file_gets_the_closest_key(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_misspelt_key_in_the_file_gets_the_closest_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write(tmp_path / "d.toml", '[watch]\nstabilty_wait_s = 1\n[output]\ncompression = "jpeg"\n')
     monkeypatch.setenv("DRDAEMON_ENGINE__GAMA", "0.8")
     assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG

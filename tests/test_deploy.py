@@ -55,7 +55,7 @@ def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
 # --- systemd ---------------------------------------------------------------------------
 
 
-def test_unit_restarts_on_failure_but_not_on_bad_config():
+def test_unit_restarts_on_failure_but_not_on_bad_config() -> None:
     service = unit_settings(UNIT.read_text())["Service"]
     assert service["Type"] == ["notify"]
     assert service["Restart"] == ["on-failure"]
@@ -64,7 +64,7 @@ def test_unit_restarts_on_failure_but_not_on_bad_config():
     assert service["ExecStart"][0].endswith("drdaemon run --config /etc/drdaemon/config.toml")
 
 
-def test_unit_sandbox_leaves_the_gpu_reachable():
+def test_unit_sandbox_leaves_the_gpu_reachable() -> None:
     service = unit_settings(UNIT.read_text())["Service"]
     assert "PrivateDevices" not in service  # it would hide /dev/nvidia*
     assert service["DevicePolicy"] == ["closed"]
@@ -76,7 +76,7 @@ def test_unit_sandbox_leaves_the_gpu_reachable():
     assert service["User"] == ["drdaemon"]
 
 
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze", "systemd")
     # verify insists that ExecStart's program exists; on a development machine it is not
     # at /opt/drdaemon, so verify a copy that points at this checkout's (or any) program.
@@ -101,26 +101,26 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
 # --- Prometheus ------------------------------------------------------------------------
 
 
-def test_promtool_accepts_the_alert_rules():
+def test_promtool_accepts_the_alert_rules() -> None:
     promtool = tool("promtool", "prometheus")
     result = run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
 
 
-def test_alert_rules_fire_when_they_should():
+def test_alert_rules_fire_when_they_should() -> None:
     promtool = tool("promtool", "prometheus")
     result = run(promtool, "test", "rules", str(DEPLOY / "prometheus" / "drdaemon-rules.test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_accepts_the_scrape_config():
+def test_promtool_accepts_the_scrape_config() -> None:
     promtool = tool("promtool", "prometheus")
     result = run(promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_finds_no_problem_in_the_exposition():
+def test_promtool_finds_no_problem_in_the_exposition() -> None:
     promtool = tool("promtool", "prometheus")
     metrics = DaemonMetrics()
     metrics.set_build_info(version="0.1.0", engine="net", weights_sha256="0" * 64, torch="2.14.1", cuda="12.8")
@@ -142,13 +142,13 @@ def cpu_station_exposition() -> str:
     return generate_latest(metrics.registry).decode()
 
 
-def test_promtool_finds_no_problem_in_a_cpu_station_exposition():
+def test_promtool_finds_no_problem_in_a_cpu_station_exposition() -> None:
     promtool = tool("promtool", "prometheus")
     result = run(promtool, "check", "metrics", stdin=cpu_station_exposition())
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
 
-def test_the_exposition_has_no_created_series_and_no_empty_label():
+def test_the_exposition_has_no_created_series_and_no_empty_label() -> None:
     text = cpu_station_exposition()
     assert "_created" not in text
     assert '=""' not in text
@@ -166,7 +166,7 @@ def dashboard_queries() -> list[str]:
     return [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
 
 
-def test_dashboard_imports_without_editing():
+def test_dashboard_imports_without_editing() -> None:
     board = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in board["templating"]["list"]}
     # The data source is a variable, so the JSON imports as-is into any Grafana.
@@ -194,7 +194,7 @@ def test_dashboard_imports_without_editing():
         assert topic in titles
 
 
-def test_dashboard_only_queries_metrics_the_daemon_exports():
+def test_dashboard_only_queries_metrics_the_daemon_exports() -> None:
     metrics = DaemonMetrics()
     metrics.set_device_memory("cuda:0", 1, 1)
     metrics.set_build_info(version="x", engine="x", weights_sha256=None, torch="x", cuda=None)
@@ -207,7 +207,7 @@ def test_dashboard_only_queries_metrics_the_daemon_exports():
     assert used and used <= exported, used - exported
 
 
-def test_dashboard_per_stage_panels_name_the_stages_the_daemon_exports():
+def test_dashboard_per_stage_panels_name_the_stages_the_daemon_exports() -> None:
     board = json.loads(DASHBOARD.read_text())
     stage_panels = [p for p in board["panels"] if "each stage" in p.get("description", "")]
     assert len(stage_panels) == 3
@@ -216,7 +216,7 @@ def test_dashboard_per_stage_panels_name_the_stages_the_daemon_exports():
         assert [w for w in named if w in STAGES] == list(STAGES), panel["title"]
 
 
-def test_dashboard_queries_are_valid_promql(tmp_path):
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     promtool = tool("promtool", "prometheus")
     # promtool parses PromQL in rule files: wrap each panel query in a recording rule,
     # with Grafana's variables replaced by what Grafana would put there.
@@ -242,7 +242,7 @@ def guide_shell_blocks() -> list[str]:
     return re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), flags=re.M | re.S)
 
 
-def test_every_shell_block_of_the_install_guide_parses():
+def test_every_shell_block_of_the_install_guide_parses() -> None:
     bash = shutil.which("bash")
     assert bash is not None
     blocks = guide_shell_blocks()
@@ -252,7 +252,7 @@ def test_every_shell_block_of_the_install_guide_parses():
         assert result.returncode == 0, block + result.stderr
 
 
-def test_the_install_guide_steps_are_numbered_in_order_and_cover_a_plant_install():
+def test_the_install_guide_steps_are_numbered_in_order_and_cover_a_plant_install() -> None:
     text = GUIDE.read_text()
     numbers = [int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.M)]
     assert numbers == list(range(1, len(numbers) + 1))

@@ -100,7 +100,7 @@ def test_recompressed_cr_frame_reads_as_the_reference_decoder_reads_it(tmp_path:
     np.testing.assert_array_equal(frame.pixels, int(uncompressed.dicom.value_range[1]) - reference)
 
 
-def test_missing_codec_is_unsupported_naming_the_extra(monkeypatch) -> None:
+def test_missing_codec_is_unsupported_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     source = pydicom_data_file("RG3_UNCR.dcm")
     if not has_decoder(RLE_LOSSLESS):
         pytest.skip("no RLE decoder")
@@ -479,7 +479,9 @@ def test_default_patterns_take_dicom_raw_and_his_and_a_pattern_takes_suffixless_
     assert InboxWatcher(tmp_path, WatchConfig(patterns=["IM*"])).accepts("IM0001")
 
 
-def test_raw_layout_and_dicom_output_keys_come_from_the_environment_and_print_back(tmp_path: Path, monkeypatch) -> None:
+def test_raw_layout_and_dicom_output_keys_come_from_the_environment_and_print_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from drdaemon.cli import settings_to_toml
     from drdaemon.config import load_settings
     from drdaemon.service.frame import read_limits
@@ -589,7 +591,7 @@ def test_enhance_writes_dicom_for_dicom_tiff_for_tiff_and_records_uids(tmp_path:
     assert dciodvfy_errors(out / "IM0001.dcm") == []
 
 
-def test_enhance_with_format_dicom_refuses_a_tiff(tmp_path: Path, capsys) -> None:
+def test_enhance_with_format_dicom_refuses_a_tiff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "plain.tif").write_bytes(tifffile_bytes(ramp()))
     config = _config(tmp_path, '[output]\nformat = "dicom"\n')
     assert main(["enhance", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "out"), "--config", str(config)]) == 1

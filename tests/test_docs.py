@@ -21,12 +21,12 @@ def generate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_reference_pages_say_what_the_code_says():
+def test_the_reference_pages_say_what_the_code_says() -> None:
     result = generate("--check")
     assert result.returncode == 0, result.stderr
 
 
-def test_a_reference_page_left_behind_by_the_code_fails_the_check(tmp_path):
+def test_a_reference_page_left_behind_by_the_code_fails_the_check(tmp_path: Path) -> None:
     pages = tmp_path / "reference"
     shutil.copytree(ROOT / "docs" / "reference", pages)
     page = pages / "configuration.md"
@@ -44,7 +44,7 @@ def test_a_reference_page_left_behind_by_the_code_fails_the_check(tmp_path):
     assert page.read_text() == (ROOT / "docs" / "reference" / "configuration.md").read_text()
 
 
-def test_every_configuration_key_is_on_the_configuration_page_with_its_environment_name():
+def test_every_configuration_key_is_on_the_configuration_page_with_its_environment_name() -> None:
     from drdaemon.config import Settings
 
     page = (ROOT / "docs" / "reference" / "configuration.md").read_text()
@@ -68,11 +68,11 @@ def test_every_configuration_key_is_on_the_configuration_page_with_its_environme
         assert f"`{env}`" in page, env
 
 
-def test_the_readme_is_at_most_20_kb():
+def test_the_readme_is_at_most_20_kb() -> None:
     assert README.stat().st_size <= 20 * 1024
 
 
-def test_the_readme_gives_the_cpu_only_install_beside_the_two_commands():
+def test_the_readme_gives_the_cpu_only_install_beside_the_two_commands() -> None:
     text = README.read_text()
     first_block = re.search(r"^```sh\n(.*?)^```", text, flags=re.M | re.S)
     assert first_block is not None
@@ -82,7 +82,7 @@ def test_the_readme_gives_the_cpu_only_install_beside_the_two_commands():
     assert "bash .ci/run" in commands
 
 
-def test_the_readme_says_which_engine_when_before_the_commands():
+def test_the_readme_says_which_engine_when_before_the_commands() -> None:
     text = README.read_text()
     engines = text.index("## Which engine when")
     assert engines < text.index("## Two commands")
@@ -91,7 +91,7 @@ def test_the_readme_says_which_engine_when_before_the_commands():
     assert '`name = "classical"`' in table and '`name = "net"`' in table
 
 
-def test_every_relative_link_in_the_readme_and_the_docs_points_at_a_file():
+def test_every_relative_link_in_the_readme_and_the_docs_points_at_a_file() -> None:
     sources = [README, *sorted((ROOT / "docs").rglob("*.md"))]
     for source in sources:
         text = re.sub(r"^```.*?^```", "", source.read_text(), flags=re.M | re.S)
@@ -102,7 +102,7 @@ def test_every_relative_link_in_the_readme_and_the_docs_points_at_a_file():
             assert (source.parent / path).exists(), f"{source.relative_to(ROOT)}: {target}"
 
 
-def test_the_site_builds_strictly_with_the_install_guide_in_it(tmp_path):
+def test_the_site_builds_strictly_with_the_install_guide_in_it(tmp_path: Path) -> None:
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent))
     if mkdocs is None:
         pytest.skip("mkdocs is not installed: pip install -e '.[docs]'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from toy_engine import InvertEngine, build_invert
@@ -20,7 +22,7 @@ from drdaemon.evaluate.baselines import MethodError, build_method
 TOY = ENGINES.with_engine("invert", EngineEntry("the gray scale upside down (a test's toy)", build_invert))
 
 
-def test_a_registered_engine_is_accepted_by_the_configuration_and_built():
+def test_a_registered_engine_is_accepted_by_the_configuration_and_built() -> None:
     config = EngineConfig(name="invert")
     assert check_engine_name(config, TOY) == "invert"
     engine = build_checked_engines(config, TOY)[0]
@@ -30,14 +32,14 @@ def test_a_registered_engine_is_accepted_by_the_configuration_and_built():
     assert reader_window(config, TOY) == (config.low_percentile, config.high_percentile)
 
 
-def test_a_registered_engine_is_an_evaluation_method_under_its_name():
+def test_a_registered_engine_is_an_evaluation_method_under_its_name() -> None:
     method = build_method("invert", registry=TOY)
     assert method.label == "invert" and isinstance(method.engine, InvertEngine)
     with pytest.raises(MethodError, match="unknown method 'invert'"):
         build_method("invert")  # not in the package's registry
 
 
-def test_an_unregistered_name_is_a_configuration_error_naming_the_engines():
+def test_an_unregistered_name_is_a_configuration_error_naming_the_engines() -> None:
     # "gamma" once built an engine that silently behaved as the stretch.
     for name in ("gamma", "invert"):
         config = EngineConfig(name=name)
@@ -46,14 +48,14 @@ def test_an_unregistered_name_is_a_configuration_error_naming_the_engines():
                 call(config)
 
 
-def test_the_registry_refuses_a_name_twice():
+def test_the_registry_refuses_a_name_twice() -> None:
     with pytest.raises(ValueError, match="taken"):
         TOY.with_engine("invert", EngineEntry("again", build_invert))
     with pytest.raises(ValueError, match="taken"):
         ENGINES.with_engine("auto", EngineEntry("not an engine", build_invert))
 
 
-def test_every_registered_engine_builds_and_auto_picks_net_or_classical(tmp_path):
+def test_every_registered_engine_builds_and_auto_picks_net_or_classical(tmp_path: Path) -> None:
     assert set(ENGINES.names()) == {"classical", "he", "stretch", "identity", "pipeline", "net"}
     for name in ENGINES.names():
         if name == "net":
@@ -65,7 +67,7 @@ def test_every_registered_engine_builds_and_auto_picks_net_or_classical(tmp_path
     assert reader_window(EngineConfig(name="pipeline")) is None
 
 
-def test_the_bench_offers_every_registered_engine_and_no_other():
+def test_the_bench_offers_every_registered_engine_and_no_other() -> None:
     import argparse
 
     from drdaemon.bench.cli import add_bench_arguments

@@ -19,7 +19,7 @@ from drdaemon.evaluate.run import DataError, evaluate, find_dataset
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Path:
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     synth.generate(root, pairs=3, train=0, size=(160, 192), seed=11, progress=False)
     return root
@@ -34,7 +34,7 @@ def _rows(table: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_paired_run_writes_table_scores_and_figure(bench, tmp_path, capsys):
+def test_paired_run_writes_table_scores_and_figure(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [
             "--data",
@@ -74,7 +74,7 @@ def test_paired_run_writes_table_scores_and_figure(bench, tmp_path, capsys):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
 
 
-def test_methods_score_differently_and_the_label_is_better_exposed(bench, tmp_path):
+def test_methods_score_differently_and_the_label_is_better_exposed(bench, tmp_path: Path) -> None:
     result = evaluate(bench / "test", ["identity", "clahe", "he"], tmp_path, progress=False)
     by_label = {s.label: s.means for s in result.summaries}
     assert by_label["clahe"]["psnr"] != by_label["he"]["psnr"]
@@ -82,7 +82,7 @@ def test_methods_score_differently_and_the_label_is_better_exposed(bench, tmp_pa
     assert by_label["he"]["sd"] > 0 and by_label["label (reference)"]["ie"] > by_label["identity"]["ie"]
 
 
-def test_unpaired_folder_gets_no_reference_metrics_only(bench, tmp_path):
+def test_unpaired_folder_gets_no_reference_metrics_only(bench, tmp_path: Path) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()
     for path in sorted((bench / "test" / "input").iterdir())[:2]:
@@ -95,7 +95,7 @@ def test_unpaired_folder_gets_no_reference_metrics_only(bench, tmp_path):
     assert result.figure_path is not None and result.figure_path.is_file()
 
 
-def test_bad_data_and_methods_are_clear_errors(bench, tmp_path, capsys):
+def test_bad_data_and_methods_are_clear_errors(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(DataError, match="no frames"):
         find_dataset(tmp_path)
     for text, message in [
@@ -115,7 +115,7 @@ def test_bad_data_and_methods_are_clear_errors(bench, tmp_path, capsys):
         evaluate(bench, ["identity"], tmp_path, figure_frame="absent.tif", progress=False)
 
 
-def test_filtered_pipeline_denoises_before_equalising():
+def test_filtered_pipeline_denoises_before_equalising() -> None:
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(5000, 60000, 128), (128, 1))
     frame = np.clip(ramp + rng.normal(0, 800, ramp.shape), 0, 65535).astype(np.uint16)
@@ -129,7 +129,7 @@ def test_filtered_pipeline_denoises_before_equalising():
         assert noise_sigma(filtered) < 0.8 * noise_sigma(clahe)
 
 
-def test_net_method_runs_the_learned_engine(bench, tmp_path):
+def test_net_method_runs_the_learned_engine(bench, tmp_path: Path) -> None:
     pytest.importorskip("drdaemon.engines.net")
     from drdaemon.io.weights import save_weights
     from drdaemon.model.network import Enhancer, EnhancerSpec
@@ -142,7 +142,7 @@ def test_net_method_runs_the_learned_engine(bench, tmp_path):
     assert net.frames == 1 and net.means["psnr"] is not None
 
 
-def test_real_cr_frame_from_pydicom_data_end_to_end(tmp_path):
+def test_real_cr_frame_from_pydicom_data_end_to_end(tmp_path: Path) -> None:
     """RG1_UNCR: a 15-bit MONOCHROME1 computed radiograph, a real frame with real noise."""
     import pydicom
 
@@ -162,7 +162,7 @@ def test_real_cr_frame_from_pydicom_data_end_to_end(tmp_path):
     assert result.figure_path.is_file()
 
 
-def test_tiff_and_dicom_go_through_the_same_loader(tmp_path):
+def test_tiff_and_dicom_go_through_the_same_loader(tmp_path: Path) -> None:
     from drdaemon.evaluate.run import load_frame
 
     frame = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)

@@ -14,13 +14,13 @@ from drdaemon.evaluate import quality as m
 TINY = np.array([[0, 10, 20], [0, 10, 40], [30, 30, 30]], dtype=np.uint8)
 
 
-def test_display_rendition_rounds_x_over_257():
+def test_display_rendition_rounds_x_over_257() -> None:
     frame = np.array([[0, 128, 129, 257, 65535, 65407]], dtype=np.uint16)
     assert m.display_u8(frame).tolist() == [[0, 0, 1, 1, 255, 255]]
     assert m.display_u8(np.array([[7]], np.uint8)).tolist() == [[7]]
 
 
-def test_average_gradient_by_hand():
+def test_average_gradient_by_hand() -> None:
     # Pixels with a right and a lower neighbour: (0,0), (0,1), (1,0), (1,1).
     # dx: 10, 10, 10, 30   dy: 0, 0, 30, 20
     expected = np.mean(
@@ -34,14 +34,14 @@ def test_average_gradient_by_hand():
     assert m.average_gradient(TINY) == pytest.approx(expected)
 
 
-def test_spatial_frequency_by_hand():
+def test_spatial_frequency_by_hand() -> None:
     row = [10, 10, 10, 30, 0, 0]  # horizontal differences
     column = [0, 0, 20, 30, 20, -10]  # vertical differences
     expected = math.sqrt(np.mean(np.square(row)) + np.mean(np.square(column)))
     assert m.spatial_frequency(TINY) == pytest.approx(expected)
 
 
-def test_entropy_and_standard_deviation_by_hand():
+def test_entropy_and_standard_deviation_by_hand() -> None:
     half = np.array([[0, 0, 255, 255]], dtype=np.uint8)
     assert m.information_entropy(half) == pytest.approx(1.0)
     quarters = np.array([[0, 1, 2, 3]], dtype=np.uint8)
@@ -52,7 +52,7 @@ def test_entropy_and_standard_deviation_by_hand():
     assert m.information_entropy(uniform) == pytest.approx(8.0)  # the 8-bit ceiling of IE
 
 
-def test_psnr_and_ssim_use_the_dtype_range():
+def test_psnr_and_ssim_use_the_dtype_range() -> None:
     reference = np.full((16, 16), 1000, np.uint16)
     test = reference.copy()
     test[0, 0] += 256
@@ -103,7 +103,7 @@ def _nrss_by_loops(image: np.ndarray) -> float:
     return 1 - total / min(64, len(blocks))
 
 
-def test_nrss_matches_a_loop_implementation_and_falls_with_blur():
+def test_nrss_matches_a_loop_implementation_and_falls_with_blur() -> None:
     import cv2
 
     rng = np.random.default_rng(1)
@@ -117,7 +117,7 @@ def test_nrss_matches_a_loop_implementation_and_falls_with_blur():
     assert m.nrss(np.full((32, 32), 77, np.uint8)) == pytest.approx(0.0)
 
 
-def test_noise_sigma_agrees_with_scikit_image_and_ignores_flat_regions():
+def test_noise_sigma_agrees_with_scikit_image_and_ignores_flat_regions() -> None:
     rng = np.random.default_rng(2)
     noisy = np.clip(rng.normal(30000, 400, (128, 128)), 0, 65535).astype(np.uint16)
     assert m.noise_sigma(noisy) == pytest.approx(float(estimate_sigma(noisy / 65535.0)), rel=1e-9)
@@ -128,7 +128,7 @@ def test_noise_sigma_agrees_with_scikit_image_and_ignores_flat_regions():
     assert m.noise_sigma(clipped) * 65535 == pytest.approx(400, rel=0.15)
 
 
-def test_noise_gain_is_one_for_the_input_and_two_for_doubled_noise():
+def test_noise_gain_is_one_for_the_input_and_two_for_doubled_noise() -> None:
     rng = np.random.default_rng(3)
     noise = rng.normal(0, 300, (128, 128))
     frame = np.clip(20000 + noise, 0, 65535).astype(np.uint16)
@@ -139,7 +139,7 @@ def test_noise_gain_is_one_for_the_input_and_two_for_doubled_noise():
     assert math.isnan(m.noise_gain(frame, 0.0))
 
 
-def test_noise_gain_ignores_clipped_input_that_the_output_turns_into_a_smooth_gray():
+def test_noise_gain_ignores_clipped_input_that_the_output_turns_into_a_smooth_gray() -> None:
     # Regression: the demo network maps a saturated background to a smooth, noise-free gray
     # just below white; measured on its own non-flat coefficients that background filled the
     # median with near-zero values and the noise gain read 0.03 for an output as noisy as the input.
@@ -157,7 +157,7 @@ def test_noise_gain_ignores_clipped_input_that_the_output_turns_into_a_smooth_gr
         m.noise_gain(output[:128], sigma, measured)
 
 
-def test_score_frame_has_reference_metrics_only_with_a_label():
+def test_score_frame_has_reference_metrics_only_with_a_label() -> None:
     rng = np.random.default_rng(4)
     frame = rng.integers(1000, 60000, (48, 48), dtype=np.uint16)
     sigma = m.noise_sigma(frame)
@@ -171,7 +171,7 @@ def test_score_frame_has_reference_metrics_only_with_a_label():
         m.score_frame(frame, sigma, label=frame[:10])
 
 
-def test_lpips_is_skipped_with_a_reason_when_weights_are_not_on_disk():
+def test_lpips_is_skipped_with_a_reason_when_weights_are_not_on_disk() -> None:
     metric, note = m.load_lpips()
     if metric is None:
         assert note.startswith("skipped:")

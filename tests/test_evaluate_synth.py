@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from drdaemon.evaluate.quality import display_u8, information_entropy
 SIZE = (192, 256)  # height, width: small for speed, not square to catch axis mix-ups
 
 
-def test_same_seed_same_frames_and_other_seed_other_frames():
+def test_same_seed_same_frames_and_other_seed_other_frames() -> None:
     a1, l1, p1, _ = synth.generate_one(7, synth.TEST_SET, 3, *SIZE)
     a2, l2, p2, _ = synth.generate_one(7, synth.TEST_SET, 3, *SIZE)
     assert np.array_equal(a1, a2) and np.array_equal(l1, l2)
@@ -24,7 +25,7 @@ def test_same_seed_same_frames_and_other_seed_other_frames():
     assert not np.array_equal(a1, a3)
 
 
-def test_frames_are_16_bit_of_the_asked_size_with_defects_on_the_part():
+def test_frames_are_16_bit_of_the_asked_size_with_defects_on_the_part() -> None:
     for index in range(4):
         abnormal, label, part, physics = synth.generate_one(0, synth.TEST_SET, index, *SIZE)
         assert abnormal.dtype == label.dtype == np.uint16
@@ -38,7 +39,7 @@ def test_frames_are_16_bit_of_the_asked_size_with_defects_on_the_part():
         assert physics.dose > 0
 
 
-def test_a_pore_removes_material_and_brightens_the_label():
+def test_a_pore_removes_material_and_brightens_the_label() -> None:
     # Thickness along the beam drops inside a pore, so transmission, and the label, rise there.
     for index in range(6):
         _abnormal, _label, part, _ = synth.generate_one(0, synth.TEST_SET, index, 384, 384)
@@ -51,7 +52,7 @@ def test_a_pore_removes_material_and_brightens_the_label():
     assert part.thickness_mm[cy, cx] < defect.thickness_mm
 
 
-def test_abnormal_frames_clip_thin_and_starve_thick_material_and_labels_fix_both():
+def test_abnormal_frames_clip_thin_and_starve_thick_material_and_labels_fix_both() -> None:
     for index in range(4):
         abnormal, label, part, _physics = synth.generate_one(1, synth.TEST_SET, index, *SIZE)
         material = part.thickness_mm > 0.5
@@ -68,7 +69,7 @@ def test_abnormal_frames_clip_thin_and_starve_thick_material_and_labels_fix_both
         assert extremes(shown_label) < extremes(shown_in)
 
 
-def test_generate_writes_paired_and_unpaired_folders(tmp_path):
+def test_generate_writes_paired_and_unpaired_folders(tmp_path: Path) -> None:
     manifest = synth.generate(tmp_path, pairs=2, train=2, size=(96, 128), seed=3, progress=False)
     assert manifest["pairs"] == 2
     inputs = sorted((tmp_path / "test" / "input").iterdir())
@@ -87,7 +88,7 @@ def test_generate_writes_paired_and_unpaired_folders(tmp_path):
     assert np.array_equal(tifffile.imread(again / "test" / "input" / inputs[0].name), tifffile.imread(inputs[0]))
 
 
-def test_cli_rejects_sizes_out_of_range(tmp_path, capsys):
+def test_cli_rejects_sizes_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         synth_cli.main(["--out", str(tmp_path), "--size", "6000x3000"])
     assert "out of range" in capsys.readouterr().err

@@ -127,11 +127,11 @@ def known(module: str, every: set[str]) -> bool:
     return module in every
 
 
-def test_every_drdaemon_module_has_a_floor():
+def test_every_drdaemon_module_has_a_floor() -> None:
     assert [m for m in modules("drdaemon") if unit_of(m) is None] == []
 
 
-def test_no_drdaemon_module_imports_a_floor_above_its_own():
+def test_no_drdaemon_module_imports_a_floor_above_its_own() -> None:
     every = set(modules("drdaemon"))
     upward = []
     for module, imports in modules("drdaemon").items():
@@ -145,7 +145,7 @@ def test_no_drdaemon_module_imports_a_floor_above_its_own():
     assert upward == []
 
 
-def test_no_import_cycle_between_packages():
+def test_no_import_cycle_between_packages() -> None:
     every = set(modules("drdaemon")) | set(modules("trainer"))
     graph: dict[str, set[str]] = {}
     for module, imports in {**modules("drdaemon"), **modules("trainer")}.items():
@@ -172,7 +172,7 @@ def test_no_import_cycle_between_packages():
     assert cycles == []
 
 
-def test_the_trainer_uses_no_engine_service_or_command_line():
+def test_the_trainer_uses_no_engine_service_or_command_line() -> None:
     every = set(modules("drdaemon"))
     wrong = []
     for module, imports in modules("trainer").items():
@@ -185,7 +185,7 @@ def test_the_trainer_uses_no_engine_service_or_command_line():
     assert wrong == []
 
 
-def test_the_trainer_rooms_import_only_what_they_may():
+def test_the_trainer_rooms_import_only_what_they_may() -> None:
     every = set(modules("trainer"))
     wrong = []
     for module, imports in modules("trainer").items():
@@ -198,7 +198,7 @@ def test_the_trainer_rooms_import_only_what_they_may():
     assert wrong == []
 
 
-def test_the_rule_catches_an_upward_import(tmp_path):
+def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     """The checker itself: a kernel importing an engine is seen as one."""
     source = tmp_path / "k.py"
     source.write_text("def f():\n    from drdaemon.engines.registry import ENGINES\n    return ENGINES\n")

@@ -8,13 +8,13 @@ import pytest
 from drdaemon.kernels import filters, noise, tone, window
 
 
-def test_clahe_refuses_a_float_frame_in_unit_range_instead_of_returning_a_constant_frame():
+def test_clahe_refuses_a_float_frame_in_unit_range_instead_of_returning_a_constant_frame() -> None:
     unit = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     with pytest.raises(ValueError, match=r"clahe_u16: expected dtype uint16, got float32.*unit_to_u16"):
         tone.clahe_u16(unit)
 
 
-def test_clahe_refuses_a_three_dimensional_array_naming_its_shape():
+def test_clahe_refuses_a_three_dimensional_array_naming_its_shape() -> None:
     rgb = np.zeros((32, 32, 3), np.uint16)
     with pytest.raises(ValueError, match=r"clahe_u16: expected a 2-D frame .* 3-D array of shape \(32, 32, 3\)"):
         tone.clahe_u16(rgb)
@@ -36,12 +36,12 @@ def test_clahe_refuses_a_three_dimensional_array_naming_its_shape():
         (lambda a: filters.unsharp(a, 1.0, 0.5), [[0.0, 1.0]]),
     ],
 )
-def test_every_checked_kernel_names_itself_and_what_it_got(kernel, argument):
+def test_every_checked_kernel_names_itself_and_what_it_got(kernel, argument) -> None:
     with pytest.raises(ValueError, match=r"^\w+: expected"):
         kernel(argument)
 
 
-def test_the_right_input_still_passes():
+def test_the_right_input_still_passes() -> None:
     frame = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
     assert tone.clahe_u16(frame).dtype == np.uint16
     assert tone.apply_gamma_u16(frame, 0.5).shape == frame.shape

@@ -25,7 +25,7 @@ def scrape(metrics: DaemonMetrics) -> dict:
     return samples(generate_latest(metrics.registry).decode())
 
 
-def test_series_exist_at_zero_before_any_frame():
+def test_series_exist_at_zero_before_any_frame() -> None:
     got = scrape(DaemonMetrics())
     assert got[("drdaemon_frames_total", (("result", "ok"),))] == 0
     assert got[("drdaemon_frames_total", (("result", "failed"),))] == 0
@@ -38,7 +38,7 @@ def test_series_exist_at_zero_before_any_frame():
     assert got[("drdaemon_last_success_timestamp_seconds", ())] == 0
 
 
-def test_frames_and_histograms_move():
+def test_frames_and_histograms_move() -> None:
     metrics = DaemonMetrics()
     metrics.observe_stage("read", 0.02)
     metrics.observe_stage("compute", 1.7)
@@ -62,7 +62,7 @@ def test_frames_and_histograms_move():
     assert got[("drdaemon_last_success_timestamp_seconds", ())] > 1.7e9
 
 
-def test_gauges_and_build_info():
+def test_gauges_and_build_info() -> None:
     metrics = DaemonMetrics()
     metrics.set_inbox_depth(7)
     metrics.set_queue_depth(2)
@@ -86,7 +86,7 @@ def test_gauges_and_build_info():
     assert labels["cuda"] == "12.8" and labels["torch"] == "2.14.1"
 
 
-def test_unknown_labels_are_refused():
+def test_unknown_labels_are_refused() -> None:
     metrics = DaemonMetrics()
     with pytest.raises(ValueError, match="stage"):
         metrics.observe_stage("frame.tif", 0.1)
@@ -95,13 +95,13 @@ def test_unknown_labels_are_refused():
     assert scrape(metrics)[("drdaemon_frames_total", (("result", "failed"),))] == 0
 
 
-def test_two_instances_do_not_share_state():
+def test_two_instances_do_not_share_state() -> None:
     first, second = DaemonMetrics(), DaemonMetrics()
     first.frame_succeeded(pixels=10, latency_s=0.1)
     assert scrape(second)[("drdaemon_frames_total", (("result", "ok"),))] == 0
 
 
-def test_a_live_scrape_has_no_created_series_in_either_format():
+def test_a_live_scrape_has_no_created_series_in_either_format() -> None:
     metrics = DaemonMetrics()
     metrics.frame_succeeded(pixels=42, latency_s=0.3)
     metrics.observe_stage("enhance", 0.2)
@@ -117,7 +117,7 @@ def test_a_live_scrape_has_no_created_series_in_either_format():
         metrics.close()
 
 
-def test_leaving_out_created_series_changes_no_other_registry():
+def test_leaving_out_created_series_changes_no_other_registry() -> None:
     from prometheus_client import CollectorRegistry, Counter
 
     other = CollectorRegistry()
@@ -126,7 +126,7 @@ def test_leaving_out_created_series_changes_no_other_registry():
     assert "station_frames_created" in generate_latest(other).decode()
 
 
-def test_build_info_has_no_empty_label_on_a_cpu_station_without_weights():
+def test_build_info_has_no_empty_label_on_a_cpu_station_without_weights() -> None:
     metrics = DaemonMetrics()
     metrics.set_build_info(version="0.1.0", engine="classical", weights_sha256=None, torch="", cuda=None)
     info = [dict(labels) for name, labels in scrape(metrics) if name == "drdaemon_build_info"]
@@ -135,14 +135,14 @@ def test_build_info_has_no_empty_label_on_a_cpu_station_without_weights():
     ]
 
 
-def test_stage_labels_are_the_sidecar_timing_words():
+def test_stage_labels_are_the_sidecar_timing_words() -> None:
     metrics = DaemonMetrics()
     for stage in ("wait", "read", "window", "enhance", "upload", "compute", "download", "write", "sidecar"):
         metrics.observe_stage(stage, 0.1)
     assert scrape(metrics)[("drdaemon_stage_duration_seconds_count", (("stage", "enhance"),))] == 1
 
 
-def test_http_endpoint_serves_the_registry():
+def test_http_endpoint_serves_the_registry() -> None:
     metrics = DaemonMetrics()
     port = metrics.serve("127.0.0.1", 0)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from drdaemon.service.notify import SystemdNotifier, watchdog_interval
 
 
 @pytest.fixture
-def systemd(tmp_path):
+def systemd(tmp_path: Path):
     """A bound datagram socket like the one systemd passes in $NOTIFY_SOCKET."""
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -22,7 +23,7 @@ def systemd(tmp_path):
     sock.close()
 
 
-def test_messages_arrive_in_order(systemd):
+def test_messages_arrive_in_order(systemd) -> None:
     path, sock = systemd
     notifier = SystemdNotifier(path)
     assert notifier.enabled
@@ -39,7 +40,7 @@ def test_messages_arrive_in_order(systemd):
     notifier.close()
 
 
-def test_reads_notify_socket_from_environment(systemd, monkeypatch):
+def test_reads_notify_socket_from_environment(systemd, monkeypatch: pytest.MonkeyPatch) -> None:
     path, sock = systemd
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "20000000")
@@ -50,7 +51,7 @@ def test_reads_notify_socket_from_environment(systemd, monkeypatch):
     assert sock.recv(4096) == b"READY=1"
 
 
-def test_abstract_namespace_socket():
+def test_abstract_namespace_socket() -> None:
     name = f"drdaemon-test-{uuid.uuid4().hex}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(b"\0" + name.encode())
@@ -62,7 +63,7 @@ def test_abstract_namespace_socket():
         sock.close()
 
 
-def test_no_op_outside_systemd(monkeypatch):
+def test_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", "20000000")
     notifier = SystemdNotifier()
@@ -73,7 +74,7 @@ def test_no_op_outside_systemd(monkeypatch):
     notifier.stopping()
 
 
-def test_vanished_socket_does_not_raise(tmp_path):
+def test_vanished_socket_does_not_raise(tmp_path: Path) -> None:
     notifier = SystemdNotifier(str(tmp_path / "gone.sock"))
     notifier.ready()  # systemd restarted and the socket is gone: the daemon carries on
     notifier.watchdog()
@@ -89,5 +90,5 @@ def test_vanished_socket_does_not_raise(tmp_path):
         ({}, None),
     ],
 )
-def test_watchdog_interval(env, expected):
+def test_watchdog_interval(env, expected) -> None:
     assert watchdog_interval(env, pid=12345) == expected

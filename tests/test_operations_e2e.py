@@ -175,7 +175,7 @@ def stop(process: subprocess.Popen) -> tuple[int, str]:
 
 
 @pytest.fixture
-def systemd(tmp_path):
+def systemd(tmp_path: Path):
     # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     short = Path(f"/tmp/drd-{os.getpid()}-{time.monotonic_ns()}.sock")
     fake = FakeSystemd(short)
@@ -184,7 +184,7 @@ def systemd(tmp_path):
     short.unlink(missing_ok=True)
 
 
-def test_daemon_reports_to_systemd_and_prometheus(tmp_path, systemd):
+def test_daemon_reports_to_systemd_and_prometheus(tmp_path: Path, systemd) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
     process = start_daemon(config, systemd.path, watchdog_usec=1_000_000)
@@ -249,7 +249,7 @@ def test_daemon_reports_to_systemd_and_prometheus(tmp_path, systemd):
     assert not (tmp_path / "work" / ".drdaemon.lock").exists()
 
 
-def test_promtool_accepts_a_live_scrape(tmp_path):
+def test_promtool_accepts_a_live_scrape(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package 'prometheus')")
@@ -281,7 +281,7 @@ def test_promtool_accepts_a_live_scrape(tmp_path):
     assert result.stdout + result.stderr == ""
 
 
-def test_bad_config_exits_78_without_ready(tmp_path, systemd):
+def test_bad_config_exits_78_without_ready(tmp_path: Path, systemd) -> None:
     config = write_config(tmp_path, free_port(), extra="[engine_typo]\nname = 1\n")
     process = start_daemon(config, systemd.path)
     output, _ = process.communicate(timeout=START_TIMEOUT_S)

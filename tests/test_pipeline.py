@@ -59,7 +59,7 @@ def inner(a: np.ndarray, margin: int) -> np.ndarray:
 # -- each step against the library -----------------------------------------------------------
 
 
-def test_normalise_is_the_engines_percentile_window(frame):
+def test_normalise_is_the_engines_percentile_window(frame) -> None:
     out = run_step(s.NormaliseStep(low_percentile=2.0, high_percentile=98.0), frame)
     window = robust_window(frame, 2.0, 98.0)
     expected = as_u16(np.clip((frame - window.low) / window.span, 0, 1))
@@ -67,19 +67,19 @@ def test_normalise_is_the_engines_percentile_window(frame):
     assert out.min() == 0 and out.max() == 65535
 
 
-def test_gaussian_matches_scipy_ndimage(frame):
+def test_gaussian_matches_scipy_ndimage(frame) -> None:
     out = run_step(s.GaussianStep(sigma=1.5), frame)
     expected = as_u16(ndimage.gaussian_filter(frame / U16, 1.5, mode="mirror", truncate=4.0))
     assert levels(out, expected) <= 1
 
 
 @pytest.mark.parametrize("size", [3, 7])  # 3: OpenCV, 7: SciPy (OpenCV takes 16-bit medians up to 5)
-def test_median_matches_scipy_ndimage(frame, size):
+def test_median_matches_scipy_ndimage(frame, size) -> None:
     out = run_step(s.MedianStep(size=size), frame)
     assert np.array_equal(out, ndimage.median_filter(frame, size=size, mode="nearest"))
 
 
-def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(frame):
+def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(frame) -> None:
     out = run_step(s.NlmStep(h=900.0, template_size=5, search_size=11), frame)
     expected = cv2.fastNlMeansDenoising(
         frame, h=[900.0], templateWindowSize=5, searchWindowSize=11, normType=cv2.NORM_L1
@@ -94,7 +94,7 @@ def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(f
     assert 450 < record["noise_sigma"] < 750  # the frame's noise is 600 levels
 
 
-def test_equalise_matches_scikit_image(frame):
+def test_equalise_matches_scikit_image(frame) -> None:
     from skimage.exposure import equalize_hist
 
     out = run_step(s.EqualiseStep(), frame)
@@ -103,14 +103,14 @@ def test_equalise_matches_scikit_image(frame):
     assert np.corrcoef(out.ravel(), expected.ravel())[0, 1] > 0.9999
 
 
-def test_clahe_is_opencvs_on_4096_levels(frame):
+def test_clahe_is_opencvs_on_4096_levels(frame) -> None:
     out = run_step(s.ClaheStep(clip_limit=3.0, tile_grid=4), frame)
     coarse = frame & np.uint16(0xFFF0)  # 4096 levels, so that the clip limit acts (kernels/tone.py)
     expected = cv2.createCLAHE(clipLimit=3.0 * 16, tileGridSize=(4, 4)).apply(coarse)
     assert np.array_equal(out, expected)
 
 
-def test_unsharp_matches_scikit_image(frame):
+def test_unsharp_matches_scikit_image(frame) -> None:
     from skimage.filters import unsharp_mask
 
     out = run_step(s.UnsharpStep(sigma=2.0, amount=0.8), frame)
@@ -119,7 +119,7 @@ def test_unsharp_matches_scikit_image(frame):
     assert out.std() > frame.std()
 
 
-def test_gamma_matches_scikit_image(frame):
+def test_gamma_matches_scikit_image(frame) -> None:
     from skimage.exposure import adjust_gamma
 
     out = run_step(s.GammaStep(gamma=0.6), frame)
@@ -127,7 +127,7 @@ def test_gamma_matches_scikit_image(frame):
     assert levels(out, as_u16(expected)) <= 1
 
 
-def test_the_disk_footprint_is_scikit_images():
+def test_the_disk_footprint_is_scikit_images() -> None:
     from skimage.morphology import disk
 
     for radius in (1, 3, 6):
@@ -137,14 +137,14 @@ def test_the_disk_footprint_is_scikit_images():
 
 @pytest.mark.parametrize("operation", ["opening", "closing"])
 @pytest.mark.parametrize("shape", ["disk", "square"])
-def test_morphology_matches_scipy_ndimage(frame, operation, shape):
+def test_morphology_matches_scipy_ndimage(frame, operation, shape) -> None:
     out = run_step(s.MorphologyStep(operation=operation, radius=3, shape=shape), frame)
     morph = ndimage.grey_opening if operation == "opening" else ndimage.grey_closing
     expected = morph(frame, footprint=footprint(3, shape).astype(bool))
     assert np.array_equal(inner(out, 7), inner(expected, 7))  # the border rules differ
 
 
-def test_tophat_adds_the_white_and_subtracts_the_black_top_hat(frame):
+def test_tophat_adds_the_white_and_subtracts_the_black_top_hat(frame) -> None:
     out = run_step(s.TophatStep(radius=4, bright=0.7, dark=1.2), frame)
     disk = footprint(4, "disk").astype(bool)
     unit = frame / U16
@@ -174,7 +174,7 @@ def hand_made_multiscale(unit: np.ndarray, gains: list[float], residual_gain: fl
     return out
 
 
-def test_multiscale_matches_a_hand_computed_laplacian_pyramid(frame):
+def test_multiscale_matches_a_hand_computed_laplacian_pyramid(frame) -> None:
     gains, residual = [1.0, 2.0, 1.5], 0.5
     out = run_step(s.MultiscaleStep(gains=gains, residual_gain=residual), frame)
     assert levels(out, as_u16(hand_made_multiscale(frame / U16, gains, residual))) <= 1
@@ -185,7 +185,7 @@ def test_multiscale_matches_a_hand_computed_laplacian_pyramid(frame):
     assert inner(finest_out, 4).std() < 1.35 * inner(finest, 4).std()  # the raised coarse bands leak a little
 
 
-def test_multiscale_on_odd_sizes_and_tiny_frames():
+def test_multiscale_on_odd_sizes_and_tiny_frames() -> None:
     rng = np.random.default_rng(0)
     for shape in [(37, 53), (5, 3), (1, 1)]:
         frame = rng.integers(1000, 60000, shape).astype(np.uint16)
@@ -221,13 +221,13 @@ def write(path: Path, text: str) -> Path:
         ('[engine.pipeline]\npreset = "sharp"\n', "engine.pipeline.preset"),
     ],
 )
-def test_a_bad_step_exits_78_naming_the_step(tmp_path, capsys, steps, named):
+def test_a_bad_step_exits_78_naming_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str], steps, named) -> None:
     config = write(tmp_path / "d.toml", f'[engine]\nname = "pipeline"\n{steps}')
     assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
     assert named in capsys.readouterr().err
 
 
-def test_a_bad_step_stops_the_daemon_with_78_before_it_touches_a_folder(tmp_path):
+def test_a_bad_step_stops_the_daemon_with_78_before_it_touches_a_folder(tmp_path: Path) -> None:
     import subprocess
 
     config = write(
@@ -242,7 +242,9 @@ def test_a_bad_step_stops_the_daemon_with_78_before_it_touches_a_folder(tmp_path
     assert not (tmp_path / "in").exists()
 
 
-def test_steps_and_preset_come_from_the_environment(tmp_path, monkeypatch, capsys):
+def test_steps_and_preset_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write(tmp_path / "d.toml", '[engine]\nname = "pipeline"\n[[engine.pipeline.steps]]\nop = "gaussian"\n')
     monkeypatch.setenv(
         "DRDAEMON_ENGINE__PIPELINE__STEPS", '[{"op": "median", "size": 5}, {"op": "gamma", "gamma": 0.7}]'
@@ -261,7 +263,9 @@ def test_steps_and_preset_come_from_the_environment(tmp_path, monkeypatch, capsy
     assert "DRDAEMON_ENGINE__PIPELINE__STEPS='[{" in capsys.readouterr().err
 
 
-def test_check_config_prints_the_steps_as_toml_that_loads_back(tmp_path, capsys):
+def test_check_config_prints_the_steps_as_toml_that_loads_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write(
         tmp_path / "d.toml",
         '[folders]\ncreate = true\n[metrics]\nport = 0\n[engine]\nname = "pipeline"\n[[engine.pipeline.steps]]\nop = "nlm"\n'
@@ -273,7 +277,7 @@ def test_check_config_prints_the_steps_as_toml_that_loads_back(tmp_path, capsys)
     assert load_settings(printed).engine.pipeline == load_settings(config).engine.pipeline
 
 
-def test_a_large_median_without_scipy_is_a_configuration_error(monkeypatch):
+def test_a_large_median_without_scipy_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     config = EngineConfig(name="pipeline", pipeline=PipelineConfig(steps=[s.MedianStep(size=3), s.MedianStep(size=9)]))
     monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.ndimage", None)
@@ -285,7 +289,7 @@ def test_a_large_median_without_scipy_is_a_configuration_error(monkeypatch):
 # -- presets, the evaluation, the sidecar ------------------------------------------------------
 
 
-def test_every_preset_runs_and_the_default_is_detail(frame):
+def test_every_preset_runs_and_the_default_is_detail(frame) -> None:
     assert build_engines(EngineConfig(name="pipeline"))[0].preset == "detail"  # type: ignore[attr-defined]
     for name in PRESET_NAMES:
         engine = build_engines(EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=name)))[0]
@@ -307,14 +311,14 @@ def test_every_preset_runs_and_the_default_is_detail(frame):
         ("pipeline", "detail"),
     ],
 )
-def test_the_evaluations_filtered_method_is_the_pipeline_preset(frame, method, preset):
+def test_the_evaluations_filtered_method_is_the_pipeline_preset(frame, method, preset) -> None:
     engine = build_method(method).engine
     assert isinstance(engine, PipelineEngine) and engine.steps == PRESETS[preset]
     preset_engine = build_engines(EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=preset)))[0]
     assert np.array_equal(engine.enhance(frame).pixels, preset_engine.enhance(frame).pixels)
 
 
-def test_the_filtered_preset_denoises_before_equalising(frame):
+def test_the_filtered_preset_denoises_before_equalising(frame) -> None:
     from drdaemon.engines import ClassicalEngine
     from drdaemon.evaluate.quality import noise_sigma
 
@@ -325,7 +329,7 @@ def test_the_filtered_preset_denoises_before_equalising(frame):
 
 
 @pytest.mark.slow
-def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_the_steps(tmp_path):
+def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_the_steps(tmp_path: Path) -> None:
     from test_daemon_e2e import Station, frame_bytes
 
     station = Station(
@@ -363,7 +367,7 @@ def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_th
     assert raw["engine"]["parameters"]["steps"][1] == {"op": "median", "size": 3}
 
 
-def test_the_configuration_hash_follows_the_steps_that_run_and_ignores_the_table_elsewhere():
+def test_the_configuration_hash_follows_the_steps_that_run_and_ignores_the_table_elsewhere() -> None:
     detail = EngineConfig(name="pipeline").configuration_sha256()
     assert (
         detail

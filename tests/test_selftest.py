@@ -27,7 +27,9 @@ def listing(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"dir") for p in sorted(root.rglob("*"))}
 
 
-def test_the_example_configuration_passes_and_leaves_its_folders_as_they_were(tmp_path: Path, capsys) -> None:
+def test_the_example_configuration_passes_and_leaves_its_folders_as_they_were(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = example_config(tmp_path)
     assert main(["selftest", "--config", str(config), "--size", "128x96"]) == EXIT_OK
     out = capsys.readouterr().out
@@ -37,7 +39,7 @@ def test_the_example_configuration_passes_and_leaves_its_folders_as_they_were(tm
         assert list((tmp_path / name).iterdir()) == [], name
 
 
-def test_a_dry_run_on_the_real_tree_leaves_nothing_behind(tmp_path: Path, capsys) -> None:
+def test_a_dry_run_on_the_real_tree_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = example_config(tmp_path)
     for name in ("inbox", "outbox", "archive"):
         (tmp_path / name).mkdir()
@@ -50,7 +52,9 @@ def test_a_dry_run_on_the_real_tree_leaves_nothing_behind(tmp_path: Path, capsys
     assert after == before | {k: v for k, v in after.items() if k not in before and v == b"dir"}  # folders created
 
 
-def test_a_broken_weights_path_fails_as_a_configuration_error(tmp_path: Path, capsys) -> None:
+def test_a_broken_weights_path_fails_as_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = example_config(tmp_path)
     config.write_text(
         config.read_text().replace(
@@ -61,7 +65,9 @@ def test_a_broken_weights_path_fails_as_a_configuration_error(tmp_path: Path, ca
     assert "engine.weights" in capsys.readouterr().err
 
 
-def test_an_output_format_the_frame_cannot_take_fails_with_a_reason(tmp_path: Path, capsys) -> None:
+def test_an_output_format_the_frame_cannot_take_fails_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = example_config(tmp_path)
     text = config.read_text()
     assert text.count('\nformat = "auto"\n') == 1  # [output] format, the only key of that name
@@ -73,7 +79,9 @@ def test_an_output_format_the_frame_cannot_take_fails_with_a_reason(tmp_path: Pa
         assert list((tmp_path / name).iterdir()) == [], name
 
 
-def test_an_output_that_does_not_match_its_sidecar_fails(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_an_output_that_does_not_match_its_sidecar_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = example_config(tmp_path)
     monkeypatch.setattr(selftest_module, "file_sha256", lambda _path: "0" * 64)  # the output on disk "changed"
     assert main(["selftest", "--config", str(config), "--size", "96x64"]) == EXIT_SOME_FAILED
@@ -81,6 +89,6 @@ def test_an_output_that_does_not_match_its_sidecar_fails(tmp_path: Path, capsys,
 
 
 @pytest.mark.parametrize("size", ["12x12", "large"])
-def test_a_bad_size_is_refused(tmp_path: Path, capsys, size: str) -> None:
+def test_a_bad_size_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str) -> None:
     assert main(["selftest", "--config", str(example_config(tmp_path)), "--size", size]) == EXIT_CONFIG
     assert "--size" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from drdaemon.service.frame import load_frame
 from drdaemon.service.threads import MAX_AUTO_THREADS, auto_threads, stage_threads
 
 
-def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines():
+def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines() -> None:
     assert auto_threads(engines=1, cores=2) == 1
     assert auto_threads(engines=2, cores=16) == MAX_AUTO_THREADS  # two engines no longer cap the writers
     assert auto_threads(engines=8, cores=4) == 8
@@ -25,7 +25,7 @@ def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines
     assert stage_threads(2, readers=3, writers=5, cores=8) == (3, 5)  # configured counts win
 
 
-def test_service_keys_come_from_the_file_and_the_environment(tmp_path: Path, monkeypatch):
+def test_service_keys_come_from_the_file_and_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "drdaemon.toml"
     config.write_text("[service]\nreaders = 3\n")
     monkeypatch.setenv("DRDAEMON_SERVICE__WRITERS", "5")
@@ -36,7 +36,7 @@ def test_service_keys_come_from_the_file_and_the_environment(tmp_path: Path, mon
         load_settings(config)
 
 
-def test_the_reader_measures_the_engines_window_and_the_engine_uses_it(tmp_path: Path):
+def test_the_reader_measures_the_engines_window_and_the_engine_uses_it(tmp_path: Path) -> None:
     path = tmp_path / "f.tif"
     path.write_bytes(frame_bytes(3))
     loaded = load_frame(WorkItem(path=path, original=path), ReadLimits(10**8, 10**9), (1.0, 99.0))
@@ -47,7 +47,7 @@ def test_the_reader_measures_the_engines_window_and_the_engine_uses_it(tmp_path:
     assert np.array_equal(given.pixels, measured.pixels)
 
 
-def test_the_daemon_runs_the_configured_readers_and_writers(tmp_path: Path):
+def test_the_daemon_runs_the_configured_readers_and_writers(tmp_path: Path) -> None:
     from drdaemon.service.daemon import Daemon
 
     settings = daemon_settings(tmp_path)

@@ -49,7 +49,9 @@ def test_a_bind_mounted_work_folder_is_refused_at_start_with_exit_78(tmp_path: P
     assert os.stat(real).st_dev == os.stat(plant.dirs["inbox"]).st_dev  # the device check alone passes
 
 
-def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(tmp_path: Path, monkeypatch) -> None:
+def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = Settings(metrics={"enabled": False}, folders={"create": True})
     settings.folders = settings.folders.resolved(tmp_path)
     real_rename = os.rename
@@ -98,7 +100,7 @@ def wait(condition, timeout: float = 30.0) -> None:
     ("code", "label"), [(errno.ENOSPC, "disk_full"), (errno.EROFS, "read_only"), (errno.EACCES, "permission")]
 )
 def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
-    tmp_path: Path, monkeypatch, code: int, label: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, label: str
 ) -> None:
     from plant import frame_bytes, ledger
 

@@ -173,7 +173,7 @@ def mounted(image: Path, where: Path) -> Iterator[Path]:
 class Trace:
     """Records fsyncs (by the path of the descriptor), renames, links and unlinks, in order."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.events: list[tuple[str, ...]] = []
         real = {name: getattr(os, name) for name in ("fsync", "rename", "link", "unlink")}
 
@@ -204,7 +204,9 @@ class Trace:
         raise AssertionError(f"{event} not found after #{after} in:\n" + "\n".join(map(str, self.events)))
 
 
-def test_power_loss_trace_frame_data_then_claim_then_archive_each_with_its_folder(folders, monkeypatch) -> None:
+def test_power_loss_trace_frame_data_then_claim_then_archive_each_with_its_folder(
+    folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (folders.inbox / "f.tif").write_bytes(frame_bytes(1))  # a station that never fsyncs
     trace = Trace(monkeypatch)
     item = claim_now(folders.inbox / "f.tif", folders.work)
@@ -220,7 +222,9 @@ def test_power_loss_trace_frame_data_then_claim_then_archive_each_with_its_folde
     assert archive_synced < sidecar < trace.index("unlink", work, after=sidecar)
 
 
-def test_power_loss_trace_recovery_fsyncs_archive_after_removing_a_link(folders, monkeypatch) -> None:
+def test_power_loss_trace_recovery_fsyncs_archive_after_removing_a_link(
+    folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (folders.inbox / "f.tif").write_bytes(frame_bytes(2))
     item = claim_now(folders.inbox / "f.tif", folders.work)
     killed = Finisher.for_folders(folders, preview=False, owner=dead_owner())
@@ -258,7 +262,9 @@ def test_power_cut_snapshot_mid_commit_keeps_the_archived_frames_bytes(tmp_path:
 
 
 # -- 2. the watchdog while the daemon waits by design -----------------------------------------
-def test_watchdog_keeps_pinging_while_a_blocked_outbox_holds_a_frame(tmp_path: Path, monkeypatch) -> None:
+def test_watchdog_keeps_pinging_while_a_blocked_outbox_holds_a_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from drdaemon.service.notify import SystemdNotifier
 
     address = str(tmp_path / "notify.sock")
@@ -519,7 +525,9 @@ except FrameError as error:
 
 
 # -- 6. links planted at temporary names ------------------------------------------------------
-def test_links_planted_at_every_temporary_name_never_touch_their_target(folders, monkeypatch) -> None:
+def test_links_planted_at_every_temporary_name_never_touch_their_target(
+    folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     victim = folders.archive / "precious.tif"
     victim.write_bytes(b"an archived raw frame")
     alternate = iter(range(10**6))
@@ -753,7 +761,9 @@ def test_a_pre_sized_file_with_holes_is_not_taken_for_whole(tmp_path: Path) -> N
 
 
 # -- 11. world-writable weights ---------------------------------------------------------------
-def test_group_or_world_writable_weights_are_refused_like_sshd_refuses_keys(tmp_path: Path, capsys) -> None:
+def test_group_or_world_writable_weights_are_refused_like_sshd_refuses_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("torch")
     from drdaemon.cli import main
     from drdaemon.defaults import SHIPPED_WEIGHTS
@@ -792,7 +802,9 @@ def test_group_or_world_writable_weights_are_refused_like_sshd_refuses_keys(tmp_
 
 
 # -- 12. the smaller ones ---------------------------------------------------------------------
-def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(folders, monkeypatch) -> None:
+def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(
+    folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from drdaemon.folders import commit as commit_module
 
     (folders.inbox / "f.tif").write_bytes(frame_bytes(12))
@@ -800,7 +812,7 @@ def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(folder
     kept: dict[str, bytes] = {}
     real_retire = commit_module.Finisher.retire_input
 
-    def killed_before_the_plan_went(self, work_file, plan):
+    def killed_before_the_plan_went(self, work_file, plan) -> None:
         kept["plan"] = plan_path(work_file).read_bytes()
         real_retire(self, work_file, plan)
         plan_path(work_file).write_bytes(kept["plan"])  # as if killed between the two unlinks

@@ -145,7 +145,9 @@ def test_a_decompression_bomb_fails_as_too_large_without_the_allocation(tmp_path
     assert read_frame(path, ReadLimits()).pixels.shape == (4096, 4096)  # within the defaults it decodes
 
 
-def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(folders: Folders, monkeypatch) -> None:
+def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a power cut, a step that completed must not be undone by a later one surviving alone."""
     journal: list[tuple[str, Path]] = []
     for name in ("link", "rename", "replace", "unlink"):
@@ -160,7 +162,7 @@ def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(folders: Folder
         monkeypatch.setattr(os, name, recorded)
     real_fsync_dir = durable.fsync_directory
 
-    def fsynced(directory):
+    def fsynced(directory) -> None:
         journal.append(("fsync", Path(directory)))
         real_fsync_dir(directory)
 
