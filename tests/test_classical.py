@@ -5,7 +5,7 @@ from drdaemon.engines.classical import ClassicalEngine
 from drdaemon.kernels.tone import apply_gamma_u16, clahe_u16, equalise_histogram_u16, to_u16
 
 
-def casting_like(shape=(256, 320), seed=0) -> np.ndarray:
+def casting_like(shape: tuple[int, int] = (256, 320), seed: int = 0) -> np.ndarray:
     """A dim frame: a smooth thickness ramp with faint structure and noise in a narrow raw range."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[: shape[0], : shape[1]]

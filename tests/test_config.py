@@ -29,7 +29,9 @@ def test_example_config_documents_every_key_and_loads() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     for table, field in Settings.model_fields.items():
         assert f"[{table}]" in text, table
-        for key, inner in field.annotation.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel), table
+        for key, inner in model.model_fields.items():
             sub = next(
                 (
                     t

@@ -45,12 +45,14 @@ def test_a_reference_page_left_behind_by_the_code_fails_the_check(tmp_path: Path
 
 
 def test_every_configuration_key_is_on_the_configuration_page_with_its_environment_name() -> None:
+    from pydantic import BaseModel
+
     from drdaemon.config import Settings
 
     page = (ROOT / "docs" / "reference" / "configuration.md").read_text()
 
-    def keys(model: type, path: list[str]) -> list[list[str]]:
-        found = []
+    def keys(model: type[BaseModel], path: list[str]) -> list[list[str]]:
+        found: list[list[str]] = []
         for name, field in model.model_fields.items():
             sub = next(
                 (

@@ -89,7 +89,7 @@ def disc_frame(step_levels: float, noise_levels: float, ramp: bool = True, seed:
     return u16(levels / DISPLAY_LEVELS)
 
 
-BOX = [{"kind": "pore", "box": [57, 57, 72, 72]}]
+BOX: list[dict[str, object]] = [{"kind": "pore", "box": [57, 57, 72, 72]}]
 
 
 def test_defect_contrast_and_cnr_known_answer() -> None:
@@ -114,7 +114,10 @@ def test_faint_noisy_and_inverted_defects_are_not_visible() -> None:
 
 def test_part_scores_share_of_visible_defects() -> None:
     label = disc_frame(20.0, 0.0)
-    boxes = [*BOX, {"kind": "pore", "box": [10, 10, 25, 25]}]  # the second box holds no defect in the label
+    boxes: list[dict[str, object]] = [
+        *BOX,
+        {"kind": "pore", "box": [10, 10, 25, 25]},
+    ]  # the second box holds no defect in the label
     scores = part_scores(disc_frame(8.0, 1.0), disc_frame(0.5, 1.0), label, None, boxes)
     assert scores.visible_share == 1.0  # the empty box has no core in the label: left out, not counted
     assert scores.defect_levels == pytest.approx(8.0, abs=0.8)

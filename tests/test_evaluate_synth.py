@@ -65,7 +65,10 @@ def test_abnormal_frames_clip_thin_and_starve_thick_material_and_labels_fix_both
         assert np.median(display_u8(label)[thick]) > np.median(display_u8(abnormal)[thick])
         # Better exposed by the metrics: more gray levels in use, fewer pixels at the ends of the scale.
         assert information_entropy(display_u8(label)) > information_entropy(display_u8(abnormal)) + 0.5
-        extremes = lambda shown: np.mean((shown <= 5) | (shown >= 250))  # noqa: E731
+
+        def extremes(shown: np.ndarray) -> float:
+            return float(np.mean((shown <= 5) | (shown >= 250)))
+
         assert extremes(shown_label) < extremes(shown_in)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -36,7 +39,7 @@ def test_clahe_refuses_a_three_dimensional_array_naming_its_shape() -> None:
         (lambda a: filters.unsharp(a, 1.0, 0.5), [[0.0, 1.0]]),
     ],
 )
-def test_every_checked_kernel_names_itself_and_what_it_got(kernel, argument) -> None:
+def test_every_checked_kernel_names_itself_and_what_it_got(kernel: Callable[[Any], object], argument: object) -> None:
     with pytest.raises(ValueError, match=r"^\w+: expected"):
         kernel(argument)
 

@@ -21,7 +21,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def scrape(metrics: DaemonMetrics) -> dict:
+def scrape(metrics: DaemonMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples(generate_latest(metrics.registry).decode())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from drdaemon.service.notify import SystemdNotifier, watchdog_interval
 
 
 @pytest.fixture
-def systemd(tmp_path: Path):
+def systemd(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
     """A bound datagram socket like the one systemd passes in $NOTIFY_SOCKET."""
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -23,7 +24,7 @@ def systemd(tmp_path: Path):
     sock.close()
 
 
-def test_messages_arrive_in_order(systemd) -> None:
+def test_messages_arrive_in_order(systemd: tuple[str, socket.socket]) -> None:
     path, sock = systemd
     notifier = SystemdNotifier(path)
     assert notifier.enabled
@@ -40,7 +41,9 @@ def test_messages_arrive_in_order(systemd) -> None:
     notifier.close()
 
 
-def test_reads_notify_socket_from_environment(systemd, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_notify_socket_from_environment(
+    systemd: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, sock = systemd
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "20000000")
@@ -90,5 +93,5 @@ def test_vanished_socket_does_not_raise(tmp_path: Path) -> None:
         ({}, None),
     ],
 )
-def test_watchdog_interval(env, expected) -> None:
+def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert watchdog_interval(env, pid=12345) == expected

@@ -14,7 +14,8 @@ import tifffile
 from drdaemon.errors import FrameError, Reason
 from drdaemon.io.durable import TEMP_SUFFIX, atomic_write
 from drdaemon.io.formats import encode_preview_png, encode_tiff_u16
-from drdaemon.io.readers import ReadLimits, decode_frame, looks_complete, read_frame, read_frame_bytes
+from drdaemon.io.limits import ReadLimits
+from drdaemon.io.readers import decode_frame, looks_complete, read_frame, read_frame_bytes
 from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
 
 

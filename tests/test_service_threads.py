@@ -10,7 +10,7 @@ from test_lifecycle import ScriptedEngine, daemon_settings, frame_bytes, run_dae
 from drdaemon.config import ConfigError, load_settings
 from drdaemon.engines.classical import ClassicalEngine
 from drdaemon.folders.claim import WorkItem
-from drdaemon.io.readers import ReadLimits
+from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.kernels.window import robust_window
 from drdaemon.service.frame import load_frame

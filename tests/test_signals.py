@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import tifffile
@@ -81,18 +82,18 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class Lines:
     """The lines a process writes, collected by a thread so that the test can wait for one."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
         self.lines: list[str] = []
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
-    def _read(self, stream) -> None:
+    def _read(self, stream: IO[str]) -> None:
         for line in stream:
             self.lines.append(line.rstrip("\n"))
 
-    def events(self) -> list[dict]:
+    def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines if line.startswith("{")]
 
-    def event(self, name: str) -> dict | None:
+    def event(self, name: str) -> dict[str, Any] | None:
         return next((e for e in self.events() if e.get("event") == name), None)
 
 
@@ -119,6 +120,7 @@ def test_ctrl_c_says_what_it_finishes_and_a_second_ctrl_c_stops_at_once(tmp_path
         daemon.send_signal(signal.SIGINT)
         wait_for(lambda: err.event("stopping") is not None, 10, "the stopping line")
         stopping = err.event("stopping")
+        assert stopping is not None
         assert stopping["signal"] == "SIGINT" and stopping["in_flight"] == 1
         assert stopping["finishing"] == ["slow.tif"]  # what is being finished
         assert stopping["expected_s"] is not None and stopping["expected_s"] < 30  # roughly how long (the pace)

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,15 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     def readies() -> int:
         return sum(e.get("event") == "daemon_ready" for e in daemon.events())
 
+    def restarted_since(before: int) -> Callable[[], bool]:
+        return lambda: readies() > before
+
     try:
         for kill in range(kills):
             before = readies()
             daemon.start()
             if kill % 4:  # three kills in four hit a running daemon; the fourth may hit its start-up
-                plant.wait_for(lambda before=before: readies() > before, 60)
+                plant.wait_for(restarted_since(before), 60)
             for index in range(kill * per_kill, (kill + 1) * per_kill):
                 plant.drop(f"f{index:04d}.tif", inputs[index])
             time.sleep(rng.uniform(0.05, 0.8))  # claiming, reading, enhancing or committing

@@ -39,7 +39,7 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.folders.claim import WorkItem, claim
 from drdaemon.folders.commit import Finisher, plan_path
 from drdaemon.io import durable
-from drdaemon.io.readers import ReadLimits
+from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 

@@ -14,7 +14,7 @@ from drdaemon.engines import ClassicalEngine
 from drdaemon.folders.claim import WorkItem, claim
 from drdaemon.folders.commit import Finisher
 from drdaemon.io.durable import Owner, current_owner, temp_path_for
-from drdaemon.io.readers import ReadLimits
+from drdaemon.io.limits import ReadLimits
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 
 pytestmark = pytest.mark.reliability

@@ -24,7 +24,8 @@ from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import Finisher
 from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io import durable
-from drdaemon.io.readers import ReadLimits, read_frame
+from drdaemon.io.limits import ReadLimits
+from drdaemon.io.readers import read_frame
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 
 pytestmark = pytest.mark.reliability

@@ -16,7 +16,7 @@ from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
 from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import Finisher, FrameChanged
-from drdaemon.io.readers import ReadLimits
+from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 
