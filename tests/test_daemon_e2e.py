@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 FOLDERS = ("inbox", "outbox", "archive", "failed", "work")
 
 
-def frame_bytes(seed: int, shape=(64, 80), **kwargs) -> bytes:
+def frame_bytes(seed: int, shape: tuple[int, int] = (64, 80), **kwargs: Any) -> bytes:
     pixels = np.random.default_rng(seed).integers(200, 5000, shape).astype(np.uint16)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, **kwargs)
@@ -51,7 +52,7 @@ class Station:
             + '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
             + extra
         )
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "daemon.log"
 
     def start(self) -> None:
@@ -118,7 +119,7 @@ class Station:
 
 
 @pytest.fixture
-def station(tmp_path: Path):
+def station(tmp_path: Path) -> Iterator[Station]:
     s = Station(tmp_path)
     yield s
     if s.process is not None:
@@ -134,6 +135,7 @@ def test_frames_become_enhanced_outputs_with_sidecars_and_stop_is_graceful(stati
     station.assert_exactly_once({"plate.tif": source})
     with tifffile.TiffFile(station.dirs["outbox"] / "plate.tif") as tif:  # 16-bit round trip
         page = tif.pages[0]
+        assert isinstance(page, tifffile.TiffPage)
         assert page.shape == (90, 70) and page.dtype == np.uint16
         assert page.tags["XResolution"].value == (300, 1)
         assert page.tags["ImageDescription"].value == "line 3"
@@ -188,7 +190,13 @@ def test_kill_9_at_random_moments_then_restart_gives_exactly_one_result_per_inpu
         station.start()
         # Once this process holds the work folder it recovers, claims and commits frames;
         # it is killed at a random moment of that.
-        station.wait_for(lambda: lock.exists() and lock.read_text().split()[:1] == [str(station.process.pid)])
+        station.wait_for(
+            lambda: (
+                lock.exists()
+                and station.process is not None
+                and lock.read_text().split()[:1] == [str(station.process.pid)]
+            )
+        )
         time.sleep(rng.uniform(0.05, 0.5))
         station.kill()
         hits_mid_frame += any(n != ".drdaemon.lock" for n in station.names("work"))
@@ -201,9 +209,11 @@ def test_kill_9_at_random_moments_then_restart_gives_exactly_one_result_per_inpu
 
 def oversized_header(path: Path) -> bytes:
     tifffile.imwrite(path, np.zeros((8, 8), np.uint16))
-    with tifffile.TiffFile(path, mode="r+b") as tif:
-        tif.pages[0].tags["ImageWidth"].overwrite(100000)
-        tif.pages[0].tags["ImageLength"].overwrite(100000)
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        page = tif.pages[0]
+        assert isinstance(page, tifffile.TiffPage)
+        page.tags["ImageWidth"].overwrite(100000)
+        page.tags["ImageLength"].overwrite(100000)
     data = path.read_bytes()
     path.unlink()
     return data
@@ -250,6 +260,7 @@ def test_bad_files_land_in_failed_with_a_reason_while_good_frames_pass(station: 
 def test_config_errors_exit_78_before_touching_anything(tmp_path: Path) -> None:
     station = Station(tmp_path, extra='[output]\ncompresion = "zstd"\n')
     station.start()
+    assert station.process is not None
     assert station.process.wait(timeout=60) == EXIT_CONFIG
     station.process = None
     assert "output.compresion" in station.log.read_text() and "unknown key" in station.log.read_text()
@@ -257,7 +268,7 @@ def test_config_errors_exit_78_before_touching_anything(tmp_path: Path) -> None:
 
 
 def test_frames_left_in_the_inbox_while_stopped_are_taken_at_start(station: Station) -> None:
-    inputs = {"early.tif": frame_bytes(20), "early.png": None}
+    inputs = {"early.tif": frame_bytes(20)}
     import cv2
 
     pixels = np.random.default_rng(21).integers(0, 65535, (50, 60)).astype(np.uint16)

@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -27,11 +29,11 @@ from drdaemon.cli import main
 from drdaemon.config import WatchConfig
 from drdaemon.errors import FrameError, Reason
 from drdaemon.folders.watcher import InboxWatcher
-from drdaemon.io.dicom_writer import Derivation, derived_identity, encode_derived_dicom
+from drdaemon.io.dicom_writer import Derivation, DerivedIdentity, TransferChoice, derived_identity, encode_derived_dicom
 from drdaemon.io.formats import DicomOutput, format_for_frame, output_format
 from drdaemon.io.limits import RawLayout, ReadLimits
 from drdaemon.io.raw import encode_his
-from drdaemon.io.readers import decode_frame, looks_complete, read_frame
+from drdaemon.io.readers import Frame, decode_frame, looks_complete, read_frame
 
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEGLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -42,12 +44,20 @@ CR_FRAMES = ("RG1_UNCR.dcm", "RG3_UNCR.dcm")
 DERIVATION = Derivation("classical", {"clahe_clip_limit": 2.0, "gamma": 1.0}, "ab" * 32)
 
 
-def ramp(shape=(40, 56), top=4095) -> np.ndarray:
+def ramp(shape: tuple[int, ...] = (40, 56), top: int = 4095) -> np.ndarray:
     values = np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape)
     return np.round(values / values.max() * top).astype(np.uint16)
 
 
-def derived(frame, enhanced, *, root=None, transfer="explicit", derivation=DERIVATION):
+def derived(
+    frame: Frame,
+    enhanced: np.ndarray,
+    *,
+    root: str | None = None,
+    transfer: TransferChoice = "explicit",
+    derivation: Derivation = DERIVATION,
+) -> tuple[pydicom.dataset.Dataset, DerivedIdentity]:
+    assert frame.dicom is not None
     identity = derived_identity(frame.dicom, derivation, root, transfer)
     return pydicom.dcmread(io.BytesIO(encode_derived_dicom(frame.dicom, enhanced, derivation, identity))), identity
 
@@ -73,7 +83,7 @@ def test_cr_frame_is_read_as_dicom_despite_the_tiff_header_in_its_preamble(name:
     assert path.read_bytes()[:4] == b"II*\x00"  # the preamble holds a TIFF header
     reference = pydicom.dcmread(path)
     frame = read_frame(path)
-    assert frame.format == "dicom" and frame.dicom.photometric == "MONOCHROME1"
+    assert frame.format == "dicom" and frame.dicom is not None and frame.dicom.photometric == "MONOCHROME1"
     top = (1 << reference.BitsStored) - 1
     # MONOCHROME1: the engines see more signal = brighter, the stored values inverted within their bits.
     np.testing.assert_array_equal(frame.pixels, top - reference.pixel_array)
@@ -94,6 +104,7 @@ def test_recompressed_cr_frame_reads_as_the_reference_decoder_reads_it(tmp_path:
     path = tmp_path / "IM0001"  # no suffix: recognised by its DICM marker
     path.write_bytes(dicom_bytes(pydicom.dcmread(source), syntax))
     frame = read_frame(path)
+    assert frame.dicom is not None and uncompressed.dicom is not None
     assert frame.dicom.transfer_syntax == syntax
     np.testing.assert_array_equal(frame.pixels, uncompressed.pixels)
     reference = pydicom.dcmread(path).pixel_array
@@ -118,7 +129,7 @@ def test_monochrome2_frame_reaches_the_engines_as_stored() -> None:
     frame = decode_frame(dicom_bytes(diconde_dataset(pixels, bits_stored=12)), "frame.dcm")
     assert frame.pixels.dtype == np.uint16
     np.testing.assert_array_equal(frame.pixels, pixels)
-    assert frame.dicom.value_range == (0.0, 4095.0)
+    assert frame.dicom is not None and frame.dicom.value_range == (0.0, 4095.0)
 
 
 def test_8bit_frame_stays_8bit() -> None:
@@ -133,7 +144,7 @@ def test_rescale_slope_and_intercept_are_applied() -> None:
     frame = decode_frame(dicom_bytes(diconde_dataset(pixels, bits_stored=12, slope=0.5, intercept=-100)), "f.dcm")
     assert frame.pixels.dtype == np.float32
     np.testing.assert_allclose(frame.pixels, pixels * 0.5 - 100)
-    assert frame.dicom.value_range == (-100.0, 4095 * 0.5 - 100)
+    assert frame.dicom is not None and frame.dicom.value_range == (-100.0, 4095 * 0.5 - 100)
 
 
 def test_signed_pixels_reach_the_engines_as_their_values() -> None:
@@ -142,7 +153,7 @@ def test_signed_pixels_reach_the_engines_as_their_values() -> None:
     ds.PixelRepresentation = 1
     frame = decode_frame(dicom_bytes(ds), "signed.dcm")
     np.testing.assert_array_equal(frame.pixels, values.astype(np.float32))
-    assert frame.dicom.value_range == (-2048.0, 2047.0)
+    assert frame.dicom is not None and frame.dicom.value_range == (-2048.0, 2047.0)
 
 
 def _few_bits(pixels: np.ndarray) -> bytes:
@@ -169,7 +180,9 @@ def _no_image(pixels: np.ndarray) -> bytes:
     ds = diconde_dataset(pixels)
     for keyword in ("PixelData", "Rows", "Columns"):
         delattr(ds, keyword)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # basic text SR
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(
+        "1.2.840.10008.5.1.4.1.1.88.11"
+    )  # basic text SR
     return dicom_bytes(ds)
 
 
@@ -198,7 +211,7 @@ def _unknown_syntax(pixels: np.ndarray) -> bytes:
     ],
     ids=["truncated-pixels", "truncated-header", "multi-frame", "rgb", "no-image", "no-decoder", "6-bits", "garbage"],
 )
-def test_bad_dicom_files_fail_with_their_reason(make, reason) -> None:
+def test_bad_dicom_files_fail_with_their_reason(make: Callable[[np.ndarray], bytes], reason: Reason) -> None:
     with pytest.raises(FrameError) as error:
         decode_frame(make(ramp()), "bad.dcm")
     assert error.value.reason is reason, str(error.value)
@@ -248,6 +261,7 @@ def test_derived_output_round_trips_with_the_input_polarity(photometric: str) ->
     low, high = int(expected.min()), int(expected.max())
     assert float(out.WindowCenter) == pytest.approx((low + high + 1) / 2)
     assert float(out.WindowWidth) == pytest.approx(high - low + 1)
+    assert frame.dicom is not None
     again = decode_frame(encode_derived_dicom(frame.dicom, enhanced, DERIVATION, identity), "out.dcm")
     np.testing.assert_array_equal(again.pixels, enhanced)
 
@@ -356,6 +370,7 @@ def test_output_keeps_the_input_transfer_syntax_when_asked(tmp_path: Path, synta
     block = default.private_block(0x0009, NDE_CREATOR)  # the NDE values survive a change of syntax
     assert block[0x12].value == NDE_VALUES[0x12][1]
     path = tmp_path / "out.dcm"
+    assert frame.dicom is not None
     path.write_bytes(encode_derived_dicom(frame.dicom, enhanced, DERIVATION, identity))
     assert dciodvfy_errors(path) == []
 
@@ -381,6 +396,7 @@ def test_every_output_passes_dciodvfy(tmp_path: Path, make: str) -> None:
         frame = read_frame(source)
     enhanced = np.ascontiguousarray(np.clip(frame.pixels.astype(np.float64) * 16, 0, 65535).astype(np.uint16))
     out = tmp_path / "out.dcm"
+    assert frame.dicom is not None
     identity = derived_identity(frame.dicom, DERIVATION, "1.2.826.0.1.3680043.10.999", "explicit")
     out.write_bytes(encode_derived_dicom(frame.dicom, enhanced, DERIVATION, identity))
     assert dciodvfy_errors(out) == []
@@ -409,13 +425,16 @@ def tifffile_bytes(pixels: np.ndarray) -> bytes:
     "dtype, order, header",
     [("uint16", "little", 0), ("uint16", "big", 512), ("uint8", "little", 16), ("float32", "little", 0)],
 )
-def test_raw_frame_is_read_with_the_configured_layout(dtype: str, order: str, header: int) -> None:
+def test_raw_frame_is_read_with_the_configured_layout(
+    dtype: Literal["uint8", "uint16", "float32"], order: Literal["little", "big"], header: int
+) -> None:
     pixels = ramp((24, 40), top=255 if dtype == "uint8" else 65535).astype(dtype)
     body = pixels.astype(np.dtype(dtype).newbyteorder("<" if order == "little" else ">")).tobytes()
     layout = RawLayout(width=40, height=24, dtype=dtype, byte_order=order, header_bytes=header)
     frame = decode_frame(b"\x7f" * header + body, "frame.raw", ReadLimits(raw=layout))
     assert frame.format == "raw" and frame.pixels.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(frame.pixels, pixels)
+    assert frame.raw is not None
     assert (frame.raw.width, frame.raw.height, frame.raw.header_bytes, frame.raw.source) == (40, 24, header, "config")
 
 
@@ -444,11 +463,12 @@ def test_raw_geometry_over_the_pixel_limit_is_too_large() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.uint8])
-def test_his_frame_is_read_from_its_own_header(dtype) -> None:
+def test_his_frame_is_read_from_its_own_header(dtype: type[np.number[Any]]) -> None:
     pixels = ramp((24, 40), top=255).astype(dtype)
     frame = decode_frame(encode_his(pixels), "frame.his")
     assert frame.format == "his" and frame.pixels.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(frame.pixels, pixels)
+    assert frame.raw is not None
     assert (frame.raw.width, frame.raw.height, frame.raw.frames, frame.raw.source) == (40, 24, 1, "his")
 
 
