@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +45,7 @@ def write_config(
 
 
 @pytest.fixture
-def keep_signal_handlers():
+def keep_signal_handlers() -> Iterator[None]:
     """`run` in-process installs its stop handlers; put the test runner's back afterwards."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGIO)}
     yield
@@ -82,7 +84,7 @@ def test_a_good_configuration_passes_every_check_and_leaves_no_probe(
 
 
 def test_check_config_creates_nothing_and_says_what_run_would_create(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     config = write_config(tmp_path, 0)  # folders.create = true, no folder exists yet
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
@@ -93,7 +95,7 @@ def test_check_config_creates_nothing_and_says_what_run_would_create(
 
 
 def test_a_misspelled_inbox_is_an_error_naming_the_closest_folder(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     (tmp_path / "example" / "inbox").mkdir(parents=True)
     config = write_config(tmp_path, 0, inbox="example/inobx", create=False)
@@ -123,26 +125,28 @@ def test_every_folder_the_daemon_creates_is_named_in_a_log_line(
 
 
 def test_a_weights_path_with_a_typo_fails_like_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     config = write_config(tmp_path, 0, engine='name = "net"\nweights = "weights/enhancer.safetensros"\n')
     assert_same_refusal(config, capsys, "engine.weights")
 
 
 def test_an_engine_name_not_in_the_registry_fails_like_run_naming_the_engines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     config = write_config(tmp_path, 0, engine='name = "gamma"\n')  # once silently the stretch
     assert_same_refusal(config, capsys, "engine.name: unknown engine 'gamma'; the engines are: auto, classical, he")
 
 
 def test_folders_a_rename_cannot_cross_fail_like_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = write_config(tmp_path, 0)
     real_rename = os.rename
 
-    def cross_mount(source, target, *args, **kwargs):  # archive on another mount (a bind mount or a share)
+    def cross_mount(
+        source: str | os.PathLike[str], target: str | os.PathLike[str], *args: Any, **kwargs: Any
+    ) -> None:  # archive on another mount (a bind mount or a share)
         if Path(target).parent == tmp_path / "archive":
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real_rename(source, target, *args, **kwargs)
@@ -152,7 +156,7 @@ def test_folders_a_rename_cannot_cross_fail_like_run(
 
 
 def test_folders_on_two_filesystems_fail_like_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     other = Path("/dev/shm")
     if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
@@ -168,7 +172,7 @@ def test_folders_on_two_filesystems_fail_like_run(
 
 
 def test_a_metrics_port_already_taken_fails_like_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -238,7 +242,7 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
 
 
 def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signal_handlers: None
 ) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -260,7 +264,7 @@ def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(
     assert_same_refusal(config, capsys, "provenance")
 
 
-def test_the_default_metrics_port_is_held_by_another_process_while_the_tests_run(default_metrics_port) -> None:
+def test_the_default_metrics_port_is_held_by_another_process_while_the_tests_run(default_metrics_port: int) -> None:
     # tests/conftest.py holds 127.0.0.1:9464 (the default, and config.example.toml's) from a process of
     # its own unless something else already does, as a daemon from the README's first command would:
     # a test that binds or configures it fails here and everywhere alike.

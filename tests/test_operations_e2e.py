@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ pytestmark = pytest.mark.slow
 
 FRAME_SHAPE = (96, 128)
 START_TIMEOUT_S = 60.0
+
+#: Every sample of an exposition, keyed by name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 class FakeSystemd:
@@ -95,7 +99,7 @@ def write_config(root: Path, port: int, extra: str = "") -> Path:
     return config
 
 
-def start_daemon(config: Path, notify: Path | None, watchdog_usec: int | None = None) -> subprocess.Popen:
+def start_daemon(config: Path, notify: Path | None, watchdog_usec: int | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DRDAEMON_", "NOTIFY_", "WATCHDOG_"))}
     if notify is not None:
         env["NOTIFY_SOCKET"] = str(notify)
@@ -137,7 +141,7 @@ def scrape_text(port: int) -> str:
         return response.read().decode()
 
 
-def parse(text: str) -> dict[tuple[str, frozenset], float]:
+def parse(text: str) -> Samples:
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -145,13 +149,13 @@ def parse(text: str) -> dict[tuple[str, frozenset], float]:
     }
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def wait_for_metric(port: int, done, timeout: float) -> dict:
+def wait_for_metric(port: int, done: Callable[[Samples], bool], timeout: float) -> Samples:
     deadline = time.monotonic() + timeout
-    samples: dict = {}
+    samples: Samples = {}
     while time.monotonic() < deadline:
         samples = parse(scrape_text(port))
         if done(samples):
@@ -163,7 +167,7 @@ def wait_for_metric(port: int, done, timeout: float) -> dict:
     )
 
 
-def stop(process: subprocess.Popen) -> tuple[int, str]:
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     process.send_signal(signal.SIGTERM)
     try:
         output, _ = process.communicate(timeout=30)
@@ -175,7 +179,7 @@ def stop(process: subprocess.Popen) -> tuple[int, str]:
 
 
 @pytest.fixture
-def systemd(tmp_path: Path):
+def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     short = Path(f"/tmp/drd-{os.getpid()}-{time.monotonic_ns()}.sock")
     fake = FakeSystemd(short)
@@ -184,7 +188,7 @@ def systemd(tmp_path: Path):
     short.unlink(missing_ok=True)
 
 
-def test_daemon_reports_to_systemd_and_prometheus(tmp_path: Path, systemd) -> None:
+def test_daemon_reports_to_systemd_and_prometheus(tmp_path: Path, systemd: FakeSystemd) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
     process = start_daemon(config, systemd.path, watchdog_usec=1_000_000)
@@ -209,7 +213,7 @@ def test_daemon_reports_to_systemd_and_prometheus(tmp_path: Path, systemd) -> No
             drop_frame(tmp_path / "inbox", f"frame-{i}.tif", seed=i)
         drop_garbage(tmp_path / "inbox", "broken.tif")
 
-        def all_four_done(samples):
+        def all_four_done(samples: Samples) -> bool:
             return (
                 value(samples, "drdaemon_frames_total", result="ok") == 3
                 and value(samples, "drdaemon_frames_total", result="failed") == 1
@@ -281,7 +285,7 @@ def test_promtool_accepts_a_live_scrape(tmp_path: Path) -> None:
     assert result.stdout + result.stderr == ""
 
 
-def test_bad_config_exits_78_without_ready(tmp_path: Path, systemd) -> None:
+def test_bad_config_exits_78_without_ready(tmp_path: Path, systemd: FakeSystemd) -> None:
     config = write_config(tmp_path, free_port(), extra="[engine_typo]\nname = 1\n")
     process = start_daemon(config, systemd.path)
     output, _ = process.communicate(timeout=START_TIMEOUT_S)
