@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -9,28 +10,32 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
 import tifffile
 
 from drdaemon.cli import main
-from drdaemon.config import Folders, WatchConfig
-from drdaemon.engines import ClassicalEngine
+from drdaemon.config import Folders, Settings, WatchConfig
+from drdaemon.engines import ClassicalEngine, Enhanced
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
-from drdaemon.folders.commit import Finisher, fail_frame, plan_path
+from drdaemon.folders.commit import Finisher, Plan, fail_frame, plan_path
 from drdaemon.folders.watcher import InboxWatcher
 from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner, temp_path_for
 from drdaemon.io.formats import encode_tiff_u16
-from drdaemon.io.readers import ReadLimits
+from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
+from drdaemon.kernels.window import Window
+from drdaemon.service.daemon import Daemon
+from drdaemon.service.frame import EnhancedFrame, commit_frame, enhance_frame, load_frame, sidecar_draft
 
 
-def frame_bytes(seed: int = 0, shape=(48, 64)) -> bytes:
+def frame_bytes(seed: int = 0, shape: tuple[int, int] = (48, 64)) -> bytes:
     pixels = np.random.default_rng(seed).integers(100, 4000, shape).astype(np.uint16)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels)
@@ -47,6 +52,12 @@ def folders(tmp_path: Path) -> Folders:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def path_of(name: str | None) -> Path:
+    """A path a plan names (plans name their files as optional strings)."""
+    assert name is not None
+    return Path(name)
 
 
 # -- claiming -----------------------------------------------------------------------------------
@@ -74,15 +85,13 @@ def test_only_one_daemon_owns_a_work_folder(folders: Folders) -> None:
 
 
 def test_a_lock_file_removed_while_a_second_daemon_waits_for_it_keeps_the_folder_exclusive(
-    folders: Folders, monkeypatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first daemon exits (removing its lock file) between the second's open and its flock."""
-    from drdaemon.folders import claim as claim_module
-
     first = WorkLock(folders.work)
     first.acquire()
-    real_flock = claim_module.fcntl.flock
-    calls = []
+    real_flock = fcntl.flock  # the module drdaemon.folders.claim locks with
+    calls: list[int] = []
 
     def first_exits_meanwhile(fd: int, operation: int) -> None:
         calls.append(fd)
@@ -90,10 +99,10 @@ def test_a_lock_file_removed_while_a_second_daemon_waits_for_it_keeps_the_folder
             first.release()  # unlinks the file the second daemon has just opened
         real_flock(fd, operation)
 
-    monkeypatch.setattr(claim_module.fcntl, "flock", first_exits_meanwhile)
+    monkeypatch.setattr(fcntl, "flock", first_exits_meanwhile)
     second = WorkLock(folders.work)
     second.acquire()
-    monkeypatch.setattr(claim_module.fcntl, "flock", real_flock)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
     assert len(calls) == 2  # it locked the removed file, saw it, and locked the new one
     assert (folders.work / ".drdaemon.lock").read_text().split()[0] == str(os.getpid())
     with pytest.raises(WorkFolderBusy):  # a third daemon still finds the folder taken
@@ -115,7 +124,7 @@ def assert_exactly_once(folders: Folders, inputs: dict[str, bytes]) -> None:
     sidecars = sorted(folders.outbox.glob("*.tif.json"))
     outputs = sorted(folders.outbox.glob("*.tif"))
     assert len(sidecars) == len(outputs) == len(inputs)
-    seen = {}
+    seen: dict[str, Sidecar] = {}
     for path in sidecars:
         record = Sidecar.model_validate_json(path.read_bytes())
         output = Path(record.output.path)
@@ -158,13 +167,13 @@ def crash_at(step: str, folders: Folders, finisher: Finisher, item: WorkItem) ->
         return
     data = encode_tiff_u16(done.result.pixels, {}, "zstd")
     if step == "stranger-committed":  # another daemon committed its own frame under the planned name
-        Path(plan.output).write_bytes(b"another daemon's output")
+        path_of(plan.output).write_bytes(b"another daemon's output")
         stranger = sidecar_for(done, plan, b"another daemon's output")
         stranger.input.sha256 = sha(b"another frame")
-        Path(plan.sidecar).write_bytes(stranger.to_bytes())
+        path_of(plan.sidecar).write_bytes(stranger.to_bytes())
         return
     if step == "temp-output":  # half an output under its temporary name
-        temp_path_for(Path(plan.output), owner=finisher.owner).write_bytes(data[: len(data) // 2])
+        temp_path_for(path_of(plan.output), owner=finisher.owner).write_bytes(data[: len(data) // 2])
         return
     finisher.write_output(plan, data)
     if step == "output":
@@ -179,7 +188,8 @@ def crash_at(step: str, folders: Folders, finisher: Finisher, item: WorkItem) ->
     assert plan_path(item.path).exists()
 
 
-def sidecar_for(done, plan, data: bytes) -> Sidecar:
+def sidecar_for(done: EnhancedFrame, plan: Plan, data: bytes) -> Sidecar:
+    assert plan.archive is not None and plan.output is not None
     return sidecar_draft(done).complete(
         input_path=plan.archive,
         output_path=plan.output,
@@ -199,6 +209,7 @@ def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Fol
     for name, data in inputs.items():
         (folders.inbox / name).write_bytes(data)
     crashed = claim(folders.inbox / "a.tif", folders.work, time.time(), time.monotonic())
+    assert crashed is not None
     crash_at(step, folders, Finisher.for_folders(folders, preview=False, owner=dead_owner()), crashed)
 
     restarted = Finisher.for_folders(folders, preview=False)
@@ -209,7 +220,9 @@ def test_restart_after_a_crash_at_any_step_gives_exactly_one_result(folders: Fol
     assert len(recovery.finished) == committed
     for path in recovery.redo:
         process(WorkItem(path=path, original=path), restarted)
-    process(claim(folders.inbox / "b.tif", folders.work, time.time(), time.monotonic()), restarted)
+    second = claim(folders.inbox / "b.tif", folders.work, time.time(), time.monotonic())
+    assert second is not None
+    process(second, restarted)
     if step == "stranger-committed":  # the stranger's files stay untouched, the frame took the next name
         assert (folders.outbox / "a.tif").read_bytes() == b"another daemon's output"
         assert (folders.outbox / "a~1.tif.json").exists()
@@ -237,6 +250,7 @@ class RawOutput:
 def test_a_second_output_format_names_encodes_and_records_the_output(folders: Folders) -> None:
     (folders.inbox / "r.tif").write_bytes(frame_bytes(13))
     item = claim(folders.inbox / "r.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     done = enhance_frame(load_frame(item, ReadLimits()), ENGINE)
     committed = commit_frame(done, Finisher.for_folders(folders, preview=False, output_format=RawOutput()))
     assert committed.output == folders.outbox / "r.raw"
@@ -253,17 +267,18 @@ def test_name_collisions_get_distinct_documented_names(folders: Folders) -> None
     finisher = Finisher.for_folders(folders, preview=True)
     first = finisher.plan_success(folders.work / "x.png", "x.png", write_plan=False)
     second = finisher.plan_success(folders.work / "x.tiff", "x.tiff", write_plan=False)
-    assert Path(first.output).name == "x~1.tif" and Path(first.sidecar).name == "x~1.tif.json"
-    assert Path(first.preview).name == "x~1.preview.png"
-    assert Path(first.archive).name == "x~1.png"
-    assert Path(second.output).name == "x~2.tif"  # reserved while the first is in flight
-    assert Path(second.archive).name == "x.tiff"
+    assert path_of(first.output).name == "x~1.tif" and path_of(first.sidecar).name == "x~1.tif.json"
+    assert path_of(first.preview).name == "x~1.preview.png"
+    assert path_of(first.archive).name == "x~1.png"
+    assert path_of(second.output).name == "x~2.tif"  # reserved while the first is in flight
+    assert path_of(second.archive).name == "x.tiff"
     assert (folders.outbox / "x.tif").read_bytes() == b"someone else's"
 
 
 def test_failed_frame_moves_with_a_reason_file(folders: Folders) -> None:
     (folders.inbox / "bad.tif").write_bytes(b"garbage" * 10)
     item = claim(folders.inbox / "bad.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     with pytest.raises(FrameError) as error:
         load_frame(item, ReadLimits())
     destination = fail_frame(item, error.value, Finisher.for_folders(folders, preview=False))
@@ -327,8 +342,10 @@ def test_dead_observer_is_restarted(folders: Folders) -> None:
     watcher.start()
     try:
         watcher.poll()  # the start-up scan; from now on only events can reveal a file
-        watcher._observer.stop()
-        watcher._observer.join()
+        observer = watcher._observer
+        assert observer is not None
+        observer.stop()
+        observer.join()
         assert not watcher.alive
         assert watcher.ensure_observer() and watcher.alive
         (folders.inbox / "after.tif").write_bytes(frame_bytes(4))
@@ -338,8 +355,10 @@ def test_dead_observer_is_restarted(folders: Folders) -> None:
 
 
 # -- drdaemon enhance ---------------------------------------------------------------------------
-def test_enhance_command_writes_outputs_and_never_touches_inputs(tmp_path: Path, capsys) -> None:
-    inputs = []
+def test_enhance_command_writes_outputs_and_never_touches_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs: list[Path] = []
     for index in range(3):
         path = tmp_path / f"f{index}.tif"
         path.write_bytes(frame_bytes(index))
@@ -369,7 +388,9 @@ def test_enhance_command_writes_outputs_and_never_touches_inputs(tmp_path: Path,
     assert "bad.tif" in capsys.readouterr().err
 
 
-def test_enhance_command_writes_absolute_paths_for_relative_arguments(tmp_path: Path, monkeypatch) -> None:
+def test_enhance_command_writes_absolute_paths_for_relative_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "rel.tif").write_bytes(frame_bytes(5))
     monkeypatch.chdir(tmp_path)
@@ -388,24 +409,20 @@ class ScriptedEngine:
     device = "cuda:7"
     weights_sha256 = "ab" * 32
 
-    def __init__(self, behaviour) -> None:
+    def __init__(self, behaviour: Callable[[int], None]) -> None:
         self.behaviour = behaviour
         self.calls = 0
 
     def warm_up(self) -> None:
         pass
 
-    def enhance(self, frame, window=None):
-        from drdaemon.engines import Enhanced
-
+    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
         self.calls += 1
         self.behaviour(self.calls)
         return Enhanced(frame.astype(np.uint16), {"scripted": True}, {"upload": 0.001, "compute": 0.002})
 
 
-def daemon_settings(tmp_path: Path):
-    from drdaemon.config import Settings
-
+def daemon_settings(tmp_path: Path) -> Settings:
     settings = Settings(
         watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False}, folders={"create": True}
     )
@@ -413,7 +430,7 @@ def daemon_settings(tmp_path: Path):
     return settings
 
 
-def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
+def run_daemon_until(daemon: Daemon, condition: Callable[[], bool], timeout: float = 20.0) -> int:
     import threading
 
     def stop_when_done() -> None:
@@ -427,9 +444,6 @@ def run_daemon_until(daemon, condition, timeout: float = 20.0) -> int:
 
 
 def test_a_frame_that_waited_while_the_daemon_was_down_reports_its_wait_from_its_arrival(tmp_path: Path) -> None:
-    from drdaemon.io.sidecar import Sidecar
-    from drdaemon.service.daemon import Daemon
-
     settings = daemon_settings(tmp_path)
     settings.folders.inbox.mkdir(parents=True)
     (settings.folders.inbox / "early.tif").write_bytes(frame_bytes(4))
@@ -444,12 +458,10 @@ def test_a_frame_that_waited_while_the_daemon_was_down_reports_its_wait_from_its
     assert record.timings["wait"] >= 1.5
     assert record.timings["wait"] == pytest.approx(started - arrived, abs=0.5)
     latency = daemon.metrics.registry.get_sample_value("drdaemon_frame_latency_seconds_sum")
-    assert latency >= 1.5
+    assert latency is not None and latency >= 1.5
 
 
 def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
-    from drdaemon.service.daemon import Daemon
-
     def behaviour(call: int) -> None:
         if call == 2:
             raise FrameError(Stage.ENHANCE, Reason.DEVICE_ERROR, "CUDA out of memory")
@@ -481,7 +493,6 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
 def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: Path) -> None:
     from drdaemon.errors import DeviceLost
     from drdaemon.exits import EXIT_DEVICE_LOST
-    from drdaemon.service.daemon import Daemon
 
     def behaviour(call: int) -> None:
         raise DeviceLost("cuda:7 fell off the bus")
@@ -496,7 +507,9 @@ def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: 
     assert list(settings.folders.failed.iterdir()) == [] and list(settings.folders.outbox.iterdir()) == []
 
 
-def test_an_internal_error_exits_70_and_says_it_was_not_the_device(tmp_path: Path, monkeypatch) -> None:
+def test_an_internal_error_exits_70_and_says_it_was_not_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from drdaemon.exits import EXIT_INTERNAL_ERROR
     from drdaemon.service import daemon as daemon_module
 
@@ -516,19 +529,20 @@ def test_an_internal_error_exits_70_and_says_it_was_not_the_device(tmp_path: Pat
 
 
 def test_a_name_taken_after_it_was_chosen_is_chosen_again_and_the_strangers_file_spared(
-    folders: Folders, monkeypatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (folders.inbox / "w.tif").write_bytes(frame_bytes(11))
     item = claim(folders.inbox / "w.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     finisher = Finisher.for_folders(folders, preview=False)
     plan_success = finisher.plan_success
     taken: list[str] = []
 
-    def plan_then_someone_writes(*args, **kwargs):
+    def plan_then_someone_writes(*args: Any, **kwargs: Any) -> Plan:
         plan = plan_success(*args, **kwargs)
         if not taken:  # another host's daemon links its output under the name just chosen
-            Path(plan.output).write_bytes(b"a stranger's file, created after the name was chosen")
-            taken.append(plan.output)
+            path_of(plan.output).write_bytes(b"a stranger's file, created after the name was chosen")
+            taken.append(str(plan.output))
         return plan
 
     monkeypatch.setattr(finisher, "plan_success", plan_then_someone_writes)
@@ -541,12 +555,15 @@ def test_a_name_taken_after_it_was_chosen_is_chosen_again_and_the_strangers_file
     assert list(folders.work.iterdir()) == [] and not list(folders.outbox.glob(f".*{TEMP_SUFFIX}"))
 
 
-def test_a_full_outbox_fails_the_write_and_leaves_nothing_under_a_final_name(folders: Folders, monkeypatch) -> None:
+def test_a_full_outbox_fails_the_write_and_leaves_nothing_under_a_final_name(
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (folders.inbox / "w.tif").write_bytes(frame_bytes(11))
     item = claim(folders.inbox / "w.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     finisher = Finisher.for_folders(folders, preview=False)
 
-    def always_taken(*args, **kwargs):
+    def always_taken(*args: object, **kwargs: object) -> NoReturn:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(finisher, "write_sidecar", always_taken)
@@ -562,17 +579,17 @@ def test_preview_is_written_before_the_sidecar_and_named_in_it(folders: Folders)
 
     (folders.inbox / "p.tif").write_bytes(frame_bytes(12, (300, 2400)))
     item = claim(folders.inbox / "p.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     process(item, Finisher.for_folders(folders, preview=True))
     record = Sidecar.model_validate_json((folders.outbox / "p.tif.json").read_bytes())
     assert record.output.preview == str(folders.outbox / "p.preview.png")
     preview = cv2.imread(record.output.preview, cv2.IMREAD_UNCHANGED)
+    assert preview is not None
     assert preview.dtype == np.uint8 and preview.shape == (128, 1024)
 
 
 def test_a_file_no_pattern_takes_is_named_once_in_the_log_and_counted(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
-
-    from drdaemon.service.daemon import Daemon
 
     settings = daemon_settings(tmp_path)
     settings.folders.inbox.mkdir(parents=True)

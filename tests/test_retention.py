@@ -8,7 +8,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,9 +24,10 @@ from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.exits import EXIT_OK
 from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import Finisher, fail_frame
+from drdaemon.folders.space import FreeBytes
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits
-from drdaemon.service.pruning import retention_pass
+from drdaemon.service.pruning import PassResult, retention_pass
 
 DAY = 86400.0
 
@@ -38,6 +41,15 @@ def frame_bytes(seed: int) -> bytes:
 
 class Tree:
     """A daemon's folders with frames committed by the daemon's own functions, aged at will."""
+
+    # The frames the ``tree`` fixture commits (see there for what each one stands for).
+    done: list[dict[str, Path]]
+    in_flight: dict[str, Path]
+    no_output: dict[str, Path]
+    raw_gone: dict[str, Path]
+    outside: dict[str, Path]
+    mid_commit: Path
+    young: dict[str, Path]
 
     def __init__(self, root: Path) -> None:
         self.settings = Settings(metrics={"enabled": False})
@@ -54,6 +66,7 @@ class Tree:
         self.seed += 1
         (self.folders.inbox / name).write_bytes(frame_bytes(self.seed))
         item = claim(self.folders.inbox / name, self.folders.work, time.time(), time.monotonic())
+        assert item is not None
         committed = commit_frame(
             enhance_frame(load_frame(item, read_limits(self.settings.input)), self.engine), self.finisher
         )
@@ -87,7 +100,7 @@ def root_of(tree: Tree) -> Path:
 
 
 @pytest.fixture
-def tree(tmp_path: Path):
+def tree(tmp_path: Path) -> Tree:
     """Six finished frames 10 to 5 days old, and every kind of frame retention must leave alone."""
     t = Tree(tmp_path)
     t.done = [t.commit(f"done{i}.tif", age_days=10 - i) for i in range(6)]
@@ -116,6 +129,7 @@ def tree(tmp_path: Path):
     Tree.age({"raw": t.mid_commit}, 30)
     (t.folders.inbox / "bad.tif").write_bytes(b"not a tiff" * 10)
     bad = claim(t.folders.inbox / "bad.tif", t.folders.work, time.time(), time.monotonic())
+    assert bad is not None
     fail_frame(bad, FrameError(Stage.READ, Reason.UNREADABLE, "garbage"), t.finisher)
     Tree.age({p.name: p for p in t.folders.failed.iterdir()}, 30)
     # Finished a moment ago: inside the grace another daemon's commit may still need.
@@ -133,7 +147,7 @@ def files_of(*frames: dict[str, Path]) -> set[str]:
     return {f"{p.parent.name}/{p.name}" for frame in frames for p in frame.values() if p.exists()}
 
 
-def run_pass(tree: Tree, free=lambda _p: 10**15, **limits):
+def run_pass(tree: Tree, free: FreeBytes = lambda _p: 10**15, **limits: Any) -> PassResult:
     return retention_pass(tree.folders, RetentionConfig(**limits), free)
 
 
@@ -182,7 +196,9 @@ def test_a_free_space_floor_prunes_the_oldest_until_enough_is_free(tree: Tree) -
     assert {p.policy for p in result.pruned} == {"min_free"} and result.plan.behind == []
 
 
-def test_prune_dry_run_lists_what_a_real_pass_removes_and_removes_nothing(tree: Tree, tmp_path: Path, capsys):
+def test_prune_dry_run_lists_what_a_real_pass_removes_and_removes_nothing(
+    tree: Tree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
         '[folders]\ninbox = "inbox"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\n'
@@ -202,7 +218,9 @@ def test_prune_dry_run_lists_what_a_real_pass_removes_and_removes_nothing(tree: 
     assert err.count('"event": "frame_pruned"') == 4  # every pruning logged
 
 
-def test_retention_settings_read_sizes_with_units_and_refuse_a_floor_below_the_pause(tmp_path: Path, monkeypatch):
+def test_retention_settings_read_sizes_with_units_and_refuse_a_floor_below_the_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DRDAEMON_RETENTION__ARCHIVE_MAX_SIZE", "2 TB")
     config = tmp_path / "c.toml"
     config.write_text('[retention]\nmin_free_space = "50 GiB"\nclaim_min_free_space = "10 GiB"\n')
@@ -214,7 +232,7 @@ def test_retention_settings_read_sizes_with_units_and_refuse_a_floor_below_the_p
 
 
 # -- the running daemon -----------------------------------------------------------------------
-def in_process_daemon(tmp_path: Path, free, **retention) -> Daemon:
+def in_process_daemon(tmp_path: Path, free: FreeBytes, **retention: Any) -> Daemon:
     settings = Settings(
         watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False}, retention=retention
     )
@@ -223,7 +241,7 @@ def in_process_daemon(tmp_path: Path, free, **retention) -> Daemon:
     return Daemon(settings, engines=[ClassicalEngine()], free_space=free)
 
 
-def wait(condition, timeout: float = 30.0) -> None:
+def wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -265,7 +283,7 @@ def test_the_daemon_prunes_on_its_timer_and_counts_it(tree: Tree) -> None:
     thread.start()
     gauge = daemon.metrics.registry.get_sample_value
     try:
-        wait(lambda: gauge("drdaemon_retention_last_pass_timestamp_seconds") > 0)
+        wait(lambda: (gauge("drdaemon_retention_last_pass_timestamp_seconds") or 0.0) > 0)
     finally:
         daemon.request_stop()
         thread.join(30)

@@ -13,28 +13,29 @@ import torch
 from safetensors.torch import save_file
 from trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 
-from trainer.clip.backbone import ClipUnavailable, build_clip, load_backbone
+from trainer.clip.backbone import load_backbone
 from trainer.clip.prompts import PromptPair
+from trainer.shared.clip_weights import ClipUnavailable, build_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def tiny_json(tmp_path):
+def tiny_json(tmp_path: Path) -> Path:
     return write_tiny_clip_config(tmp_path)
 
 
-def reference_clip(seed=3):
+def reference_clip(seed: int = 3) -> open_clip.CLIP:
     torch.manual_seed(seed)
     return open_clip.CLIP(**TINY_CLIP)
 
 
-def same_weights(a, b):
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_feature_levels_and_embedding_shapes(tiny_json):
+def test_feature_levels_and_embedding_shapes(tiny_json: Path) -> None:
     backbone = load_backbone(str(tiny_json), "none")
     x = torch.rand(2, 1, 64, 64)
     maps = backbone.feature_maps(x)
@@ -45,27 +46,31 @@ def test_feature_levels_and_embedding_shapes(tiny_json):
     assert len(backbone.feature_maps(x, levels=3)) == 3
 
 
-def test_frozen_but_gradients_reach_the_image(tiny_json):
+def test_frozen_but_gradients_reach_the_image(tiny_json: Path) -> None:
     backbone = load_backbone(str(tiny_json), "none").train()
-    assert not backbone.training and not backbone.clip.visual.training
+    visual = backbone.clip.visual
+    assert isinstance(visual, torch.nn.Module)
+    assert not backbone.training and not visual.training
     assert not any(p.requires_grad for p in backbone.parameters())
     x = torch.rand(2, 1, 48, 48, requires_grad=True)
     prompts = PromptPair(backbone, n_tokens=16)
     loss = (backbone.image_features(x) @ prompts(backbone).t()).sum() + sum(m.mean() for m in backbone.feature_maps(x))
-    loss.backward()
+    torch.autograd.backward(loss)
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert prompts.ctx.grad is not None and prompts.ctx.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.parameters())
 
 
-def test_model_config_json_with_model_cfg_wrapper(tmp_path):
+def test_model_config_json_with_model_cfg_wrapper(tmp_path: Path) -> None:
     path = tmp_path / "open_clip_config.json"
     path.write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
     clip, source = build_clip(str(path), "none")
-    assert clip.visual.image_size == 32 and source.checkpoint is None
+    visual = clip.visual
+    assert isinstance(visual, torch.nn.Module)
+    assert visual.image_size == 32 and source.checkpoint is None
 
 
-def test_non_resnet_tower_is_refused(tmp_path):
+def test_non_resnet_tower_is_refused(tmp_path: Path) -> None:
     vit = dict(TINY_CLIP, vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 8})
     path = tmp_path / "vit.json"
     path.write_text(json.dumps(vit))
@@ -76,7 +81,7 @@ def test_non_resnet_tower_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("form", ["state_dict.pt", "wrapped.pt", "weights.safetensors", "jit.pt", "local-dir"])
-def test_checkpoint_forms_load_the_same_weights(tmp_path, tiny_json, form):
+def test_checkpoint_forms_load_the_same_weights(tmp_path: Path, tiny_json: Path, form: str) -> None:
     reference = reference_clip()
     state = reference.state_dict()
     if form == "state_dict.pt":
@@ -93,7 +98,7 @@ def test_checkpoint_forms_load_the_same_weights(tmp_path, tiny_json, form):
         weights = str(target)
     elif form == "jit.pt":  # OpenAI ships TorchScript archives
         target = tmp_path / form
-        traced = torch.jit.trace(
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]  # torch.jit.trace carries no annotations
             reference.eval(),
             (torch.rand(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)),
             check_trace=False,
@@ -112,7 +117,7 @@ def test_checkpoint_forms_load_the_same_weights(tmp_path, tiny_json, form):
     assert source.checkpoint_sha256 and len(source.checkpoint_sha256) == 64
 
 
-def test_missing_or_mismatched_checkpoint_says_what_to_do(tmp_path, tiny_json):
+def test_missing_or_mismatched_checkpoint_says_what_to_do(tmp_path: Path, tiny_json: Path) -> None:
     with pytest.raises(ClipUnavailable, match="--clip-weights"):
         build_clip(str(tiny_json), str(tmp_path / "absent.pt"))
     with pytest.raises(ClipUnavailable, match="local-dir"):
@@ -123,7 +128,7 @@ def test_missing_or_mismatched_checkpoint_says_what_to_do(tmp_path, tiny_json):
         build_clip(str(tiny_json), str(bad))
 
 
-def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path):
+def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path: Path) -> None:
     """RN101-quickgelu/openai with no network and an empty cache: seconds, and a useful message."""
     env = dict(
         os.environ,
@@ -162,7 +167,7 @@ def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path):
     assert elapsed < 60, f"took {elapsed:.1f} s to give up"
 
 
-def test_score_temperature_is_the_loaded_clips_own_unless_a_number_is_set(tmp_path, tiny_json):
+def test_score_temperature_is_the_loaded_clips_own_unless_a_number_is_set(tmp_path: Path, tiny_json: Path) -> None:
     import math
 
     from trainer.clip.scheme import score_temperature
@@ -184,7 +189,7 @@ def test_score_temperature_is_the_loaded_clips_own_unless_a_number_is_set(tmp_pa
             load_config(None, [bad])
 
 
-def test_feature_maps_at_the_tower_input_size(tiny_json):
+def test_feature_maps_at_the_tower_input_size(tiny_json: Path) -> None:
     backbone = load_backbone(str(tiny_json), "none")
     x = torch.rand(2, 1, 48, 48)
     maps = backbone.feature_maps(x, size=backbone.image_size)  # the tiny tower's input is 32 px

@@ -6,7 +6,9 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from drdaemon.model.network import Enhancer
 from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
 from trainer.shared.checkpoint import write_checkpoint
-from trainer.shared.config import load_config
+from trainer.shared.config import TrainConfig, load_config
 from trainer.shared.enhancer import start_near_identity
 from trainer.shared.errors import TrainerError
 from trainer.shared.history import HistoryBuffer
@@ -33,13 +35,13 @@ single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_data(tmp_path_factory.mktemp("cyclegan"))
 
 
-def cyclegan_overrides(run_dir, **cyclegan):
+def cyclegan_overrides(run_dir: Path, **cyclegan: float) -> list[str]:
     """Three iterations at the full rate and three decaying, a history buffer that fills by the third."""
-    settings = {
+    settings: dict[str, float] = {
         "constant_iters": 3,
         "decay_iters": 3,
         "batch": 2,
@@ -62,22 +64,22 @@ def cyclegan_overrides(run_dir, **cyclegan):
     ]
 
 
-def cyclegan_config(run_dir, **cyclegan):
+def cyclegan_config(run_dir: Path, **cyclegan: float) -> TrainConfig:
     return load_config(None, cyclegan_overrides(run_dir, **cyclegan))
 
 
-def snapshot(module):
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def changed(before, module):
+def changed(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
     return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
 # -- the parts ---------------------------------------------------------------------------
 
 
-def test_patchgan_sees_70_by_70_pixels_by_its_layers_and_by_a_gradient_probe():
+def test_patchgan_sees_70_by_70_pixels_by_its_layers_and_by_a_gradient_probe() -> None:
     disc = PatchDiscriminator(width=8)
     assert receptive_field(disc) == 70
     assert [m.out_channels for m in disc.modules() if isinstance(m, nn.Conv2d)] == [8, 16, 32, 64, 1]
@@ -89,11 +91,12 @@ def test_patchgan_sees_70_by_70_pixels_by_its_layers_and_by_a_gradient_probe():
     scores = disc(image)
     assert scores.shape == (1, 1, 18, 18)  # 160 -> 80 -> 40 -> 20 -> 19 -> 18, the published sizes
     scores[0, 0, 9, 9].backward()
+    assert image.grad is not None
     rows, cols = torch.nonzero(image.grad[0, 0], as_tuple=True)
     assert int(rows.max() - rows.min() + 1) == 70 and int(cols.max() - cols.min() + 1) == 70
 
 
-def test_history_buffer_fills_then_swaps_about_half_and_stays_bounded():
+def test_history_buffer_fills_then_swaps_about_half_and_stays_bounded() -> None:
     buffer = HistoryBuffer(size=4, seed=0, stream=0)
     first = torch.arange(4.0).reshape(4, 1, 1, 1)
     assert torch.equal(buffer.query(first, iteration=0), first)  # filling: everything passes through
@@ -111,8 +114,8 @@ def test_history_buffer_fills_then_swaps_about_half_and_stays_bounded():
     assert torch.equal(HistoryBuffer(size=0, seed=0, stream=0).query(first, 5), first)
 
 
-def test_history_buffer_draws_depend_only_on_seed_stream_and_iteration():
-    def feed(buffer, iterations):
+def test_history_buffer_draws_depend_only_on_seed_stream_and_iteration() -> None:
+    def feed(buffer: HistoryBuffer, iterations: Iterable[int]) -> list[torch.Tensor]:
         return [buffer.query(torch.full((2, 1, 2, 2), float(it)), it) for it in iterations]
 
     straight = feed(HistoryBuffer(size=3, seed=7, stream=0), range(10))
@@ -125,15 +128,16 @@ def test_history_buffer_draws_depend_only_on_seed_stream_and_iteration():
     assert not all(torch.equal(a, b) for a, b in zip(straight, other, strict=True))
 
 
-def test_learning_rate_is_constant_then_decays_linearly_towards_zero():
+def test_learning_rate_is_constant_then_decays_linearly_towards_zero() -> None:
     decay = LinearDecay(constant=4, decay=4)
     assert [decay(i) for i in range(8)] == pytest.approx([1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
     assert decay(100) == 0.0
 
 
-def test_the_enhancer_can_darken_as_the_reverse_generator_must():
+def test_the_enhancer_can_darken_as_the_reverse_generator_must() -> None:
     """L is a ReLU with no upper bound, so L > 1 divides the frame down: no other head is needed."""
     enhancer = start_near_identity(Enhancer())
+    assert enhancer.head.conv.bias is not None
     with torch.no_grad():
         enhancer.head.conv.weight.zero_()
         enhancer.head.conv.bias.fill_(2.0)
@@ -145,7 +149,7 @@ def test_the_enhancer_can_darken_as_the_reverse_generator_must():
 # -- the run ----------------------------------------------------------------------------
 
 
-def test_a_few_iterations_train_all_four_networks_with_finite_losses(data, tmp_path):
+def test_a_few_iterations_train_all_four_networks_with_finite_losses(data: tuple[Path, Path], tmp_path: Path) -> None:
     abnormal, normal = data
     cfg = cyclegan_config(tmp_path / "run")
     trainer = CycleGanTrainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
@@ -156,7 +160,7 @@ def test_a_few_iterations_train_all_four_networks_with_finite_losses(data, tmp_p
         "disc_abnormal": trainer.discriminators.abnormal,
     }
     before = {name: snapshot(net) for name, net in nets.items()}
-    rates = []
+    rates: list[float] = []
     while trainer.iteration < 6:
         trainer.run(until=trainer.iteration + 1)
         losses = trainer.loss_values()
@@ -170,7 +174,7 @@ def test_a_few_iterations_train_all_four_networks_with_finite_losses(data, tmp_p
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 
 
-def test_without_identity_loss_the_term_is_left_out(data, tmp_path):
+def test_without_identity_loss_the_term_is_left_out(data: tuple[Path, Path], tmp_path: Path) -> None:
     abnormal, normal = data
     trainer = CycleGanTrainer(
         cyclegan_config(tmp_path / "run", identity_fraction=0, constant_iters=1, decay_iters=0),
@@ -182,7 +186,7 @@ def test_without_identity_loss_the_term_is_left_out(data, tmp_path):
     assert "identity" not in trainer.loss_values()
 
 
-def test_interrupted_and_resumed_run_gives_the_same_weights(data, tmp_path):
+def test_interrupted_and_resumed_run_gives_the_same_weights(data: tuple[Path, Path], tmp_path: Path) -> None:
     abnormal, normal = data
     straight = tmp_path / "straight.safetensors"
     CycleGanTrainer(cyclegan_config(tmp_path / "a"), abnormal, normal, straight).run()
@@ -204,7 +208,7 @@ def test_interrupted_and_resumed_run_gives_the_same_weights(data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_from_the_other_scheme_is_refused(data, tmp_path):
+def test_resume_from_the_other_scheme_is_refused(data: tuple[Path, Path], tmp_path: Path) -> None:
     abnormal, normal = data
     cfg = cyclegan_config(tmp_path / "run")
     write_checkpoint(tmp_path / "run" / "checkpoint.pt", {"clip": {"model": "RN50"}, "iteration": 3})
@@ -212,7 +216,9 @@ def test_resume_from_the_other_scheme_is_refused(data, tmp_path):
         CycleGanTrainer(cfg, abnormal, normal, tmp_path / "w.safetensors", resume=True)
 
 
-def test_exported_forward_generator_runs_in_the_daemon_and_names_its_scheme(data, tmp_path):
+def test_exported_forward_generator_runs_in_the_daemon_and_names_its_scheme(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
     abnormal, normal = data
     out = tmp_path / "weights.safetensors"
     trainer = CycleGanTrainer(cyclegan_config(tmp_path / "run"), abnormal, normal, out)
@@ -223,6 +229,7 @@ def test_exported_forward_generator_runs_in_the_daemon_and_names_its_scheme(data
     assert all(torch.equal(forward[k], v) for k, v in loaded.model.state_dict().items())
     assert loaded.provenance["scheme"] == "cyclegan" and "clip_model" not in loaded.provenance
     assert loaded.training_scheme == "cyclegan"
+    assert result.card is not None
     card = json.loads(result.card.read_text())
     assert card["scheme"] == "cyclegan" and card["clip"] is None
     assert card["config"]["run"]["scheme"] == "cyclegan" and card["config"]["cyclegan"]["history_size"] == 3
@@ -251,12 +258,12 @@ def test_exported_forward_generator_runs_in_the_daemon_and_names_its_scheme(data
         ({}, None),
     ],
 )
-def test_the_sidecar_scheme_comes_from_the_weights_provenance(provenance, scheme):
+def test_the_sidecar_scheme_comes_from_the_weights_provenance(provenance: dict[str, Any], scheme: str | None) -> None:
     loaded = LoadedWeights(model=Enhancer(), sha256="", path=Path("w"), provenance=provenance)
     assert loaded.training_scheme == scheme
 
 
-def test_two_process_ddp_run_matches_one_process(data, tmp_path):
+def test_two_process_ddp_run_matches_one_process(data: tuple[Path, Path], tmp_path: Path) -> None:
     abnormal, normal = data
     single = tmp_path / "single.safetensors"
     cfg = cyclegan_config(tmp_path / "single.run")
@@ -296,14 +303,14 @@ def test_two_process_ddp_run_matches_one_process(data, tmp_path):
     # As in the CLIP scheme's DDP test: half a batch per process and averaged gradients follow the
     # one-process trajectory up to float summation order, which Adam amplifies a little.
     a, b = load_file(str(single)), load_file(str(ddp))
-    moved = torch.sqrt(sum(((a[k] - start[k]) ** 2).sum() for k in a))
-    apart = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a))
+    moved = torch.sqrt(sum((((a[k] - start[k]) ** 2).sum() for k in a), torch.zeros(())))
+    apart = torch.sqrt(sum((((a[k] - b[k]) ** 2).sum() for k in a), torch.zeros(())))
     assert moved > 0
     assert apart < 0.15 * moved, (float(apart), float(moved))
     assert json.loads((tmp_path / "ddp.model_card.json").read_text())["run"]["world_size"] == 2
 
 
-def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key():
+def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, env=env, timeout=60
@@ -337,7 +344,7 @@ def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key():
 # -- the paper's feature priors ------------------------------------------------------------
 
 
-def prior_trainer(data, tmp_path, **cyclegan):
+def prior_trainer(data: tuple[Path, Path], tmp_path: Path, **cyclegan: float) -> CycleGanTrainer:
     from trainer_testkit import write_tiny_clip_config
 
     abnormal, normal = data
@@ -346,7 +353,7 @@ def prior_trainer(data, tmp_path, **cyclegan):
     return CycleGanTrainer(load_config(None, overrides), abnormal, normal, tmp_path / "w.safetensors")
 
 
-def test_feature_priors_are_off_by_default_and_load_no_clip(data, tmp_path):
+def test_feature_priors_are_off_by_default_and_load_no_clip(data: tuple[Path, Path], tmp_path: Path) -> None:
     trainer = CycleGanTrainer(
         cyclegan_config(tmp_path / "run", constant_iters=1, decay_iters=0), *data, tmp_path / "w.safetensors"
     )
@@ -355,7 +362,9 @@ def test_feature_priors_are_off_by_default_and_load_no_clip(data, tmp_path):
     assert "feature_identity" not in trainer.loss_values() and "clahe_prior" not in trainer.loss_values()
 
 
-def test_feature_priors_measure_the_distance_to_the_input_and_to_its_clahe(data, tmp_path):
+def test_feature_priors_measure_the_distance_to_the_input_and_to_its_clahe(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
     torch.manual_seed(0)
     trainer = prior_trainer(data, tmp_path, feature_identity=1.0, clahe_prior=1.0)
     abnormal = torch.rand(2, 1, 32, 32) * 0.1
@@ -368,7 +377,7 @@ def test_feature_priors_measure_the_distance_to_the_input_and_to_its_clahe(data,
     assert float(towards["feature_identity"]) > 0
 
 
-def test_feature_priors_enter_the_generators_loss_with_their_weights(data, tmp_path):
+def test_feature_priors_enter_the_generators_loss_with_their_weights(data: tuple[Path, Path], tmp_path: Path) -> None:
     trainer = prior_trainer(data, tmp_path, feature_identity=0.7, clahe_prior=0.3, constant_iters=1, decay_iters=0)
     trainer.run()
     v = trainer.loss_values()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def tiny_config(clip_json: Path, run_dir: Path, **schedule: int) -> TrainConfig:
     return load_config(None, tiny_overrides(clip_json, run_dir, **schedule))
 
 
-def one_torch_thread():
+def one_torch_thread() -> Iterator[None]:
     """Tiny models gain nothing from intra-op threads, and on a busy CI runner their spin-waiting
     makes a run several times slower; restore the caller's setting afterwards."""
     import torch
