@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,6 +48,7 @@ CUDA0 = torch.device("cuda", 0)
 def lit_enhancer(in_ch: int = 3, scale: int = 1) -> Enhancer:
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
+    assert net.head.conv.bias is not None
     with torch.no_grad():
         net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
     return net
@@ -94,7 +96,9 @@ def cpu_reference() -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("scale", [1, 4])
 @pytest.mark.parametrize("precision", ["float32", "float16", "bfloat16"])
-def test_whole_frame_on_cuda_is_within_the_bounds_of_cpu_float32(cpu_reference, precision, scale):
+def test_whole_frame_on_cuda_is_within_the_bounds_of_cpu_float32(
+    cpu_reference: dict[int, tuple[np.ndarray, np.ndarray]], precision: str, scale: int
+) -> None:
     frame, reference = cpu_reference[scale]
     result = engine_on(CUDA0, precision, lit_enhancer(scale=scale)).enhance(frame)
     assert result.parameters["device"] == "cuda:0" and result.parameters["tiled"] is False
@@ -105,7 +109,7 @@ def test_whole_frame_on_cuda_is_within_the_bounds_of_cpu_float32(cpu_reference, 
 @pytest.mark.parametrize(
     ("precision", "compile_model"), [("float32", False), ("float16", False), ("bfloat16", False), ("float16", True)]
 )
-def test_exact_tiling_on_cuda_matches_the_whole_frame(precision, compile_model):
+def test_exact_tiling_on_cuda_matches_the_whole_frame(precision: str, compile_model: bool) -> None:
     frame = dr_frame((1100, 1700), seed=1)
     engine = engine_on(CUDA0, precision, compile_model=compile_model)
     whole = engine.enhance(frame)
@@ -114,7 +118,9 @@ def test_exact_tiling_on_cuda_matches_the_whole_frame(precision, compile_model):
     assert_within(whole.pixels, tiled.pixels, precision)
 
 
-def test_frames_over_the_budget_are_tiled_on_cuda_and_stay_within_bounds(cpu_reference):
+def test_frames_over_the_budget_are_tiled_on_cuda_and_stay_within_bounds(
+    cpu_reference: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> None:
     frame, reference = cpu_reference[1]
     engine = engine_on(CUDA0, "float16")
     engine.warm_up()  # calibrates the activation memory the planner uses
@@ -124,7 +130,7 @@ def test_frames_over_the_budget_are_tiled_on_cuda_and_stay_within_bounds(cpu_ref
     assert_within(reference, result.pixels, "float16")
 
 
-def test_two_workers_with_their_copy_streams_give_the_pixels_of_one_frame_at_a_time():
+def test_two_workers_with_their_copy_streams_give_the_pixels_of_one_frame_at_a_time() -> None:
     """Pinned buffers and copy streams of two workers over many frames: no buffer is reused
     before its copy ended, so every frame comes back as it does alone."""
     runtime = prepare_runtime(lit_enhancer(), CUDA0)
@@ -148,7 +154,7 @@ def test_two_workers_with_their_copy_streams_give_the_pixels_of_one_frame_at_a_t
         assert np.array_equal(together[index], pixels), f"frame {index} differs when two workers run"
 
 
-def test_an_induced_out_of_memory_fails_that_frame_only_and_the_next_one_succeeds():
+def test_an_induced_out_of_memory_fails_that_frame_only_and_the_next_one_succeeds() -> None:
     engine = engine_on(CUDA0, "float16")
     frame = dr_frame((512, 640))
     expected = engine.enhance(frame).pixels
@@ -190,7 +196,7 @@ DEVICE_LOST_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_sticky_device_error_is_a_lost_device():
+def test_a_sticky_device_error_is_a_lost_device() -> None:
     """A device-side assert poisons the CUDA context; run in its own process so this one keeps its GPU."""
     env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_LAUNCH_BLOCKING="1")
     proc = subprocess.run(
@@ -199,7 +205,9 @@ def test_a_sticky_device_error_is_a_lost_device():
     assert "DEVICE_LOST" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
-def run_daemon(root: Path, devices: list[str], frames: list[np.ndarray], precision: str = "float16") -> list[dict]:
+def run_daemon(
+    root: Path, devices: list[str], frames: list[np.ndarray], precision: str = "float16"
+) -> list[dict[str, Any]]:
     """A real ``drdaemon run`` on ``devices``; returns the sidecars of ``frames`` in order."""
     weights = root / "enhancer.safetensors"
     save_weights(weights, lit_enhancer(), {"run": "gpu-test"})
@@ -218,6 +226,7 @@ def run_daemon(root: Path, devices: list[str], frames: list[np.ndarray], precisi
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    assert daemon.stdout is not None
     inbox, outbox = root / "inbox", root / "outbox"
     try:
         deadline = time.monotonic() + 240
@@ -237,7 +246,7 @@ def run_daemon(root: Path, devices: list[str], frames: list[np.ndarray], precisi
     return [json.loads((outbox / f"f{i}.tif.json").read_text()) for i in range(len(frames))]
 
 
-def test_daemon_end_to_end_on_cuda_records_the_device_and_cuda_event_timings(tmp_path):
+def test_daemon_end_to_end_on_cuda_records_the_device_and_cuda_event_timings(tmp_path: Path) -> None:
     frames = [dr_frame((1200, 1600), seed=i) for i in range(4)]
     sidecars = run_daemon(tmp_path, ["cuda:0"], frames)
     reference = engine_on(CUDA0, "float16")
@@ -251,14 +260,16 @@ def test_daemon_end_to_end_on_cuda_records_the_device_and_cuda_event_timings(tmp
 
 
 @two_gpus
-def test_daemon_spreads_frames_over_two_gpus(tmp_path):
+def test_daemon_spreads_frames_over_two_gpus(tmp_path: Path) -> None:
     frames = [dr_frame((900, 1200), seed=i) for i in range(8)]
     sidecars = run_daemon(tmp_path, ["cuda:0", "cuda:1"], frames)
     assert {s["software"]["device"] for s in sidecars} == {"cuda:0", "cuda:1"}
 
 
 @two_gpus
-def test_the_second_gpu_agrees_with_the_first_and_with_cpu_float32(cpu_reference):
+def test_the_second_gpu_agrees_with_the_first_and_with_cpu_float32(
+    cpu_reference: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> None:
     frame, reference = cpu_reference[1]
     first = engine_on(CUDA0, "float16").enhance(frame).pixels
     second = engine_on(torch.device("cuda", 1), "float16").enhance(frame)
@@ -267,7 +278,7 @@ def test_the_second_gpu_agrees_with_the_first_and_with_cpu_float32(cpu_reference
     assert_within(reference, second.pixels, "float16")
 
 
-def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path):
+def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path: Path) -> None:
     import math
 
     from trainer_testkit import make_data, tiny_config, write_tiny_clip_config
@@ -287,7 +298,7 @@ def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path):
 
 
 @two_gpus
-def test_torchrun_with_nccl_on_two_gpus(tmp_path):
+def test_torchrun_with_nccl_on_two_gpus(tmp_path: Path) -> None:
     from trainer_testkit import make_data, tiny_overrides, write_tiny_clip_config
 
     abnormal, normal = make_data(tmp_path)

@@ -40,6 +40,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("onnx-gpu")
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)).eval()
+    assert net.head.conv.bias is not None
     with torch.no_grad():
         net.head.conv.bias.fill_(0.3)
     save_weights(root / "w.safetensors", net, {"name": "gpu"})
@@ -62,7 +63,7 @@ def run(model: Path, tmp_path: Path, device: str, **keys: object) -> tuple[np.nd
         name="net",
         weights=model,
         devices=[device],
-        workers_per_device=1,  # type: ignore[arg-type]
+        workers_per_device=1,
         tensorrt_cache=tmp_path / ".tensorrt-cache",
         **keys,
     )
@@ -70,7 +71,7 @@ def run(model: Path, tmp_path: Path, device: str, **keys: object) -> tuple[np.nd
     return result.pixels, result.parameters
 
 
-def test_cuda_provider_matches_the_cpu_provider(models, tmp_path):
+def test_cuda_provider_matches_the_cpu_provider(models: tuple[Path, Path], tmp_path: Path) -> None:
     reference, _ = run(models[0], tmp_path, "cpu")
     pixels, parameters = run(models[0], tmp_path, "cuda:0", precision="float32")
     assert parameters["provider"] == "CUDAExecutionProvider" and parameters["device"] == "cuda:0"
@@ -78,7 +79,10 @@ def test_cuda_provider_matches_the_cpu_provider(models, tmp_path):
 
 
 @tensorrt
-def test_tensorrt_float16_is_within_the_half_precision_bound_and_caches_its_engine(models, tmp_path):
+def test_tensorrt_float16_is_within_the_half_precision_bound_and_caches_its_engine(
+    models: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
     reference, _ = run(models[0], tmp_path, "cpu")
     pixels, parameters = run(models[0], tmp_path, "cuda:0", tensorrt=True, precision="float16")
     assert parameters["provider"] == "TensorrtExecutionProvider" and parameters["precision"] == "float16"
@@ -87,7 +91,7 @@ def test_tensorrt_float16_is_within_the_half_precision_bound_and_caches_its_engi
 
 
 @tensorrt
-def test_tensorrt_int8_from_the_qdq_model_is_within_the_int8_bound(models, tmp_path):
+def test_tensorrt_int8_from_the_qdq_model_is_within_the_int8_bound(models: tuple[Path, Path], tmp_path: Path) -> None:
     reference, _ = run(models[0], tmp_path, "cpu")
     pixels, parameters = run(models[1], tmp_path, "cuda:0", tensorrt=True, precision="float32")
     assert parameters["provider"] == "TensorrtExecutionProvider" and parameters["precision"] == "int8"

@@ -15,7 +15,8 @@ import pytest
 import tifffile
 import torch
 
-from drdaemon.io.weights import file_sha256, load_weights, save_weights
+from drdaemon.io.durable import file_sha256
+from drdaemon.io.weights import load_weights, save_weights
 from drdaemon.model.network import Enhancer, EnhancerSpec
 
 
@@ -48,6 +49,7 @@ def run_daemon_on(root: Path, config: Path, shapes: list[tuple[int, int]]) -> tu
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    assert daemon.stdout is not None
     try:
         inbox, outbox = root / "inbox", root / "outbox"
         deadline = time.monotonic() + 60
@@ -72,6 +74,7 @@ def run_daemon_on(root: Path, config: Path, shapes: list[tuple[int, int]]) -> tu
 def test_daemon_runs_the_learned_engine_and_records_the_weights_hash(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=2)).eval()
+    assert net.head.conv.bias is not None
     with torch.no_grad():
         net.head.conv.bias.fill_(0.3)
     weights = tmp_path / "enhancer.safetensors"

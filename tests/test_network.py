@@ -3,11 +3,11 @@ import torch
 from drdaemon.model.network import Enhancer, EnhancerSpec, count_parameters
 
 
-def test_published_parameter_count():
+def test_published_parameter_count() -> None:
     assert count_parameters(Enhancer(EnhancerSpec(in_ch=3))) == 278_790
 
 
-def test_gray_network_keeps_odd_frame_shape_and_range():
+def test_gray_network_keeps_odd_frame_shape_and_range() -> None:
     net = Enhancer(EnhancerSpec(in_ch=1)).eval()
     with torch.no_grad():
         out = net(torch.rand(1, 1, 37, 53))
@@ -15,15 +15,16 @@ def test_gray_network_keeps_odd_frame_shape_and_range():
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-def lit(scale=1, seed=0):
+def lit(scale: int = 1, seed: int = 0) -> Enhancer:
     torch.manual_seed(seed)
     net = Enhancer(EnhancerSpec(illumination_scale=scale)).eval()
+    assert net.head.conv.bias is not None
     with torch.no_grad():
         net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
     return net
 
 
-def test_in_place_banded_pass_without_autograd_equals_the_training_form():
+def test_in_place_banded_pass_without_autograd_equals_the_training_form() -> None:
     """Inference writes the residual sums in place, in bands of rows; training keeps autograd's form."""
     net = lit()
     x = torch.rand(1, 1, 300, 45)  # four bands of rows
@@ -35,7 +36,7 @@ def test_in_place_banded_pass_without_autograd_equals_the_training_form():
     assert float(in_place.max()) > 0.1
 
 
-def test_half_precision_keeps_the_illumination_map_and_the_output_in_float32():
+def test_half_precision_keeps_the_illumination_map_and_the_output_in_float32() -> None:
     net = lit()
     x = torch.rand(1, 1, 70, 90)
     with torch.no_grad():
@@ -48,7 +49,7 @@ def test_half_precision_keeps_the_illumination_map_and_the_output_in_float32():
             assert (out - reference).abs().max() * 65535 < 2000
 
 
-def test_illumination_head_computes_in_float32_under_autocast():
+def test_illumination_head_computes_in_float32_under_autocast() -> None:
     net = lit()
     features = torch.rand(1, 32, 20, 20)
     with torch.no_grad():

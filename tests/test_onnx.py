@@ -34,6 +34,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
     net = Enhancer(EnhancerSpec(in_ch=3, illumination_scale=2)).eval()
+    assert net.head.conv.bias is not None
     with torch.no_grad():
         net.head.conv.bias.fill_(0.3)
     weights = root / "enhancer.safetensors"

@@ -31,7 +31,7 @@ def frame() -> np.ndarray:
     return (ramp + rng.normal(0, 300, ramp.shape)).clip(0, 65535).astype(np.uint16)
 
 
-def test_the_shipped_enhancer_and_its_card_agree_and_run_without_a_weights_key():
+def test_the_shipped_enhancer_and_its_card_agree_and_run_without_a_weights_key() -> None:
     card = json.loads(SHIPPED_CARD.read_text())
     assert card["weights"]["sha256"] == file_sha256(SHIPPED_WEIGHTS)
     assert card["name"] and card["clip"] and card["data"] and card["final_losses"] and card["versions"]
@@ -42,14 +42,14 @@ def test_the_shipped_enhancer_and_its_card_agree_and_run_without_a_weights_key()
     assert result.pixels.shape == (64, 96) and result.pixels.dtype == np.uint16 and result.pixels.std() > 0
 
 
-def test_the_evaluations_net_method_without_a_path_is_the_shipped_enhancer():
+def test_the_evaluations_net_method_without_a_path_is_the_shipped_enhancer() -> None:
     method = build_method("net", device="cpu")
     assert method.label == "net (shipped)"
     direct = build_net_engines(EngineConfig(name="net", devices=["cpu"], precision="float32"))[0]
     assert np.array_equal(method.engine.enhance(frame()).pixels, direct.enhance(frame()).pixels)
 
 
-def test_bundling_an_enhancer_names_it_and_keeps_its_weights(tmp_path):
+def test_bundling_an_enhancer_names_it_and_keeps_its_weights(tmp_path: Path) -> None:
     from drdaemon.io.weights import load_weights
 
     dest = tmp_path / "shipped" / "enhancer.safetensors"
@@ -62,14 +62,14 @@ def test_bundling_an_enhancer_names_it_and_keeps_its_weights(tmp_path):
 
 
 @pytest.fixture
-def bundled_dir(tmp_path, monkeypatch):
+def bundled_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "model_configs"
     folder.mkdir()
     monkeypatch.setattr(clip_weights, "BUNDLED_DIR", folder)
     return folder
 
 
-def test_a_bundled_clip_loads_by_name_with_feature_levels_0_to_4(tmp_path, bundled_dir):
+def test_a_bundled_clip_loads_by_name_with_feature_levels_0_to_4(tmp_path: Path, bundled_dir: Path) -> None:
     import open_clip
     from safetensors.torch import save_file
 
@@ -95,13 +95,13 @@ def test_a_bundled_clip_loads_by_name_with_feature_levels_0_to_4(tmp_path, bundl
             assert torch.allclose(loaded[key].float(), value, rtol=2e-3, atol=1e-4), key
 
 
-def test_bundled_weights_that_do_not_exist_are_refused_with_what_ships(bundled_dir):
+def test_bundled_weights_that_do_not_exist_are_refused_with_what_ships(bundled_dir: Path) -> None:
     write_tiny_clip_config(bundled_dir)
     with pytest.raises(ClipUnavailable, match=r"no bundled CLIP weights for 'tiny-rn' \(bundled: none"):
         load_backbone("tiny-rn", "bundled")
 
 
-def test_the_shipped_radiograph_clip_loads_offline(tmp_path):
+def test_the_shipped_radiograph_clip_loads_offline(tmp_path: Path) -> None:
     shipped = Path(clip_weights.__file__).parents[1] / "model_configs" / "radiograph-clip.safetensors"
     card = json.loads(card_path(shipped).read_text())
     backbone = load_backbone("radiograph-clip", "bundled")

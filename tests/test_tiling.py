@@ -20,23 +20,24 @@ from drdaemon.model.tiling import (
 )
 
 
-def lit_enhancer(in_ch=1, scale=1, seed=0):
+def lit_enhancer(in_ch: int = 1, scale: int = 1, seed: int = 0) -> Enhancer:
     """A random enhancer whose illumination map is not all zero (its last ReLU is alive)."""
     torch.manual_seed(seed)
     net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
+    assert net.head.conv.bias is not None
     with torch.no_grad():
         net.head.conv.bias.fill_(0.3)
     return net
 
 
-def test_halos_match_the_published_structure():
+def test_halos_match_the_published_structure() -> None:
     net = lit_enhancer()
     assert stem_halo(net) == 5  # stem conv + two residual blocks
     assert head_halo(net) == 12  # fuse conv + 11 convolutions of the body
 
 
 @pytest.mark.parametrize("length,bins", [(7, 6), (13, 6), (101, 3), (5, 2), (6, 6), (1, 3)])
-def test_bin_bounds_reproduce_adaptive_average_pooling(length, bins):
+def test_bin_bounds_reproduce_adaptive_average_pooling(length: int, bins: int) -> None:
     x = torch.rand(1, 2, length, length + 3, dtype=torch.float64)
     rows, cols = bin_bounds(length, bins), bin_bounds(length + 3, bins)
     manual = torch.stack(
@@ -46,7 +47,7 @@ def test_bin_bounds_reproduce_adaptive_average_pooling(length, bins):
 
 
 @pytest.mark.parametrize("size", [(7, 13), (53, 71), (1, 5), (36, 36)])
-def test_region_pooling_equals_adaptive_average_pooling_forward_and_backward(size):
+def test_region_pooling_equals_adaptive_average_pooling_forward_and_backward(size: tuple[int, int]) -> None:
     """The pyramid pooling's fast GPU form is the same function as the published pooling."""
     bins = (1, 2, 3, 6)
     x = torch.rand(2, 3, *size, dtype=torch.float32, requires_grad=True)
@@ -56,12 +57,13 @@ def test_region_pooling_equals_adaptive_average_pooling_forward_and_backward(siz
     for a, b in zip(ours, reference, strict=True):
         assert a.dtype == x.dtype and a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-6)
-    (grad_ours,) = torch.autograd.grad(sum((w * a).sum() for w, a in zip(weights, ours, strict=True)), x)
-    (grad_ref,) = torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, reference, strict=True)), x)
+    zero = torch.zeros(())
+    (grad_ours,) = torch.autograd.grad(sum(((w * a).sum() for w, a in zip(weights, ours, strict=True)), zero), x)
+    (grad_ref,) = torch.autograd.grad(sum(((w * b).sum() for w, b in zip(weights, reference, strict=True)), zero), x)
     assert torch.allclose(grad_ours, grad_ref, atol=1e-6)
 
 
-def test_region_pooling_keeps_half_precision_maps_in_their_dtype_and_accurate():
+def test_region_pooling_keeps_half_precision_maps_in_their_dtype_and_accurate() -> None:
     x = torch.rand(1, 4, 301, 203)
     for dtype in (torch.bfloat16, torch.float16):
         pooled = region_average_pool(x.to(dtype), (1, 6))
@@ -70,7 +72,7 @@ def test_region_pooling_keeps_half_precision_maps_in_their_dtype_and_accurate():
         assert all((p.double() - e).abs().max() < 1e-2 for p, e in zip(pooled, exact, strict=True))
 
 
-def test_spans_cover_the_length_once_within_the_tile():
+def test_spans_cover_the_length_once_within_the_tile() -> None:
     for length, tile in [(100, 30), (7, 7), (5, 64), (1001, 17)]:
         parts = spans(length, tile)
         assert parts[0][0] == 0 and parts[-1][1] == length
@@ -78,7 +80,7 @@ def test_spans_cover_the_length_once_within_the_tile():
         assert max(b - a for a, b in parts) <= tile
 
 
-def test_pool_pass_equals_pooling_the_whole_stem_output():
+def test_pool_pass_equals_pooling_the_whole_stem_output() -> None:
     net = lit_enhancer()
     x = torch.rand(1, 1, 53, 71)
     with torch.no_grad():
@@ -97,7 +99,7 @@ def test_pool_pass_equals_pooling_the_whole_stem_output():
         (1, 4, (131, 97), (11, 13)),
     ],
 )
-def test_tiled_output_equals_whole_frame(in_ch, scale, size, tile):
+def test_tiled_output_equals_whole_frame(in_ch: int, scale: int, size: tuple[int, int], tile: tuple[int, int]) -> None:
     net = lit_enhancer(in_ch, scale)
     x = torch.rand(1, in_ch, *size)
     with torch.no_grad():
@@ -110,7 +112,7 @@ def test_tiled_output_equals_whole_frame(in_ch, scale, size, tile):
     assert (whole - tiled).abs().max() <= 1e-4
 
 
-def test_independent_tiles_would_not_match():
+def test_independent_tiles_would_not_match() -> None:
     """Why two passes are needed: tiles that pool only themselves change the result."""
     net = lit_enhancer()
     x = torch.rand(1, 1, 64, 90)
@@ -123,7 +125,7 @@ def test_independent_tiles_would_not_match():
     assert (whole - exact).abs().max() <= 1e-4
 
 
-def test_plan_runs_whole_frames_that_fit_and_tiles_the_rest_within_budget():
+def test_plan_runs_whole_frames_that_fit_and_tiles_the_rest_within_budget() -> None:
     bytes_per_pixel, halo = 400.0, 17
     h, w = 2333, 5732
     fixed = h * w * FRAME_BYTES_PER_PIXEL
@@ -138,11 +140,12 @@ def test_plan_runs_whole_frames_that_fit_and_tiles_the_rest_within_budget():
         is None
     )
     bigger = plan_tiles(h, w, 1, 2 * budget, bytes_per_pixel, halo)
+    assert bigger is not None
     assert bigger.height * bigger.width > tile.height * tile.width
 
 
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
-def test_calibrated_peak_plans_the_calibration_frame_whole_only_when_it_fits(scale):
+def test_calibrated_peak_plans_the_calibration_frame_whole_only_when_it_fits(scale: int) -> None:
     """What the CUDA warm-up measures and what the planner charges agree, at every scale."""
     side, element, halo = 1024, 2, 17
     peak = side * side * (FRAME_BYTES_PER_PIXEL + 384 // scale**2)  # frame buffers + activations

@@ -1,6 +1,7 @@
 """``python -m trainer.bench``: the projection of the full schedule from measured step times."""
 
 import json
+from pathlib import Path
 
 import pytest
 from trainer_testkit import one_torch_thread, write_tiny_clip_config
@@ -11,12 +12,12 @@ from trainer.shared.config import TrainConfig
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
-def test_published_schedule_splits_into_prompt_and_enhancer_iterations():
+def test_published_schedule_splits_into_prompt_and_enhancer_iterations() -> None:
     # 10 K prompt initialisation + 6 stage-2 rounds of 1 K prompt refinement; the rest trains the enhancer
     assert schedule_counts(TrainConfig()) == {"prompt": 16_000, "enhancer": 34_000}
 
 
-def test_bench_reports_step_times_and_projection(tmp_path, capsys):
+def test_bench_reports_step_times_and_projection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clip_json = write_tiny_clip_config(tmp_path)
     assert (
         main(

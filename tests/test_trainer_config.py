@@ -11,7 +11,7 @@ from trainer.shared.schedule import PhaseKind, phase_at
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_defaults_are_the_published_settings():
+def test_defaults_are_the_published_settings() -> None:
     cfg = TrainConfig()
     assert (cfg.loss.m0, cfg.loss.m1, cfg.loss.m2) == (0.9, 0.2, 0.2)
     assert (cfg.loss.beta, cfg.loss.omega) == (0.9, 0.8)
@@ -25,7 +25,7 @@ def test_defaults_are_the_published_settings():
     assert cfg.enhancer.in_ch == 1
 
 
-def test_file_then_overrides(tmp_path):
+def test_file_then_overrides(tmp_path: Path) -> None:
     toml = tmp_path / "train.toml"
     toml.write_text("[schedule]\ntotal_iters = 30000\n[clip]\nmodel = 'RN50'\n")
     cfg = load_config(toml, ["schedule.total_iters=20000", "loss.gamma=[0, 1, 1, 1, 0]", "clip.weights=none"])
@@ -44,17 +44,17 @@ def test_file_then_overrides(tmp_path):
         ("noequals", "section.key=value"),
     ],
 )
-def test_bad_values_are_refused_by_name(override, needle):
+def test_bad_values_are_refused_by_name(override: str, needle: str) -> None:
     with pytest.raises(TrainConfigError, match=needle):
         load_config(None, [override])
 
 
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
-def test_every_illumination_scale_is_trainable(scale):
+def test_every_illumination_scale_is_trainable(scale: int) -> None:
     assert load_config(None, [f"enhancer.illumination_scale={scale}"]).enhancer.illumination_scale == scale
 
 
-def test_example_file_documents_every_key_with_the_defaults():
+def test_example_file_documents_every_key_with_the_defaults() -> None:
     example = REPO / "train.example.toml"
     cfg = load_config(example)
     assert cfg == TrainConfig()
@@ -68,7 +68,7 @@ def test_example_file_documents_every_key_with_the_defaults():
             assert text.splitlines()[index - 1].startswith("#"), f"{section}.{key} has no comment"
 
 
-def test_schedule_phases_in_order():
+def test_schedule_phases_in_order() -> None:
     s = load_config(
         None,
         [
@@ -97,16 +97,16 @@ def test_schedule_phases_in_order():
         phase_at(20, s)
 
 
-def test_published_schedule_has_the_published_lengths():
+def test_published_schedule_has_the_published_lengths() -> None:
     s = TrainConfig().schedule
-    kinds = {}
+    kinds: dict[PhaseKind, int] = {}
     for i in range(0, s.total_iters, 500):  # every phase is a multiple of 500 long
         kinds[phase_at(i, s).kind] = kinds.get(phase_at(i, s).kind, 0) + 500
     assert kinds[PhaseKind.PROMPT_INIT] == 10_000 and kinds[PhaseKind.WARMUP] == 1_000
     assert sum(kinds.values()) == 50_000
 
 
-def test_a_schedule_key_with_the_cyclegan_scheme_names_the_keys_that_set_its_budget():
+def test_a_schedule_key_with_the_cyclegan_scheme_names_the_keys_that_set_its_budget() -> None:
     with pytest.raises(TrainConfigError) as caught:
         load_config(None, ["run.scheme=cyclegan", "schedule.total_iters=12"])
     message = str(caught.value)
@@ -120,7 +120,7 @@ def test_a_schedule_key_with_the_cyclegan_scheme_names_the_keys_that_set_its_bud
         load_config(None, ["cyclegan.constant_iters=5"])
 
 
-def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(tmp_path):
+def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys

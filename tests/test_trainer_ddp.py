@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
-def test_two_process_ddp_run_matches_one_process(tmp_path):
+def test_two_process_ddp_run_matches_one_process(tmp_path: Path) -> None:
     abnormal, normal = make_data(tmp_path)
     clip_json = write_tiny_clip_config(tmp_path)
     single = tmp_path / "single.safetensors"
@@ -60,13 +60,13 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
     # one process on the whole batch, up to float summation order (which Adam amplifies to a few
     # percent of the distance travelled: changing only the thread count does as much). A process
     # training on its half batch alone ends about as far from the whole-batch run as it travelled.
-    moved = torch.sqrt(sum(((a[k] - start[k]) ** 2).sum() for k in a))
-    apart = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a))
+    moved = torch.sqrt(sum((((a[k] - start[k]) ** 2).sum() for k in a), torch.zeros(())))
+    apart = torch.sqrt(sum((((a[k] - b[k]) ** 2).sum() for k in a), torch.zeros(())))
     assert moved > 0
     assert apart < 0.15 * moved, (float(apart), float(moved))
 
 
-def test_help_explains_every_option():
+def test_help_explains_every_option() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "trainer", "--help"],
         capture_output=True,
@@ -92,7 +92,7 @@ def test_help_explains_every_option():
         assert option in out, option
 
 
-def test_bad_config_value_exits_with_usage_error(tmp_path):
+def test_bad_config_value_exits_with_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,

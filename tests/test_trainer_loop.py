@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,38 +10,39 @@ import torch
 from safetensors.torch import load_file
 from trainer_testkit import make_data, one_torch_thread, tiny_config, write_tiny_clip_config
 
-from drdaemon.io.weights import file_sha256, load_weights
+from drdaemon.io.durable import file_sha256
+from drdaemon.io.weights import load_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from trainer.clip.scheme import Trainer
 from trainer.shared.config import load_config
 from trainer.shared.errors import TrainerError
-from trainer.shared.schedule import PhaseKind, phase_at
+from trainer.shared.schedule import Phase, PhaseKind, phase_at
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
     root = tmp_path_factory.mktemp("trainer")
     abnormal, normal = make_data(root)
     return root, abnormal, normal, write_tiny_clip_config(root)
 
 
-def snapshot(module):
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def changed(before, module):
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
     after = module.state_dict()
     return any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_every_phase_runs_and_trains_only_its_learner(setup, tmp_path):
+def test_every_phase_runs_and_trains_only_its_learner(setup: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
     _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run")
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
     clip_before = snapshot(trainer.backbone)
-    seen = set()
+    seen: set[tuple[PhaseKind, bool]] = set()
     while trainer.iteration < cfg.schedule.total_iters:
         phase = phase_at(trainer.iteration, cfg.schedule)
         enhancer, prompts = snapshot(trainer.enhancer), snapshot(trainer.prompts)
@@ -68,7 +70,7 @@ def test_every_phase_runs_and_trains_only_its_learner(setup, tmp_path):
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 
 
-def test_prompt_initialisation_loss_falls(setup, tmp_path):
+def test_prompt_initialisation_loss_falls(setup: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
     _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run", prompt_init_iters=40, total_iters=50)
     trainer = Trainer(cfg, abnormal, normal, tmp_path / "w.safetensors")
@@ -77,7 +79,9 @@ def test_prompt_initialisation_loss_falls(setup, tmp_path):
     assert np.mean(history[-5:]) < np.mean(history[:5]) - 0.01, history
 
 
-def test_interrupted_and_resumed_run_gives_the_same_weights(setup, tmp_path):
+def test_interrupted_and_resumed_run_gives_the_same_weights(
+    setup: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
     _root, abnormal, normal, clip_json = setup
     straight = tmp_path / "straight.safetensors"
     Trainer(tiny_config(clip_json, tmp_path / "a"), abnormal, normal, straight).run()
@@ -100,7 +104,9 @@ def test_interrupted_and_resumed_run_gives_the_same_weights(setup, tmp_path):
     assert result.weights_sha256 == file_sha256(straight)
 
 
-def test_resume_without_checkpoint_or_with_another_clip_is_refused(setup, tmp_path):
+def test_resume_without_checkpoint_or_with_another_clip_is_refused(
+    setup: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
     _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run")
     with pytest.raises(TrainerError, match="no checkpoint"):
@@ -114,7 +120,7 @@ def test_resume_without_checkpoint_or_with_another_clip_is_refused(setup, tmp_pa
 
 
 @pytest.mark.parametrize("scale", [1, 4])
-def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
+def test_exported_weights_run_in_the_daemon(setup: tuple[Path, Path, Path, Path], tmp_path: Path, scale: int) -> None:
     _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run")
     cfg = cfg.model_copy(update={"enhancer": load_config(None, [f"enhancer.illumination_scale={scale}"]).enhancer})
@@ -127,6 +133,7 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
     assert loaded.model.spec.in_ch == 1 and loaded.model.spec.illumination_scale == scale
     assert loaded.provenance["clip_weights"] == "none" and loaded.provenance["iterations"] == 14
 
+    assert result.card is not None
     card = json.loads(result.card.read_text())
     assert card["weights"]["sha256"] == result.weights_sha256
     assert card["data"]["abnormal"]["files"] == 3 and len(card["data"]["normal"]["file_list_sha256"]) == 64
@@ -154,7 +161,7 @@ def test_exported_weights_run_in_the_daemon(setup, tmp_path, scale):
     assert np.abs(enhanced.pixels.astype(int) - expected.astype(int)).max() <= 2
 
 
-def test_mixed_precision_run_keeps_losses_finite(setup, tmp_path):
+def test_mixed_precision_run_keeps_losses_finite(setup: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
     """bf16 autocast (what a GPU run uses by default) through every phase, here on the CPU."""
     _root, abnormal, normal, clip_json = setup
     cfg = tiny_config(clip_json, tmp_path / "run", total_iters=10)
@@ -167,7 +174,9 @@ def test_mixed_precision_run_keeps_losses_finite(setup, tmp_path):
     assert load_weights(tmp_path / "w.safetensors").model.spec.in_ch == 1
 
 
-def test_ctrl_c_finishes_the_iteration_checkpoints_and_resumes_exactly(setup, tmp_path):
+def test_ctrl_c_finishes_the_iteration_checkpoints_and_resumes_exactly(
+    setup: tuple[Path, Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
     import signal
 
@@ -180,13 +189,13 @@ def test_ctrl_c_finishes_the_iteration_checkpoints_and_resumes_exactly(setup, tm
     trainer = Trainer(cfg, abnormal, normal, out)
     step = trainer.step
 
-    def step_then_interrupt(phase, batch):
+    def step_then_interrupt(phase: Phase, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         losses = step(phase, batch)
         if trainer.iteration == 9:  # inside the first stage-2 round's enhancer phase
             os.kill(os.getpid(), signal.SIGINT)
         return losses
 
-    trainer.step = step_then_interrupt
+    monkeypatch.setattr(trainer, "step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert not out.exists()

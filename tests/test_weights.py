@@ -1,11 +1,14 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from drdaemon.io.weights import WeightsError, file_sha256, load_weights, save_weights
+from drdaemon.io.durable import file_sha256
+from drdaemon.io.weights import WeightsError, load_weights, save_weights
 from drdaemon.model.network import Enhancer, EnhancerSpec
 
 
-def test_safetensors_round_trip_keeps_spec_output_and_hash(tmp_path):
+def test_safetensors_round_trip_keeps_spec_output_and_hash(tmp_path: Path) -> None:
     net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)).eval()
     path = tmp_path / "w.safetensors"
     digest = save_weights(path, net, {"run": "unit-test"})
@@ -18,7 +21,7 @@ def test_safetensors_round_trip_keeps_spec_output_and_hash(tmp_path):
         assert torch.equal(net(x), loaded.model(x))
 
 
-def test_pickle_checkpoint_is_refused_unless_allowed(tmp_path):
+def test_pickle_checkpoint_is_refused_unless_allowed(tmp_path: Path) -> None:
     net = Enhancer(EnhancerSpec(in_ch=1))
     path = tmp_path / "w.pt"
     torch.save(net.state_dict(), path)
@@ -27,7 +30,7 @@ def test_pickle_checkpoint_is_refused_unless_allowed(tmp_path):
     assert load_weights(path, allow_pickle=True).model.spec.in_ch == 1
 
 
-def test_provenance_hash_names_the_training_run_and_catches_edited_metadata(tmp_path):
+def test_provenance_hash_names_the_training_run_and_catches_edited_metadata(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     net = Enhancer(EnhancerSpec(in_ch=1))
@@ -56,12 +59,12 @@ print(save_weights(sys.argv[1], Enhancer(EnhancerSpec(illumination_scale=2)), {"
 """
 
 
-def test_the_same_weights_give_the_same_file_in_every_process(tmp_path):
+def test_the_same_weights_give_the_same_file_in_every_process(tmp_path: Path) -> None:
     """The sha256 a sidecar records names the model: safetensors alone orders its metadata per process."""
     import subprocess
     import sys
 
-    digests = set()
+    digests: set[str] = set()
     for i in range(3):
         path = tmp_path / f"w{i}.safetensors"
         done = subprocess.run(
@@ -72,7 +75,7 @@ def test_the_same_weights_give_the_same_file_in_every_process(tmp_path):
     assert len(digests) == 1
 
 
-def test_weights_saved_before_the_head_was_named_still_load(tmp_path):
+def test_weights_saved_before_the_head_was_named_still_load(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
