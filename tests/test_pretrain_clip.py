@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from trainer_testkit import write_tiny_clip_config
 
 from drdaemon.io.weights import load_weights
 from trainer.clip.backbone import load_backbone
-from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, make_captioned_set
+from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, CaptionedSet, make_captioned_set
 from trainer.radiograph.judge import judge, mean_part_spearman, real_frame_renderings, well_scores, zero_shot_accuracy
 from trainer.radiograph.pretrain import (
     WEIGHTS_NAME,
@@ -27,11 +28,11 @@ from trainer.radiograph.pretrain import (
 
 
 @pytest.fixture(scope="module")
-def tiny_set():
+def tiny_set() -> CaptionedSet:
     return make_captioned_set(seed=3, parts=2, size=64, progress=False)
 
 
-def test_captioned_set_is_reproducible_from_its_seed(tiny_set):
+def test_captioned_set_is_reproducible_from_its_seed(tiny_set: CaptionedSet) -> None:
     again = make_captioned_set(seed=3, parts=2, size=64, progress=False)
     other = make_captioned_set(seed=4, parts=2, size=64, progress=False)
     assert np.array_equal(tiny_set.frames, again.frames)
@@ -40,7 +41,7 @@ def test_captioned_set_is_reproducible_from_its_seed(tiny_set):
     assert tiny_set.frames.shape == (2, len(STATES), 64, 64) and tiny_set.frames.dtype == np.uint16
 
 
-def test_captions_say_what_the_generator_knows(tiny_set):
+def test_captions_say_what_the_generator_knows(tiny_set: CaptionedSet) -> None:
     for r in tiny_set.renderings:
         words = {0: "well exposed", 1: "nearly well exposed", 2: "badly exposed"}[r.grade]
         assert words in r.caption and r.kind in r.caption
@@ -53,13 +54,13 @@ def test_captions_say_what_the_generator_knows(tiny_set):
     assert len({row.tobytes() for row in per_part}) == len(STATES)
 
 
-def test_held_out_parts_come_from_the_held_out_dose_range(tiny_set):
+def test_held_out_parts_come_from_the_held_out_dose_range(tiny_set: CaptionedSet) -> None:
     held_out = make_captioned_set(seed=3, parts=2, size=64, held_out=True, progress=False)
     assert all(r.clipped_percent >= HELD_OUT_CLIPPED_PERCENT for r in held_out.renderings)
     assert all(r.clipped_percent < HELD_OUT_CLIPPED_PERCENT for r in tiny_set.renderings)
 
 
-def test_same_state_captions_are_not_negatives():
+def test_same_state_captions_are_not_negatives() -> None:
     # Two frames and captions of one state and one of another. Embedding the two same-state
     # pairs alike is what the class-aware loss prefers; plain CLIP targets push them apart.
     classes = torch.tensor([4, 4, 7])
@@ -78,7 +79,7 @@ def test_same_state_captions_are_not_negatives():
     assert float(plain(logits(alike), torch.arange(3))) > float(plain(logits(apart), torch.arange(3)))
 
 
-def test_ranking_loss_charges_only_misordered_pairs_of_one_part():
+def test_ranking_loss_charges_only_misordered_pairs_of_one_part() -> None:
     prompts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # bad, well
     images = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # scores +1, -1, -1
     psnr = torch.tensor([30.0, 20.0, 40.0])
@@ -88,7 +89,7 @@ def test_ranking_loss_charges_only_misordered_pairs_of_one_part():
     assert float(ranking_loss(wrong, prompts, psnr, same_part, 0.05, 1.0)) == pytest.approx(2.05)
 
 
-def test_spearman_per_part_is_the_known_rank_correlation():
+def test_spearman_per_part_is_the_known_rank_correlation() -> None:
     parts = np.array([0, 0, 0, 0, 1, 1, 1])
     scores = np.array([1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0])
     quality = np.array([1.0, 3.0, 2.0, 4.0, 30.0, 20.0, 10.0])
@@ -96,7 +97,7 @@ def test_spearman_per_part_is_the_known_rank_correlation():
     assert mean_part_spearman(scores, quality, parts) == pytest.approx((0.8 - 1.0) / 2)
 
 
-def test_zero_shot_accuracy_on_a_known_case():
+def test_zero_shot_accuracy_on_a_known_case() -> None:
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # row 0 bad prompt, row 1 well prompt
     images = torch.tensor([[0.2, 0.9], [0.9, 0.1], [0.6, 0.5], [0.1, 0.8], [0.7, 0.7]])
     scores = well_scores(images, text).numpy()
@@ -124,7 +125,7 @@ class BrightnessClip(torch.nn.Module):
         return torch.eye(2)  # bad prompt first, well prompt second, as prompt_features tokenises them
 
 
-def test_judge_end_to_end_with_a_known_judge():
+def test_judge_end_to_end_with_a_known_judge() -> None:
     levels = [0.9, 0.7, 0.3, 0.1, 0.6, 0.2]
     frames = [np.full((40, 40), int(v * 65535), np.uint16) for v in levels]
     truth = [True, True, False, False, None, True]  # the last is dark but called well: one error
@@ -144,7 +145,7 @@ def test_judge_end_to_end_with_a_known_judge():
     assert report.spearman_psnr == pytest.approx(1.0) and report.parts == 2
 
 
-def test_real_frame_renderings_start_with_the_windowed_reference():
+def test_real_frame_renderings_start_with_the_windowed_reference() -> None:
     frame = (np.linspace(0, 1, 96 * 128).reshape(96, 128) * 60000).astype(np.uint16)
     renderings = real_frame_renderings(frame, short_side=64)
     names = [name for name, _, _ in renderings]
@@ -153,7 +154,7 @@ def test_real_frame_renderings_start_with_the_windowed_reference():
     assert sum(t is False for _, t, _ in renderings) >= 5
 
 
-def tiny_config(tmp_path: Path, **changes) -> PretrainConfig:
+def tiny_config(tmp_path: Path, **changes: Any) -> PretrainConfig:
     clip_json = write_tiny_clip_config(tmp_path)
     base = PretrainConfig(
         model_config=str(clip_json),
@@ -170,7 +171,7 @@ def tiny_config(tmp_path: Path, **changes) -> PretrainConfig:
     return dataclasses.replace(base, **changes)
 
 
-def test_a_few_pretraining_iterations_lower_the_loss(tmp_path, tiny_set):
+def test_a_few_pretraining_iterations_lower_the_loss(tmp_path: Path, tiny_set: CaptionedSet) -> None:
     cfg = tiny_config(tmp_path, rank_ssim_weight=1.0)
     torch.manual_seed(0)
     clip, model_cfg = build_model(cfg.model_config)
@@ -197,14 +198,14 @@ def test_a_few_pretraining_iterations_lower_the_loss(tmp_path, tiny_set):
         before = float(loss())
     for _ in range(8):
         optim.zero_grad()
-        loss().backward()
+        torch.autograd.backward(loss())
         optim.step()
     with torch.no_grad():
         after = float(loss())
     assert after < 0.8 * before
 
 
-def test_checkpoint_loads_through_the_trainers_clip_path(tmp_path):
+def test_checkpoint_loads_through_the_trainers_clip_path(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path)
     result = train(cfg, tmp_path / "rclip", progress=False, judge_every=2)
     weights = tmp_path / "rclip" / WEIGHTS_NAME
@@ -222,7 +223,7 @@ def test_checkpoint_loads_through_the_trainers_clip_path(tmp_path):
     assert card["steps"] == cfg.steps and card["weights"]["sha256"] == backbone.source.checkpoint_sha256
 
 
-def test_resume_continues_to_the_same_weights(tmp_path):
+def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, steps=4)
     straight = train(cfg, tmp_path / "a", progress=False)
     first = train(dataclasses.replace(cfg), tmp_path / "b", progress=False, minutes=0.0)  # stops after step 1
@@ -234,7 +235,7 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     assert resumed.steps == 4 and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_oracle_fits_and_exports_labelled_weights(tmp_path):
+def test_oracle_fits_and_exports_labelled_weights(tmp_path: Path) -> None:
     from trainer.radiograph.oracle import ORACLE_NOTE, OracleConfig, fit, training_pairs
 
     cfg = OracleConfig(scale=2, parts=2, size=(64, 64), net_pixels=16, batch=2, iterations=3)
@@ -246,7 +247,7 @@ def test_oracle_fits_and_exports_labelled_weights(tmp_path):
     assert result.iterations == 3
 
 
-def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
+def test_oracle_command_prints_its_labelled_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from trainer.radiograph.oracle import main
@@ -283,7 +284,7 @@ def test_oracle_command_prints_its_labelled_rows(tmp_path, capsys):
     assert all(rows[k]["psnr"] is not None for k in ("net (oracle-s2)", "net (oracle-s4)", "ideal map s=2"))
 
 
-def test_pretrain_command_answers_help_and_refuses_bad_sizes(capsys):
+def test_pretrain_command_answers_help_and_refuses_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     from trainer.radiograph.pretrain import main
 
     with pytest.raises(SystemExit) as done:
