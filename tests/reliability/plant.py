@@ -34,7 +34,7 @@ SHARED = ("inbox", "outbox", "archive", "failed")
 LEDGER_DIR = Path(os.environ.get("DRDAEMON_LEDGER_DIR", "/tmp/drdaemon-reliability"))
 
 
-def frame_bytes(seed: int, shape: tuple[int, int] = (40, 48), **kwargs: object) -> bytes:
+def frame_bytes(seed: int, shape: tuple[int, int] = (40, 48), **kwargs: Any) -> bytes:
     pixels = np.random.default_rng(seed).integers(200, 5000, shape).astype(np.uint16)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, **kwargs)
@@ -115,7 +115,7 @@ class Daemon:
         self.process = None
 
     def events(self) -> list[dict[str, object]]:
-        out = []
+        out: list[dict[str, object]] = []
         if not self.log.exists():
             return out
         for line in self.log.read_text(errors="replace").splitlines():
@@ -240,9 +240,9 @@ def ledger(dirs: dict[str, Path], works: list[Path], inputs: list[bytes]) -> Led
         p for folder in (dirs["outbox"], dirs["archive"], dirs["failed"]) for p in folder.glob(f".*{TEMP_SUFFIX}")
     ]
     in_work = [p for w in works if w.exists() for p in w.iterdir() if p.name != ".drdaemon.lock"]
-    archived = Counter(sha(p.read_bytes()) for p in dirs["archive"].iterdir() if not p.name.startswith("."))
+    archived_shas = Counter(sha(p.read_bytes()) for p in dirs["archive"].iterdir() if not p.name.startswith("."))
     partial += len(sidecar_less) + len(leftovers) + len(in_work)
-    partial += sum(abs(archived[h] - ok[h]) for h in set(archived) | set(ok))
+    partial += sum(abs(archived_shas[h] - ok[h]) for h in set(archived_shas) | set(ok))
     got = ok + failed
     lost = sum(max(0, n - got[h]) for h, n in wanted.items())
     doubled = sum(max(0, got[h] - n) for h, n in wanted.items()) + sum(

@@ -8,13 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from plant import Plant
 
 from drdaemon.config import ConfigError, Settings
 from drdaemon.exits import EXIT_CONFIG
+from drdaemon.io.durable import Owner
 from drdaemon.service import daemon as daemon_module
 
 pytestmark = pytest.mark.reliability
@@ -56,19 +61,19 @@ def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(
     settings.folders = settings.folders.resolved(tmp_path)
     real_rename = os.rename
 
-    def cross_mount(source, target, *args, **kwargs):
+    def cross_mount(source: str | os.PathLike[str], target: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
         if Path(target).parent == settings.folders.archive:
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real_rename(source, target, *args, **kwargs)
 
-    monkeypatch.setattr(daemon_module.os, "rename", cross_mount)
+    monkeypatch.setattr(os, "rename", cross_mount)  # the os module the daemon's probe renames with
     with pytest.raises(ConfigError, match=r"folders\.archive"):
         daemon_module.Daemon(settings, engines=[]).prepare_folders()
     assert [p.name for p in settings.folders.work.iterdir()] == []  # the probe cleaned up after itself
 
 
 # -- fault 8: output faults hold frames instead of failing them ---------------------------------
-def in_process_daemon(tmp_path: Path):
+def in_process_daemon(tmp_path: Path) -> daemon_module.Daemon:
     from drdaemon.engines import ClassicalEngine
     from drdaemon.service.daemon import Daemon
 
@@ -78,18 +83,14 @@ def in_process_daemon(tmp_path: Path):
     return Daemon(settings, engines=[ClassicalEngine()])
 
 
-def run_in_thread(daemon):
-    import threading
-
+def run_in_thread(daemon: daemon_module.Daemon) -> tuple[threading.Thread, list[int]]:
     statuses: list[int] = []
     thread = threading.Thread(target=lambda: statuses.append(daemon.run(install_signal_handlers=False)), daemon=True)
     thread.start()
     return thread, statuses
 
 
-def wait(condition, timeout: float = 30.0) -> None:
-    import time
-
+def wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -111,7 +112,7 @@ def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
     fault = {"on": True}
     real_write_temp = durable.write_temp
 
-    def refusing_outbox(final, data, owner=None, **kwargs):
+    def refusing_outbox(final: Path, data: bytes, owner: Owner | None = None, **kwargs: Any) -> Path:
         if fault["on"] and Path(final).parent == folders.outbox:
             raise OSError(code, os.strerror(code), str(final))
         return real_write_temp(final, data, owner, **kwargs)
@@ -123,8 +124,6 @@ def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
     thread, statuses = run_in_thread(daemon)
     gauge = daemon.metrics.registry.get_sample_value
     wait(lambda: gauge("drdaemon_output_blocked", {"reason": label}) == 1)
-    import time
-
     time.sleep(1.0)  # blocked for a while: retries, and nothing is quarantined meanwhile
     assert list(folders.failed.iterdir()) == [] and not list(folders.outbox.glob("*.json"))
     # Claiming stopped: beyond the few frames in the pipeline (at most 6), the rest wait in the inbox.

@@ -41,10 +41,15 @@ def test_a_killed_daemon_never_takes_another_daemons_sidecar_for_its_own(tmp_pat
     mine, theirs = frame_bytes(1), frame_bytes(2)
     (a.inbox / "s.tif").write_bytes(mine)
     frozen = claim(a.inbox / "s.tif", a.work, time.time(), time.monotonic())
+    assert frozen is not None
     plan = Finisher.for_folders(a, preview=False, owner=dead_owner()).plan_success(frozen.path, "s.tif")
-    assert Path(plan.output).name == "s.tif"  # planned, then frozen and killed before writing
+    assert (
+        plan.output is not None and Path(plan.output).name == "s.tif"
+    )  # planned, then frozen and killed before writing
     (b.inbox / "s.tif").write_bytes(theirs)
-    process(claim(b.inbox / "s.tif", b.work, time.time(), time.monotonic()), Finisher.for_folders(b, preview=False))
+    other = claim(b.inbox / "s.tif", b.work, time.time(), time.monotonic())
+    assert other is not None
+    process(other, Finisher.for_folders(b, preview=False))
     assert (b.outbox / "s.tif.json").exists()  # the other host committed its own frame under the name
 
     restarted = Finisher.for_folders(a, preview=False)

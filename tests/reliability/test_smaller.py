@@ -9,7 +9,9 @@ import random
 import shutil
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,9 +93,11 @@ def test_frames_finished_by_recovery_are_logged_and_counted(tmp_path: Path) -> N
     data = frame_bytes(3)
     (settings.folders.inbox / "r.tif").write_bytes(data)
     item = claim(settings.folders.inbox / "r.tif", settings.folders.work, time.time(), time.monotonic())
+    assert item is not None
     crashed = Finisher.for_folders(settings.folders, preview=False, owner=dead_owner())
     done = enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine())
     plan = crashed.plan_success(item.path, "r.tif")
+    assert plan.output is not None and plan.archive is not None
     encoded = crashed.output_format.encode(done.result.pixels, {})
     crashed.write_output(plan, encoded)
     crashed.reserve_archive(item.path, plan, kind="archive")
@@ -154,7 +158,7 @@ def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(
     for name in ("link", "rename", "replace", "unlink"):
         real = getattr(os, name)
 
-        def recorded(*args, _real=real, _name=name, **kwargs):
+        def recorded(*args: Any, _real: Callable[..., Any] = real, _name: str = name, **kwargs: Any) -> Any:
             result = _real(*args, **kwargs)
             target = Path(args[1] if _name in ("link", "rename", "replace") else args[0])
             journal.append((_name, target.parent))
@@ -163,7 +167,7 @@ def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(
         monkeypatch.setattr(os, name, recorded)
     real_fsync_dir = durable.fsync_directory
 
-    def fsynced(directory) -> None:
+    def fsynced(directory: Path) -> None:
         journal.append(("fsync", Path(directory)))
         real_fsync_dir(directory)
 
@@ -171,6 +175,7 @@ def test_every_commit_step_is_followed_by_an_fsync_of_its_folder(
         monkeypatch.setattr(module, "fsync_directory", fsynced)
     (folders.inbox / "p.tif").write_bytes(frame_bytes(2))
     item = claim(folders.inbox / "p.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     journal.clear()
     commit_frame(
         enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()), Finisher.for_folders(folders, preview=False)

@@ -14,10 +14,12 @@ from plant import Plant, frame_bytes, ledger, run_until, sha
 
 from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
+from drdaemon.engines.base import Enhanced
 from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import Finisher, FrameChanged
 from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
+from drdaemon.kernels.window import Window
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 
 pytestmark = pytest.mark.reliability
@@ -76,6 +78,7 @@ def test_a_frame_that_changes_after_its_read_is_not_committed(tmp_path: Path) ->
         path.mkdir()
     (folders.inbox / "f.tif").write_bytes(frame_bytes(1, (40, 48)))
     item = claim(folders.inbox / "f.tif", folders.work, time.time(), time.monotonic())
+    assert item is not None
     done = enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine())
     with item.path.open("r+b") as fh:  # the writer goes on through its open descriptor
         fh.seek(-64, os.SEEK_END)
@@ -92,7 +95,9 @@ def test_a_frame_that_changes_after_its_read_is_not_committed(tmp_path: Path) ->
     assert record.input.sha256 == sha((folders.archive / "f.tif").read_bytes())
 
 
-def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(tmp_path: Path) -> None:
+def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A writer on another host (no lease can tell) rewrites the frame while it is enhanced."""
     from drdaemon.config import Settings
     from drdaemon.service.daemon import Daemon
@@ -105,7 +110,7 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
     enhance = engine.enhance
     calls: list[int] = []
 
-    def enhance_while_rewritten(pixels, window=None):
+    def enhance_while_rewritten(pixels: np.ndarray, window: Window | None = None) -> Enhanced:
         claimed = settings.folders.work / "late.tif"
         if claimed.exists():  # not the warm-up
             if not calls:
@@ -113,7 +118,7 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
             calls.append(1)
         return enhance(pixels, window)
 
-    engine.enhance = enhance_while_rewritten
+    monkeypatch.setattr(engine, "enhance", enhance_while_rewritten)
     (settings.folders.inbox / "late.tif").write_bytes(first)
     daemon = Daemon(settings, engines=[engine])
     status = run_until(daemon, lambda: (settings.folders.outbox / "late.tif.json").exists())
@@ -123,7 +128,9 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(t
     assert list(settings.folders.work.iterdir()) == []  # nothing left, the lock file neither
 
 
-def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_reads(tmp_path: Path) -> None:
+def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     from drdaemon.config import Settings
@@ -136,14 +143,14 @@ def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_r
     enhance = engine.enhance
     calls: list[int] = []
 
-    def enhance_while_rewritten(pixels, window=None):
+    def enhance_while_rewritten(pixels: np.ndarray, window: Window | None = None) -> Enhanced:
         claimed = settings.folders.work / "restless.tif"
         if claimed.exists():  # a writer that never stops: new content during every enhancement
             calls.append(1)
             claimed.write_bytes(frame_bytes(100 + len(calls), (40, 48)))
         return enhance(pixels, window)
 
-    engine.enhance = enhance_while_rewritten
+    monkeypatch.setattr(engine, "enhance", enhance_while_rewritten)
     (settings.folders.inbox / "restless.tif").write_bytes(frame_bytes(100, (40, 48)))
     daemon = Daemon(settings, engines=[engine])
     reason_file = settings.folders.failed / "restless.tif.reason.json"
