@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -37,11 +38,15 @@ from plant import Plant, dead_owner, frame_bytes, ledger, sha
 from drdaemon.config import Folders, Settings
 from drdaemon.engines import ClassicalEngine
 from drdaemon.folders.claim import WorkItem, claim
-from drdaemon.folders.commit import Finisher, plan_path
+from drdaemon.folders.commit import Finisher, Plan, plan_path
 from drdaemon.io import durable
 from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
+from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+
+if TYPE_CHECKING:
+    from _typeshed import StrOrBytesPath
 
 pytestmark = pytest.mark.reliability
 
@@ -79,9 +84,7 @@ def shared(tmp_path: Path, *names: str) -> list[Folders]:
     return out
 
 
-def in_process_daemon(root: Path, **tables: object):
-    from drdaemon.service.daemon import Daemon
-
+def in_process_daemon(root: Path, **tables: Any) -> Daemon:
     settings = Settings(
         watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2, "incomplete_grace_s": 2.0},
         metrics={"enabled": False},
@@ -93,7 +96,7 @@ def in_process_daemon(root: Path, **tables: object):
 
 
 @contextlib.contextmanager
-def running(daemon) -> Iterator[list[int]]:
+def running(daemon: Daemon) -> Iterator[list[int]]:
     statuses: list[int] = []
     thread = threading.Thread(target=lambda: statuses.append(daemon.run(install_signal_handlers=False)), daemon=True)
     thread.start()
@@ -104,14 +107,14 @@ def running(daemon) -> Iterator[list[int]]:
         thread.join(60)
 
 
-def wait(condition, timeout: float = 30.0, what: str = "condition") -> None:
+def wait(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
 
 
-def child_peak_rss(code: str) -> dict[str, int]:
+def child_peak_rss(code: str) -> dict[str, Any]:
     """Run ``code`` in a fresh interpreter; it prints a JSON dict, to which its peak resident bytes are added."""
     script = (
         code
@@ -181,14 +184,14 @@ class Trace:
             self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
             real["fsync"](fd)
 
-        def two(name: str):
-            def call(src, dst, *args, **kwargs):
+        def two(name: str) -> Callable[..., None]:
+            def call(src: StrOrBytesPath, dst: StrOrBytesPath, *args: Any, **kwargs: Any) -> None:
                 self.events.append((name, os.fsdecode(src), os.fsdecode(dst)))
                 return real[name](src, dst, *args, **kwargs)
 
             return call
 
-        def unlink(path, *args, **kwargs):
+        def unlink(path: StrOrBytesPath, *args: Any, **kwargs: Any) -> None:
             self.events.append(("unlink", os.fsdecode(path)))
             return real["unlink"](path, *args, **kwargs)
 
@@ -205,7 +208,7 @@ class Trace:
 
 
 def test_power_loss_trace_frame_data_then_claim_then_archive_each_with_its_folder(
-    folders, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (folders.inbox / "f.tif").write_bytes(frame_bytes(1))  # a station that never fsyncs
     trace = Trace(monkeypatch)
@@ -223,7 +226,7 @@ def test_power_loss_trace_frame_data_then_claim_then_archive_each_with_its_folde
 
 
 def test_power_loss_trace_recovery_fsyncs_archive_after_removing_a_link(
-    folders, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (folders.inbox / "f.tif").write_bytes(frame_bytes(2))
     item = claim_now(folders.inbox / "f.tif", folders.work)
@@ -278,7 +281,7 @@ def test_watchdog_keeps_pinging_while_a_blocked_outbox_holds_a_frame(
     blocked = {"on": True}
     real_write_temp = durable.write_temp
 
-    def read_only_outbox(final, data, owner=None, **kwargs):
+    def read_only_outbox(final: Path, data: bytes, owner: durable.Owner | None = None, **kwargs: Any) -> Path:
         if blocked["on"] and Path(final).parent == daemon.folders.outbox:
             raise OSError(errno.EROFS, "Read-only file system", str(final))
         return real_write_temp(final, data, owner, **kwargs)
@@ -338,7 +341,7 @@ def test_an_unrenamable_inbox_file_waits_with_backoff_while_the_rest_flows(tmp_p
             time.sleep(3.5)  # retries at 1, 2 (then 4) seconds
             gauge = daemon.metrics.registry.get_sample_value
             refusals = gauge("drdaemon_claim_refusals_total")
-            assert 2 <= refusals <= 4, refusals  # retried, with backoff (not every tick)
+            assert refusals is not None and 2 <= refusals <= 4, refusals  # retried, with backoff (not every tick)
             assert gauge("drdaemon_inbox_unclaimable_frames") == 1
             assert statuses == [] and stuck.exists()  # still running, the file untouched in the inbox
             chattr("-i", stuck)
@@ -357,12 +360,12 @@ def deflated_dicom(rows: int, columns: int, filler_bytes: int) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1.99")
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
@@ -448,6 +451,10 @@ def rss_bytes(pid: int) -> int:
 def test_resident_memory_returns_after_large_bad_files(tmp_path: Path) -> None:
     plant = Plant(tmp_path)
     daemon = plant.daemon("a", extra="[input]\nmax_pixels = 100000000\nmax_bytes = 400000000\n")
+
+    def records_reach(wanted: int) -> Callable[[], bool]:
+        return lambda: plant.records() == wanted
+
     daemon.start()
     try:
         daemon.wait_ready()
@@ -460,7 +467,7 @@ def test_resident_memory_returns_after_large_bad_files(tmp_path: Path) -> None:
             bad = tmp_path / f".bad{index}.part"
             zlib_tagged_garbage_tiff(bad, (7000, 7000))
             os.rename(bad, plant.dirs["inbox"] / f"bad{index}.tif")
-            plant.wait_for(lambda wanted=2 + index: plant.records() == wanted, 120)
+            plant.wait_for(records_reach(2 + index), 120)
         time.sleep(1.0)
         after = rss_bytes(daemon.process.pid)
         assert daemon.stop() == 0
@@ -526,7 +533,7 @@ except FrameError as error:
 
 # -- 6. links planted at temporary names ------------------------------------------------------
 def test_links_planted_at_every_temporary_name_never_touch_their_target(
-    folders, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     victim = folders.archive / "precious.tif"
     victim.write_bytes(b"an archived raw frame")
@@ -709,7 +716,7 @@ def test_a_peers_sidecar_for_identical_bytes_does_not_vouch_for_this_claim(tmp_p
     (a.inbox / "s.tif").write_bytes(data)
     frozen = claim_now(a.inbox / "s.tif", a.work)
     plan = Finisher.for_folders(a, preview=False, owner=dead_owner()).plan_success(frozen.path, "s.tif")
-    assert Path(plan.output).name == "s.tif"  # planned, then killed before writing anything
+    assert plan.output is not None and Path(plan.output).name == "s.tif"  # planned, then killed before writing anything
     (b.inbox / "s.tif").write_bytes(data)  # the station sends the same frame again; B takes it
     process(claim_now(b.inbox / "s.tif", b.work), Finisher.for_folders(b, preview=False))
     restarted = Finisher.for_folders(a, preview=False)
@@ -722,7 +729,7 @@ def test_a_peers_sidecar_for_identical_bytes_does_not_vouch_for_this_claim(tmp_p
 
 
 # -- 10. a writer that pre-sizes its file -----------------------------------------------------
-def test_a_change_between_the_claim_and_the_read_is_read_again(folders) -> None:
+def test_a_change_between_the_claim_and_the_read_is_read_again(folders: Folders) -> None:
     from drdaemon.folders.commit import FrameChanged
 
     path = folders.inbox / "f.tif"
@@ -803,7 +810,7 @@ def test_group_or_world_writable_weights_are_refused_like_sshd_refuses_keys(
 
 # -- 12. the smaller ones ---------------------------------------------------------------------
 def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(
-    folders, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from drdaemon.folders import commit as commit_module
 
@@ -812,7 +819,7 @@ def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(
     kept: dict[str, bytes] = {}
     real_retire = commit_module.Finisher.retire_input
 
-    def killed_before_the_plan_went(self, work_file, plan) -> None:
+    def killed_before_the_plan_went(self: Finisher, work_file: Path, plan: Plan) -> None:
         kept["plan"] = plan_path(work_file).read_bytes()
         real_retire(self, work_file, plan)
         plan_path(work_file).write_bytes(kept["plan"])  # as if killed between the two unlinks
@@ -875,7 +882,7 @@ def test_a_directory_named_like_a_frame_is_reported_once(tmp_path: Path) -> None
     assert (daemon.folders.inbox / "folder.tif").is_dir()
 
 
-def test_output_names_carry_no_control_bytes(folders) -> None:
+def test_output_names_carry_no_control_bytes(folders: Folders) -> None:
     name = "part\n7\x1b[31m\x7f.tif"
     (folders.inbox / name).write_bytes(frame_bytes(14))
     process(claim_now(folders.inbox / name, folders.work), Finisher.for_folders(folders, preview=True))
