@@ -18,7 +18,7 @@ from drdaemon.engines import build_checked_engines, build_engines
 from drdaemon.engines.pipeline import PipelineEngine
 from drdaemon.evaluate.baselines import build_method
 from drdaemon.exits import EXIT_CONFIG
-from drdaemon.kernels.filters import footprint
+from drdaemon.kernels.filters import Footprint, Morphology, footprint
 from drdaemon.kernels.window import robust_window
 from drdaemon.pipeline import steps as s
 from drdaemon.pipeline.presets import PRESET_NAMES, PRESETS
@@ -59,7 +59,7 @@ def inner(a: np.ndarray, margin: int) -> np.ndarray:
 # -- each step against the library -----------------------------------------------------------
 
 
-def test_normalise_is_the_engines_percentile_window(frame) -> None:
+def test_normalise_is_the_engines_percentile_window(frame: np.ndarray) -> None:
     out = run_step(s.NormaliseStep(low_percentile=2.0, high_percentile=98.0), frame)
     window = robust_window(frame, 2.0, 98.0)
     expected = as_u16(np.clip((frame - window.low) / window.span, 0, 1))
@@ -67,19 +67,19 @@ def test_normalise_is_the_engines_percentile_window(frame) -> None:
     assert out.min() == 0 and out.max() == 65535
 
 
-def test_gaussian_matches_scipy_ndimage(frame) -> None:
+def test_gaussian_matches_scipy_ndimage(frame: np.ndarray) -> None:
     out = run_step(s.GaussianStep(sigma=1.5), frame)
     expected = as_u16(ndimage.gaussian_filter(frame / U16, 1.5, mode="mirror", truncate=4.0))
     assert levels(out, expected) <= 1
 
 
 @pytest.mark.parametrize("size", [3, 7])  # 3: OpenCV, 7: SciPy (OpenCV takes 16-bit medians up to 5)
-def test_median_matches_scipy_ndimage(frame, size) -> None:
+def test_median_matches_scipy_ndimage(frame: np.ndarray, size: int) -> None:
     out = run_step(s.MedianStep(size=size), frame)
     assert np.array_equal(out, ndimage.median_filter(frame, size=size, mode="nearest"))
 
 
-def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(frame) -> None:
+def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(frame: np.ndarray) -> None:
     out = run_step(s.NlmStep(h=900.0, template_size=5, search_size=11), frame)
     expected = cv2.fastNlMeansDenoising(
         frame, h=[900.0], templateWindowSize=5, searchWindowSize=11, normType=cv2.NORM_L1
@@ -89,41 +89,42 @@ def test_nlm_is_opencvs_and_takes_its_strength_from_the_wavelet_noise_estimate(f
 
     result = PipelineEngine((s.NlmStep(strength=1.5),)).enhance(frame)
     record = result.parameters["steps"][0]
-    assert record["noise_sigma"] == pytest.approx(float(estimate_sigma(frame / U16)) * U16, rel=1e-3)
+    skimage_sigma = float(estimate_sigma(frame / U16))  # type: ignore[no-untyped-call]  # scikit-image is unannotated
+    assert record["noise_sigma"] == pytest.approx(skimage_sigma * U16, rel=1e-3)
     assert record["h_used"] == pytest.approx(1.5 * record["noise_sigma"], rel=1e-3)
     assert 450 < record["noise_sigma"] < 750  # the frame's noise is 600 levels
 
 
-def test_equalise_matches_scikit_image(frame) -> None:
+def test_equalise_matches_scikit_image(frame: np.ndarray) -> None:
     from skimage.exposure import equalize_hist
 
     out = run_step(s.EqualiseStep(), frame)
-    expected = as_u16(equalize_hist(frame, nbins=65536))
+    expected = as_u16(equalize_hist(frame, nbins=65536))  # type: ignore[no-untyped-call]  # scikit-image is unannotated
     assert levels(out, expected) <= 0.002 * U16  # the definitions differ by one bin's count
     assert np.corrcoef(out.ravel(), expected.ravel())[0, 1] > 0.9999
 
 
-def test_clahe_is_opencvs_on_4096_levels(frame) -> None:
+def test_clahe_is_opencvs_on_4096_levels(frame: np.ndarray) -> None:
     out = run_step(s.ClaheStep(clip_limit=3.0, tile_grid=4), frame)
     coarse = frame & np.uint16(0xFFF0)  # 4096 levels, so that the clip limit acts (kernels/tone.py)
     expected = cv2.createCLAHE(clipLimit=3.0 * 16, tileGridSize=(4, 4)).apply(coarse)
     assert np.array_equal(out, expected)
 
 
-def test_unsharp_matches_scikit_image(frame) -> None:
+def test_unsharp_matches_scikit_image(frame: np.ndarray) -> None:
     from skimage.filters import unsharp_mask
 
     out = run_step(s.UnsharpStep(sigma=2.0, amount=0.8), frame)
-    expected = as_u16(unsharp_mask(frame / U16, radius=2.0, amount=0.8, preserve_range=True))
+    expected = as_u16(unsharp_mask(frame / U16, radius=2.0, amount=0.8, preserve_range=True))  # type: ignore[no-untyped-call]  # scikit-image is unannotated
     assert levels(inner(out, 9), inner(expected, 9)) <= 1  # the borders are mirrored, not replicated
     assert out.std() > frame.std()
 
 
-def test_gamma_matches_scikit_image(frame) -> None:
+def test_gamma_matches_scikit_image(frame: np.ndarray) -> None:
     from skimage.exposure import adjust_gamma
 
     out = run_step(s.GammaStep(gamma=0.6), frame)
-    expected = adjust_gamma(frame / U16, 0.6)
+    expected = adjust_gamma(frame / U16, 0.6)  # type: ignore[no-untyped-call]  # scikit-image is unannotated
     assert levels(out, as_u16(expected)) <= 1
 
 
@@ -131,20 +132,20 @@ def test_the_disk_footprint_is_scikit_images() -> None:
     from skimage.morphology import disk
 
     for radius in (1, 3, 6):
-        assert np.array_equal(footprint(radius, "disk"), disk(radius))
+        assert np.array_equal(footprint(radius, "disk"), disk(radius))  # type: ignore[no-untyped-call]  # scikit-image is unannotated
     assert footprint(2, "square").shape == (5, 5) and footprint(2, "square").all()
 
 
 @pytest.mark.parametrize("operation", ["opening", "closing"])
 @pytest.mark.parametrize("shape", ["disk", "square"])
-def test_morphology_matches_scipy_ndimage(frame, operation, shape) -> None:
+def test_morphology_matches_scipy_ndimage(frame: np.ndarray, operation: Morphology, shape: Footprint) -> None:
     out = run_step(s.MorphologyStep(operation=operation, radius=3, shape=shape), frame)
     morph = ndimage.grey_opening if operation == "opening" else ndimage.grey_closing
     expected = morph(frame, footprint=footprint(3, shape).astype(bool))
     assert np.array_equal(inner(out, 7), inner(expected, 7))  # the border rules differ
 
 
-def test_tophat_adds_the_white_and_subtracts_the_black_top_hat(frame) -> None:
+def test_tophat_adds_the_white_and_subtracts_the_black_top_hat(frame: np.ndarray) -> None:
     out = run_step(s.TophatStep(radius=4, bright=0.7, dark=1.2), frame)
     disk = footprint(4, "disk").astype(bool)
     unit = frame / U16
@@ -159,7 +160,7 @@ def test_tophat_adds_the_white_and_subtracts_the_black_top_hat(frame) -> None:
 
 def hand_made_multiscale(unit: np.ndarray, gains: list[float], residual_gain: float) -> np.ndarray:
     """The Laplacian pyramid the slow way: each band formed, scaled, and everything expanded back."""
-    g = [unit.astype(np.float32)]
+    g: list[np.ndarray] = [unit.astype(np.float32)]
     for _ in gains:
         g.append(cv2.pyrDown(g[-1]))
 
@@ -174,7 +175,7 @@ def hand_made_multiscale(unit: np.ndarray, gains: list[float], residual_gain: fl
     return out
 
 
-def test_multiscale_matches_a_hand_computed_laplacian_pyramid(frame) -> None:
+def test_multiscale_matches_a_hand_computed_laplacian_pyramid(frame: np.ndarray) -> None:
     gains, residual = [1.0, 2.0, 1.5], 0.5
     out = run_step(s.MultiscaleStep(gains=gains, residual_gain=residual), frame)
     assert levels(out, as_u16(hand_made_multiscale(frame / U16, gains, residual))) <= 1
@@ -221,7 +222,9 @@ def write(path: Path, text: str) -> Path:
         ('[engine.pipeline]\npreset = "sharp"\n', "engine.pipeline.preset"),
     ],
 )
-def test_a_bad_step_exits_78_naming_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str], steps, named) -> None:
+def test_a_bad_step_exits_78_naming_the_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], steps: str, named: str
+) -> None:
     config = write(tmp_path / "d.toml", f'[engine]\nname = "pipeline"\n{steps}')
     assert main(["check-config", "--config", str(config)]) == EXIT_CONFIG
     assert named in capsys.readouterr().err
@@ -289,7 +292,7 @@ def test_a_large_median_without_scipy_is_a_configuration_error(monkeypatch: pyte
 # -- presets, the evaluation, the sidecar ------------------------------------------------------
 
 
-def test_every_preset_runs_and_the_default_is_detail(frame) -> None:
+def test_every_preset_runs_and_the_default_is_detail(frame: np.ndarray) -> None:
     assert build_engines(EngineConfig(name="pipeline"))[0].preset == "detail"  # type: ignore[attr-defined]
     for name in PRESET_NAMES:
         engine = build_engines(EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=name)))[0]
@@ -311,14 +314,14 @@ def test_every_preset_runs_and_the_default_is_detail(frame) -> None:
         ("pipeline", "detail"),
     ],
 )
-def test_the_evaluations_filtered_method_is_the_pipeline_preset(frame, method, preset) -> None:
+def test_the_evaluations_filtered_method_is_the_pipeline_preset(frame: np.ndarray, method: str, preset: str) -> None:
     engine = build_method(method).engine
     assert isinstance(engine, PipelineEngine) and engine.steps == PRESETS[preset]
     preset_engine = build_engines(EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=preset)))[0]
     assert np.array_equal(engine.enhance(frame).pixels, preset_engine.enhance(frame).pixels)
 
 
-def test_the_filtered_preset_denoises_before_equalising(frame) -> None:
+def test_the_filtered_preset_denoises_before_equalising(frame: np.ndarray) -> None:
     from drdaemon.engines import ClassicalEngine
     from drdaemon.evaluate.quality import noise_sigma
 
