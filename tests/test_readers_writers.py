@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,16 +21,23 @@ from drdaemon.io.readers import decode_frame, looks_complete, read_frame, read_f
 from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
 
 
-def ramp(shape=(37, 53), dtype=np.uint16) -> np.ndarray:
+def ramp(shape: tuple[int, int] = (37, 53), dtype: type[np.number[Any]] = np.uint16) -> np.ndarray:
     values = np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape)
     top = {np.uint16: 65535, np.uint8: 255, np.float32: 1.0}[dtype]
     return (values / values.max() * top).astype(dtype)
 
 
-def tiff_bytes(pixels: np.ndarray, **kwargs) -> bytes:
+def tiff_bytes(pixels: np.ndarray, **kwargs: Any) -> bytes:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, **kwargs)
     return buffer.getvalue()
+
+
+def first_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
+    """The first page of a file, which holds the frame."""
+    page = tif.pages[0]
+    assert isinstance(page, tifffile.TiffPage)
+    return page
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -45,7 +54,9 @@ def tiff_bytes(pixels: np.ndarray, **kwargs) -> bytes:
     ],
     ids=["plain", "zstd", "deflate", "bigtiff", "tiled", "8bit", "float32"],
 )
-def test_reads_the_tiff_variants_a_station_writes(tmp_path: Path, dtype, kwargs) -> None:
+def test_reads_the_tiff_variants_a_station_writes(
+    tmp_path: Path, dtype: type[np.number[Any]], kwargs: dict[str, Any]
+) -> None:
     pixels = ramp(dtype=dtype)
     path = tmp_path / "frame.tif"
     path.write_bytes(tiff_bytes(pixels, **kwargs))
@@ -85,7 +96,7 @@ def test_multi_page_and_rgb_are_refused_as_unsupported() -> None:
     ],
     ids=["zero-byte", "not-an-image", "truncated", "corrupt-header"],
 )
-def test_bad_files_fail_with_their_reason(make, reason) -> None:
+def test_bad_files_fail_with_their_reason(make: Callable[[], bytes], reason: Reason) -> None:
     with pytest.raises(FrameError) as error:
         decode_frame(make(), "bad.tif")
     assert error.value.reason is reason
@@ -95,9 +106,9 @@ def test_bad_files_fail_with_their_reason(make, reason) -> None:
 def oversized_header_tiff(path: Path) -> None:
     """A tiny file whose header claims a 100000 x 100000 frame."""
     tifffile.imwrite(path, np.zeros((8, 8), np.uint16))
-    with tifffile.TiffFile(path, mode="r+b") as tif:
-        tif.pages[0].tags["ImageWidth"].overwrite(100000)
-        tif.pages[0].tags["ImageLength"].overwrite(100000)
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        first_page(tif).tags["ImageWidth"].overwrite(100000)
+        first_page(tif).tags["ImageLength"].overwrite(100000)
 
 
 def test_oversized_header_is_refused_before_decoding(tmp_path: Path) -> None:
@@ -134,7 +145,7 @@ def test_16bit_round_trip_keeps_shape_dtype_values_and_tags(tmp_path: Path, comp
     out = tmp_path / "out.tif"
     atomic_write(out, encode_tiff_u16(frame.pixels, frame.tags, compression))
     with tifffile.TiffFile(out) as tif:
-        page = tif.pages[0]
+        page = first_page(tif)
         assert page.shape == (41, 67) and page.dtype == np.uint16
         np.testing.assert_array_equal(page.asarray(), pixels)
         assert page.tags["XResolution"].value == (254, 1)
@@ -161,7 +172,7 @@ def test_the_default_output_opens_in_libtiff_with_the_same_pixels_and_names_drda
     pixels[::7] = 65535 - pixels[::7]  # not only a smooth ramp
     data = output_format("tiff", config.compression).encode(pixels, {})
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages[0]
+        page = first_page(tif)
         assert (page.compression, page.predictor) == (5, 2)
         assert page.tags["Software"].value == f"drdaemon {__version__}"
     if not features.check("libtiff"):
@@ -180,8 +191,8 @@ def test_the_software_tag_names_drdaemon_and_keeps_the_station_after_it() -> Non
         ({"Software": f"drdaemon {__version__}"}, f"drdaemon {__version__}"),  # an output enhanced again
     ):
         with tifffile.TiffFile(io.BytesIO(encode_tiff_u16(ramp(), tags))) as tif:
-            assert tif.pages[0].tags["Software"].value == expected
-            assert "tifffile" not in tif.pages[0].tags["Software"].value
+            assert first_page(tif).tags["Software"].value == expected
+            assert "tifffile" not in first_page(tif).tags["Software"].value
 
 
 def test_encoder_refuses_what_is_not_a_frame() -> None:
@@ -205,7 +216,7 @@ def test_atomic_write_never_overwrites_and_leaves_no_temporary(tmp_path: Path) -
 def test_preview_is_8bit_and_small() -> None:
     data = encode_preview_png(ramp((2333, 5732)))
     preview = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert preview.dtype == np.uint8
+    assert preview is not None and preview.dtype == np.uint8
     assert max(preview.shape) == 1024 and preview.shape[0] == round(2333 * 1024 / 5732)
 
 
@@ -255,9 +266,10 @@ def test_output_format_from_config_encodes_the_frame_and_keeps_the_input_tags() 
     pixels = ramp()
     data = output.encode(pixels, {"ImageDescription": "line 3", "DateTime": "2026:01:01 00:00:00"})
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        np.testing.assert_array_equal(tif.pages[0].asarray(), pixels)
-        assert tif.pages[0].tags["ImageDescription"].value == "line 3"
+        np.testing.assert_array_equal(first_page(tif).asarray(), pixels)
+        assert first_page(tif).tags["ImageDescription"].value == "line 3"
     assert "ImageDescription" in output.kept_tags and "DateTime" not in output.kept_tags
-    assert cv2.imdecode(np.frombuffer(output.preview(pixels), np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+    preview = cv2.imdecode(np.frombuffer(output.preview(pixels), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert preview is not None and preview.dtype == np.uint8
     with pytest.raises(ValueError, match="unknown output format"):
         output_format("jpeg", "zstd")
