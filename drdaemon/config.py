@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from drdaemon import defaults
 from drdaemon.defaults import Compression, PrecisionSetting
+from drdaemon.io.readers import FRAME_FORMATS
 from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESETS, PresetName
 from drdaemon.pipeline.steps import MatchStep, Step
 
@@ -184,25 +185,10 @@ class WatchConfig(_Table):
     rescan_interval_s: float = Field(10.0, gt=0.0)
     polling: bool = False
     poll_interval_s: float = Field(1.0, gt=0.0)
+    # The default: every suffix of the reader registry (drdaemon.io.readers), lower and upper case.
     # DICOM files without a suffix are recognised by content: add a pattern that names them
     # (e.g. "IM*" or "*") for a station that writes them so.
-    patterns: list[str] = Field(
-        default_factory=lambda: [
-            "*.tif",
-            "*.tiff",
-            "*.TIF",
-            "*.TIFF",
-            "*.png",
-            "*.PNG",
-            "*.dcm",
-            "*.DCM",
-            "*.dicom",
-            "*.raw",
-            "*.RAW",
-            "*.his",
-            "*.HIS",
-        ]
-    )
+    patterns: list[str] = Field(default_factory=FRAME_FORMATS.watch_patterns)
 
 
 class RawInputConfig(_Table):

@@ -13,9 +13,9 @@ from dicom_testkit import pydicom_data_file
 from drdaemon import physics as synth
 from drdaemon.evaluate.baselines import MethodError, build_method, build_methods
 from drdaemon.evaluate.cli import main
-from drdaemon.evaluate.dicom import read_dicom
 from drdaemon.evaluate.report import COLUMNS
 from drdaemon.evaluate.run import DataError, evaluate, find_dataset
+from drdaemon.io.readers import read_dicom
 
 
 @pytest.fixture(scope="module")

@@ -286,7 +286,8 @@ def test_failed_frame_moves_with_a_reason_file(folders: Folders) -> None:
     assert destination.read_bytes() == b"garbage" * 10
     reason = json.loads((folders.failed / "bad.tif.reason.json").read_text())
     assert reason["stage"] == Stage.READ.value and reason["reason"] == Reason.UNREADABLE.value
-    assert reason["error_class"] == "FrameError" and "neither a TIFF nor a PNG" in reason["message"]
+    assert reason["error_class"] == "FrameError" and "none of the frame formats drdaemon reads" in reason["message"]
+    assert "TIFF: its II*/MM* signature" in reason["message"] and "PNG: its signature" in reason["message"]
     assert list(folders.work.iterdir()) == []
 
 

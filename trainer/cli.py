@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--abnormal",
         type=Path,
         required=True,
-        help="folder of abnormally exposed frames (TIFF or PNG, 8/16-bit; not recursive)",
+        help="folder of abnormally exposed frames (TIFF, PNG, DICOM or .his, as the daemon reads them; not recursive)",
     )
     parser.add_argument(
         "--normal", type=Path, required=True, help="folder of well exposed frames, not of the same parts (unpaired)"

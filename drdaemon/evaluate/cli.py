@@ -10,8 +10,8 @@ from drdaemon.config import ConfigError, load_settings
 from drdaemon.defaults import PRECISIONS
 from drdaemon.errors import FrameError
 from drdaemon.evaluate.baselines import MethodError, method_names
-from drdaemon.evaluate.dicom import DicomError
 from drdaemon.evaluate.run import DataError, evaluate
+from drdaemon.io.readers import DicomError
 from drdaemon.service.frame import read_limits
 
 DEFAULT_METHODS = "identity,stretch,gamma,he,clahe,filtered"

@@ -23,7 +23,6 @@ import numpy as np
 from tqdm import tqdm
 
 from drdaemon.evaluate.baselines import build_methods
-from drdaemon.evaluate.dicom import full_range_u16, is_dicom
 from drdaemon.evaluate.inspection import VISIBLE_CNR, VISIBLE_LEVELS, PartScores, part_scores
 from drdaemon.evaluate.quality import (
     NIQE_NOTE,
@@ -47,7 +46,7 @@ from drdaemon.evaluate.report import (
     summarise,
 )
 from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
-from drdaemon.io.readers import FRAME_SUFFIXES, read_frame
+from drdaemon.io.readers import FRAME_FORMATS, ReaderRegistry, full_range_u16, read_frame, recognised_file
 from drdaemon.kernels.tone import to_u16
 
 
@@ -67,25 +66,26 @@ class Dataset:
         return self.labels is not None
 
 
-def _frames_in(folder: Path) -> list[Path]:
+def _frames_in(folder: Path, formats: ReaderRegistry) -> list[Path]:
+    """Files with a suffix of ``formats``, and files without a suffix that a format recognises (DICOM)."""
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and (p.suffix.lower() in FRAME_SUFFIXES or (not p.suffix and is_dicom(p)))
+        if p.is_file() and (formats.takes_suffix(p.name) or (not p.suffix and recognised_file(p, formats)))
     )
 
 
-def find_dataset(root: Path) -> Dataset:
-    """Work out the layout of ``root`` (see the module docstring)."""
+def find_dataset(root: Path, formats: ReaderRegistry = FRAME_FORMATS) -> Dataset:
+    """Work out the layout of ``root`` (see the module docstring); frames are the files of ``formats``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"--data {root}: no such folder")
     if (root / "test" / "input").is_dir() and not (root / "input").is_dir():
         root = root / "test"
     folder = root / "input" if (root / "input").is_dir() else root
-    inputs = _frames_in(folder)
+    inputs = _frames_in(folder, formats)
     if not inputs:
-        raise DataError(f"--data {root}: no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in {folder}")
+        raise DataError(f"--data {root}: no frames ({', '.join(formats.suffixes())}) in {folder}")
     labels = None
     if (root / "label").is_dir():
         labels = [root / "label" / p.name for p in inputs]
@@ -103,9 +103,10 @@ def find_dataset(root: Path) -> Dataset:
     return Dataset(inputs, labels, defects, masks)
 
 
-def load_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """A frame as the daemon reads it; a DICOM frame spread over the full 16-bit range (:mod:`.dicom`)."""
-    frame = read_frame(path, limits)
+def load_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS, formats: ReaderRegistry = FRAME_FORMATS) -> np.ndarray:
+    """A frame as the daemon reads it; a DICOM frame spread over the full 16-bit range
+    (:func:`drdaemon.io.readers.read_dicom`)."""
+    frame = read_frame(path, limits, formats)
     if frame.dicom is not None:
         return full_range_u16(frame.pixels, frame.dicom.value_range)
     return frame.pixels

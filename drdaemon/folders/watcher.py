@@ -38,7 +38,7 @@ from watchdog.observers.api import BaseObserver
 from drdaemon.config import WatchConfig
 from drdaemon.folders.claim import held_for_writing, is_hidden_or_temporary
 from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
-from drdaemon.io.readers import looks_complete
+from drdaemon.io.readers import FRAME_FORMATS, ReaderRegistry, looks_complete
 
 log = structlog.get_logger(__name__)
 
@@ -131,11 +131,19 @@ class InboxWatcher:
     All methods except the event handler run on one thread (the daemon's intake loop).
     """
 
-    def __init__(self, inbox: Path, config: WatchConfig, limits: ReadLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        inbox: Path,
+        config: WatchConfig,
+        limits: ReadLimits = DEFAULT_LIMITS,
+        formats: ReaderRegistry = FRAME_FORMATS,
+    ) -> None:
         self.inbox = Path(inbox)
         self.config = config
         #: The reader's limits: the completeness check reads no more than the reader would.
         self.limits = limits
+        #: The frame formats whose completeness check a candidate must pass (the reader's).
+        self.formats = formats
         self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._candidates: dict[Path, Candidate] = {}
         self._observer: BaseObserver | None = None
@@ -169,7 +177,7 @@ class InboxWatcher:
                 patterns=list(self._patterns),
                 note="no watch.patterns pattern takes this file, so it stays in the inbox unprocessed; "
                 + (
-                    f"if it is a frame in a readable format (TIFF, PNG, DICOM, .raw, .his), add a pattern "
+                    f"if it is a frame in a readable format ({', '.join(self.formats.names())}), add a pattern "
                     f"such as {'*' + suffix!r} to watch.patterns"
                     if suffix
                     else "a DICOM file without a suffix needs a pattern naming it, e.g. 'IM*' or '*'"
@@ -365,7 +373,9 @@ class InboxWatcher:
             return False
         if not candidate.complete and now - candidate.checked_complete_mono >= _COMPLETENESS_RECHECK_S:
             candidate.checked_complete_mono = now
-            candidate.complete = st.st_size > 0 and not has_holes(st) and looks_complete(candidate.path, self.limits)
+            candidate.complete = (
+                st.st_size > 0 and not has_holes(st) and looks_complete(candidate.path, self.limits, self.formats)
+            )
         if candidate.complete:
             return True
         # Stable but never whole: let the reader fail it with a reason rather than keep it forever.

@@ -32,7 +32,7 @@ from drdaemon.folders.commit import (
 from drdaemon.io.dicom_writer import Derivation
 from drdaemon.io.formats import DicomOutput, format_for_frame
 from drdaemon.io.limits import RawLayout, ReadLimits
-from drdaemon.io.readers import Frame, read_frame_file
+from drdaemon.io.readers import FRAME_FORMATS, Frame, ReaderRegistry, read_frame_file
 from drdaemon.io.sidecar import EngineRecord, SidecarDraft, dicom_record, raw_record, software_record
 from drdaemon.kernels.window import Window, robust_window
 
@@ -76,15 +76,21 @@ def read_limits(config: InputConfig) -> ReadLimits:
     )
 
 
-def load_frame(item: WorkItem, limits: ReadLimits, percentiles: tuple[float, float] | None = None) -> LoadedFrame:
-    """Read the claimed file once, hash those bytes, decode them; raises :class:`FrameError`.
+def load_frame(
+    item: WorkItem,
+    limits: ReadLimits,
+    percentiles: tuple[float, float] | None = None,
+    formats: ReaderRegistry = FRAME_FORMATS,
+) -> LoadedFrame:
+    """Read the claimed file once, hash those bytes, decode them by their format in ``formats``;
+    raises :class:`FrameError`.
 
     With ``percentiles`` also measure the frame's window (:func:`robust_window`) here, on the
     reader's thread, so the engine's worker does not.
     """
     started_wall = time.time()
     start = time.perf_counter()
-    frame, data, status = read_frame_file(item.path, limits)
+    frame, data, status = read_frame_file(item.path, limits, formats)
     signature = (status.st_ino, status.st_size, status.st_mtime_ns)
     if file_signature(item.path) != signature or len(data) != status.st_size:
         raise FrameChanged(f"{item.path.name} changed while it was read")

@@ -206,7 +206,7 @@ def judge_real(
     clip: nn.Module, paths: list[Path], image_size: int, context_length: int
 ) -> tuple[JudgeReport, dict[str, dict[str, float]]]:
     """Both checks on real frames (one 'part' per frame); per-rendering scores by frame."""
-    from drdaemon.evaluate.dicom import read_dicom
+    from drdaemon.io.readers import read_dicom
 
     frames, truths, psnrs, ssims, parts, names = [], [], [], [], [], []
     for k, path in enumerate(paths):

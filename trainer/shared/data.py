@@ -27,13 +27,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from drdaemon.errors import FrameError
-from drdaemon.io.readers import PNG_SUFFIXES, TIFF_SUFFIXES, read_frame
+from drdaemon.io.readers import FRAME_FORMATS, ReaderRegistry, read_frame
 from drdaemon.kernels.tone import clahe_u16
 from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
 from trainer.shared.config import DataConfig, ScheduleConfig
 from trainer.shared.schedule import phase_at
 
-FRAME_SUFFIXES = TIFF_SUFFIXES | PNG_SUFFIXES
 #: Slots per iteration in a sample key; the global batch must stay below it.
 KEY_STRIDE = 1 << 16
 ABNORMAL_STREAM, NORMAL_STREAM = 0, 1
@@ -43,14 +42,20 @@ class DataError(Exception):
     """A data folder that cannot be trained on."""
 
 
-def list_frames(folder: Path) -> list[Path]:
-    """The frames in ``folder`` (not recursive), sorted by name so the list is reproducible."""
+def list_frames(folder: Path, formats: ReaderRegistry = FRAME_FORMATS) -> list[Path]:
+    """The frames in ``folder`` (not recursive), sorted by name so the list is reproducible.
+
+    A frame is a file with a suffix of a format the daemon reads without configuration
+    (:meth:`~drdaemon.io.readers.ReaderRegistry.self_describing`: TIFF, PNG, DICOM, ``.his``;
+    not ``.raw``, whose layout is the daemon's ``[input.raw]``, which the trainer has not).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+    readable = formats.self_describing()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and readable.takes_suffix(p.name))
     if not files:
-        raise DataError(f"no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in {folder}")
+        raise DataError(f"no frames ({', '.join(readable.suffixes())}) in {folder}")
     return files
 
 
@@ -99,10 +104,10 @@ def clahe_prior(view: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return clahe_u16(unit_to_u16(view), cfg.clahe_clip_limit, cfg.clahe_tile_grid).astype(np.float32) / U16_MAX
 
 
-def load_unit(path: Path, cfg: DataConfig) -> np.ndarray:
+def load_unit(path: Path, cfg: DataConfig, formats: ReaderRegistry = FRAME_FORMATS) -> np.ndarray:
     """A frame read by the daemon's reader and normalised by the daemon's window."""
     try:
-        frame = read_frame(path).pixels
+        frame = read_frame(path, formats=formats).pixels
     except FrameError as exc:  # re-raised as DataError so it crosses the worker boundary intact
         raise DataError(f"cannot train on {path}: {exc}") from exc
     unit, _ = frame_to_unit(frame, cfg.low_percentile, cfg.high_percentile)
@@ -124,13 +129,16 @@ class TrainingSamples(Dataset[dict[str, torch.Tensor]]):
         cfg: DataConfig,
         seed: int,
         schedule: ScheduleConfig | None = None,
+        formats: ReaderRegistry = FRAME_FORMATS,
     ) -> None:
         self.abnormal, self.normal, self.cfg, self.seed, self.schedule = abnormal, normal, cfg, seed, schedule
+        #: The frame formats the files are read with (the daemon's).
+        self.formats = formats
 
     def _view(self, files: list[Path], stream: int, key: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, stream, key])
         path = files[int(rng.integers(0, len(files)))]
-        return random_view(load_unit(path, self.cfg), rng, self.cfg)
+        return random_view(load_unit(path, self.cfg, self.formats), rng, self.cfg)
 
     def _content(self, key: int) -> tuple[bool, bool]:
         """(with normal, with CLAHE prior) for the iteration the key belongs to."""
