@@ -20,6 +20,8 @@ What each block is made from, so that it cannot drift from the code:
 * ``sidecar``: the sidecar's pydantic models (every key, its type, whether it may be null), with
   :data:`SIDECAR_MEANINGS`.
 * ``metrics``: the collectors of the daemon's metrics object (name, type, labels, help text).
+* ``frame-formats``: the reader registry (:data:`drdaemon.io.readers.FRAME_FORMATS`), one row per
+  format in the order a file is recognised.
 * ``cli-*``: the ``--help`` output of every entry point, run as a user runs it.
 
 The test ``tests/test_docs.py`` runs ``--check``, so a change to a model, a step, a metric or a
@@ -439,6 +441,20 @@ def metrics() -> str:
     return "\n".join(lines + sorted(rows)) + "\n"
 
 
+def frame_formats() -> str:
+    from drdaemon.io.readers import FRAME_FORMATS
+
+    lines = [
+        "| Input | `input.format` | Suffixes | Recognised by | Read | Options |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fmt in FRAME_FORMATS:
+        suffixes = ", ".join(f"`{suffix}`" for suffix in fmt.suffixes)
+        recognised = fmt.recognised_by.replace("*", "\\*")  # II*/MM*: not emphasis
+        lines.append(f"| {fmt.title} | `{fmt.name}` | {suffixes} | {recognised} | {fmt.reads} | {fmt.options} |")
+    return "\n".join(lines) + "\n"
+
+
 def cli_help(argv: list[str]) -> Callable[[], str]:
     def run() -> str:
         env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
@@ -460,6 +476,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "pipeline-presets": ("pipeline-steps.md", pipeline_presets),
     "sidecar": ("sidecar.md", sidecar),
     "metrics": ("metrics.md", metrics),
+    "frame-formats": ("frame-formats.md", frame_formats),
     **{name: ("cli.md", cli_help(argv)) for name, argv in CLI_COMMANDS.items()},
 }
 

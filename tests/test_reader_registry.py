@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,8 @@ def test_the_suffix_lists_come_from_the_registry(tmp_path: Path) -> None:
     assert patterns == FRAME_FORMATS.watch_patterns()
     for suffix in (".tif", ".tiff", ".png", ".dcm", ".dicom", ".raw", ".his"):
         assert f"*{suffix}" in patterns and f"*{suffix.upper()}" in patterns
+    example = tomllib.loads((Path(__file__).resolve().parents[1] / "config.example.toml").read_text("utf-8"))
+    assert example["watch"]["patterns"] == patterns  # the example shows the default
     assert "*.toy" in WITH_TOY.watch_patterns() and "*.TOY" in WITH_TOY.watch_patterns()
     assert "*.toy" not in patterns
     # The evaluation and the trainer list the registered format's files.
