@@ -16,10 +16,13 @@ The rule (bottom up; a module may import its own floor and the floors below, nev
 No import cycle between two packages (a cycle inside one package is that package's business).
 Imports under ``if TYPE_CHECKING:`` are left out: they exist for annotations only.
 
-The trainer may import drdaemon's kernels, floor 1, the network, io, the configuration and the
-evaluation's library (the oracle and the radiograph CLIP's judge score with it), never an
-engine, the folders, the service, the bench or a command line (``*.cli``, ``__main__``,
-``drdaemon.synth``). Inside the trainer: ``trainer.shared`` imports no scheme; ``trainer.clip``
+The trainer's rooms (``trainer.shared``, ``trainer.clip``, ``trainer.cyclegan``,
+``trainer.radiograph``) may import drdaemon's kernels, floor 1, the network, io and the
+configuration, never the evaluation, an engine, the folders, the service, the bench or a command
+line (``*.cli``, ``__main__``, ``drdaemon.synth``); the metrics they grade with (PSNR, SSIM) are
+kernels. The trainer's top-level modules are its command lines, on the command lines' floor:
+they may also use the evaluation's library (``python -m trainer.oracle`` scores its fits with
+it), never an engine, the service, the bench or another command line. Inside the trainer: ``trainer.shared`` imports no scheme; ``trainer.clip``
 imports only ``trainer.shared``, ``trainer.cyclegan`` also ``trainer.clip`` (its feature priors); ``trainer.radiograph`` imports
 ``trainer.shared`` and ``trainer.clip``; the top-level modules (the command lines) import any room.
 """
@@ -62,8 +65,13 @@ TRAINER_MAY_IMPORT = {
     "drdaemon.model",
     "drdaemon.io",
     "drdaemon.config",
-    "drdaemon.evaluate",
 }
+#: What the trainer's command lines (its top-level modules) may import besides.
+TRAINER_COMMANDS_MAY_IMPORT = TRAINER_MAY_IMPORT | {"drdaemon.evaluate"}
+#: The one room import of the evaluation left: the judge reads pydicom-data's CR frames with the
+#: evaluation's DICOM reader until io has one (issue 22's reader registry, worked on beside this).
+#: Remove the entry when that lands; nothing else may join it.
+NOT_YET_MOVED = {("trainer.radiograph.judge", "drdaemon.evaluate.dicom")}
 ROOMS_MAY_IMPORT = {
     "trainer.shared": {"trainer.shared"},
     "trainer.clip": {"trainer.shared", "trainer.clip"},
@@ -176,11 +184,12 @@ def test_the_trainer_uses_no_engine_service_or_command_line() -> None:
     every = set(modules("drdaemon"))
     wrong = []
     for module, imports in modules("trainer").items():
+        allowed = TRAINER_COMMANDS_MAY_IMPORT if room_of(module) == "trainer" else TRAINER_MAY_IMPORT
         for imported in imports:
             if not imported.startswith("drdaemon") or imported not in every:
                 continue
             command_line = imported.endswith((".cli", ".__main__"))
-            if unit_of(imported) not in TRAINER_MAY_IMPORT or command_line:
+            if (unit_of(imported) not in allowed or command_line) and (module, imported) not in NOT_YET_MOVED:
                 wrong.append(f"{module} imports {imported}")
     assert wrong == []
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drdaemon.kernels import filters, noise, tone, window
+from drdaemon.kernels import filters, noise, similarity, tone, window
 
 
 def test_clahe_refuses_a_float_frame_in_unit_range_instead_of_returning_a_constant_frame() -> None:
@@ -49,3 +49,17 @@ def test_the_right_input_still_passes() -> None:
     assert tone.clahe_u16(frame).dtype == np.uint16
     assert tone.apply_gamma_u16(frame, 0.5).shape == frame.shape
     assert window.image_to_u16(window.u16_to_image(frame)).tolist() == frame.tolist()
+
+
+def test_psnr_and_ssim_refuse_frames_whose_range_they_cannot_know_or_that_do_not_match() -> None:
+    frame = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 200).astype(np.uint16)
+    unit = frame.astype(np.float32) / 65535
+    with pytest.raises(ValueError, match=r"psnr: expected dtype uint8 or uint16, got float32.*unit_to_u16"):
+        similarity.psnr(frame, unit)
+    with pytest.raises(ValueError, match=r"ssim: expected frames of one shape, got \(16, 16\) and \(16, 8\)"):
+        similarity.ssim(frame, frame[:, :8])
+    with pytest.raises(ValueError, match=r"psnr: expected frames of one dtype, got uint16 and uint8"):
+        similarity.psnr(frame, (frame // 257).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"ssim: expected a 2-D frame"):
+        similarity.ssim(frame[None], frame[None])
+    assert similarity.ssim(frame, frame) == pytest.approx(1.0)

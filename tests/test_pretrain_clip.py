@@ -250,7 +250,7 @@ def test_oracle_fits_and_exports_labelled_weights(tmp_path: Path) -> None:
 def test_oracle_command_prints_its_labelled_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from trainer.radiograph.oracle import main
+    from trainer.oracle import main
 
     code = main(
         [

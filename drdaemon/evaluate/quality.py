@@ -41,7 +41,8 @@ With F the rendition as float64, M x N pixels:
   *input* is not flat: a method that maps the clipped background to a smooth, noise-free
   gray below white would otherwise fill the median with near-zero coefficients there and
   report a noise gain near 0 without removing any noise.
-* PSNR and SSIM: scikit-image (Wang et al., IEEE TIP 13(4), 2004, default 7 x 7 window).
+* PSNR and SSIM: scikit-image (Wang et al., IEEE TIP 13(4), 2004, default 7 x 7 window), the
+  kernels of :mod:`drdaemon.kernels.similarity`.
 * LPIPS (Zhang et al., CVPR 2018): only when the ``lpips`` package and its AlexNet
   backbone weights are already on disk; this tool never downloads weights.
 
@@ -63,9 +64,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
 from drdaemon.kernels.noise import FLAT_COEFFICIENT, db2_finest_diagonal, sigma_of, wavelet_noise_sigma
+
+# PSNR and SSIM are kernels (the trainer grades its renderings with them too); re-exported here.
+from drdaemon.kernels.similarity import data_range_of as data_range_of
+from drdaemon.kernels.similarity import psnr as psnr
+from drdaemon.kernels.similarity import ssim as ssim
 
 U8_LEVELS = 256
 #: Printed under every metrics table: why there is no NIQE column (see the module docstring).
@@ -92,23 +98,6 @@ def unit_rendition(frame: np.ndarray) -> np.ndarray:
     """The display rendition before 8-bit rounding, as float64 in [0, 1]."""
     scale = 255.0 if frame.dtype == np.uint8 else 65535.0
     return frame.astype(np.float64) / scale
-
-
-def data_range_of(frame: np.ndarray) -> float:
-    """The nominal range of an integer frame's dtype (65535 for 16-bit, 255 for 8-bit)."""
-    if not np.issubdtype(frame.dtype, np.integer):
-        raise TypeError(f"PSNR/SSIM need integer frames to know their range, got {frame.dtype}")
-    return float(np.iinfo(frame.dtype).max)
-
-
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB over the dtype's range."""
-    return float(peak_signal_noise_ratio(reference, test, data_range=data_range_of(reference)))
-
-
-def ssim(reference: np.ndarray, test: np.ndarray) -> float:
-    """Mean structural similarity over the dtype's range (scikit-image defaults)."""
-    return float(structural_similarity(reference, test, data_range=data_range_of(reference)))
 
 
 def ssim_map(reference: np.ndarray, test: np.ndarray, data_range: float) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
-from drdaemon.evaluate.quality import psnr, ssim
+from drdaemon.kernels.similarity import psnr, ssim
 from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
 from trainer.clip.backbone import OPENAI_MEAN, OPENAI_STD
 from trainer.radiograph.data import BAD_PROMPT, LABEL_PSNR, WELL_PROMPT, CaptionedSet

@@ -1,4 +1,4 @@
-"""``python -m trainer.oracle``: the reachability oracle, an upper mark for the enhancer.
+"""The reachability oracle, an upper mark for the enhancer (its command line: :mod:`trainer.oracle`).
 
 Not the method. The method never sees a label; this command does. It fits the daemon's
 enhancer (:class:`drdaemon.model.network.Enhancer`, ``I / L``) to the synthetic generator's
@@ -18,10 +18,9 @@ whole frames, as they do at inference. The input is normalised with the daemon's
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,9 +30,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from drdaemon.io.weights import save_weights
-from drdaemon.kernels.window import U16_MAX, frame_to_unit
-from drdaemon.model.network import ALLOWED_SCALES, Enhancer, EnhancerSpec
-from drdaemon.physics import generate, generate_one, parse_size
+from drdaemon.kernels.similarity import psnr, ssim
+from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
+from drdaemon.model.network import (
+    ALLOWED_SCALES,
+    Enhancer,
+    EnhancerSpec,
+    apply_illumination,
+    expand_illumination,
+    shrink_for_illumination,
+)
+from drdaemon.physics import generate, generate_one
 from trainer.shared.enhancer import start_near_identity
 
 #: Seed subset of the oracle's training parts (the benchmark uses 0, the trainer's folders 1 and 2).
@@ -140,23 +147,16 @@ def fit(cfg: OracleConfig, inputs: np.ndarray, targets: np.ndarray, out: Path, p
     )
 
 
-def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -> dict[str, dict[str, float]]:
+def ideal_map_scores(pairs: Iterable[tuple[np.ndarray, np.ndarray]], scales: list[int]) -> dict[str, dict[str, float]]:
     """PSNR/SSIM of ``I / L`` with the *ideal* map, ``I / label``, area-averaged to 1/s and expanded back.
 
-    No network and no training: what the division by a map at 1/s can reach at all, so the
-    gap between this row and a fitted row is the network's (and its budget's), not the form's.
+    ``pairs``: (input frame, label) uint16 (H, W) each, e.g. the benchmark's. No network and no
+    training: what the division by a map at 1/s can reach at all, so the gap between this row
+    and a fitted row is the network's (and its budget's), not the form's.
     """
-    from drdaemon.evaluate.quality import psnr, ssim
-    from drdaemon.evaluate.run import find_dataset, load_frame
-    from drdaemon.kernels.window import unit_to_u16
-    from drdaemon.model.network import apply_illumination, expand_illumination, shrink_for_illumination
-
-    dataset = find_dataset(bench)
-    labels = dataset.labels or []
     scores: dict[int, list[tuple[float, float]]] = {s: [] for s in scales}
-    for path, label_path in list(zip(dataset.inputs, labels, strict=False))[:limit]:
-        label = load_frame(label_path)
-        x = torch.from_numpy(frame_to_unit(load_frame(path))[0])[None, None]
+    for frame, label in pairs:
+        x = torch.from_numpy(frame_to_unit(frame)[0])[None, None]
         ideal = x / torch.from_numpy(label.astype(np.float32) / U16_MAX).clamp(min=1.0 / U16_MAX)[None, None]
         for s in scales:
             smooth = ideal if s == 1 else expand_illumination(shrink_for_illumination(ideal, s), x.shape[-2:])
@@ -170,7 +170,7 @@ def ideal_map_scores(bench: Path, scales: list[int], limit: int | None = None) -
 
 
 def benchmark_folder(root: Path, pairs: int, size: tuple[int, int], seed: int, progress: bool) -> Path:
-    """The README's synthetic benchmark under ``root``, generated unless it is already there."""
+    """The synthetic benchmark (docs/results/synthetic-benchmark.md) under ``root``, generated unless it is already there."""
     manifest = root / "synth.json"
     if manifest.is_file():
         found = json.loads(manifest.read_text())
@@ -178,118 +178,3 @@ def benchmark_folder(root: Path, pairs: int, size: tuple[int, int], seed: int, p
             return root
     generate(root, pairs, 0, size, seed, progress=progress)
     return root
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.oracle",
-        description="Reachability oracle (NOT the method): fit the daemon's enhancer to the synthetic "
-        "generator's labels by plain supervision at each illumination scale, then score the fits "
-        "with the project's evaluation on the synthetic benchmark (PSNR/SSIM against the label).",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="folder for oracle-sN/weights.safetensors, the benchmark, the evaluation and oracle.json",
-    )
-    parser.add_argument("--scales", default="1,2,4", help="comma-separated illumination scales (default 1,2,4)")
-    parser.add_argument("--parts", type=int, default=16, help="training parts (own seed subset; default 16)")
-    parser.add_argument("--train-size", default="1024x1024", help="WIDTHxHEIGHT of the training frames")
-    parser.add_argument(
-        "--net-pixels",
-        type=int,
-        default=128,
-        help="side of the crop as the network sees it; the frame crop is this times the scale",
-    )
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=1e-3,
-        help="Adam learning rate, cosine-annealed over --iterations (2e-3 made s = 2 diverge)",
-    )
-    parser.add_argument("--iterations", type=int, default=250, help="iterations per scale at most")
-    parser.add_argument("--minutes", type=float, default=7.0, help="wall-clock minutes per scale at most")
-    parser.add_argument(
-        "--bench", type=Path, default=None, help="benchmark folder (generated there if missing; default OUT/bench)"
-    )
-    parser.add_argument("--pairs", type=int, default=50, help="benchmark pairs (the README's: 50)")
-    parser.add_argument("--size", default="1024x1024", help="benchmark WIDTHxHEIGHT (the README's: 1024x1024)")
-    parser.add_argument("--bench-seed", type=int, default=0, help="benchmark seed (the README's: 0)")
-    parser.add_argument(
-        "--baselines", default="identity,gamma,clahe", help="classical methods evaluated beside the oracle rows"
-    )
-    parser.add_argument(
-        "--no-fit", action="store_true", help="skip the fits: only the baselines and the ideal-map rows (no network)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training parts and the fit")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        scales = [int(s) for s in args.scales.split(",") if s.strip()]
-        train_size, bench_size = parse_size(args.train_size), parse_size(args.size)
-    except ValueError as exc:
-        print(f"trainer.oracle: {exc}", file=sys.stderr)
-        return 2
-    bad = [s for s in scales if s not in ALLOWED_SCALES]
-    if bad or not scales:
-        print(f"trainer.oracle: scales must be among {ALLOWED_SCALES}, got {args.scales!r}", file=sys.stderr)
-        return 2
-    from drdaemon.evaluate.run import evaluate
-
-    progress = not args.no_progress
-    out = Path(args.out)
-    base = OracleConfig(
-        scale=scales[0],
-        parts=args.parts,
-        size=train_size,
-        net_pixels=args.net_pixels,
-        batch=args.batch,
-        lr=args.lr,
-        iterations=args.iterations,
-        minutes=args.minutes,
-        seed=args.seed,
-    )
-    fits = []
-    inputs, targets = training_pairs(base, progress) if not args.no_fit else (np.zeros((0, 1, 1)),) * 2
-    for scale in scales if not args.no_fit else []:
-        cfg = OracleConfig(**{**asdict(base), "scale": scale, "size": train_size})
-        fits.append(fit(cfg, inputs, targets, out / f"oracle-s{scale}" / "weights.safetensors", progress))
-        print(
-            f"oracle s={scale}: {fits[-1].iterations} iterations in {fits[-1].seconds:.0f} s, "
-            f"training MSE {fits[-1].first_loss:.4g} -> {fits[-1].final_loss:.4g}",
-            flush=True,
-        )
-    bench = benchmark_folder(args.bench or out / "bench", args.pairs, bench_size, args.bench_seed, progress)
-    methods = [m for m in args.baselines.split(",") if m.strip()] + [f"net:{f.weights}" for f in fits]
-    result = evaluate(bench, methods, out / "eval", device="cpu", progress=progress)
-    ideal = ideal_map_scores(bench, scales)
-    print(f"REACHABILITY ORACLE ({ORACLE_NOTE}); net (oracle-sN) = illumination scale N")
-    print(result.table)
-    print(
-        "Ideal illumination map (I / label, area-averaged to 1/s; no network): "
-        + ", ".join(f"{k}: PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.3f}" for k, v in ideal.items())
-    )
-    rows = {
-        s.label: {"psnr": s.means["psnr"], "ssim": s.means["ssim"], "noise_gain": s.means["noise_gain"]}
-        for s in result.summaries
-    } | ideal
-    record = {
-        "note": ORACLE_NOTE,
-        "bench": {"path": str(bench), "pairs": args.pairs, "size": args.size, "seed": args.bench_seed},
-        "fits": [asdict(f) for f in fits],
-        "config": {**asdict(base), "scale": scales},
-        "rows": rows,
-    }
-    (out / "oracle.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"wrote {out / 'oracle.json'} and {result.table_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
