@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,18 +12,25 @@ from trainer_testkit import write_tiny_clip_config
 
 from drdaemon.io.weights import load_weights
 from trainer.clip.backbone import load_backbone
+from trainer.radiograph.config import PretrainConfig, load_pretrain_config
 from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, CaptionedSet, make_captioned_set
 from trainer.radiograph.judge import judge, mean_part_spearman, real_frame_renderings, well_scores, zero_shot_accuracy
 from trainer.radiograph.pretrain import (
     WEIGHTS_NAME,
     BatchMaker,
-    PretrainConfig,
+    PretrainRun,
     build_model,
+    build_parser,
     class_aware_contrastive,
+    overrides_from,
     pretrain_losses,
     ranking_loss,
     train,
 )
+from trainer.shared.config import TrainConfigError
+from trainer.shared.errors import TrainerError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -154,27 +160,29 @@ def test_real_frame_renderings_start_with_the_windowed_reference() -> None:
     assert sum(t is False for _, t, _ in renderings) >= 5
 
 
-def tiny_config(tmp_path: Path, **changes: Any) -> PretrainConfig:
+def tiny_config(tmp_path: Path, *overrides: str) -> PretrainConfig:
+    """Two parts at 64 pixels, the tiny CLIP, four steps; ``overrides`` as ``--set`` takes them."""
     clip_json = write_tiny_clip_config(tmp_path)
-    base = PretrainConfig(
-        model_config=str(clip_json),
-        frames=2 * len(STATES),
-        size=64,
-        held_out_parts=1,
-        seed=3,
-        steps=4,
-        parts_per_batch=2,
-        states_per_part=4,
-        lr=2e-3,
-        warmup_steps=1,
-    )
-    return dataclasses.replace(base, **changes)
+    base = [
+        f"model.config='{clip_json}'",
+        f"data.frames={2 * len(STATES)}",
+        "data.size=64",
+        "data.held_out_parts=1",
+        "run.seed=3",
+        "schedule.steps=4",
+        "schedule.warmup_steps=1",
+        "optim.parts_per_batch=2",
+        "optim.states_per_part=4",
+        "optim.lr=2e-3",
+        "run.progress=false",
+    ]
+    return load_pretrain_config(None, [*base, *overrides])
 
 
 def test_a_few_pretraining_iterations_lower_the_loss(tmp_path: Path, tiny_set: CaptionedSet) -> None:
-    cfg = tiny_config(tmp_path, rank_ssim_weight=1.0)
+    cfg = tiny_config(tmp_path, "loss.rank_ssim_weight=1.0")
     torch.manual_seed(0)
-    clip, model_cfg = build_model(cfg.model_config)
+    clip, model_cfg = build_model(cfg.model.config)
     size = model_cfg["vision_cfg"]["image_size"]
     batch = BatchMaker(tiny_set, cfg, size, model_cfg["text_cfg"]["context_length"])(0)
 
@@ -206,33 +214,54 @@ def test_a_few_pretraining_iterations_lower_the_loss(tmp_path: Path, tiny_set: C
 
 
 def test_checkpoint_loads_through_the_trainers_clip_path(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path)
-    result = train(cfg, tmp_path / "rclip", progress=False, judge_every=2)
+    cfg = tiny_config(tmp_path, "run.judge_every=2")
+    result = train(cfg, tmp_path / "rclip")
     weights = tmp_path / "rclip" / WEIGHTS_NAME
     assert result.weights == weights and weights.is_file() and result.card.is_file()
-    backbone = load_backbone(cfg.model_config, str(weights))  # what --clip CONFIG --clip-weights PATH runs
+    assert (tmp_path / "rclip" / "open_clip_config.json").is_file()
+    backbone = load_backbone(cfg.model.config, str(weights))  # what --clip CONFIG --clip-weights PATH runs
     maps = backbone.feature_maps(torch.rand(1, 1, 64, 64))
     assert len(maps) == 5 and [m.shape[-1] for m in maps] == [16, 16, 8, 4, 2]
     assert backbone.source.checkpoint_sha256 is not None
-    # the card stores the judge's figures it printed
+    # the card stores the judge's figures it printed, and the run's whole config
     import json
 
     card = json.loads(result.card.read_text())
     assert card["judge"]["held_out"]["frames"] == len(STATES)
     assert [j["step"] for j in card["judge"]["during_training"]] == [2, 4]
-    assert card["steps"] == cfg.steps and card["weights"]["sha256"] == backbone.source.checkpoint_sha256
+    assert card["steps"] == cfg.schedule.steps and card["weights"]["sha256"] == backbone.source.checkpoint_sha256
+    assert PretrainConfig.model_validate(card["config"]) == cfg
+    assert {"name", "weights", "model_config", "use", "data", "first_losses", "final_losses", "judge"} <= set(card)
 
 
-def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, steps=4)
-    straight = train(cfg, tmp_path / "a", progress=False)
-    first = train(dataclasses.replace(cfg), tmp_path / "b", progress=False, minutes=0.0)  # stops after step 1
-    assert first.steps == 1
-    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+def test_resume_continues_to_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
+    cfg = tiny_config(tmp_path, "schedule.steps=5")
+    straight = train(cfg, tmp_path / "a")
+    # stopped by the loop after 2 steps (as Ctrl-C would, checkpointed), then by run.minutes after 1 more
+    stopped = PretrainRun(cfg, tmp_path / "b").run(until=2)
+    assert stopped.iterations == 2 and not stopped.finished and not (tmp_path / "b" / WEIGHTS_NAME).exists()
+    first = train(cfg.model_copy(update={"run": cfg.run.model_copy(update={"minutes": 0.0})}), tmp_path / "b", True)
+    assert first.steps == 3 and first.weights.is_file()  # exported as it stood
+    resumed = train(cfg, tmp_path / "b", resume=True)
     a, b = load_file(str(straight.weights)), load_file(str(resumed.weights))
-    assert resumed.steps == 4 and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert resumed.steps == 5 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    import json
+
+    card = json.loads(resumed.card.read_text())
+    assert card["first_losses"] == json.loads(straight.card.read_text())["first_losses"]
+
+
+def test_resume_refuses_a_missing_checkpoint_or_other_settings(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "schedule.steps=2")
+    with pytest.raises(TrainerError, match="no checkpoint"):
+        PretrainRun(cfg, tmp_path / "run", resume=True)
+    PretrainRun(cfg, tmp_path / "run").run(until=1)
+    with pytest.raises(TrainerError, match="other settings"):
+        PretrainRun(tiny_config(tmp_path, "schedule.steps=2", "optim.lr=1e-3"), tmp_path / "run", resume=True)
+    # the bookkeeping of [run] may change on resume
+    PretrainRun(tiny_config(tmp_path, "schedule.steps=2", "run.log_every=1"), tmp_path / "run", resume=True)
 
 
 def test_oracle_fits_and_exports_labelled_weights(tmp_path: Path) -> None:
@@ -289,5 +318,58 @@ def test_pretrain_command_answers_help_and_refuses_bad_sizes(capsys: pytest.Capt
 
     with pytest.raises(SystemExit) as done:
         main(["--help"])
-    assert done.value.code == 0 and "--resume" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert done.value.code == 0 and "--resume" in printed and "--config" in printed and "--set" in printed
     assert main(["--out", "unused", "--frames", "3"]) == 2
+    assert "data.frames" in capsys.readouterr().err
+    assert main(["--out", "unused", "--set", "loss.rank_marginn=0.1"]) == 2
+
+
+def test_every_flag_sets_its_config_key_and_wins_over_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "pretrain.toml"
+    toml.write_text("[schedule]\nsteps = 300\n[optim]\nlr = 1e-4\n[loss]\nrank_margin = 0.2\n")
+    argv = ["--out", "o", "--config", str(toml), "--lr", "3e-4", "--set", "schedule.warmup_steps=7"]
+    flags = {
+        "--frames": "36",
+        "--size": "96",
+        "--seed": "5",
+        "--model-config": "tiny-rn",
+        "--held-out-parts": "3",
+        "--parts-per-batch": "4",
+        "--states-per-part": "3",
+        "--rank-weight": "0.5",
+        "--rank-ssim-weight": "0.25",
+        "--init": "w.safetensors",
+        "--zero-shot-weight": "0",
+        "--minutes": "1.5",
+        "--threads": "2",
+        "--judge-every": "10",
+        "--log-every": "5",
+    }
+    args = build_parser().parse_args([*argv, *(x for pair in flags.items() for x in pair), "--no-progress"])
+    cfg = load_pretrain_config(args.config, overrides_from(args))
+    assert (cfg.data.frames, cfg.data.size, cfg.data.held_out_parts, cfg.run.seed) == (36, 96, 3, 5)
+    assert (cfg.model.config, cfg.model.init) == ("tiny-rn", "w.safetensors")
+    assert (cfg.optim.lr, cfg.optim.parts_per_batch, cfg.optim.states_per_part) == (3e-4, 4, 3)
+    assert (cfg.loss.rank_weight, cfg.loss.rank_ssim_weight, cfg.loss.zero_shot_weight) == (0.5, 0.25, 0.0)
+    assert (cfg.run.minutes, cfg.run.threads, cfg.run.judge_every, cfg.run.log_every) == (1.5, 2, 10, 5)
+    assert cfg.run.progress is False
+    # the file where no flag says otherwise, --set on top of it
+    assert (cfg.schedule.steps, cfg.loss.rank_margin, cfg.schedule.warmup_steps) == (300, 0.2, 7)
+    # without flags, the defaults: every flag's default is the config's
+    bare = build_parser().parse_args(["--out", "o"])
+    assert load_pretrain_config(None, overrides_from(bare)) == PretrainConfig()
+    with pytest.raises(TrainConfigError, match="steps"):
+        load_pretrain_config(None, ["schedule.steps=0"])
+
+
+def test_example_file_documents_every_key_with_the_defaults() -> None:
+    example = REPO / "pretrain_clip.example.toml"
+    assert load_pretrain_config(example) == PretrainConfig()
+    lines = example.read_text().splitlines()
+    for section, model in PretrainConfig().model_dump().items():
+        assert f"[{section}]" in lines
+        for key in model:
+            line = next((ln for ln in lines if re.match(rf"(# )?{key} =", ln)), None)
+            assert line is not None, f"{section}.{key} missing from pretrain_clip.example.toml"
+            assert lines[lines.index(line) - 1].startswith("#"), f"{section}.{key} has no comment"

@@ -255,8 +255,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults, then the TOML file, then each ``--set`` override."""
+def read_values(path: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """The TOML file's tables (none without a file) with each ``--set`` override applied, not yet validated.
+
+    Shared by every config of the trainer's commands (:class:`TrainConfig`, the radiograph CLIP's
+    :class:`trainer.radiograph.config.PretrainConfig`).
+    """
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -271,6 +275,12 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Trai
             if not isinstance(node, dict):
                 raise TrainConfigError(f"--set {text!r}: {part!r} is not a section")
         node[keys[-1]] = value
+    return values
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the TOML file, then each ``--set`` override."""
+    values = read_values(path, overrides)
     try:
         cfg = TrainConfig.model_validate(values)
     except ValidationError as exc:
