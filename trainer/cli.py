@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.shared.config import TrainConfig, TrainConfigError, load_config, override
+from trainer.shared.config import TrainConfig, TrainConfigError, add_set_option, load_config, override
 
 EXIT_USAGE, EXIT_CLIP, EXIT_DATA, EXIT_MISSING_EXTRA, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
 
@@ -103,14 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="continue exactly from RUN_DIR/checkpoint.pt (same data, config and CLIP)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set schedule.total_iters=200 (TOML syntax for the value; may repeat)",
-    )
+    add_set_option(parser, "schedule.total_iters=200")
     parser.add_argument(
         "--device",
         default=None,

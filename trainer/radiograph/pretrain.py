@@ -70,7 +70,7 @@ from trainer.radiograph.data import (
 from trainer.radiograph.judge import JudgeReport, clip_input, judge_captioned, judge_real, real_frame_paths
 from trainer.shared.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from trainer.shared.clip_weights import read_model_config
-from trainer.shared.config import DataConfig, TrainConfigError, override
+from trainer.shared.config import DataConfig, TrainConfigError, add_set_option, override
 from trainer.shared.data import random_view
 from trainer.shared.errors import TrainerError
 from trainer.shared.export import package_versions
@@ -553,14 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pretraining config TOML; every key is documented in pretrain_clip.example.toml",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set loss.rank_margin=0.1 (TOML syntax for the value; may repeat)",
-    )
+    add_set_option(parser, "loss.rank_margin=0.1")
     parser.add_argument(
         "--frames",
         type=int,

@@ -31,6 +31,7 @@ Choices the project made (also in ``docs/method.md``), written down here once:
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,6 +234,18 @@ def check_overrides_apply(cfg: TrainConfig, overrides: Sequence[str]) -> None:
 
 class TrainConfigError(Exception):
     """A training configuration that cannot be used; the message names the key."""
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """The ``--set KEY=VALUE`` option of a trainer command (into ``overrides``); ``example`` is shown in its help."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one config value, e.g. --set {example} (TOML syntax for the value; may repeat)",
+    )
 
 
 def override(key: str, value: object) -> str:
