@@ -42,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reachability oracle (NOT the method): fit the daemon's enhancer to the synthetic "
         "generator's labels by plain supervision at each illumination scale, then score the fits "
         "with the project's evaluation on the synthetic benchmark (PSNR/SSIM against the label).",
-        epilog="The published benchmark and the oracle's figures: docs/results/synthetic-benchmark.md and "
-        "docs/results/oracle.md.",
+        epilog="Figures, and the commands that made them: docs/results/oracle.md.",
     )
     parser.add_argument(
         "--out",
