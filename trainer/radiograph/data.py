@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from drdaemon.kernels.tone import clahe_u16
 from drdaemon.kernels.similarity import psnr, ssim
+from drdaemon.kernels.tone import clahe_u16
 from drdaemon.kernels.window import U16_MAX, frame_to_unit, unit_to_u16
 from drdaemon.physics import (
     Part,
