@@ -68,10 +68,6 @@ TRAINER_MAY_IMPORT = {
 }
 #: What the trainer's command lines (its top-level modules) may import besides.
 TRAINER_COMMANDS_MAY_IMPORT = TRAINER_MAY_IMPORT | {"drdaemon.evaluate"}
-#: The one room import of the evaluation left: the judge reads pydicom-data's CR frames with the
-#: evaluation's DICOM reader until io has one (issue 22's reader registry, worked on beside this).
-#: Remove the entry when that lands; nothing else may join it.
-NOT_YET_MOVED = {("trainer.radiograph.judge", "drdaemon.evaluate.dicom")}
 ROOMS_MAY_IMPORT = {
     "trainer.shared": {"trainer.shared"},
     "trainer.clip": {"trainer.shared", "trainer.clip"},
@@ -189,7 +185,7 @@ def test_the_trainer_uses_no_engine_service_or_command_line() -> None:
             if not imported.startswith("drdaemon") or imported not in every:
                 continue
             command_line = imported.endswith((".cli", ".__main__"))
-            if (unit_of(imported) not in allowed or command_line) and (module, imported) not in NOT_YET_MOVED:
+            if unit_of(imported) not in allowed or command_line:
                 wrong.append(f"{module} imports {imported}")
     assert wrong == []
 
