@@ -6,10 +6,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from drdaemon.config import MetricsConfig
+from drdaemon.config import Folders, MetricsConfig
+from tests.testkit import Station, make_folders, write_weights
 
 #: The daemon's default metrics address and port (config.example.toml's too).
 DEFAULT_METRICS = (MetricsConfig().address, MetricsConfig().port)
@@ -56,3 +58,26 @@ def default_metrics_port() -> Iterator[int]:
         if holder.stdin is not None:
             holder.stdin.close()
         holder.wait(timeout=10)
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    """The daemon's default folders under the test's temporary folder, each created (empty)."""
+    return make_folders(tmp_path)
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Iterator[Station]:
+    """A station's folders and config under the test's temporary folder; its daemon is killed if a test leaves it running."""
+    s = Station(tmp_path)
+    yield s
+    if s.process is not None:
+        s.kill()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    """A weights file of the tiny test network (one channel, illumination scale 1, seed 0) in the temporary folder."""
+    path = tmp_path / "enhancer.safetensors"
+    write_weights(path)
+    return path

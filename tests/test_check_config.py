@@ -20,6 +20,8 @@ import pytest
 from drdaemon.cli import main
 from drdaemon.exits import EXIT_CONFIG, EXIT_OK
 from drdaemon.folders.claim import WorkLock
+from tests import testkit
+from tests.testkit import NAMED_FOLDERS, metrics_on, net_engine
 
 ERROR_HEADER = "drdaemon: configuration error\n"
 
@@ -32,16 +34,16 @@ def write_config(
     inbox: str = "inbox",
     create: bool = True,
 ) -> Path:
-    config = root / "config.toml"
-    config.write_text(
-        "[folders]\n"
-        f'inbox = "{inbox}"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\nwork = "work"\n'
-        f"create = {str(create).lower()}\n"
-        f"[engine]\n{engine}"
-        f'[metrics]\naddress = "127.0.0.1"\nport = {port}\n'
-        '[logging]\nformat = "json"\nlevel = "WARNING"\n' + extra
+    """A config with every folder named (the inbox as ``inbox``), metrics on ``port`` and WARNING logs."""
+    return testkit.write_config(
+        root / "config.toml",
+        folders=NAMED_FOLDERS.replace('"inbox"', f'"{inbox}"', 1) + f"create = {str(create).lower()}\n",
+        engine=engine,
+        watch="",
+        metrics=metrics_on(port),
+        logging='format = "json"\nlevel = "WARNING"\n',
+        extra=extra,
     )
-    return config
 
 
 @pytest.fixture
@@ -232,7 +234,7 @@ def test_a_folder_the_service_user_cannot_write_fails(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             timeout=120,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=testkit.REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
@@ -247,14 +249,9 @@ def test_weights_whose_provenance_was_edited_fail_like_run_and_good_ones_pass(
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from drdaemon.io.weights import save_weights
-    from drdaemon.model.network import Enhancer, EnhancerSpec
-
     weights = tmp_path / "enhancer.safetensors"
-    save_weights(weights, Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)), {"run": "unit-test"})
-    config = write_config(
-        tmp_path, 0, engine=f'name = "net"\nweights = "{weights}"\ndevices = ["cpu"]\nprecision = "float32"\n'
-    )
+    testkit.write_weights(weights, scale=4, provenance={"run": "unit-test"})
+    config = write_config(tmp_path, 0, engine=net_engine(str(weights)))
     assert main(["check-config", "--config", str(config)]) == EXIT_OK
     assert "engine: net built on cpu" in capsys.readouterr().out
     with safe_open(str(weights), framework="pt") as fh:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import random
@@ -11,119 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import tifffile
 
 from drdaemon.exits import EXIT_CONFIG
-from drdaemon.io.sidecar import Sidecar
+from tests.testkit import Station, frame_bytes
 
 pytestmark = pytest.mark.slow
-
-FOLDERS = ("inbox", "outbox", "archive", "failed", "work")
-
-
-def frame_bytes(seed: int, shape: tuple[int, int] = (64, 80), **kwargs: Any) -> bytes:
-    pixels = np.random.default_rng(seed).integers(200, 5000, shape).astype(np.uint16)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels, **kwargs)
-    return buffer.getvalue()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class Station:
-    """A temporary set of folders, a config file, and the daemon process running on them."""
-
-    def __init__(self, root: Path, extra: str = "") -> None:
-        self.root = root
-        self.dirs = {name: root / name for name in FOLDERS}
-        self.config = root / "drdaemon.toml"
-        self.config.write_text(
-            "[folders]\ncreate = true\n"
-            + "".join(f'{n} = "{n}"\n' for n in FOLDERS)
-            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
-            + '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
-            + extra
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = root / "daemon.log"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "drdaemon", "run", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-            )
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        status = self.process.wait(timeout=60)
-        self.process = None
-        return status
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()  # SIGKILL: no clean-up of any kind
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def drop(self, name: str, data: bytes) -> None:
-        """Write a frame the way a careful station does: a temporary name, then a rename."""
-        self.dirs["inbox"].mkdir(parents=True, exist_ok=True)
-        temp = self.dirs["inbox"] / f"{name}.part"
-        temp.write_bytes(data)
-        os.rename(temp, self.dirs["inbox"] / name)
-
-    def names(self, folder: str) -> list[str]:
-        return sorted(p.name for p in self.dirs[folder].iterdir()) if self.dirs[folder].exists() else []
-
-    def sidecars(self) -> list[Sidecar]:
-        return [Sidecar.model_validate_json(p.read_bytes()) for p in sorted(self.dirs["outbox"].glob("*.tif.json"))]
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out; folders: { {f: self.names(f) for f in FOLDERS} }\n{self.log.read_text()}")
-
-    def assert_exactly_once(self, inputs: dict[str, bytes]) -> None:
-        """One output and one sidecar per input, raw bytes archived unchanged, nothing left over."""
-        records = self.sidecars()
-        originals = [Path(r.input.original_path).name for r in records]
-        assert sorted(originals) == sorted(inputs), "inputs lost or processed twice"
-        for record in records:
-            data = inputs[Path(record.input.original_path).name]
-            assert record.input.sha256 == sha(data)
-            assert Path(record.input.path).read_bytes() == data
-            assert sha(Path(record.output.path).read_bytes()) == record.output.sha256
-        outputs = [n for n in self.names("outbox") if n.endswith(".tif")]
-        assert len(outputs) == len(inputs), "an output without a sidecar"
-        assert sorted(sha(p.read_bytes()) for p in self.dirs["archive"].iterdir()) == sorted(map(sha, inputs.values()))
-        assert [n for n in self.names("work") if n != ".drdaemon.lock"] == []
-        assert self.names("inbox") == [] and self.names("failed") == []
-        assert not [n for f in FOLDERS for n in self.names(f) if n.endswith(".tmp")]
-
-
-@pytest.fixture
-def station(tmp_path: Path) -> Iterator[Station]:
-    s = Station(tmp_path)
-    yield s
-    if s.process is not None:
-        s.kill()
 
 
 def test_frames_become_enhanced_outputs_with_sidecars_and_stop_is_graceful(station: Station) -> None:

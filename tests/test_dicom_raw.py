@@ -14,16 +14,6 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 import tifffile
-from dicom_testkit import (
-    DX_FOR_PRESENTATION,
-    NDE_CREATOR,
-    NDE_VALUES,
-    dicom_bytes,
-    diconde_dataset,
-    has_decoder,
-    pydicom,
-    pydicom_data_file,
-)
 
 from drdaemon.cli import main
 from drdaemon.config import WatchConfig
@@ -34,6 +24,16 @@ from drdaemon.io.formats import DicomOutput, format_for_frame, output_format
 from drdaemon.io.limits import RawLayout, ReadLimits
 from drdaemon.io.raw import encode_his
 from drdaemon.io.readers import Frame, decode_frame, looks_complete, read_frame
+from tests.dicom_testkit import (
+    DX_FOR_PRESENTATION,
+    NDE_CREATOR,
+    NDE_VALUES,
+    dicom_bytes,
+    diconde_dataset,
+    has_decoder,
+    pydicom,
+    pydicom_data_file,
+)
 
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEGLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -644,7 +644,7 @@ def test_the_evaluation_reads_what_the_daemon_reads(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_daemon_takes_dicom_and_his_frames_through_the_folder_lifecycle(tmp_path: Path) -> None:
-    from test_daemon_e2e import Station, sha
+    from tests.testkit import Station, sha
 
     station = Station(tmp_path, extra='[output]\ndicom_uid_root = "1.2.826.0.1.3680043.10.999"\n')
     station.config.write_text(

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy_engine import InvertEngine, build_invert
 
 from drdaemon.config import ConfigError, EngineConfig
 from drdaemon.engines import (
@@ -18,6 +17,7 @@ from drdaemon.engines import (
     reader_window,
 )
 from drdaemon.evaluate.baselines import MethodError, build_method
+from tests.toy_engine import InvertEngine, build_invert
 
 TOY = ENGINES.with_engine("invert", EngineEntry("the gray scale upside down (a test's toy)", build_invert))
 

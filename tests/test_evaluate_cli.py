@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from dicom_testkit import pydicom_data_file
 
 from drdaemon import physics as synth
 from drdaemon.evaluate.baselines import MethodError, build_method, build_methods
@@ -16,6 +15,8 @@ from drdaemon.evaluate.cli import main
 from drdaemon.evaluate.report import COLUMNS
 from drdaemon.evaluate.run import DataError, evaluate, find_dataset
 from drdaemon.io.readers import read_dicom
+from tests.dicom_testkit import pydicom_data_file
+from tests.testkit import write_weights
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +142,9 @@ def test_filtered_pipeline_denoises_before_equalising() -> None:
 
 def test_net_method_runs_the_learned_engine(bench: Path, tmp_path: Path) -> None:
     pytest.importorskip("drdaemon.engines.net")
-    from drdaemon.io.weights import save_weights
-    from drdaemon.model.network import Enhancer, EnhancerSpec
-
     weights = tmp_path / "tiny" / "weights.safetensors"
     weights.parent.mkdir()
-    save_weights(weights, Enhancer(EnhancerSpec(in_ch=1)).eval())
+    write_weights(weights)
     result = evaluate(bench, ["identity", f"net:{weights}"], tmp_path / "out", device="cpu", limit=1, progress=False)
     net = next(s for s in result.summaries if s.label.startswith("net"))
     assert net.frames == 1 and net.means["psnr"] is not None

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from numpy.typing import NDArray
 
 from drdaemon.engines.net import NetEngine, prepare_runtime
 from drdaemon.errors import FrameError, Reason
-from drdaemon.io.weights import save_weights
-from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.network import Enhancer
 from drdaemon.model.tiling import TileSize
+from tests.testkit import lit_enhancer, net_engine, run_daemon_on, write_config, write_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,15 +42,6 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two v
 #: (RMS, max) bound in output levels against float32, per precision; None: no bound on the maximum.
 BOUNDS = {"float32": (1.0, 8.0), "float16": (16.0, 128.0), "bfloat16": (40.0, None)}
 CUDA0 = torch.device("cuda", 0)
-
-
-def lit_enhancer(in_ch: int = 3, scale: int = 1) -> Enhancer:
-    torch.manual_seed(0)
-    net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
-    assert net.head.conv.bias is not None
-    with torch.no_grad():
-        net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
-    return net
 
 
 def dr_frame(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -80,7 +70,7 @@ def engine_on(
     budget_mb: int = 6144,
     compile_model: bool = False,
 ) -> NetEngine:
-    runtime = prepare_runtime(net or lit_enhancer(), device, compile_model=compile_model)
+    runtime = prepare_runtime(net or lit_enhancer(in_ch=3), device, compile_model=compile_model)
     return NetEngine(runtime, "f" * 64, precision, budget_mb)
 
 
@@ -89,7 +79,10 @@ def cpu_reference() -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """CPU float32 outputs (s = 1 and s = 4) of a 1536 x 2048 DR-like frame, computed once."""
     frame = dr_frame((1536, 2048))
     return {
-        scale: (frame, engine_on(torch.device("cpu"), "float32", lit_enhancer(scale=scale)).enhance(frame).pixels)
+        scale: (
+            frame,
+            engine_on(torch.device("cpu"), "float32", lit_enhancer(in_ch=3, scale=scale)).enhance(frame).pixels,
+        )
         for scale in (1, 4)
     }
 
@@ -100,7 +93,7 @@ def test_whole_frame_on_cuda_is_within_the_bounds_of_cpu_float32(
     cpu_reference: dict[int, tuple[np.ndarray, np.ndarray]], precision: str, scale: int
 ) -> None:
     frame, reference = cpu_reference[scale]
-    result = engine_on(CUDA0, precision, lit_enhancer(scale=scale)).enhance(frame)
+    result = engine_on(CUDA0, precision, lit_enhancer(in_ch=3, scale=scale)).enhance(frame)
     assert result.parameters["device"] == "cuda:0" and result.parameters["tiled"] is False
     assert_within(reference, result.pixels, precision)
     assert set(result.timings) == {"upload", "compute", "download"} and result.timings["compute"] > 0
@@ -133,7 +126,7 @@ def test_frames_over_the_budget_are_tiled_on_cuda_and_stay_within_bounds(
 def test_two_workers_with_their_copy_streams_give_the_pixels_of_one_frame_at_a_time() -> None:
     """Pinned buffers and copy streams of two workers over many frames: no buffer is reused
     before its copy ended, so every frame comes back as it does alone."""
-    runtime = prepare_runtime(lit_enhancer(), CUDA0)
+    runtime = prepare_runtime(lit_enhancer(in_ch=3), CUDA0)
     workers = [NetEngine(runtime, "f" * 64, "float16") for _ in range(2)]
     frames = [dr_frame((700 + 16 * (i % 3), 900), seed=i) for i in range(24)]
     alone = [workers[0].enhance(frame).pixels for frame in frames]
@@ -206,42 +199,16 @@ def test_a_sticky_device_error_is_a_lost_device() -> None:
 
 
 def run_daemon(
-    root: Path, devices: list[str], frames: list[np.ndarray], precision: str = "float16"
+    root: Path, devices: list[str], frames: list[NDArray[np.uint16]], precision: str = "float16"
 ) -> list[dict[str, Any]]:
     """A real ``drdaemon run`` on ``devices``; returns the sidecars of ``frames`` in order."""
     weights = root / "enhancer.safetensors"
-    save_weights(weights, lit_enhancer(), {"run": "gpu-test"})
-    config = root / "daemon.toml"
-    config.write_text(
-        f'[folders]\ncreate = true\n[engine]\nname = "net"\nweights = "{weights.name}"\ndevices = {json.dumps(devices)}\n'
-        f'precision = "{precision}"\nwarm_up_frame_size = {list(frames[0].shape)}\n'
-        "[watch]\nstability_wait_s = 0.2\nrescan_interval_s = 0.5\n[metrics]\nenabled = false\n"
-        '[logging]\nformat = "json"\n'
+    write_weights(weights, in_ch=3, provenance={"run": "gpu-test"})
+    config = write_config(
+        root / "daemon.toml",
+        engine=net_engine(weights.name, devices, precision) + f"warm_up_frame_size = {list(frames[0].shape)}\n",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRDAEMON_", "NOTIFY_", "WATCHDOG_"))}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
-        cwd=root,
-        env=env | {"PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert daemon.stdout is not None
-    inbox, outbox = root / "inbox", root / "outbox"
-    try:
-        deadline = time.monotonic() + 240
-        while not inbox.is_dir() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for i, pixels in enumerate(frames):
-            tifffile.imwrite(root / f"f{i}.tif", pixels)
-            (root / f"f{i}.tif").rename(inbox / f"f{i}.tif")
-        while len(list(outbox.glob("*.json"))) < len(frames) and time.monotonic() < deadline:
-            assert daemon.poll() is None, daemon.stdout.read().decode(errors="replace")
-            time.sleep(0.05)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        output = daemon.communicate(timeout=120)[0].decode(errors="replace")
-    assert daemon.returncode == 0, output[-4000:]
+    outbox, output = run_daemon_on(root, config, frames, timeout=240)
     assert len(list(outbox.glob("*.json"))) == len(frames), output[-4000:]
     return [json.loads((outbox / f"f{i}.tif.json").read_text()) for i in range(len(frames))]
 
@@ -281,8 +248,7 @@ def test_the_second_gpu_agrees_with_the_first_and_with_cpu_float32(
 def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path: Path) -> None:
     import math
 
-    from trainer_testkit import make_data, tiny_config, write_tiny_clip_config
-
+    from tests.trainer_testkit import make_data, tiny_config, write_tiny_clip_config
     from trainer.clip.scheme import Trainer
 
     abnormal, normal = make_data(tmp_path)
@@ -299,7 +265,7 @@ def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path: Path) -> None:
 
 @two_gpus
 def test_torchrun_with_nccl_on_two_gpus(tmp_path: Path) -> None:
-    from trainer_testkit import make_data, tiny_overrides, write_tiny_clip_config
+    from tests.trainer_testkit import make_data, tiny_overrides, write_tiny_clip_config
 
     abnormal, normal = make_data(tmp_path)
     overrides = [

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
@@ -19,8 +18,8 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 from drdaemon.config import EngineConfig  # noqa: E402
 from drdaemon.engines import build_engines  # noqa: E402
 from drdaemon.io.onnx_model import export_onnx, quantize_onnx  # noqa: E402
-from drdaemon.io.weights import load_weights, save_weights  # noqa: E402
-from drdaemon.model.network import Enhancer, EnhancerSpec  # noqa: E402
+from drdaemon.io.weights import load_weights  # noqa: E402
+from tests.testkit import write_weights  # noqa: E402
 
 PROVIDERS = ort.get_available_providers()
 pytestmark = [
@@ -38,12 +37,7 @@ tensorrt = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("onnx-gpu")
-    torch.manual_seed(0)
-    net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=4)).eval()
-    assert net.head.conv.bias is not None
-    with torch.no_grad():
-        net.head.conv.bias.fill_(0.3)
-    save_weights(root / "w.safetensors", net, {"name": "gpu"})
+    write_weights(root / "w.safetensors", scale=4, provenance={"name": "gpu"})
     float_model = export_onnx(load_weights(root / "w.safetensors"), root / "w.onnx").path
     rng = np.random.default_rng(0)
     calibration = [rng.integers(500, 60000, (512, 512)).astype(np.uint16) for _ in range(2)]

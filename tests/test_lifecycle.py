@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import io
 import json
 import os
 import subprocess
@@ -33,25 +31,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.kernels.window import Window
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import EnhancedFrame, commit_frame, enhance_frame, load_frame, sidecar_draft
-
-
-def frame_bytes(seed: int = 0, shape: tuple[int, int] = (48, 64)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(100, 4000, shape).astype(np.uint16)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels)
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders().resolved(tmp_path)
-    for _, path in f:
-        path.mkdir()
-    return f
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from tests.testkit import frame_bytes, run_until, sha
 
 
 def path_of(name: str | None) -> Path:
@@ -431,19 +411,6 @@ def daemon_settings(tmp_path: Path) -> Settings:
     return settings
 
 
-def run_daemon_until(daemon: Daemon, condition: Callable[[], bool], timeout: float = 20.0) -> int:
-    import threading
-
-    def stop_when_done() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not condition():
-            time.sleep(0.02)
-        daemon.request_stop()
-
-    threading.Thread(target=stop_when_done, daemon=True).start()
-    return daemon.run(install_signal_handlers=False)
-
-
 def test_a_frame_that_waited_while_the_daemon_was_down_reports_its_wait_from_its_arrival(tmp_path: Path) -> None:
     settings = daemon_settings(tmp_path)
     settings.folders.inbox.mkdir(parents=True)
@@ -452,7 +419,7 @@ def test_a_frame_that_waited_while_the_daemon_was_down_reports_its_wait_from_its
     time.sleep(1.5)  # the daemon is down
     daemon = Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
     sidecar = settings.folders.outbox / "early.tif.json"
-    assert run_daemon_until(daemon, sidecar.exists) == 0
+    assert run_until(daemon, sidecar.exists) == 0
     record = Sidecar.model_validate_json(sidecar.read_bytes())
     started = datetime.fromisoformat(record.started_utc.replace("Z", "+00:00")).timestamp()
     # From its arrival to its claim (just before its read), not from the daemon's start.
@@ -475,7 +442,7 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
         (settings.folders.inbox / f"f{index}.tif").write_bytes(frame_bytes(index))
         os.utime(settings.folders.inbox / f"f{index}.tif", (index, index))
     daemon = Daemon(settings, engines=[ScriptedEngine(behaviour)])
-    status = run_daemon_until(
+    status = run_until(
         daemon,
         lambda: (
             len(list(settings.folders.archive.glob("*.tif"))) == 2
@@ -522,7 +489,7 @@ def test_an_internal_error_exits_70_and_says_it_was_not_the_device(
     settings.folders.inbox.mkdir(parents=True)
     (settings.folders.inbox / "one.tif").write_bytes(frame_bytes(3))
     daemon = daemon_module.Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
-    assert run_daemon_until(daemon, lambda: False, timeout=10.0) == EXIT_INTERNAL_ERROR
+    assert run_until(daemon, lambda: False, timeout=10.0) == EXIT_INTERNAL_ERROR
     sample = daemon.metrics.registry.get_sample_value
     assert sample("drdaemon_fatal_errors_total", {"cause": "internal_error"}) == 1
     assert sample("drdaemon_fatal_errors_total", {"cause": "device_lost"}) == 0
@@ -609,7 +576,7 @@ def test_a_file_no_pattern_takes_is_named_once_in_the_log_and_counted(tmp_path: 
         return seen[-1] == 2 and len(seen) > 40
 
     with capture_logs() as logs:
-        assert run_daemon_until(daemon, done) == 0
+        assert run_until(daemon, done) == 0
     unmatched = [entry for entry in logs if entry["event"] == "inbox_file_unmatched"]
     assert sorted(entry["file"] for entry in unmatched) == ["part.jpeg", "part.jpg"]  # each once, rescans or not
     assert all("*.tif" in entry["patterns"] and "*.dcm" in entry["patterns"] for entry in unmatched)

@@ -10,21 +10,12 @@ from drdaemon.engines.base import Engine
 from drdaemon.engines.net import NetEngine, prepare_runtime, resolve_device
 from drdaemon.errors import DeviceLost, FrameError, Reason, Stage
 from drdaemon.io.durable import file_sha256
-from drdaemon.io.weights import save_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
-from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.model.network import Enhancer
 from drdaemon.model.tiling import TileSize
+from tests.testkit import lit_enhancer, write_weights
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
-
-
-def lit_enhancer(in_ch: int = 1, scale: int = 1) -> Enhancer:
-    torch.manual_seed(0)
-    net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
-    assert net.head.conv.bias is not None
-    with torch.no_grad():
-        net.head.conv.bias.fill_(0.3)  # an illumination map that is not all zero
-    return net
 
 
 def xray_like(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -133,14 +124,9 @@ def test_other_input_dtypes_are_accepted() -> None:
     assert info.value.reason is Reason.UNSUPPORTED
 
 
-def write_weights(tmp_path: Path, in_ch: int = 1, scale: int = 1) -> Path:
-    path = tmp_path / "enhancer.safetensors"
-    save_weights(path, lit_enhancer(in_ch, scale), {"run": "test"})
-    return path
-
-
 def test_build_from_config_gives_engines_of_the_daemon_interface(tmp_path: Path) -> None:
-    weights = write_weights(tmp_path, in_ch=3, scale=4)
+    weights = tmp_path / "enhancer.safetensors"
+    write_weights(weights, in_ch=3, scale=4)
     engines = build_engines(
         EngineConfig(
             name="net",
@@ -172,8 +158,8 @@ def test_missing_or_pickled_weights_are_configuration_errors(tmp_path: Path) -> 
 
 
 @no_cuda
-def test_a_configured_gpu_that_is_missing_stops_the_start_instead_of_using_the_cpu(tmp_path: Path) -> None:
-    weights = write_weights(tmp_path)
+def test_a_configured_gpu_that_is_missing_stops_the_start_instead_of_using_the_cpu(tiny_weights: Path) -> None:
+    weights = tiny_weights
     with pytest.raises(DeviceLost, match="cuda:1"):
         build_engines(EngineConfig(name="net", weights=weights, devices=["cpu", "cuda:1"]))
 
@@ -304,10 +290,12 @@ def test_a_frame_whose_output_is_not_finite_fails_as_engine_error_instead_of_bla
     assert "not finite" in str(caught.value) and "1200 of 1200" in str(caught.value)
 
 
-def test_the_precision_follows_the_device_unless_set_and_the_sidecar_records_the_one_that_ran(tmp_path: Path) -> None:
+def test_the_precision_follows_the_device_unless_set_and_the_sidecar_records_the_one_that_ran(
+    tiny_weights: Path,
+) -> None:
     from drdaemon.defaults import precision_for_device
 
-    weights = write_weights(tmp_path)
+    weights = tiny_weights
     assert EngineConfig().precision == "auto"  # the default: not float16, about half bfloat16's speed on a CPU
     default = build_engines(EngineConfig(name="net", weights=weights, devices=["cpu"]))[0]
     assert isinstance(default, NetEngine)

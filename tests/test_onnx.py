@@ -9,19 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (pip install 'drdaemon[onnx]') is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (pip install 'drdaemon[onnx]') is not installed")
-
-from test_net_daemon import run_daemon_on
 
 from drdaemon.config import ConfigError, EngineConfig
 from drdaemon.engines import build_engines
 from drdaemon.errors import FrameError, Reason
 from drdaemon.io.onnx_model import export_onnx, quantize_onnx, read_onnx_model
-from drdaemon.io.weights import WeightsError, load_weights, save_weights
-from drdaemon.model.network import Enhancer, EnhancerSpec
+from drdaemon.io.weights import WeightsError, load_weights
+from tests.testkit import net_engine, run_daemon_on, shaped_frames, write_config, write_weights
 
 
 def rms(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,13 +29,8 @@ def rms(a: np.ndarray, b: np.ndarray) -> float:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Random three-channel weights at illumination scale 2 (the fold and the shrink both traced) and their export."""
     root = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    net = Enhancer(EnhancerSpec(in_ch=3, illumination_scale=2)).eval()
-    assert net.head.conv.bias is not None
-    with torch.no_grad():
-        net.head.conv.bias.fill_(0.3)
     weights = root / "enhancer.safetensors"
-    save_weights(weights, net, {"name": "onnx-test"})
+    write_weights(weights, in_ch=3, scale=2, provenance={"name": "onnx-test"})
     model = root / "enhancer.onnx"
     export_onnx(load_weights(weights), model)
     return weights, model
@@ -135,9 +127,8 @@ def test_check_config_exits_78_on_a_bad_onnx_file(exported: tuple[Path, Path], t
     bad.write_bytes(
         data[: len(data) // 3] if kind == "corrupt" else data.replace(b"drdaemon_format", b"drdaemon_formak")
     )
-    config = tmp_path / "daemon.toml"
-    config.write_text(
-        f'[engine]\nname = "net"\nweights = "{bad.name}"\ndevices = ["cpu"]\n[metrics]\nenabled = false\n'
+    config = write_config(
+        tmp_path / "daemon.toml", folders="", engine=net_engine(bad.name, precision=None), watch="", logging=""
     )
     done = subprocess.run(
         [sys.executable, "-m", "drdaemon", "check-config", "--config", str(config)],
@@ -153,13 +144,8 @@ def test_check_config_exits_78_on_a_bad_onnx_file(exported: tuple[Path, Path], t
 def test_daemon_runs_an_onnx_model_end_to_end(exported: tuple[Path, Path], tmp_path: Path) -> None:
     _, model = exported
     (tmp_path / model.name).write_bytes(model.read_bytes())
-    config = tmp_path / "daemon.toml"
-    config.write_text(
-        "[folders]\ncreate = true\n"
-        f'[engine]\nname = "net"\nweights = "{model.name}"\ndevices = ["cpu"]\n'
-        '[watch]\nstability_wait_s = 0.2\nrescan_interval_s = 0.5\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
-    )
-    outbox, output = run_daemon_on(tmp_path, config, [(61, 83)])
+    config = write_config(tmp_path / "daemon.toml", engine=net_engine(model.name, precision=None))
+    outbox, output = run_daemon_on(tmp_path, config, shaped_frames([(61, 83)]))
     sidecar = json.loads((outbox / "f0.tif.json").read_text())
     assert sidecar["engine"]["parameters"]["backend"] == "onnxruntime", output
     assert sidecar["engine"]["parameters"]["provider"] == "CPUExecutionProvider"

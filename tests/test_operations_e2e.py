@@ -24,6 +24,8 @@ import tifffile
 from prometheus_client.parser import text_string_to_metric_families
 
 from drdaemon.exits import EXIT_CONFIG
+from tests import testkit
+from tests.testkit import NAMED_FOLDERS, daemon_env, free_port, make_folders, metrics_on
 
 pytestmark = pytest.mark.slow
 
@@ -74,33 +76,20 @@ class FakeSystemd:
         self._sock.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_config(root: Path, port: int, extra: str = "") -> Path:
-    for name in ("inbox", "outbox", "archive", "failed", "work"):
-        (root / name).mkdir(exist_ok=True)
-    config = root / "config.toml"
-    config.write_text(
-        "[folders]\n"
-        'inbox = "inbox"\noutbox = "outbox"\narchive = "archive"\nfailed = "failed"\nwork = "work"\n'
-        "[engine]\n"
-        'name = "classical"\n'
-        "[watch]\n"
-        "stability_wait_s = 0.2\nincomplete_grace_s = 0.5\nrescan_interval_s = 1.0\n"
-        "[metrics]\n"
-        f'address = "127.0.0.1"\nport = {port}\n'
-        "[logging]\n"
-        'format = "json"\n' + extra
+    """The five folders created under ``root`` and a config naming them, metrics on ``port``."""
+    make_folders(root)
+    return testkit.write_config(
+        root / "config.toml",
+        folders=NAMED_FOLDERS,
+        watch="stability_wait_s = 0.2\nincomplete_grace_s = 0.5\nrescan_interval_s = 1.0\n",
+        metrics=metrics_on(port),
+        extra=extra,
     )
-    return config
 
 
 def start_daemon(config: Path, notify: Path | None, watchdog_usec: int | None = None) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRDAEMON_", "NOTIFY_", "WATCHDOG_"))}
+    env = daemon_env()
     if notify is not None:
         env["NOTIFY_SOCKET"] = str(notify)
     if watchdog_usec is not None:

@@ -333,7 +333,7 @@ def test_the_filtered_preset_denoises_before_equalising(frame: np.ndarray) -> No
 
 @pytest.mark.slow
 def test_the_daemon_runs_a_frame_through_the_pipeline_and_the_sidecar_records_the_steps(tmp_path: Path) -> None:
-    from test_daemon_e2e import Station, frame_bytes
+    from tests.testkit import Station, frame_bytes
 
     station = Station(
         tmp_path,

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainer_testkit import write_tiny_clip_config
 
 from drdaemon.io.weights import load_weights
+from tests.trainer_testkit import write_tiny_clip_config
 from trainer.clip.backbone import load_backbone
 from trainer.radiograph.config import PretrainConfig, load_pretrain_config
 from trainer.radiograph.data import HELD_OUT_CLIPPED_PERCENT, LABEL_PSNR, STATES, CaptionedSet, make_captioned_set

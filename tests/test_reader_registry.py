@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from dicom_testkit import dicom_bytes, diconde_dataset
-from toy_format import TOY, encode_toy
 
 from drdaemon.config import WatchConfig
 from drdaemon.errors import FrameError, Reason
@@ -31,6 +29,8 @@ from drdaemon.io.readers import (
 )
 from drdaemon.io.readers.png import PNG_SIGNATURE
 from drdaemon.service.frame import load_frame
+from tests.dicom_testkit import dicom_bytes, diconde_dataset
+from tests.toy_format import TOY, encode_toy
 
 WITH_TOY = FRAME_FORMATS.with_format(TOY)
 

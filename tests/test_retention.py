@@ -3,7 +3,6 @@ claiming pauses below the free-space floor of the output side."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -12,9 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import tifffile
 from structlog.testing import capture_logs
 
 from drdaemon.cli import main
@@ -28,15 +25,11 @@ from drdaemon.folders.space import FreeBytes
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits
 from drdaemon.service.pruning import PassResult, retention_pass
+from tests.testkit import frame_bytes
 
 DAY = 86400.0
-
-
-def frame_bytes(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(200, 5000, (24, 32)).astype(np.uint16)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels)  # uncompressed: every raw frame has the same size
-    return buffer.getvalue()
+#: Uncompressed frames of this shape: every raw frame has the same size.
+RAW_SHAPE = (24, 32)
 
 
 class Tree:
@@ -64,7 +57,7 @@ class Tree:
     def commit(self, name: str, age_days: float) -> dict[str, Path]:
         """A finished frame: output and sidecar in the outbox, its raw frame in the archive."""
         self.seed += 1
-        (self.folders.inbox / name).write_bytes(frame_bytes(self.seed))
+        (self.folders.inbox / name).write_bytes(frame_bytes(self.seed, RAW_SHAPE))
         item = claim(self.folders.inbox / name, self.folders.work, time.time(), time.monotonic())
         assert item is not None
         committed = commit_frame(
@@ -125,7 +118,7 @@ def tree(tmp_path: Path) -> Tree:
     Tree.age(t.outside, 25)
     # A raw frame linked into the archive whose sidecar is not written yet (mid-commit), and a failed frame.
     t.mid_commit = t.folders.archive / "midcommit.tif"
-    t.mid_commit.write_bytes(frame_bytes(99))
+    t.mid_commit.write_bytes(frame_bytes(99, RAW_SHAPE))
     Tree.age({"raw": t.mid_commit}, 30)
     (t.folders.inbox / "bad.tif").write_bytes(b"not a tiff" * 10)
     bad = claim(t.folders.inbox / "bad.tif", t.folders.work, time.time(), time.monotonic())
@@ -166,7 +159,7 @@ def test_an_age_limit_prunes_the_older_finished_frames_and_nothing_unfinished(tr
 
 
 def test_a_size_limit_prunes_the_oldest_until_the_folder_fits(tree: Tree) -> None:
-    raw = len(frame_bytes(0))
+    raw = len(frame_bytes(0, RAW_SHAPE))
     archive = sum(p.stat().st_size for p in tree.folders.archive.iterdir())
     before = tree.snapshot()
     # Two raw frames too many: rawgone (no raw to free) goes first, then done0 and done1.
@@ -254,7 +247,7 @@ def test_claiming_pauses_below_the_output_floor_and_resumes_above_it(tmp_path: P
     daemon = in_process_daemon(tmp_path, lambda _p: disk["free"], claim_min_free_space=floor)
     folders = daemon.folders
     for i in range(3):
-        (folders.inbox / f"f{i}.tif").write_bytes(frame_bytes(i))
+        (folders.inbox / f"f{i}.tif").write_bytes(frame_bytes(i, RAW_SHAPE))
     gauge = daemon.metrics.registry.get_sample_value
     statuses: list[int] = []
     with capture_logs() as events:
@@ -289,7 +282,7 @@ def test_the_daemon_prunes_on_its_timer_and_counts_it(tree: Tree) -> None:
         thread.join(30)
     assert statuses == [0]
     assert gauge("drdaemon_retention_pruned_frames_total", {"policy": "max_age"}) == 4
-    assert gauge("drdaemon_retention_pruned_bytes_total", {"folder": "archive"}) == 3 * len(frame_bytes(0))
+    assert gauge("drdaemon_retention_pruned_bytes_total", {"folder": "archive"}) == 3 * len(frame_bytes(0, RAW_SHAPE))
     assert gauge("drdaemon_retention_behind") == 0
     assert not tree.done[2]["sidecar"].exists() and tree.done[3]["sidecar"].exists()
     assert tree.in_flight["raw"].exists() and tree.no_output["raw"].exists()

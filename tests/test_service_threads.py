@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_lifecycle import ScriptedEngine, daemon_settings, frame_bytes, run_daemon_until
 
 from drdaemon.config import ConfigError, load_settings
 from drdaemon.engines.classical import ClassicalEngine
@@ -15,6 +14,8 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.kernels.window import robust_window
 from drdaemon.service.frame import load_frame
 from drdaemon.service.threads import MAX_AUTO_THREADS, auto_threads, stage_threads
+from tests.test_lifecycle import ScriptedEngine, daemon_settings
+from tests.testkit import frame_bytes, run_until
 
 
 def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines() -> None:
@@ -61,7 +62,7 @@ def test_the_daemon_runs_the_configured_readers_and_writers(tmp_path: Path) -> N
     def all_done() -> bool:
         return len(list(settings.folders.outbox.glob("*.json"))) == 6
 
-    assert run_daemon_until(daemon, all_done) == 0
+    assert run_until(daemon, all_done) == 0
     names = {t.name for t in daemon._threads}
     assert {n for n in names if n.startswith("reader-")} == {"reader-0", "reader-1", "reader-2"}
     assert {n for n in names if n.startswith("writer-")} == {"writer-0", "writer-1"}

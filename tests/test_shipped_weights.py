@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainer_testkit import write_tiny_clip_config
 
 from drdaemon.config import EngineConfig
 from drdaemon.defaults import SHIPPED_WEIGHTS
 from drdaemon.engines.net import build_net_engines
 from drdaemon.evaluate.baselines import build_method
 from drdaemon.io.durable import file_sha256
+from tests.trainer_testkit import write_tiny_clip_config
 from trainer.clip.backbone import load_backbone
 from trainer.radiograph.bundle import bundle_clip, bundle_enhancer
 from trainer.shared import clip_weights

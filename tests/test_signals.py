@@ -4,7 +4,6 @@ the terminal stops a daemon started in it, and a second daemon on the same folde
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import pty
@@ -16,16 +15,15 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-import tifffile
-
 from drdaemon.exits import EXIT_BUSY
+from tests.testkit import frame_bytes, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[1]
+#: Frames are picked up quickly (the watch of every daemon here).
+WATCH = "stability_wait_s = 0.1\nrescan_interval_s = 0.5\n"
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 #: A daemon whose engine takes two minutes over a 50 x 70 frame (the others are quick and set a pace).
@@ -50,33 +48,10 @@ sys.exit(Daemon(settings, engines=[SlowOnOneSize()]).run())
 """
 
 
-def frame_bytes(seed: int, shape: tuple[int, int] = (48, 64)) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.random.default_rng(seed).integers(100, 4000, shape).astype(np.uint16))
-    return buffer.getvalue()
-
-
-def write_config(root: Path) -> Path:
-    config = root / "config.toml"
-    config.write_text(
-        '[folders]\ncreate = true\n[engine]\nname = "classical"\n'
-        "[watch]\nstability_wait_s = 0.1\nrescan_interval_s = 0.5\n"
-        '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
-    )
-    return config
-
-
 def drop(root: Path, name: str, seed: int, shape: tuple[int, int] = (48, 64)) -> None:
     staged = root / f".{name}.part"
     staged.write_bytes(frame_bytes(seed, shape))
     staged.rename(root / "inbox" / name)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Lines:
@@ -98,7 +73,7 @@ class Lines:
 
 
 def test_ctrl_c_says_what_it_finishes_and_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path / "config.toml", watch=WATCH)
     marker = tmp_path / "enhancing-the-slow-frame"
     daemon = subprocess.Popen(
         [sys.executable, "-c", SLOW_SECOND_FRAME, str(config), str(marker)],
@@ -111,14 +86,14 @@ def test_ctrl_c_says_what_it_finishes_and_a_second_ctrl_c_stops_at_once(tmp_path
     )
     try:
         err = Lines(daemon.stderr)
-        wait_for(lambda: err.event("daemon_ready") is not None, 60, "the daemon to start")
+        wait_until(lambda: err.event("daemon_ready") is not None, 60, "the daemon to start")
         drop(tmp_path, "quick.tif", 1)
-        wait_for((tmp_path / "outbox" / "quick.tif.json").exists, 30, "the quick frame")
+        wait_until((tmp_path / "outbox" / "quick.tif.json").exists, 30, "the quick frame")
         drop(tmp_path, "slow.tif", 2, shape=(50, 70))
-        wait_for(marker.exists, 30, "the slow frame's enhancement to begin")
+        wait_until(marker.exists, 30, "the slow frame's enhancement to begin")
 
         daemon.send_signal(signal.SIGINT)
-        wait_for(lambda: err.event("stopping") is not None, 10, "the stopping line")
+        wait_until(lambda: err.event("stopping") is not None, 10, "the stopping line")
         stopping = err.event("stopping")
         assert stopping is not None
         assert stopping["signal"] == "SIGINT" and stopping["in_flight"] == 1
@@ -149,7 +124,7 @@ def test_ctrl_c_says_what_it_finishes_and_a_second_ctrl_c_stops_at_once(tmp_path
         start_new_session=True,
     )
     try:
-        wait_for((tmp_path / "outbox" / "slow.tif.json").exists, 60, "the recovered frame")
+        wait_until((tmp_path / "outbox" / "slow.tif.json").exists, 60, "the recovered frame")
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=30) == 0
     finally:
@@ -178,7 +153,7 @@ def read_until(master: int, needle: bytes, timeout: float) -> bytes:
 
 
 def test_closing_the_terminal_stops_a_daemon_started_in_it(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path / "config.toml", watch=WATCH)
     master, slave = pty.openpty()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
@@ -209,7 +184,7 @@ def test_closing_the_terminal_stops_a_daemon_started_in_it(tmp_path: Path) -> No
 
 
 def test_a_second_daemon_on_the_same_work_folder_names_the_pid_and_host_of_the_first(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path / "config.toml", watch=WATCH)
     first = subprocess.Popen(
         [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -221,7 +196,7 @@ def test_a_second_daemon_on_the_same_work_folder_names_the_pid_and_host_of_the_f
     )
     try:
         err = Lines(first.stderr)
-        wait_for(lambda: err.event("daemon_ready") is not None, 60, "the first daemon")
+        wait_until(lambda: err.event("daemon_ready") is not None, 60, "the first daemon")
         second = subprocess.run(
             [sys.executable, "-m", "drdaemon", "run", "--config", str(config)],
             capture_output=True,

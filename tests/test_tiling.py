@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drdaemon.model.network import Enhancer, EnhancerSpec, apply_illumination
+from drdaemon.model.network import apply_illumination
 from drdaemon.model.pooling import bin_bounds, region_average_pool
 from drdaemon.model.tiling import (
     FRAME_BYTES_PER_PIXEL,
@@ -18,16 +18,7 @@ from drdaemon.model.tiling import (
     stem_halo,
     tiled_full_illumination,
 )
-
-
-def lit_enhancer(in_ch: int = 1, scale: int = 1, seed: int = 0) -> Enhancer:
-    """A random enhancer whose illumination map is not all zero (its last ReLU is alive)."""
-    torch.manual_seed(seed)
-    net = Enhancer(EnhancerSpec(in_ch=in_ch, illumination_scale=scale)).eval()
-    assert net.head.conv.bias is not None
-    with torch.no_grad():
-        net.head.conv.bias.fill_(0.3)
-    return net
+from tests.testkit import lit_enhancer
 
 
 def test_halos_match_the_published_structure() -> None:

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_testkit import one_torch_thread, write_tiny_clip_config
 
+from tests.trainer_testkit import one_torch_thread, write_tiny_clip_config
 from trainer.bench import main, schedule_counts
 from trainer.shared.config import TrainConfig
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_testkit import make_data, one_torch_thread, tiny_overrides, write_tiny_clip_config
 
+from tests.trainer_testkit import make_data, one_torch_thread, tiny_overrides, write_tiny_clip_config
 from trainer.clip import losses as L
 from trainer.clip.scheme import Trainer, score_saturated
 from trainer.shared.config import load_config

@@ -11,8 +11,8 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
-from trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 
+from tests.trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 from trainer.clip.backbone import load_backbone
 from trainer.clip.prompts import PromptPair
 from trainer.shared.clip_weights import ClipUnavailable, build_clip

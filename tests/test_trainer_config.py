@@ -125,7 +125,7 @@ def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(t
     import subprocess
     import sys
 
-    from trainer_testkit import make_data, write_tiny_clip_config
+    from tests.trainer_testkit import make_data, write_tiny_clip_config
 
     abnormal, normal = make_data(tmp_path)
     clip = write_tiny_clip_config(tmp_path)

@@ -16,11 +16,11 @@ import tifffile
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from trainer_testkit import make_data, one_torch_thread
 
 from drdaemon.io.weights import LoadedWeights, load_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.model.network import Enhancer
+from tests.trainer_testkit import make_data, one_torch_thread
 from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
 from trainer.shared.checkpoint import write_checkpoint
@@ -345,7 +345,7 @@ def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key() -> No
 
 
 def prior_trainer(data: tuple[Path, Path], tmp_path: Path, **cyclegan: float) -> CycleGanTrainer:
-    from trainer_testkit import write_tiny_clip_config
+    from tests.trainer_testkit import write_tiny_clip_config
 
     abnormal, normal = data
     clip_json = write_tiny_clip_config(tmp_path)

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from trainer_testkit import make_data
 
+from tests.trainer_testkit import make_data
 from trainer.shared.config import DataConfig
 from trainer.shared.data import DataError, IterationBatches, SampleKey, TrainingSamples, folder_summary, list_frames
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_testkit import make_data, one_torch_thread, tiny_config, tiny_overrides, write_tiny_clip_config
 
+from tests.trainer_testkit import make_data, one_torch_thread, tiny_config, tiny_overrides, write_tiny_clip_config
 from trainer.clip.scheme import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

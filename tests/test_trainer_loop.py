@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_testkit import make_data, one_torch_thread, tiny_config, write_tiny_clip_config
 
 from drdaemon.io.durable import file_sha256
 from drdaemon.io.weights import load_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
+from tests.trainer_testkit import make_data, one_torch_thread, tiny_config, write_tiny_clip_config
 from trainer.clip.scheme import Trainer
 from trainer.shared.config import load_config
 from trainer.shared.errors import TrainerError

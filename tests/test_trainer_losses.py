@@ -140,8 +140,7 @@ def prompt_gradient(
 
 def test_enhanced_outputs_steer_prompt_refinement_only_at_the_clip_temperature(tmp_path: Path) -> None:
     """The default temperature is the CLIP's own (100 for a random CLIP); at 1 I_t drops out of L_prompt1."""
-    from trainer_testkit import write_tiny_clip_config
-
+    from tests.trainer_testkit import write_tiny_clip_config
     from trainer.clip.backbone import load_backbone
     from trainer.clip.scheme import score_temperature
     from trainer.shared.config import ClipConfig

@@ -8,41 +8,24 @@ nothing lost, nothing doubled, nothing partial.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import tifffile
 
 from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner
 from drdaemon.io.sidecar import Sidecar
+from tests.testkit import STATION_WATCH, sha, write_config
 
 SHARED = ("inbox", "outbox", "archive", "failed")
 #: Where each test's ledger is written, so the README table can quote the last run's counts.
 LEDGER_DIR = Path(os.environ.get("DRDAEMON_LEDGER_DIR", "/tmp/drdaemon-reliability"))
-
-
-def frame_bytes(seed: int, shape: tuple[int, int] = (40, 48), **kwargs: Any) -> bytes:
-    pixels = np.random.default_rng(seed).integers(200, 5000, shape).astype(np.uint16)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels, **kwargs)
-    return buffer.getvalue()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def dead_owner() -> Owner:
@@ -50,20 +33,6 @@ def dead_owner() -> Owner:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return Owner(current_owner().host, child.pid, 1)
-
-
-def run_until(daemon: Any, condition: Callable[[], bool], timeout: float = 20.0) -> int:
-    """Run an in-process daemon until ``condition`` holds (or ``timeout``), then stop it; its exit status."""
-
-    def stop_when_done() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not condition():
-            time.sleep(0.02)
-        daemon.request_stop()
-
-    threading.Thread(target=stop_when_done, daemon=True).start()
-    status: int = daemon.run(install_signal_handlers=False)
-    return status
 
 
 class Daemon:
@@ -76,13 +45,8 @@ class Daemon:
         self.log = plant.root / f"daemon-{name}.log"
         self.config = plant.root / f"drdaemon-{name}.toml"
         folders = "".join(f'{n} = "{plant.dirs[n]}"\n' for n in SHARED) + f'work = "{self.work}"\n'
-        self.config.write_text(
-            "[folders]\ncreate = true\n"
-            + folders
-            + "[watch]\nstability_wait_s = 0.2\nincomplete_grace_s = 3.0\nrescan_interval_s = 1.0\n"
-            + watch
-            + '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
-            + extra
+        write_config(
+            self.config, folders="create = true\n" + folders, engine="", watch=STATION_WATCH + watch, extra=extra
         )
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plant import Plant
 
 from drdaemon.config import ConfigError, Settings
 from drdaemon.exits import EXIT_CONFIG
 from drdaemon.io.durable import Owner
 from drdaemon.service import daemon as daemon_module
+from tests.reliability.plant import Plant
 
 pytestmark = pytest.mark.reliability
 
@@ -103,9 +103,9 @@ def wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, label: str
 ) -> None:
-    from plant import frame_bytes, ledger
-
     from drdaemon.io import durable
+    from tests.reliability.plant import ledger
+    from tests.testkit import frame_bytes
 
     daemon = in_process_daemon(tmp_path)
     folders = daemon.folders
@@ -143,7 +143,8 @@ def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
 
 
 def test_a_deleted_outbox_is_recreated_and_nothing_is_quarantined(tmp_path: Path) -> None:
-    from plant import frame_bytes, ledger
+    from tests.reliability.plant import ledger
+    from tests.testkit import frame_bytes
 
     plant = Plant(tmp_path)
     daemon = plant.daemon("a")

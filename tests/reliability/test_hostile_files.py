@@ -8,9 +8,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from plant import Plant, frame_bytes, ledger
 
 from drdaemon.io.sidecar import Sidecar
+from tests.reliability.plant import Plant, ledger
+from tests.testkit import frame_bytes
 
 pytestmark = pytest.mark.reliability
 

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from plant import LEDGER_DIR, Plant, frame_bytes, ledger
+
+from tests.reliability.plant import LEDGER_DIR, Plant, ledger
+from tests.testkit import frame_bytes
 
 pytestmark = pytest.mark.reliability
 

@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 import structlog
 import tifffile
-from plant import Plant, dead_owner, frame_bytes, ledger, sha
 
 from drdaemon.config import Folders, Settings
 from drdaemon.engines import ClassicalEngine
@@ -44,6 +43,8 @@ from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+from tests.reliability.plant import Plant, dead_owner, ledger
+from tests.testkit import frame_bytes, sha
 
 if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
@@ -54,14 +55,6 @@ ROOT = os.geteuid() == 0
 
 
 # -- helpers ------------------------------------------------------------------------------------
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders().resolved(tmp_path)
-    for _, path in f:
-        path.mkdir()
-    return f
-
-
 def process(item: WorkItem, finisher: Finisher) -> None:
     commit_frame(enhance_frame(load_frame(item, ReadLimits()), ClassicalEngine()), finisher)
 

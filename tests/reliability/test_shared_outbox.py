@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from plant import Plant, dead_owner, frame_bytes, ledger, sha
 
 from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
@@ -16,6 +15,8 @@ from drdaemon.folders.commit import Finisher
 from drdaemon.io.durable import Owner, current_owner, temp_path_for
 from drdaemon.io.limits import ReadLimits
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+from tests.reliability.plant import Plant, dead_owner, ledger
+from tests.testkit import frame_bytes, sha
 
 pytestmark = pytest.mark.reliability
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from plant import Plant, dead_owner, frame_bytes, ledger
 
 from drdaemon.config import Folders, Settings, WatchConfig
 from drdaemon.engines import ClassicalEngine
@@ -29,16 +28,10 @@ from drdaemon.io import durable
 from drdaemon.io.limits import ReadLimits
 from drdaemon.io.readers import read_frame
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
+from tests.reliability.plant import Plant, dead_owner, ledger
+from tests.testkit import frame_bytes
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture
-def folders(tmp_path: Path) -> Folders:
-    f = Folders().resolved(tmp_path)
-    for _, path in f:
-        path.mkdir()
-    return f
 
 
 def test_a_deleted_and_recreated_inbox_is_noticed_and_watched_again(folders: Folders) -> None:

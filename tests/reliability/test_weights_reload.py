@@ -7,27 +7,19 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
-from plant import Plant, frame_bytes
 
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.io.weights import save_weights
-from drdaemon.model.network import Enhancer, EnhancerSpec
+from tests.reliability.plant import Plant
+from tests.testkit import frame_bytes, write_weights
 
 pytestmark = pytest.mark.reliability
-
-
-def weights_file(path: Path, seed: int) -> str:
-    torch.manual_seed(seed)
-    net = Enhancer(EnhancerSpec(in_ch=1, illumination_scale=2)).eval()
-    return save_weights(path, net, {"run": f"reload-{seed}"})
 
 
 def test_replaced_weights_are_used_only_after_sighup_and_a_bad_file_is_refused(tmp_path: Path) -> None:
     plant = Plant(tmp_path)
     live = tmp_path / "enhancer.safetensors"
-    first = weights_file(live, 0)
-    second = weights_file(tmp_path / "second.safetensors", 1)
+    first = write_weights(live, scale=2, seed=0, provenance={"run": "reload-0"})
+    second = write_weights(tmp_path / "second.safetensors", scale=2, seed=1, provenance={"run": "reload-1"})
     daemon = plant.daemon(
         "a", f'[engine]\nname = "net"\nweights = "{live}"\ndevices = ["cpu"]\nprecision = "float32"\n'
     )

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from plant import Plant, frame_bytes, ledger, run_until, sha
 
 from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
@@ -21,6 +20,8 @@ from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.kernels.window import Window
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
+from tests.reliability.plant import Plant, ledger
+from tests.testkit import frame_bytes, run_until, sha
 
 pytestmark = pytest.mark.reliability
 

@@ -1,0 +1,1 @@
+"""The reliability suite (marker ``reliability``): daemon plants on shared folders (``tests.reliability.plant``)."""
