@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from drdaemon.cli import main, settings_to_toml
 from drdaemon.config import ConfigError, Settings, load_settings
 from drdaemon.exits import EXIT_CONFIG
+from tests.testkit import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.example.toml"
 
 

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 
 from drdaemon.exits import EXIT_CONFIG
-from tests.testkit import Station, frame_bytes
+from tests.testkit import Station, frame_bytes, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -164,10 +164,9 @@ def test_config_errors_exit_78_before_touching_anything(tmp_path: Path) -> None:
 
 def test_frames_left_in_the_inbox_while_stopped_are_taken_at_start(station: Station) -> None:
     inputs = {"early.tif": frame_bytes(20)}
-    import cv2
 
     pixels = np.random.default_rng(21).integers(0, 65535, (50, 60)).astype(np.uint16)
-    inputs["early.png"] = cv2.imencode(".png", pixels)[1].tobytes()
+    inputs["early.png"] = png_bytes(pixels)
     for name, data in inputs.items():
         station.drop(name, data)
     station.start()

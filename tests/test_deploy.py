@@ -18,8 +18,9 @@ from prometheus_client import generate_latest
 
 from drdaemon.exits import EXIT_CONFIG
 from drdaemon.service.prometheus import STAGES, DaemonMetrics
+from tests.testkit import REPO
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "drdaemon.service"
 RULES = DEPLOY / "prometheus" / "drdaemon-rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "drdaemon.json"

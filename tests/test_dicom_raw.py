@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
-import tifffile
 
 from drdaemon.cli import main
 from drdaemon.config import WatchConfig
@@ -34,6 +33,7 @@ from tests.dicom_testkit import (
     pydicom,
     pydicom_data_file,
 )
+from tests.testkit import tiff_bytes
 
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEGLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -403,7 +403,7 @@ def test_every_output_passes_dciodvfy(tmp_path: Path, make: str) -> None:
 
 
 def test_dicom_format_refuses_a_frame_without_a_dicom_source() -> None:
-    frame = decode_frame(tifffile_bytes(ramp()), "frame.tif")
+    frame = decode_frame(tiff_bytes(ramp()), "frame.tif")
     with pytest.raises(FrameError) as error:
         DicomOutput().for_frame(frame, DERIVATION)
     assert error.value.reason is Reason.UNSUPPORTED and "auto" in str(error.value)
@@ -412,12 +412,6 @@ def test_dicom_format_refuses_a_frame_without_a_dicom_source() -> None:
     dicom_frame = decode_frame(dicom_bytes(diconde_dataset(ramp())), "f.dcm")
     assert format_for_frame(auto, dicom_frame, DERIVATION).suffix == ".dcm"
     assert format_for_frame(output_format("tiff"), dicom_frame, DERIVATION).suffix == ".tif"
-
-
-def tifffile_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels)
-    return buffer.getvalue()
 
 
 # -- raw detector frames ------------------------------------------------------------------------
@@ -570,7 +564,7 @@ def test_enhance_writes_dicom_for_dicom_tiff_for_tiff_and_records_uids(tmp_path:
     inputs.mkdir()
     source = diconde_dataset(ramp(), bits_stored=12, photometric="MONOCHROME1")
     (inputs / "IM0001").write_bytes(dicom_bytes(source))
-    (inputs / "plain.tif").write_bytes(tifffile_bytes(ramp()))
+    (inputs / "plain.tif").write_bytes(tiff_bytes(ramp()))
     (inputs / "det.his").write_bytes(encode_his(ramp((24, 40))))
     (inputs / "det.raw").write_bytes(ramp((24, 40)).tobytes())
     config = _config(
@@ -612,7 +606,7 @@ def test_enhance_writes_dicom_for_dicom_tiff_for_tiff_and_records_uids(tmp_path:
 
 
 def test_enhance_with_format_dicom_refuses_a_tiff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "plain.tif").write_bytes(tifffile_bytes(ramp()))
+    (tmp_path / "plain.tif").write_bytes(tiff_bytes(ramp()))
     config = _config(tmp_path, '[output]\nformat = "dicom"\n')
     assert main(["enhance", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "out"), "--config", str(config)]) == 1
     assert "unsupported" in capsys.readouterr().err

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.testkit import REPO
+
+ROOT = REPO
 README = ROOT / "README.md"
 GENERATOR = ROOT / "docs" / "gen_reference.py"
 

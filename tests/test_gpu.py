@@ -26,9 +26,7 @@ from drdaemon.engines.net import NetEngine, prepare_runtime
 from drdaemon.errors import FrameError, Reason
 from drdaemon.model.network import Enhancer
 from drdaemon.model.tiling import TileSize
-from tests.testkit import lit_enhancer, net_engine, run_daemon_on, write_config, write_weights
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.testkit import REPO, lit_enhancer, net_engine, run_daemon_on, write_config, write_weights
 
 pytestmark = [
     pytest.mark.gpu,

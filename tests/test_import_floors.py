@@ -32,7 +32,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.testkit import REPO
 
 FLOORS = {
     "drdaemon.kernels": 0,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from drdaemon.io.weights import load_weights
+from tests.testkit import REPO
 from tests.trainer_testkit import write_tiny_clip_config
 from trainer.clip.backbone import load_backbone
 from trainer.radiograph.config import PretrainConfig, load_pretrain_config
@@ -29,8 +30,6 @@ from trainer.radiograph.pretrain import (
 )
 from trainer.shared.config import TrainConfigError
 from trainer.shared.errors import TrainerError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

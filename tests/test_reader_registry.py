@@ -30,6 +30,7 @@ from drdaemon.io.readers import (
 from drdaemon.io.readers.png import PNG_SIGNATURE
 from drdaemon.service.frame import load_frame
 from tests.dicom_testkit import dicom_bytes, diconde_dataset
+from tests.testkit import REPO
 from tests.toy_format import TOY, encode_toy
 
 WITH_TOY = FRAME_FORMATS.with_format(TOY)
@@ -99,7 +100,7 @@ def test_the_suffix_lists_come_from_the_registry(tmp_path: Path) -> None:
     assert patterns == FRAME_FORMATS.watch_patterns()
     for suffix in (".tif", ".tiff", ".png", ".dcm", ".dicom", ".raw", ".his"):
         assert f"*{suffix}" in patterns and f"*{suffix.upper()}" in patterns
-    example = tomllib.loads((Path(__file__).resolve().parents[1] / "config.example.toml").read_text("utf-8"))
+    example = tomllib.loads((REPO / "config.example.toml").read_text("utf-8"))
     assert example["watch"]["patterns"] == patterns  # the example shows the default
     assert "*.toy" in WITH_TOY.watch_patterns() and "*.TOY" in WITH_TOY.watch_patterns()
     assert "*.toy" not in patterns

@@ -19,18 +19,13 @@ from drdaemon.io.formats import encode_preview_png, encode_tiff_u16
 from drdaemon.io.limits import ReadLimits
 from drdaemon.io.readers import decode_frame, looks_complete, read_frame, read_frame_bytes
 from drdaemon.io.sidecar import SCHEMA_VERSION, Sidecar, software_record, utc_iso
+from tests.testkit import png_bytes, tiff_bytes
 
 
 def ramp(shape: tuple[int, int] = (37, 53), dtype: type[np.number[Any]] = np.uint16) -> np.ndarray:
     values = np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape)
     top = {np.uint16: 65535, np.uint8: 255, np.float32: 1.0}[dtype]
     return (values / values.max() * top).astype(dtype)
-
-
-def tiff_bytes(pixels: np.ndarray, **kwargs: Any) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels, **kwargs)
-    return buffer.getvalue()
 
 
 def first_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
@@ -120,7 +115,7 @@ def test_oversized_header_is_refused_before_decoding(tmp_path: Path) -> None:
 
 
 def test_looks_complete_only_once_the_whole_file_is_there(tmp_path: Path) -> None:
-    for name, data in (("a.tif", tiff_bytes(ramp((128, 128)))), ("a.png", cv2.imencode(".png", ramp())[1].tobytes())):
+    for name, data in (("a.tif", tiff_bytes(ramp((128, 128)))), ("a.png", png_bytes(ramp()))):
         path = tmp_path / name
         path.write_bytes(data[: len(data) // 2])
         assert not looks_complete(path)

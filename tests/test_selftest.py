@@ -9,8 +9,7 @@ import pytest
 from drdaemon.cli import main
 from drdaemon.exits import EXIT_CONFIG, EXIT_OK, EXIT_SOME_FAILED
 from drdaemon.service import selftest as selftest_module
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.testkit import REPO
 
 
 def example_config(root: Path, extra: str = "") -> Path:

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from drdaemon.exits import EXIT_BUSY
-from tests.testkit import frame_bytes, wait_until, write_config
+from tests.testkit import REPO, frame_bytes, wait_until, write_config
 
-REPO = Path(__file__).resolve().parents[1]
 #: Frames are picked up quickly (the watch of every daemon here).
 WATCH = "stability_wait_s = 0.1\nrescan_interval_s = 0.5\n"
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -12,12 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.testkit import REPO
 from tests.trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
 from trainer.clip.backbone import load_backbone
 from trainer.clip.prompts import PromptPair
 from trainer.shared.clip_weights import ClipUnavailable, build_clip
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.testkit import REPO
 from trainer.shared.config import TrainConfig, TrainConfigError, load_config
 from trainer.shared.schedule import PhaseKind, phase_at
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_published_settings() -> None:
@@ -114,7 +113,7 @@ def test_a_schedule_key_with_the_cyclegan_scheme_names_the_keys_that_set_its_bud
     assert "cyclegan.constant_iters + cyclegan.decay_iters" in message
     assert "prompt_init_iters" not in message  # not the CLIP scheme's rule
     # The CLIP scheme's keys in a config file are no error (train.example.toml documents both schemes).
-    example = Path(__file__).resolve().parents[1] / "train.example.toml"
+    example = REPO / "train.example.toml"
     assert load_config(example, ["run.scheme=cyclegan"]).run.scheme == "cyclegan"
     with pytest.raises(TrainConfigError, match=r"cyclegan\.\* does not apply to --scheme clip.*schedule.total_iters"):
         load_config(None, ["cyclegan.constant_iters=5"])
@@ -133,7 +132,6 @@ def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(t
         "import sys; sys.modules['open_clip'] = None  # as if the train extra were not installed\n"
         "from trainer.cli import main; sys.exit(main(sys.argv[1:]))\n"
     )
-    repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [
             sys.executable,
@@ -160,7 +158,7 @@ def test_the_trainer_without_its_extra_names_the_extra_and_the_install_command(t
         text=True,
         timeout=240,
         cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"),
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 5, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr

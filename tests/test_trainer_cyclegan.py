@@ -20,6 +20,7 @@ from torch import nn
 from drdaemon.io.weights import LoadedWeights, load_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.model.network import Enhancer
+from tests.testkit import REPO
 from tests.trainer_testkit import make_data, one_torch_thread
 from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
@@ -28,8 +29,6 @@ from trainer.shared.config import TrainConfig, load_config
 from trainer.shared.enhancer import start_near_identity
 from trainer.shared.errors import TrainerError
 from trainer.shared.history import HistoryBuffer
-
-REPO = Path(__file__).resolve().parents[1]
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 

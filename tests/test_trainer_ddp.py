@@ -9,11 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.testkit import REPO
 from tests.trainer_testkit import make_data, one_torch_thread, tiny_config, tiny_overrides, write_tiny_clip_config
 from trainer.clip.scheme import Trainer
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import tifffile
 import torch
@@ -53,6 +54,13 @@ def tiff_bytes(pixels: NDArray[Any], **tiff_options: Any) -> bytes:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, **tiff_options)
     return buffer.getvalue()
+
+
+def png_bytes(pixels: NDArray[Any]) -> bytes:
+    """``pixels`` (uint8 or uint16, 2-D) as the bytes of a PNG file."""
+    ok, encoded = cv2.imencode(".png", pixels)
+    assert ok, "OpenCV could not encode the PNG"
+    return encoded.tobytes()
 
 
 def frame_bytes(seed: int = 0, shape: tuple[int, int] = (48, 64), **tiff_options: Any) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import random
@@ -44,7 +43,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 from tests.reliability.plant import Plant, dead_owner, ledger
-from tests.testkit import frame_bytes, sha
+from tests.testkit import frame_bytes, sha, tiff_bytes
 
 if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
@@ -474,9 +473,7 @@ def test_resident_memory_returns_after_large_bad_files(tmp_path: Path) -> None:
 
 def test_a_file_whose_header_claims_too_much_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
     big = tmp_path / "big.tif"
-    head = io.BytesIO()
-    tifffile.imwrite(head, np.zeros((8, 8), np.uint16))
-    data = bytearray(head.getvalue())
+    data = bytearray(tiff_bytes(np.zeros((8, 8), np.uint16)))
     with big.open("wb") as fh:  # a 1 GB file (sparse on disk) whose header claims 8x8 pixels...
         fh.write(data)
         fh.truncate(1 << 30)
@@ -834,9 +831,7 @@ def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(
 def test_library_warnings_join_the_json_log_once(tmp_path: Path) -> None:
     plant = Plant(tmp_path)
     daemon = plant.daemon("a")
-    head = io.BytesIO()
-    tifffile.imwrite(head, np.zeros((200, 300), np.uint16), description="bad tag ahead")
-    data = bytearray(head.getvalue())
+    data = bytearray(tiff_bytes(np.zeros((200, 300), np.uint16), description="bad tag ahead"))
     offset = struct.unpack("<I", data[4:8])[0]
     for index in range(struct.unpack("<H", data[offset : offset + 2])[0]):
         entry = offset + 2 + 12 * index

@@ -3,7 +3,6 @@ finished by recovery, decompression bombs, and directory fsyncs after every comm
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import shutil
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tifffile
 
 from drdaemon.config import Folders, Settings, WatchConfig
 from drdaemon.engines import ClassicalEngine
@@ -29,7 +27,7 @@ from drdaemon.io.limits import ReadLimits
 from drdaemon.io.readers import read_frame
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 from tests.reliability.plant import Plant, dead_owner, ledger
-from tests.testkit import frame_bytes
+from tests.testkit import frame_bytes, tiff_bytes
 
 pytestmark = pytest.mark.reliability
 
@@ -120,9 +118,7 @@ def test_frames_finished_by_recovery_are_logged_and_counted(tmp_path: Path) -> N
 
 def bomb(side: int) -> bytes:
     """A deflate TIFF of a few kilobytes that decodes to side x side 16-bit pixels."""
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.zeros((side, side), np.uint16), compression="zlib", rowsperstrip=side)
-    return buffer.getvalue()
+    return tiff_bytes(np.zeros((side, side), np.uint16), compression="zlib", rowsperstrip=side)
 
 
 @pytest.mark.parametrize("key", ["max_decoded_bytes", "max_bytes"])
