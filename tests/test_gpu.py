@@ -263,7 +263,7 @@ def test_a_few_trainer_iterations_on_cuda_with_autocast(tmp_path: Path) -> None:
 
 @two_gpus
 def test_torchrun_with_nccl_on_two_gpus(tmp_path: Path) -> None:
-    from tests.trainer_testkit import make_data, tiny_overrides, write_tiny_clip_config
+    from tests.trainer_testkit import make_data, tiny_overrides, trainer_command, write_tiny_clip_config
 
     abnormal, normal = make_data(tmp_path)
     overrides = [
@@ -275,22 +275,7 @@ def test_torchrun_with_nccl_on_two_gpus(tmp_path: Path) -> None:
     sets = [arg for value in overrides for arg in ("--set", value)]
     out = tmp_path / "ddp.safetensors"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "trainer",
-            "--abnormal",
-            str(abnormal),
-            "--normal",
-            str(normal),
-            "--out",
-            str(out),
-            *sets,
-        ],
+        trainer_command(abnormal, normal, out, *sets, processes=2),
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(REPO)),

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.testkit import REPO
-from tests.trainer_testkit import TINY_CLIP, make_data, write_tiny_clip_config
+from tests.trainer_testkit import TINY_CLIP, make_data, trainer_command, write_tiny_clip_config
 from trainer.clip.backbone import load_backbone
 from trainer.clip.prompts import PromptPair
 from trainer.shared.clip_weights import ClipUnavailable, build_clip
@@ -139,21 +138,9 @@ def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path: Path)
     abnormal, normal = make_data(tmp_path)
     started = time.monotonic()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "--abnormal",
-            str(abnormal),
-            "--normal",
-            str(normal),
-            "--out",
-            str(tmp_path / "w.safetensors"),
-            "--clip",
-            "RN101-quickgelu",
-            "--clip-weights",
-            "openai",
-        ],
+        trainer_command(
+            abnormal, normal, tmp_path / "w.safetensors", "--clip", "RN101-quickgelu", "--clip-weights", "openai"
+        ),
         capture_output=True,
         text=True,
         env=env,

@@ -21,7 +21,7 @@ from drdaemon.io.weights import LoadedWeights, load_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.model.network import Enhancer
 from tests.testkit import REPO
-from tests.trainer_testkit import make_data, one_torch_thread
+from tests.trainer_testkit import make_data, one_torch_thread, trainer_command
 from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
 from trainer.shared.checkpoint import write_checkpoint
@@ -273,24 +273,7 @@ def test_two_process_ddp_run_matches_one_process(data: tuple[Path, Path], tmp_pa
     sets = [arg for value in cyclegan_overrides(tmp_path / "ddp.run") for arg in ("--set", value)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "trainer",
-            "--scheme",
-            "cyclegan",
-            "--abnormal",
-            str(abnormal),
-            "--normal",
-            str(normal),
-            "--out",
-            str(ddp),
-            *sets,
-        ],
+        trainer_command(abnormal, normal, ddp, "--scheme", "cyclegan", *sets, processes=2),
         capture_output=True,
         text=True,
         env=env,
@@ -316,21 +299,7 @@ def test_the_command_line_offers_the_scheme_and_names_a_bad_cyclegan_key() -> No
     ).stdout
     assert "--scheme" in out and "cyclegan" in out
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "--scheme",
-            "cyclegan",
-            "--abnormal",
-            "a",
-            "--normal",
-            "b",
-            "--out",
-            "w",
-            "--set",
-            "cyclegan.history_size=-1",
-        ],
+        trainer_command("a", "b", "w", "--scheme", "cyclegan", "--set", "cyclegan.history_size=-1"),
         capture_output=True,
         text=True,
         env=env,

@@ -10,7 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from tests.testkit import REPO
-from tests.trainer_testkit import make_data, one_torch_thread, tiny_config, tiny_overrides, write_tiny_clip_config
+from tests.trainer_testkit import (
+    make_data,
+    one_torch_thread,
+    tiny_config,
+    tiny_overrides,
+    trainer_command,
+    write_tiny_clip_config,
+)
 from trainer.clip.scheme import Trainer
 
 single_thread = pytest.fixture(autouse=True)(one_torch_thread)
@@ -26,22 +33,7 @@ def test_two_process_ddp_run_matches_one_process(tmp_path: Path) -> None:
     sets = [arg for value in tiny_overrides(clip_json, tmp_path / "ddp.run") for arg in ("--set", value)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "trainer",
-            "--abnormal",
-            str(abnormal),
-            "--normal",
-            str(normal),
-            "--out",
-            str(ddp),
-            *sets,
-        ],
+        trainer_command(abnormal, normal, ddp, *sets, processes=2),
         capture_output=True,
         text=True,
         env=env,
@@ -92,19 +84,7 @@ def test_help_explains_every_option() -> None:
 
 def test_bad_config_value_exits_with_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "--abnormal",
-            "a",
-            "--normal",
-            "b",
-            "--out",
-            "w",
-            "--set",
-            "optim.prompt_batch=0",
-        ],
+        trainer_command("a", "b", "w", "--set", "optim.prompt_batch=0"),
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(REPO)),

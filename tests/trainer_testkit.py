@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +94,13 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def trainer_command(
+    abnormal: Path | str, normal: Path | str, out: Path | str, *args: str, processes: int = 1
+) -> list[str]:
+    """The command line of ``python -m trainer`` on the two frame folders, writing ``out``, then ``args``;
+    with ``processes`` > 1 it runs under ``torch.distributed.run`` (one node, that many processes)."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    folders = ["--abnormal", str(abnormal), "--normal", str(normal), "--out", str(out)]
+    return [sys.executable, *torchrun, "-m", "trainer", *folders, *args]
