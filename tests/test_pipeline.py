@@ -293,7 +293,8 @@ def test_a_large_median_without_scipy_is_a_configuration_error(monkeypatch: pyte
 
 
 def test_every_preset_runs_and_the_default_is_detail(frame: np.ndarray) -> None:
-    assert build_engines(EngineConfig(name="pipeline"))[0].preset == "detail"  # type: ignore[attr-defined]
+    default = build_engines(EngineConfig(name="pipeline"))[0]
+    assert isinstance(default, PipelineEngine) and default.preset == "detail"
     for name in PRESET_NAMES:
         engine = build_engines(EngineConfig(name="pipeline", pipeline=PipelineConfig(preset=name)))[0]
         result = engine.enhance(frame)
