@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -17,9 +18,15 @@ from tests.testkit import Station, make_folders, write_weights
 DEFAULT_METRICS = (MetricsConfig().address, MetricsConfig().port)
 
 _HOLD = """
-import socket, sys
+import select, socket, sys
 sock = socket.socket()
-sock.bind((sys.argv[1], int(sys.argv[2])))
+while True:  # a daemon or another test session may hold it now: take it the moment it is let go
+    try:
+        sock.bind((sys.argv[1], int(sys.argv[2])))
+        break
+    except OSError:
+        if select.select([sys.stdin], [], [], 0.01)[0]:
+            sys.exit(0)  # the test session ended first
 sock.listen()
 print("held", flush=True)
 sys.stdin.read()  # until the test session closes the pipe
@@ -37,22 +44,23 @@ def _port_is_free(address: str, port: int) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def default_metrics_port() -> Iterator[int]:
-    """Hold the default metrics port from another process for the whole session, if it is free.
+    """Hold the default metrics port from another process for the whole session.
 
     The suite must pass beside a running daemon (the README's first command serves metrics on
     127.0.0.1:9464): with the port held here too, a test that depends on it being free fails on
-    every machine, not only on one where a daemon happens to run. Yields the port.
+    every machine, not only on one where a daemon happens to run. Where something else holds it
+    already (a daemon, another test session on the same machine, which lets it go when it ends),
+    the holder takes it within 10 ms of its release, so it stays taken all session. Yields the port.
     """
     address, port = DEFAULT_METRICS
-    if not _port_is_free(address, port):
-        yield port  # a daemon (or something else) already holds it: the same situation
-        return
+    free = _port_is_free(address, port)
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD, address, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None
-        holder.stdout.readline()  # "held"; nothing if another process took the port meanwhile: held all the same
+        if free:  # wait for "held"; if another process took the port meanwhile, it is held all the same
+            select.select([holder.stdout], [], [], 30)
         yield port
     finally:
         if holder.stdin is not None:
