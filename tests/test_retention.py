@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from drdaemon.folders.space import FreeBytes
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits
 from drdaemon.service.pruning import PassResult, retention_pass
-from tests.testkit import frame_bytes
+from tests.testkit import frame_bytes, wait_until
 
 DAY = 86400.0
 #: Uncompressed frames of this shape: every raw frame has the same size.
@@ -234,13 +233,6 @@ def in_process_daemon(tmp_path: Path, free: FreeBytes, **retention: Any) -> Daem
     return Daemon(settings, engines=[ClassicalEngine()], free_space=free)
 
 
-def wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_claiming_pauses_below_the_output_floor_and_resumes_above_it(tmp_path: Path) -> None:
     floor = 10**9
     disk = {"free": floor - 1}
@@ -254,12 +246,12 @@ def test_claiming_pauses_below_the_output_floor_and_resumes_above_it(tmp_path: P
         thread = threading.Thread(target=lambda: statuses.append(daemon.run(install_signal_handlers=False)))
         thread.start()
         try:
-            wait(lambda: gauge("drdaemon_output_blocked", {"reason": "low_space"}) == 1)
+            wait_until(lambda: gauge("drdaemon_output_blocked", {"reason": "low_space"}) == 1)
             time.sleep(1.0)
             assert len(list(folders.inbox.glob("*.tif"))) == 3  # nothing claimed while the disk is low
             assert gauge("drdaemon_folder_free_bytes", {"folder": "outbox"}) == floor - 1
             disk["free"] = floor + 1
-            wait(lambda: len(list(folders.outbox.glob("*.json"))) == 3)
+            wait_until(lambda: len(list(folders.outbox.glob("*.json"))) == 3)
             assert gauge("drdaemon_output_blocked", {"reason": "low_space"}) == 0
         finally:
             daemon.request_stop()
@@ -276,7 +268,7 @@ def test_the_daemon_prunes_on_its_timer_and_counts_it(tree: Tree) -> None:
     thread.start()
     gauge = daemon.metrics.registry.get_sample_value
     try:
-        wait(lambda: (gauge("drdaemon_retention_last_pass_timestamp_seconds") or 0.0) > 0)
+        wait_until(lambda: (gauge("drdaemon_retention_last_pass_timestamp_seconds") or 0.0) > 0)
     finally:
         daemon.request_stop()
         thread.join(30)

@@ -134,12 +134,12 @@ def free_port(address: str = "127.0.0.1") -> int:
     return port
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` every 50 ms; fail naming ``what`` if it does not hold within ``timeout`` seconds."""
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition`` every 20 ms; fail naming ``what`` if it does not hold within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def run_until(daemon: Daemon, condition: Callable[[], bool], timeout: float = 20.0) -> int:

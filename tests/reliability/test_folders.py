@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from drdaemon.exits import EXIT_CONFIG
 from drdaemon.io.durable import Owner
 from drdaemon.service import daemon as daemon_module
 from tests.reliability.plant import Plant
+from tests.testkit import wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -90,13 +90,6 @@ def run_in_thread(daemon: daemon_module.Daemon) -> tuple[threading.Thread, list[
     return thread, statuses
 
 
-def wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize(
     ("code", "label"), [(errno.ENOSPC, "disk_full"), (errno.EROFS, "read_only"), (errno.EACCES, "permission")]
 )
@@ -123,13 +116,13 @@ def test_an_output_fault_holds_the_frames_says_why_and_resumes_by_itself(
         (folders.inbox / f"f{index}.tif").write_bytes(data)
     thread, statuses = run_in_thread(daemon)
     gauge = daemon.metrics.registry.get_sample_value
-    wait(lambda: gauge("drdaemon_output_blocked", {"reason": label}) == 1)
+    wait_until(lambda: gauge("drdaemon_output_blocked", {"reason": label}) == 1)
     time.sleep(1.0)  # blocked for a while: retries, and nothing is quarantined meanwhile
     assert list(folders.failed.iterdir()) == [] and not list(folders.outbox.glob("*.json"))
     # Claiming stopped: beyond the few frames in the pipeline (at most 6), the rest wait in the inbox.
     assert len(list(folders.inbox.glob("*.tif"))) >= 4
     fault["on"] = False
-    wait(lambda: len(list(folders.outbox.glob("*.json"))) == 10)
+    wait_until(lambda: len(list(folders.outbox.glob("*.json"))) == 10)
     assert gauge("drdaemon_output_blocked", {"reason": label}) == 0
     daemon.request_stop()
     thread.join(30)

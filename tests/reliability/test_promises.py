@@ -43,7 +43,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 from tests.reliability.plant import Plant, dead_owner, ledger
-from tests.testkit import frame_bytes, sha, tiff_bytes
+from tests.testkit import frame_bytes, sha, tiff_bytes, wait_until
 
 if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
@@ -97,13 +97,6 @@ def running(daemon: Daemon) -> Iterator[list[int]]:
     finally:
         daemon.request_stop()
         thread.join(60)
-
-
-def wait(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def child_peak_rss(code: str) -> dict[str, Any]:
@@ -284,14 +277,14 @@ def test_watchdog_keeps_pinging_while_a_blocked_outbox_holds_a_frame(
     try:
         with running(daemon):
             gauge = daemon.metrics.registry.get_sample_value
-            wait(lambda: gauge("drdaemon_output_blocked", {"reason": "read_only"}) == 1, what="the block")
+            wait_until(lambda: gauge("drdaemon_output_blocked", {"reason": "read_only"}) == 1, what="the block")
             start = time.monotonic()
             while time.monotonic() - start < 4.0:  # blocked for 20 watchdog intervals
                 with contextlib.suppress(TimeoutError):
                     if b"WATCHDOG=1" in listener.recv(4096):
                         pings.append(time.monotonic())
             blocked["on"] = False
-            wait(lambda: (daemon.folders.outbox / "held.tif.json").exists(), what="the held frame")
+            wait_until(lambda: (daemon.folders.outbox / "held.tif.json").exists(), what="the held frame")
     finally:
         listener.close()
     gaps = np.diff([start, *pings, start + 4.0])
@@ -329,7 +322,7 @@ def test_an_unrenamable_inbox_file_waits_with_backoff_while_the_rest_flows(tmp_p
         with structlog.testing.capture_logs() as logs, running(daemon) as statuses:
             for index in range(5):
                 (inbox / f"good{index}.tif").write_bytes(frame_bytes(index))
-            wait(lambda: len(list(daemon.folders.outbox.glob("good*.tif.json"))) == 5, what="the good frames")
+            wait_until(lambda: len(list(daemon.folders.outbox.glob("good*.tif.json"))) == 5, what="the good frames")
             time.sleep(3.5)  # retries at 1, 2 (then 4) seconds
             gauge = daemon.metrics.registry.get_sample_value
             refusals = gauge("drdaemon_claim_refusals_total")
@@ -337,7 +330,7 @@ def test_an_unrenamable_inbox_file_waits_with_backoff_while_the_rest_flows(tmp_p
             assert gauge("drdaemon_inbox_unclaimable_frames") == 1
             assert statuses == [] and stuck.exists()  # still running, the file untouched in the inbox
             chattr("-i", stuck)
-            wait(lambda: (daemon.folders.outbox / "stuck.tif.json").exists(), timeout=30, what="the freed file")
+            wait_until(lambda: (daemon.folders.outbox / "stuck.tif.json").exists(), timeout=30, what="the freed file")
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             chattr("-i", stuck)
@@ -590,18 +583,18 @@ def test_an_unmounted_outbox_share_holds_frames_until_it_is_mounted_again(tmp_pa
     try:
         with structlog.testing.capture_logs() as logs, running(daemon) as statuses:
             (daemon.folders.inbox / "first.tif").write_bytes(frame_bytes(1))
-            wait(lambda: (outbox / "first.tif.json").exists(), what="the first frame")
+            wait_until(lambda: (outbox / "first.tif.json").exists(), what="the first frame")
             umount(outbox, lazy=True)  # the share goes away under the daemon
             assert not os.path.ismount(outbox)
             (daemon.folders.inbox / "second.tif").write_bytes(frame_bytes(2))
             gauge = daemon.metrics.registry.get_sample_value
-            wait(lambda: gauge("drdaemon_output_blocked", {"reason": "unmounted"}) == 1, what="the block")
+            wait_until(lambda: gauge("drdaemon_output_blocked", {"reason": "unmounted"}) == 1, what="the block")
             time.sleep(1.5)
             assert list(outbox.iterdir()) == []  # nothing written to the local disk under the mount point
             assert list(daemon.folders.failed.iterdir()) == []
             mount(image, outbox)  # the share is back
-            wait(lambda: (outbox / "second.tif.json").exists(), what="the held frame")
-            wait(lambda: gauge("drdaemon_output_blocked", {"reason": "unmounted"}) == 0, what="the gate to clear")
+            wait_until(lambda: (outbox / "second.tif.json").exists(), what="the held frame")
+            wait_until(lambda: gauge("drdaemon_output_blocked", {"reason": "unmounted"}) == 0, what="the gate to clear")
         assert statuses == [0]
         names = sorted(p.name for p in outbox.iterdir())
         assert [n for n in names if not n.startswith(".")] == [
@@ -754,7 +747,7 @@ def test_a_pre_sized_file_with_holes_is_not_taken_for_whole(tmp_path: Path) -> N
     with path.open("r+b") as fh:  # the writer comes back and finishes
         fh.seek(len(data) // 5)
         fh.write(data[len(data) // 5 :])
-    wait(lambda: [c.path.name for c in watcher.poll()] == ["f.tif"], 5, "the finished file")
+    wait_until(lambda: [c.path.name for c in watcher.poll()] == ["f.tif"], 5, "the finished file")
 
 
 # -- 11. world-writable weights ---------------------------------------------------------------
@@ -820,7 +813,7 @@ def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(
     structlog.reset_defaults()  # info lines too, whatever an earlier test configured
     daemon = in_process_daemon(folders.inbox.parent)
     with structlog.testing.capture_logs() as logs, running(daemon):
-        wait(
+        wait_until(
             lambda: daemon.metrics.registry.get_sample_value("drdaemon_frames_total", {"result": "ok"}) == 1,
             what="the recovered frame's count",
         )
@@ -863,7 +856,7 @@ def test_a_directory_named_like_a_frame_is_reported_once(tmp_path: Path) -> None
     (daemon.folders.inbox / "folder.tif").mkdir()
     with structlog.testing.capture_logs() as logs, running(daemon):
         (daemon.folders.inbox / "f.tif").write_bytes(frame_bytes(13))
-        wait(lambda: (daemon.folders.outbox / "f.tif.json").exists())
+        wait_until(lambda: (daemon.folders.outbox / "f.tif.json").exists())
         time.sleep(0.6)  # several rescans
     reported = [e for e in logs if e["event"] == "inbox_directory_ignored"]
     assert len(reported) == 1 and reported[0]["path"].endswith("folder.tif")
