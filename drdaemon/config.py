@@ -25,7 +25,7 @@ from drdaemon import defaults
 from drdaemon.defaults import Compression, PrecisionSetting
 from drdaemon.io.readers import FRAME_FORMATS
 from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESETS, PresetName
-from drdaemon.pipeline.steps import MatchStep, Step
+from drdaemon.pipeline.steps import MatchStep, NetStep, Step
 
 
 class ConfigError(Exception):
@@ -160,7 +160,11 @@ class EngineConfig(_Table):
         shaping = self.model_dump(mode="json", exclude={*RUNTIME_ENGINE_KEYS, "pipeline"})
         shaping["name"] = self.effective_name()
         if shaping["name"] == "pipeline":  # the steps that run (a preset's as in this release)
-            shaping["pipeline"] = [step.model_dump(mode="json") for step in self.pipeline.resolved_steps()]
+            shaping["pipeline"] = [
+                # a net step's weights count by their content's hash too, not by their path
+                step.model_dump(mode="json", exclude={"weights"} if isinstance(step, NetStep) else None)
+                for step in self.pipeline.resolved_steps()
+            ]
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode("utf-8")).hexdigest()
 
     def effective_name(self) -> str:
@@ -401,6 +405,15 @@ def _format_validation_error(error: ValidationError, source: str, environ: Mappi
     return "\n".join(lines)
 
 
+def _step_paths_resolved(step: Step, base: Path) -> Step:
+    """``step`` with a relative ``match`` reference or ``net`` weights resolved against ``base``."""
+    if isinstance(step, MatchStep) and step.reference is not None and not step.reference.is_absolute():
+        return step.model_copy(update={"reference": base / step.reference})
+    if isinstance(step, NetStep) and step.weights is not None and not step.weights.is_absolute():
+        return step.model_copy(update={"weights": base / step.weights})
+    return step
+
+
 def load_settings(path: Path | None) -> Settings:
     """Read ``path`` (or defaults only, when None), apply the environment, resolve folders."""
     data: dict[str, Any] = {}
@@ -430,12 +443,7 @@ def load_settings(path: Path | None) -> Settings:
         settings.engine.tensorrt_cache = settings.folders.work / ".tensorrt-cache"
     elif not settings.engine.tensorrt_cache.is_absolute():
         settings.engine.tensorrt_cache = base / settings.engine.tensorrt_cache
-    settings.engine.pipeline.steps = [
-        step.model_copy(update={"reference": base / step.reference})
-        if isinstance(step, MatchStep) and step.reference is not None and not step.reference.is_absolute()
-        else step
-        for step in settings.engine.pipeline.steps
-    ]
+    settings.engine.pipeline.steps = [_step_paths_resolved(step, base) for step in settings.engine.pipeline.steps]
     if settings.engine.weights is not None and not settings.engine.weights.is_absolute():
         settings.engine.weights = base / settings.engine.weights
     return settings

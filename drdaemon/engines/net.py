@@ -575,22 +575,23 @@ def compile_passes(gray: GrayEnhancer) -> tuple[Callable[[Tensor], Tensor], Call
     return torch.compile(gray, dynamic=False), tiler.tiled
 
 
-def build_net_engines(config: EngineConfig) -> list[NetEngine]:
+def build_net_engines(config: EngineConfig, key: str = "engine.weights") -> list[NetEngine]:
     """The learned engine's workers: ``workers_per_device`` per configured CUDA device, one on the CPU.
 
     On the CPU a second worker would only compete for the same cores (torch already uses all
-    of them inside one forward pass), so the CPU gets one.
+    of them inside one forward pass), so the CPU gets one. ``key`` names the weights in errors
+    (a pipeline's ``net`` step passes its own).
     """
     path = config.weights if config.weights is not None else SHIPPED_WEIGHTS
     try:
         if Path(path).is_file():
-            check_not_writable_by_others(Path(path), "engine.weights")
+            check_not_writable_by_others(Path(path), key)
         loaded = load_weights(path, allow_pickle=config.allow_pickle)
     except UntrustedFile as exc:
-        raise ConfigError(f"engine.weights: {exc}") from exc
+        raise ConfigError(f"{key}: {exc}") from exc
     except WeightsError as exc:
         where = "" if config.weights is not None else " (unset: the shipped weights; reinstall the package)"
-        raise ConfigError(f"engine.weights{where}: {exc}") from exc
+        raise ConfigError(f"{key}{where}: {exc}") from exc
     if config.compile and config.warm_up_frame_size is None:
         log.warning(
             "net_compile_without_warm_up_size",

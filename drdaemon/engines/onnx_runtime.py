@@ -282,14 +282,15 @@ def open_session(path: Path, providers: list[Any], threads: int = 0) -> Any:
     return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
-def build_onnx_engines(config: EngineConfig) -> list[OnnxEngine]:
-    """The ONNX Runtime workers: one on the CPU, ``workers_per_device`` per CUDA device (one session each)."""
+def build_onnx_engines(config: EngineConfig, key: str = "engine.weights") -> list[OnnxEngine]:
+    """The ONNX Runtime workers: one on the CPU, ``workers_per_device`` per CUDA device (one session each);
+    ``key`` names the weights in errors (a pipeline's ``net`` step passes its own)."""
     assert config.weights is not None
     try:
         require_onnx()
         info = read_onnx_model(config.weights)
     except WeightsError as exc:
-        raise ConfigError(f"engine.weights: {exc}") from exc
+        raise ConfigError(f"{key}: {exc}") from exc
     cache = config.tensorrt_cache or Path(tempfile.gettempdir()) / TENSORRT_CACHE
     engines: list[OnnxEngine] = []
     seen: set[str] = set()
@@ -307,7 +308,7 @@ def build_onnx_engines(config: EngineConfig) -> list[OnnxEngine]:
             text = f"{type(exc).__name__}: {exc}"
             if index is not None and ("CUDA" in text or "cuda" in text):
                 raise DeviceLost(f"{device}: cannot start {provider}: {text}") from exc
-            raise ConfigError(f"engine.weights: ONNX Runtime cannot load {info.path.name}: {text}") from exc
+            raise ConfigError(f"{key}: ONNX Runtime cannot load {info.path.name}: {text}") from exc
         running = session.get_providers()[0]
         if running != provider:
             raise ConfigError(

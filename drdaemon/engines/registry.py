@@ -32,6 +32,7 @@ from drdaemon.config import ConfigError, EngineConfig, closest_choice, from_envi
 from drdaemon.defaults import ClassicalMethod
 from drdaemon.engines.base import Engine
 from drdaemon.engines.classical import ClassicalEngine
+from drdaemon.engines.learned import build_learned_engines
 from drdaemon.errors import DeviceLost
 
 #: Builds the workers' engines (one per worker) from the ``[engine]`` table.
@@ -104,22 +105,15 @@ def build_classical(config: EngineConfig, method: ClassicalMethod) -> list[Engin
 
 
 def build_pipeline(config: EngineConfig) -> list[Engine]:
-    """The pipeline engine of ``[engine.pipeline]``."""
-    from drdaemon.engines.pipeline import build_pipeline_engine
+    """The pipeline engine of ``[engine.pipeline]``: one, or one per learned-engine worker with ``net`` steps."""
+    from drdaemon.engines.pipeline import build_pipeline_engines
 
-    return [build_pipeline_engine(config.pipeline)]
+    return [*build_pipeline_engines(config)]
 
 
 def build_net(config: EngineConfig) -> list[Engine]:
-    """The learned engine's workers (torch is imported only here, when it is asked for)."""
-    if config.weights is not None and config.weights.suffix.lower() == ".onnx":
-        # An exported model runs on ONNX Runtime (drdaemon/engines/onnx_runtime.py, the onnx extra).
-        from drdaemon.engines.onnx_runtime import build_onnx_engines
-
-        return [*build_onnx_engines(config)]
-    from drdaemon.engines.net import build_net_engines
-
-    return [*build_net_engines(config)]
+    """The learned engine's workers (torch, or ONNX Runtime for ``.onnx`` weights, imported only here)."""
+    return build_learned_engines(config)
 
 
 #: Every engine ``engine.name`` names. Add an engine here (see the module's docstring).

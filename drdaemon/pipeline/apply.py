@@ -1,9 +1,13 @@
-"""Running one step: the model's parameters handed to its operation in :mod:`.ops`."""
+"""Running one step: the model's parameters handed to its operation in :mod:`drdaemon.kernels.filters`.
+
+A ``net`` step runs the network the engine loaded at start-up, handed in as a
+:class:`StepNetwork` (the network lives on a floor above this one).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,6 +21,7 @@ from drdaemon.pipeline.steps import (
     MedianStep,
     MorphologyStep,
     MultiscaleStep,
+    NetStep,
     NlmStep,
     NormaliseStep,
     Step,
@@ -48,11 +53,22 @@ class Applied:
 
     image: np.ndarray
     measured: dict[str, Any] = field(default_factory=dict)
+    #: Sub-stages the step measured itself, in seconds (a ``net`` step's upload, compute, download).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def apply_step(step: Step, image: np.ndarray, template: MatchTemplate | None = None) -> Applied:
+class StepNetwork(Protocol):
+    """A ``net`` step's network as the engine loaded it: the step's input in, its :class:`Applied` out."""
+
+    def __call__(self, image: np.ndarray) -> Applied: ...
+
+
+def apply_step(
+    step: Step, image: np.ndarray, template: MatchTemplate | None = None, network: StepNetwork | None = None
+) -> Applied:
     """Run ``step`` on the pipeline's float32 image; ``template`` is a ``match`` step's reference,
-    prepared once (:func:`histogram_step_template`, or the engine's reading of a reference frame)."""
+    prepared once (:func:`histogram_step_template`, or the engine's reading of a reference frame);
+    ``network`` is a ``net`` step's loaded network (:func:`drdaemon.engines.pipeline.build_pipeline_engines`)."""
     match step:
         case NormaliseStep():
             out, window = ops.percentile_normalise(image, step.low_percentile, step.high_percentile)
@@ -85,6 +101,10 @@ def apply_step(step: Step, image: np.ndarray, template: MatchTemplate | None = N
         case MatchStep():
             template = template or histogram_step_template(step)
             return Applied(ops.match_histogram(image, template.values, template.quantiles), dict(template.measured))
+        case NetStep():
+            if network is None:
+                raise ValueError("a net step runs the network its engine loaded at start-up; none was given")
+            return network(image)
 
 
 def _non_local_means(step: NlmStep, image: np.ndarray) -> Applied:
@@ -99,4 +119,4 @@ def _non_local_means(step: NlmStep, image: np.ndarray) -> Applied:
     return Applied(ops.non_local_means(image, h, step.template_size, step.search_size), measured)
 
 
-__all__ = ["Applied", "MatchTemplate", "apply_step", "histogram_step_template"]
+__all__ = ["Applied", "MatchTemplate", "StepNetwork", "apply_step", "histogram_step_template"]

@@ -4,7 +4,8 @@ A step is what one ``[[engine.pipeline.steps]]`` table says: ``op`` names the op
 the other keys are its parameters, checked when the configuration loads, so a bad step stops
 the daemon at start-up with exit 78, naming the step's index and op
 (``engine.pipeline.steps.1.median.size: ...``). The models are data only (the configuration
-imports them); :func:`drdaemon.pipeline.apply.apply_step` runs one.
+imports them); :func:`drdaemon.pipeline.apply.apply_step` runs one. The ``net`` step names the
+network's weights; the engine (:mod:`drdaemon.engines.pipeline`) loads them at start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drdaemon import defaults
+from drdaemon.defaults import PrecisionSetting
 from drdaemon.kernels.filters import Footprint, Morphology
 
 
@@ -167,6 +169,37 @@ class MatchStep(_Step):
         return self
 
 
+class NetStep(_Step):
+    """The learned enhancer: the network of ``engine.name = "net"`` as one step among the others.
+
+    ``weights`` is a ``.safetensors`` file (or an exported ``.onnx`` model, run on ONNX Runtime),
+    relative paths against the configuration file's folder; unset: the weights shipped with the
+    package, as ``engine.name = "net"`` without ``engine.weights``. ``precision`` means what
+    ``engine.precision`` means (``auto``: bfloat16 on a CPU, float16 on CUDA). The step measures
+    the percentile window ``[low_percentile, high_percentile]`` of its input and maps it to
+    ``[0, 1]``, as the network saw its training crops. In first position it takes the frame as
+    read, exactly as ``engine.name = "net"`` does, so a pipeline of this step alone writes the
+    same pixels; later it takes the pipeline's image (a window measured after a ``normalise``
+    is close to ``[0, 1]`` already). Its result is rounded to 16 bits, as the net engine's.
+
+    Where it runs follows the ``[engine]`` table: ``engine.devices`` (one pipeline worker per
+    learned-engine worker: ``engine.workers_per_device`` per GPU, one on the CPU),
+    ``engine.memory_budget_mb`` (exact tiles above it), ``engine.compile``,
+    ``engine.channels_last``, ``engine.cudnn_benchmark``, ``engine.warm_up_frame_size``,
+    ``engine.allow_pickle`` and ``engine.tensorrt``. The weights are read and checked once at
+    start-up (a file others may write is refused) and again on SIGHUP. The sidecar's step
+    records ``weights_sha256``, ``backend`` (``pytorch`` or ``onnxruntime``) and ``engine``: the
+    net engine's own parameters for the frame (the precision that ran, the window, the device,
+    whether it tiled).
+    """
+
+    op: Literal["net"] = "net"
+    weights: Path | None = None
+    precision: PrecisionSetting = defaults.PRECISION
+    low_percentile: float = Field(defaults.LOW_PERCENTILE, ge=0.0, lt=50.0)
+    high_percentile: float = Field(defaults.HIGH_PERCENTILE, gt=50.0, le=100.0)
+
+
 #: One ``[[engine.pipeline.steps]]`` table; ``op`` picks the model.
 Step = Annotated[
     NormaliseStep
@@ -180,7 +213,8 @@ Step = Annotated[
     | MorphologyStep
     | TophatStep
     | MultiscaleStep
-    | MatchStep,
+    | MatchStep
+    | NetStep,
     Field(discriminator="op"),
 ]
 
@@ -195,6 +229,7 @@ __all__ = [
     "Morphology",
     "MorphologyStep",
     "MultiscaleStep",
+    "NetStep",
     "NlmStep",
     "NormaliseStep",
     "Step",
