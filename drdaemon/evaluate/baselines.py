@@ -5,7 +5,9 @@ Every method is one of the daemon's own engines, built as the daemon builds it f
 registry (:data:`drdaemon.engines.registry.ENGINES`) is a method under its own name; a few
 names add an argument (``pipeline:PRESET``, ``net:WEIGHTS``) or are shorthands for an
 engine's configuration (``gamma[:G]`` is the stretch with ``engine.gamma``, ``filtered[:D]``
-the pipeline's filtering presets, ``clahe`` the ``classical`` engine).
+the pipeline's filtering presets, ``clahe`` the ``classical`` engine). ``pipeline`` alone is
+the ``[engine.pipeline]`` of ``--config`` (its steps, ``net`` steps included, or its preset;
+``detail`` without one), built from that ``[engine]`` table on ``--device``.
 
 Method names:
 
@@ -19,6 +21,7 @@ Method names:
                        then a 1 to 99 % percentile stretch: the pipeline presets
                        ``filtered``, ``filtered-median``, ``filtered-gaussian``
 ``pipeline:PRESET``    the pipeline engine with a preset (``detail``, ``filtered``, ...)
+``pipeline``           the configured ``[engine.pipeline]`` (``--config``), e.g. with a net step
 ``net:PATH``           the learned engine with the weights at PATH
 ``net``                the learned engine with the weights shipped with the package
 =====================  =========================================================
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from drdaemon.config import EngineConfig, PipelineConfig
 from drdaemon.engines import ENGINES, Engine, Registry, build_engines
-from drdaemon.pipeline.presets import DEFAULT_PRESET, PRESET_NAMES
+from drdaemon.pipeline.presets import PRESET_NAMES
 
 DEFAULT_GAMMA = 0.5
 #: The filtering pipeline's denoisers and the presets that run them.
@@ -62,8 +65,18 @@ def method_names(registry: Registry = ENGINES) -> str:
     return ", ".join([*plain, *shorthands])
 
 
-def build_method(text: str, device: str = "auto", precision: str = "float32", registry: Registry = ENGINES) -> Method:
-    """Turn one ``--methods`` item into an engine, built as the daemon builds it from ``[engine]``."""
+def build_method(
+    text: str,
+    device: str = "auto",
+    precision: str = "float32",
+    registry: Registry = ENGINES,
+    engine: EngineConfig | None = None,
+) -> Method:
+    """Turn one ``--methods`` item into an engine, built as the daemon builds it from ``[engine]``.
+
+    ``engine`` is the ``[engine]`` table of ``--config``: ``pipeline`` without a preset runs its
+    ``[engine.pipeline]`` (whose ``net`` steps run on ``device``, at their own precision).
+    """
     name, _, argument = text.strip().partition(":")
     name = ALIASES.get(name.lower(), name.lower())
     if name == "gamma":
@@ -79,9 +92,10 @@ def build_method(text: str, device: str = "auto", precision: str = "float32", re
         if denoiser not in DENOISERS:
             raise MethodError(f"{text}: the denoiser must be one of {', '.join(DENOISERS)}")
         return Method(f"filtered ({denoiser})", _pipeline_engine(text, DENOISERS[denoiser], registry))
+    if name == "pipeline" and not argument:
+        return _configured_pipeline(text, engine or EngineConfig(), device, registry)
     if name == "pipeline":
-        preset = argument or DEFAULT_PRESET
-        return Method(f"pipeline ({preset})", _pipeline_engine(text, preset, registry))
+        return Method(f"pipeline ({argument})", _pipeline_engine(text, argument, registry))
     if name == "net":
         label = f"net ({Path(argument).parent.name or Path(argument).stem})" if argument else "net (shipped)"
         return Method(label, _net_engine(text, argument, device, precision, registry))
@@ -90,6 +104,14 @@ def build_method(text: str, device: str = "auto", precision: str = "float32", re
     if name in registry.entries:
         raise MethodError(f"{text}: the {name} method takes no argument")
     raise MethodError(f"unknown method {text!r}: use {method_names(registry)}")
+
+
+def _configured_pipeline(text: str, engine: EngineConfig, device: str, registry: Registry) -> Method:
+    """The ``[engine.pipeline]`` of ``engine``, labelled by its preset or its steps' ops, one worker on ``device``."""
+    preset = engine.pipeline.preset_name()
+    label = preset if preset is not None else " → ".join(step.op for step in engine.pipeline.steps)
+    config = engine.model_copy(update={"name": "pipeline", "devices": [device], "workers_per_device": 1})
+    return Method(f"pipeline ({label})", _engine(text, config, registry))
 
 
 def _pipeline_engine(text: str, preset: str, registry: Registry) -> Engine:
@@ -123,9 +145,14 @@ def _engine(text: str, config: EngineConfig, registry: Registry) -> Engine:
 
 
 def build_methods(
-    texts: list[str], device: str = "auto", precision: str = "float32", registry: Registry = ENGINES
+    texts: list[str],
+    device: str = "auto",
+    precision: str = "float32",
+    registry: Registry = ENGINES,
+    engine: EngineConfig | None = None,
 ) -> list[Method]:
-    methods = [build_method(t, device, precision, registry) for t in texts if t.strip()]
+    """Every ``--methods`` item's engine (:func:`build_method`); names twice or none are errors."""
+    methods = [build_method(t, device, precision, registry, engine) for t in texts if t.strip()]
     labels = [m.label for m in methods]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

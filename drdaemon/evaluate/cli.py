@@ -32,12 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
-        help=f"comma-separated, among: {method_names()}; net alone runs the shipped weights (default {DEFAULT_METHODS})",
+        help=f"comma-separated, among: {method_names()}; net alone runs the shipped weights, pipeline alone the "
+        f"[engine.pipeline] of --config (net steps included; the detail preset without one) (default {DEFAULT_METHODS})",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, scores.json, figure.png")
-    parser.add_argument("--device", default="auto", help="device of the net engine: auto, cpu, cuda:N")
     parser.add_argument(
-        "--precision", default="float32", choices=PRECISIONS, help="precision of the net engine (default float32)"
+        "--device",
+        default="auto",
+        help="device of the net engine and of a configured pipeline's net steps: auto, cpu, cuda:N",
+    )
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="precision of the net engine (default float32; a configured pipeline's net steps keep their own)",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
     parser.add_argument("--figure-frame", default=None, help="file name of the frame to show in the figure")
@@ -47,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="FILE",
-        help="the daemon's TOML configuration, for its [input] table (size limits, the .raw layout)",
+        help="the daemon's TOML configuration, for its [input] table (size limits, the .raw layout) and the "
+        "[engine.pipeline] that the pipeline method runs",
     )
     args = parser.parse_args(argv)
     try:
+        settings = load_settings(args.config)
         result = evaluate(
             args.data,
             args.methods.split(","),
@@ -60,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             args.limit,
             args.figure_frame,
             progress=not args.no_progress,
-            limits=read_limits(load_settings(args.config).input),
+            limits=read_limits(settings.input),
+            engine=settings.engine,
         )
     except (DataError, MethodError, DicomError, FrameError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from drdaemon.config import EngineConfig
 from drdaemon.evaluate.baselines import build_methods
 from drdaemon.evaluate.inspection import VISIBLE_CNR, VISIBLE_LEVELS, PartScores, part_scores
 from drdaemon.evaluate.quality import (
@@ -131,13 +132,15 @@ def evaluate(
     figure_frame: str | None = None,
     progress: bool = True,
     limits: ReadLimits = DEFAULT_LIMITS,
+    engine: EngineConfig | None = None,
 ) -> EvaluationResult:
     """Score every method on every frame, then write ``table.md``, ``scores.json`` and ``figure.png``.
 
-    ``limits`` are the daemon's ``[input]`` (size limits and the ``.raw`` layout).
+    ``limits`` are the daemon's ``[input]`` (size limits and the ``.raw`` layout); ``engine`` its
+    ``[engine]``, whose ``[engine.pipeline]`` the ``pipeline`` method runs.
     """
     dataset = find_dataset(data)
-    methods = build_methods(method_texts, device, precision)
+    methods = build_methods(method_texts, device, precision, engine=engine)
     lpips_metric, lpips_note = load_lpips() if dataset.paired else (None, "")
     inputs = dataset.inputs[:limit] if limit else dataset.inputs
     labels = dataset.labels[: len(inputs)] if dataset.labels else None

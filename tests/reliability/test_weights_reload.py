@@ -1,4 +1,6 @@
-"""The weights file replaced while the daemon runs: the loaded weights stay until SIGHUP; a bad file is refused."""
+"""The weights file replaced while the daemon runs: the loaded weights stay until SIGHUP; a bad file is refused.
+
+The same for ``engine.name = "net"`` and for a pipeline whose ``net`` step names the file."""
 
 from __future__ import annotations
 
@@ -15,14 +17,20 @@ from tests.testkit import frame_bytes, write_weights
 pytestmark = pytest.mark.reliability
 
 
-def test_replaced_weights_are_used_only_after_sighup_and_a_bad_file_is_refused(tmp_path: Path) -> None:
+ENGINE_TABLES = {
+    "net": '[engine]\nname = "net"\nweights = "{live}"\ndevices = ["cpu"]\nprecision = "float32"\n',
+    "pipeline": '[engine]\nname = "pipeline"\ndevices = ["cpu"]\n[[engine.pipeline.steps]]\nop = "normalise"\n'
+    '[[engine.pipeline.steps]]\nop = "net"\nweights = "{live}"\nprecision = "float32"\n',
+}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINE_TABLES))
+def test_replaced_weights_are_used_only_after_sighup_and_a_bad_file_is_refused(tmp_path: Path, engine: str) -> None:
     plant = Plant(tmp_path)
     live = tmp_path / "enhancer.safetensors"
     first = write_weights(live, scale=2, seed=0, provenance={"run": "reload-0"})
     second = write_weights(tmp_path / "second.safetensors", scale=2, seed=1, provenance={"run": "reload-1"})
-    daemon = plant.daemon(
-        "a", f'[engine]\nname = "net"\nweights = "{live}"\ndevices = ["cpu"]\nprecision = "float32"\n'
-    )
+    daemon = plant.daemon("a", ENGINE_TABLES[engine].format(live=live))
     daemon.start()
     used: list[str | None] = []
 
@@ -31,6 +39,8 @@ def test_replaced_weights_are_used_only_after_sighup_and_a_bad_file_is_refused(t
         plant.wait_for(lambda: (plant.dirs["outbox"] / f"w{index}.tif.json").exists(), 60)
         record = Sidecar.model_validate_json((plant.dirs["outbox"] / f"w{index}.tif.json").read_bytes())
         used.append(record.engine.weights_sha256)
+        if engine == "pipeline":  # the step's own record names the same weights
+            assert record.engine.parameters["steps"][1]["weights_sha256"] == record.engine.weights_sha256
 
     def events(name: str) -> int:
         return sum(e.get("event") == name for e in daemon.events())
