@@ -152,7 +152,7 @@ SIDECAR_MEANINGS: dict[str, str] = {
     "engine": "what enhanced the frame",
     "engine.name": "the engine that ran (`classical`, `pipeline`, `net`, ...; `auto` resolved)",
     "engine.parameters": "every parameter that shaped the frame and what the engine measured on it (the window, a pipeline's steps, the network's precision and scale, ...)",
-    "engine.weights_sha256": "the learned engine's weights file hash; null for the others",
+    "engine.weights_sha256": "the learned engine's weights file hash; for a pipeline with `net` steps that of their weights (the sha256 of their hashes, in step order joined by commas, when the steps run different files); null for the others",
     "software": "versions, and the device that ran the frame",
     "software.drdaemon": "",
     "software.python": "",
@@ -181,6 +181,7 @@ STEP_IMPLEMENTATION: dict[str, str] = {
     "morphology": "`cv2.morphologyEx`",
     "tophat": "`cv2.morphologyEx`",
     "multiscale": "`cv2.pyrDown`/`pyrUp`; no band is formed at full resolution",
+    "net": 'a worker of the learned engine (`drdaemon/engines/net.py`, or `onnx_runtime.py` for `.onnx` weights), built by the code that builds `engine.name = "net"`; PyTorch (ONNX Runtime) on the CPU or CUDA',
 }
 
 #: The entry points whose ``--help`` the CLI page shows, in the page's order.

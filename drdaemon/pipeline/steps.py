@@ -187,7 +187,8 @@ class NetStep(_Step):
     ``engine.memory_budget_mb`` (exact tiles above it), ``engine.compile``,
     ``engine.channels_last``, ``engine.cudnn_benchmark``, ``engine.warm_up_frame_size``,
     ``engine.allow_pickle`` and ``engine.tensorrt``. The weights are read and checked once at
-    start-up (a file others may write is refused) and again on SIGHUP. The sidecar's step
+    start-up (``.safetensors`` weights that others may write are refused, as for ``engine.weights``)
+    and again on SIGHUP. The sidecar's step
     records ``weights_sha256``, ``backend`` (``pytorch`` or ``onnxruntime``) and ``engine``: the
     net engine's own parameters for the frame (the precision that ran, the window, the device,
     whether it tiled).
