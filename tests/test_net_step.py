@@ -150,7 +150,8 @@ def test_the_weights_are_loaded_once_when_the_engine_is_built(
     monkeypatch.setattr("drdaemon.engines.net.load_weights", counting)
     engine = one_engine(net_pipeline(s.NormaliseStep(), s.NetStep(weights=weights)))
     warmed: list[str] = []
-    runner = engine.networks[1]  # type: ignore[attr-defined]
+    assert isinstance(engine, PipelineEngine)
+    runner = engine.networks[1]
     monkeypatch.setattr(runner.engine, "warm_up", lambda: warmed.append("net"))
     engine.warm_up()
     for _ in range(3):
