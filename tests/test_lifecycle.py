@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,8 +17,8 @@ import pytest
 import tifffile
 
 from drdaemon.cli import main
-from drdaemon.config import Folders, Settings, WatchConfig
-from drdaemon.engines import ClassicalEngine, Enhanced
+from drdaemon.config import Folders, WatchConfig
+from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.folders.claim import WorkFolderBusy, WorkItem, WorkLock, claim, pending_work
 from drdaemon.folders.commit import Finisher, Plan, fail_frame, plan_path
@@ -28,10 +27,9 @@ from drdaemon.io.durable import TEMP_SUFFIX, Owner, current_owner, temp_path_for
 from drdaemon.io.formats import encode_tiff_u16
 from drdaemon.io.limits import ReadLimits
 from drdaemon.io.sidecar import Sidecar
-from drdaemon.kernels.window import Window
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import EnhancedFrame, commit_frame, enhance_frame, load_frame, sidecar_draft
-from tests.testkit import frame_bytes, run_until, sha
+from tests.testkit import ScriptedEngine, daemon_settings, frame_bytes, run_until, sha
 
 
 def path_of(name: str | None) -> Path:
@@ -383,36 +381,8 @@ def test_enhance_command_writes_absolute_paths_for_relative_arguments(
 
 
 # -- the daemon in-process: engines that misbehave ----------------------------------------------
-class ScriptedEngine:
-    """An engine whose answer per frame is scripted by the test (no real enhancement needed)."""
-
-    name = "scripted"
-    device = "cuda:7"
-    weights_sha256 = "ab" * 32
-
-    def __init__(self, behaviour: Callable[[int], None]) -> None:
-        self.behaviour = behaviour
-        self.calls = 0
-
-    def warm_up(self) -> None:
-        pass
-
-    def enhance(self, frame: np.ndarray, window: Window | None = None) -> Enhanced:
-        self.calls += 1
-        self.behaviour(self.calls)
-        return Enhanced(frame.astype(np.uint16), {"scripted": True}, {"upload": 0.001, "compute": 0.002})
-
-
-def daemon_settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False}, folders={"create": True}
-    )
-    settings.folders = settings.folders.resolved(tmp_path)
-    return settings
-
-
 def test_a_frame_that_waited_while_the_daemon_was_down_reports_its_wait_from_its_arrival(tmp_path: Path) -> None:
-    settings = daemon_settings(tmp_path)
+    settings = daemon_settings(tmp_path, folders={"create": True})
     settings.folders.inbox.mkdir(parents=True)
     (settings.folders.inbox / "early.tif").write_bytes(frame_bytes(4))
     arrived = time.time()
@@ -436,7 +406,7 @@ def test_engine_errors_fail_only_their_frame(tmp_path: Path) -> None:
         if call == 3:
             raise RuntimeError("kernel exploded")
 
-    settings = daemon_settings(tmp_path)
+    settings = daemon_settings(tmp_path, folders={"create": True})
     settings.folders.inbox.mkdir(parents=True)
     for index in range(4):
         (settings.folders.inbox / f"f{index}.tif").write_bytes(frame_bytes(index))
@@ -465,7 +435,7 @@ def test_lost_device_exits_70_and_leaves_the_frame_for_the_next_start(tmp_path: 
     def behaviour(call: int) -> None:
         raise DeviceLost("cuda:7 fell off the bus")
 
-    settings = daemon_settings(tmp_path)
+    settings = daemon_settings(tmp_path, folders={"create": True})
     settings.folders.inbox.mkdir(parents=True)
     data = frame_bytes(9)
     (settings.folders.inbox / "victim.tif").write_bytes(data)
@@ -485,7 +455,7 @@ def test_an_internal_error_exits_70_and_says_it_was_not_the_device(
         raise RuntimeError("a bug after the commit")
 
     monkeypatch.setattr(daemon_module, "stage_timings", broken_timings)
-    settings = daemon_settings(tmp_path)
+    settings = daemon_settings(tmp_path, folders={"create": True})
     settings.folders.inbox.mkdir(parents=True)
     (settings.folders.inbox / "one.tif").write_bytes(frame_bytes(3))
     daemon = daemon_module.Daemon(settings, engines=[ScriptedEngine(lambda call: None)])
@@ -559,7 +529,7 @@ def test_preview_is_written_before_the_sidecar_and_named_in_it(folders: Folders)
 def test_a_file_no_pattern_takes_is_named_once_in_the_log_and_counted(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
-    settings = daemon_settings(tmp_path)
+    settings = daemon_settings(tmp_path, folders={"create": True})
     settings.folders.inbox.mkdir(parents=True)
     inbox = settings.folders.inbox
     for name in ("part.jpg", "part.jpeg", ".hidden.jpg", "x.part"):

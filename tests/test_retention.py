@@ -14,17 +14,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from drdaemon.cli import main
-from drdaemon.config import ConfigError, RetentionConfig, Settings, load_settings
+from drdaemon.config import ConfigError, RetentionConfig, load_settings
 from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason, Stage
 from drdaemon.exits import EXIT_OK
 from drdaemon.folders.claim import claim
 from drdaemon.folders.commit import Finisher, fail_frame
 from drdaemon.folders.space import FreeBytes
-from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, read_limits
 from drdaemon.service.pruning import PassResult, retention_pass
-from tests.testkit import frame_bytes, wait_until
+from tests.testkit import daemon_settings, frame_bytes, in_process_daemon, wait_until
 
 DAY = 86400.0
 #: Uncompressed frames of this shape: every raw frame has the same size.
@@ -44,8 +43,7 @@ class Tree:
     young: dict[str, Path]
 
     def __init__(self, root: Path) -> None:
-        self.settings = Settings(metrics={"enabled": False})
-        self.settings.folders = self.settings.folders.resolved(root)
+        self.settings = daemon_settings(root, watch={})
         self.folders = self.settings.folders
         for _, path in self.folders:
             path.mkdir(parents=True)
@@ -224,19 +222,10 @@ def test_retention_settings_read_sizes_with_units_and_refuse_a_floor_below_the_p
 
 
 # -- the running daemon -----------------------------------------------------------------------
-def in_process_daemon(tmp_path: Path, free: FreeBytes, **retention: Any) -> Daemon:
-    settings = Settings(
-        watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False}, retention=retention
-    )
-    settings.folders = settings.folders.resolved(tmp_path)
-    settings.folders.inbox.mkdir(parents=True, exist_ok=True)
-    return Daemon(settings, engines=[ClassicalEngine()], free_space=free)
-
-
 def test_claiming_pauses_below_the_output_floor_and_resumes_above_it(tmp_path: Path) -> None:
     floor = 10**9
     disk = {"free": floor - 1}
-    daemon = in_process_daemon(tmp_path, lambda _p: disk["free"], claim_min_free_space=floor)
+    daemon = in_process_daemon(tmp_path, lambda _p: disk["free"], retention={"claim_min_free_space": floor})
     folders = daemon.folders
     for i in range(3):
         (folders.inbox / f"f{i}.tif").write_bytes(frame_bytes(i, RAW_SHAPE))
@@ -262,7 +251,9 @@ def test_claiming_pauses_below_the_output_floor_and_resumes_above_it(tmp_path: P
 
 
 def test_the_daemon_prunes_on_its_timer_and_counts_it(tree: Tree) -> None:
-    daemon = in_process_daemon(tree.folders.inbox.parent, lambda _p: 10**15, max_age_days=7.5, interval_s=3600)
+    daemon = in_process_daemon(
+        tree.folders.inbox.parent, lambda _p: 10**15, retention={"max_age_days": 7.5, "interval_s": 3600}
+    )
     statuses: list[int] = []
     thread = threading.Thread(target=lambda: statuses.append(daemon.run(install_signal_handlers=False)))
     thread.start()

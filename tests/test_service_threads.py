@@ -14,8 +14,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.kernels.window import robust_window
 from drdaemon.service.frame import load_frame
 from drdaemon.service.threads import MAX_AUTO_THREADS, auto_threads, stage_threads
-from tests.test_lifecycle import ScriptedEngine, daemon_settings
-from tests.testkit import frame_bytes, run_until
+from tests.testkit import ScriptedEngine, daemon_settings, frame_bytes, run_until
 
 
 def test_default_thread_counts_follow_the_cores_and_never_drop_below_the_engines() -> None:
@@ -51,7 +50,7 @@ def test_the_reader_measures_the_engines_window_and_the_engine_uses_it(tmp_path:
 def test_the_daemon_runs_the_configured_readers_and_writers(tmp_path: Path) -> None:
     from drdaemon.service.daemon import Daemon
 
-    settings = daemon_settings(tmp_path)
+    settings = daemon_settings(tmp_path, folders={"create": True})
     settings.service.readers, settings.service.writers = 3, 2
     settings.folders.inbox.mkdir(parents=True)
     for index in range(6):

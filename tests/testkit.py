@@ -28,9 +28,12 @@ import tifffile
 import torch
 from numpy.typing import NDArray
 
-from drdaemon.config import Folders
+from drdaemon.config import Folders, Settings
+from drdaemon.engines import ClassicalEngine, Enhanced
+from drdaemon.folders.space import FreeBytes, free_bytes
 from drdaemon.io.sidecar import Sidecar
 from drdaemon.io.weights import save_weights
+from drdaemon.kernels.window import Window
 from drdaemon.model.network import Enhancer, EnhancerSpec
 from drdaemon.service.daemon import Daemon
 
@@ -153,6 +156,50 @@ def run_until(daemon: Daemon, condition: Callable[[], bool], timeout: float = 20
 
     threading.Thread(target=stop_when_done, daemon=True).start()
     return daemon.run(install_signal_handlers=False)
+
+
+# -- an in-process daemon ---------------------------------------------------------------------------
+
+#: The ``[watch]`` of an in-process daemon: a frame is ready 50 ms after its last change.
+FAST_WATCH: dict[str, float] = {"stability_wait_s": 0.05, "rescan_interval_s": 0.2}
+
+
+def daemon_settings(root: Path, **tables: Any) -> Settings:
+    """Settings of an in-process daemon with its folders resolved under ``root``: :data:`FAST_WATCH`
+    and no metrics server, unless ``tables`` (``watch=``, ``folders=``, ``retention=`` ...: each a
+    table as ``Settings`` takes it; ``watch={}`` is the default watch) say otherwise."""
+    chosen: dict[str, Any] = {"watch": FAST_WATCH, "metrics": {"enabled": False}} | tables
+    settings = Settings(**chosen)
+    settings.folders = settings.folders.resolved(root)
+    return settings
+
+
+def in_process_daemon(root: Path, free_space: FreeBytes = free_bytes, **tables: Any) -> Daemon:
+    """A classical-engine daemon (not running) on :func:`daemon_settings` (``root``, ``tables``), its inbox created."""
+    settings = daemon_settings(root, **tables)
+    settings.folders.inbox.mkdir(parents=True, exist_ok=True)
+    return Daemon(settings, engines=[ClassicalEngine()], free_space=free_space)
+
+
+class ScriptedEngine:
+    """An engine whose answer per frame is scripted by the test (no real enhancement needed):
+    ``behaviour`` is called with the count of calls so far (raise to fail the frame, sleep to be slow)."""
+
+    name = "scripted"
+    device = "cuda:7"
+    weights_sha256 = "ab" * 32
+
+    def __init__(self, behaviour: Callable[[int], None]) -> None:
+        self.behaviour = behaviour
+        self.calls = 0
+
+    def warm_up(self) -> None:
+        pass
+
+    def enhance(self, frame: NDArray[Any], window: Window | None = None) -> Enhanced:
+        self.calls += 1
+        self.behaviour(self.calls)
+        return Enhanced(frame.astype(np.uint16), {"scripted": True}, {"upload": 0.001, "compute": 0.002})
 
 
 # -- the tiny test network ----------------------------------------------------------------------------

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from drdaemon.config import ConfigError, Settings
+from drdaemon.config import ConfigError
 from drdaemon.exits import EXIT_CONFIG
 from drdaemon.io.durable import Owner
 from drdaemon.service import daemon as daemon_module
 from tests.reliability.plant import Plant
-from tests.testkit import wait_until
+from tests.testkit import daemon_settings, in_process_daemon, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -57,8 +57,7 @@ def test_a_bind_mounted_work_folder_is_refused_at_start_with_exit_78(tmp_path: P
 def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(metrics={"enabled": False}, folders={"create": True})
-    settings.folders = settings.folders.resolved(tmp_path)
+    settings = daemon_settings(tmp_path, watch={}, folders={"create": True})
     real_rename = os.rename
 
     def cross_mount(source: str | os.PathLike[str], target: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
@@ -73,16 +72,6 @@ def test_the_rename_probe_refuses_folders_a_rename_cannot_cross(
 
 
 # -- fault 8: output faults hold frames instead of failing them ---------------------------------
-def in_process_daemon(tmp_path: Path) -> daemon_module.Daemon:
-    from drdaemon.engines import ClassicalEngine
-    from drdaemon.service.daemon import Daemon
-
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
-    settings.folders = settings.folders.resolved(tmp_path)
-    settings.folders.inbox.mkdir(parents=True)
-    return Daemon(settings, engines=[ClassicalEngine()])
-
-
 def run_in_thread(daemon: daemon_module.Daemon) -> tuple[threading.Thread, list[int]]:
     statuses: list[int] = []
     thread = threading.Thread(target=lambda: statuses.append(daemon.run(install_signal_handlers=False)), daemon=True)

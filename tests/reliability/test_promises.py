@@ -33,7 +33,7 @@ import pytest
 import structlog
 import tifffile
 
-from drdaemon.config import Folders, Settings
+from drdaemon.config import Folders
 from drdaemon.engines import ClassicalEngine
 from drdaemon.folders.claim import WorkItem, claim
 from drdaemon.folders.commit import Finisher, Plan, plan_path
@@ -43,7 +43,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.service.daemon import Daemon
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 from tests.reliability.plant import Plant, dead_owner, ledger
-from tests.testkit import frame_bytes, sha, tiff_bytes, wait_until
+from tests.testkit import FAST_WATCH, frame_bytes, in_process_daemon, sha, tiff_bytes, wait_until
 
 if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.reliability
 
 ROOT = os.geteuid() == 0
+#: The in-process daemons' watch: fast, with a 2 s grace for incomplete files.
+WATCH = FAST_WATCH | {"incomplete_grace_s": 2.0}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -74,17 +76,6 @@ def shared(tmp_path: Path, *names: str) -> list[Folders]:
             path.mkdir(exist_ok=True)
         out.append(folders)
     return out
-
-
-def in_process_daemon(root: Path, **tables: Any) -> Daemon:
-    settings = Settings(
-        watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2, "incomplete_grace_s": 2.0},
-        metrics={"enabled": False},
-        **tables,
-    )
-    settings.folders = settings.folders.resolved(root)
-    settings.folders.inbox.mkdir(parents=True, exist_ok=True)
-    return Daemon(settings, engines=[ClassicalEngine()])
 
 
 @contextlib.contextmanager
@@ -261,7 +252,7 @@ def test_watchdog_keeps_pinging_while_a_blocked_outbox_holds_a_frame(
     listener.settimeout(0.2)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    daemon = in_process_daemon(tmp_path)
+    daemon = in_process_daemon(tmp_path, watch=WATCH)
     daemon.notifier = SystemdNotifier(address)
     blocked = {"on": True}
     real_write_temp = durable.write_temp
@@ -313,7 +304,7 @@ def test_an_unrenamable_inbox_file_waits_with_backoff_while_the_rest_flows(tmp_p
     reason = can_chattr(tmp_path)
     if reason is not None:
         pytest.skip(reason)
-    daemon = in_process_daemon(tmp_path)
+    daemon = in_process_daemon(tmp_path, watch=WATCH)
     inbox = daemon.folders.inbox
     stuck = inbox / "stuck.tif"
     stuck.write_bytes(frame_bytes(50))
@@ -576,7 +567,7 @@ def test_temporary_names_cannot_be_predicted_from_another_process(tmp_path: Path
 def test_an_unmounted_outbox_share_holds_frames_until_it_is_mounted_again(tmp_path: Path) -> None:
     image = tmp_path / "share.img"
     make_ext4(image, 32)
-    daemon = in_process_daemon(tmp_path / "station")
+    daemon = in_process_daemon(tmp_path / "station", watch=WATCH)
     outbox = daemon.folders.outbox
     mount(image, outbox)
     (outbox / "lost+found").rmdir()  # the share holds frames only
@@ -811,7 +802,7 @@ def test_a_frame_whose_plan_outlived_its_retirement_is_counted_at_restart(
     process(item, Finisher.for_folders(folders, preview=False))
     monkeypatch.undo()
     structlog.reset_defaults()  # info lines too, whatever an earlier test configured
-    daemon = in_process_daemon(folders.inbox.parent)
+    daemon = in_process_daemon(folders.inbox.parent, watch=WATCH)
     with structlog.testing.capture_logs() as logs, running(daemon):
         wait_until(
             lambda: daemon.metrics.registry.get_sample_value("drdaemon_frames_total", {"result": "ok"}) == 1,
@@ -852,7 +843,7 @@ def test_library_warnings_join_the_json_log_once(tmp_path: Path) -> None:
 
 
 def test_a_directory_named_like_a_frame_is_reported_once(tmp_path: Path) -> None:
-    daemon = in_process_daemon(tmp_path)
+    daemon = in_process_daemon(tmp_path, watch=WATCH)
     (daemon.folders.inbox / "folder.tif").mkdir()
     with structlog.testing.capture_logs() as logs, running(daemon):
         (daemon.folders.inbox / "f.tif").write_bytes(frame_bytes(13))

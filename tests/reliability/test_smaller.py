@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drdaemon.config import Folders, Settings, WatchConfig
+from drdaemon.config import Folders, WatchConfig
 from drdaemon.engines import ClassicalEngine
 from drdaemon.errors import FrameError, Reason
 from drdaemon.folders import commit as commit_module
@@ -27,7 +27,7 @@ from drdaemon.io.limits import ReadLimits
 from drdaemon.io.readers import read_frame
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame, sidecar_draft
 from tests.reliability.plant import Plant, dead_owner, ledger
-from tests.testkit import frame_bytes, tiff_bytes
+from tests.testkit import daemon_settings, frame_bytes, tiff_bytes
 
 pytestmark = pytest.mark.reliability
 
@@ -77,8 +77,7 @@ def test_sigterm_at_any_moment_of_start_up_exits_0(tmp_path: Path) -> None:
 def test_frames_finished_by_recovery_are_logged_and_counted(tmp_path: Path) -> None:
     from drdaemon.service.daemon import Daemon
 
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
-    settings.folders = settings.folders.resolved(tmp_path)
+    settings = daemon_settings(tmp_path)
     for _, path in settings.folders:
         path.mkdir(parents=True)
     data = frame_bytes(3)

@@ -21,7 +21,7 @@ from drdaemon.io.sidecar import Sidecar
 from drdaemon.kernels.window import Window
 from drdaemon.service.frame import commit_frame, enhance_frame, load_frame
 from tests.reliability.plant import Plant, ledger
-from tests.testkit import frame_bytes, run_until, sha
+from tests.testkit import daemon_settings, frame_bytes, run_until, sha
 
 pytestmark = pytest.mark.reliability
 
@@ -100,11 +100,9 @@ def test_a_writer_the_daemon_cannot_see_is_caught_by_the_commit_and_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer on another host (no lease can tell) rewrites the frame while it is enhanced."""
-    from drdaemon.config import Settings
     from drdaemon.service.daemon import Daemon
 
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
-    settings.folders = settings.folders.resolved(tmp_path)
+    settings = daemon_settings(tmp_path)
     settings.folders.inbox.mkdir(parents=True)
     first, final = frame_bytes(7, (40, 48)), frame_bytes(8, (40, 48))
     engine = ClassicalEngine()
@@ -134,11 +132,9 @@ def test_a_frame_that_never_settles_fails_as_changed_after_a_bounded_number_of_r
 ) -> None:
     import json
 
-    from drdaemon.config import Settings
     from drdaemon.service.daemon import MAX_CHANGES, Daemon
 
-    settings = Settings(watch={"stability_wait_s": 0.05, "rescan_interval_s": 0.2}, metrics={"enabled": False})
-    settings.folders = settings.folders.resolved(tmp_path)
+    settings = daemon_settings(tmp_path)
     settings.folders.inbox.mkdir(parents=True)
     engine = ClassicalEngine()
     enhance = engine.enhance
