@@ -20,11 +20,11 @@ from trainer.radiograph.pretrain import (
     WEIGHTS_NAME,
     BatchMaker,
     PretrainRun,
+    batch_losses,
     build_model,
     build_parser,
     class_aware_contrastive,
     overrides_from,
-    pretrain_losses,
     ranking_loss,
     train,
 )
@@ -186,19 +186,7 @@ def test_a_few_pretraining_iterations_lower_the_loss(tmp_path: Path, tiny_set: C
     batch = BatchMaker(tiny_set, cfg, size, model_cfg["text_cfg"]["context_length"])(0)
 
     def loss() -> torch.Tensor:
-        return pretrain_losses(
-            clip,
-            batch["views"],
-            batch["tokens"],
-            batch["prompt_tokens"],
-            batch["classes"],
-            batch["well"],
-            batch["psnr"],
-            batch["parts"],
-            cfg,
-            size,
-            batch["ssim"],
-        )["total"]
+        return batch_losses(clip, batch, cfg, size)["total"]
 
     optim = torch.optim.Adam(clip.parameters(), lr=1e-3)
     with torch.no_grad():

@@ -21,7 +21,7 @@ from drdaemon.io.weights import LoadedWeights, load_weights
 from drdaemon.kernels.window import frame_to_unit, unit_to_u16
 from drdaemon.model.network import Enhancer
 from tests.testkit import REPO
-from tests.trainer_testkit import make_data, one_torch_thread, trainer_command
+from tests.trainer_testkit import QUIET_CPU_RUN, make_data, one_torch_thread, trainer_command
 from trainer.cyclegan.patchgan import PatchDiscriminator, receptive_field
 from trainer.cyclegan.scheme import CycleGanTrainer, LinearDecay
 from trainer.shared.checkpoint import write_checkpoint
@@ -53,12 +53,7 @@ def cyclegan_overrides(run_dir: Path, **cyclegan: float) -> list[str]:
         f'run.run_dir="{run_dir}"',
         "data.crop_size=32",
         "data.workers=0",
-        'run.device="cpu"',
-        'run.precision="fp32"',
-        "run.deterministic=true",
-        "run.progress=false",
-        "run.checkpoint_every=1000",
-        "run.preview_every=1000",
+        *QUIET_CPU_RUN,
         "run.log_every=1",
     ]
 

@@ -49,6 +49,18 @@ def make_data(root: Path) -> tuple[Path, Path]:
     )
 
 
+#: ``--set`` values of a test run: the CPU in float32, deterministic, no progress bar, no
+#: checkpoint or preview before the end.
+QUIET_CPU_RUN = (
+    'run.device="cpu"',
+    'run.precision="fp32"',
+    "run.deterministic=true",
+    "run.progress=false",
+    "run.checkpoint_every=1000",
+    "run.preview_every=1000",
+)
+
+
 def tiny_overrides(clip_json: Path, run_dir: Path, **schedule: int) -> list[str]:
     """``--set`` values: every phase a few iterations long, small crops, batch 4, no worker processes."""
     lengths = {
@@ -69,12 +81,7 @@ def tiny_overrides(clip_json: Path, run_dir: Path, **schedule: int) -> list[str]
         "optim.enhancer_batch=4",
         "optim.prompt_lr=1e-2",
         "optim.enhancer_lr=1e-3",
-        'run.device="cpu"',
-        'run.precision="fp32"',
-        "run.deterministic=true",
-        "run.progress=false",
-        "run.checkpoint_every=1000",
-        "run.preview_every=1000",
+        *QUIET_CPU_RUN,
     ]
     return overrides
 

@@ -245,18 +245,9 @@ def data_sha256(data: CaptionedSet) -> str:
     return digest.hexdigest()
 
 
-def optimise(
-    clip: nn.Module,
-    optim: torch.optim.Optimizer,
-    batch: dict[str, Tensor],
-    cfg: PretrainConfig,
-    lr: float,
-    image_size: int,
-) -> dict[str, Tensor]:
-    """One step on one batch; the losses, detached."""
-    for group in optim.param_groups:
-        group["lr"] = lr
-    losses = pretrain_losses(
+def batch_losses(clip: nn.Module, batch: dict[str, Tensor], cfg: PretrainConfig, image_size: int) -> dict[str, Tensor]:
+    """:func:`pretrain_losses` on one batch as :class:`BatchMaker` makes it."""
+    return pretrain_losses(
         clip,
         batch["views"],
         batch["tokens"],
@@ -269,6 +260,20 @@ def optimise(
         image_size,
         batch["ssim"],
     )
+
+
+def optimise(
+    clip: nn.Module,
+    optim: torch.optim.Optimizer,
+    batch: dict[str, Tensor],
+    cfg: PretrainConfig,
+    lr: float,
+    image_size: int,
+) -> dict[str, Tensor]:
+    """One step on one batch; the losses, detached."""
+    for group in optim.param_groups:
+        group["lr"] = lr
+    losses = batch_losses(clip, batch, cfg, image_size)
     optim.zero_grad(set_to_none=True)
     losses["total"].backward()
     optim.step()
