@@ -171,11 +171,15 @@ def test_real_cr_frame_from_pydicom_data_end_to_end(tmp_path: Path) -> None:
 
 
 def test_tiff_and_dicom_go_through_the_same_loader(tmp_path: Path) -> None:
-    from drdaemon.evaluate.run import load_frame
+    from drdaemon.io.readers import read_pixels
 
     frame = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
     tifffile.imwrite(tmp_path / "a.tif", frame)
-    assert np.array_equal(load_frame(tmp_path / "a.tif"), frame)
+    assert np.array_equal(read_pixels(tmp_path / "a.tif"), frame)
+    # A 15-bit DICOM frame comes back spread over the 16 bits, as read_dicom gives it.
+    source = pydicom_data_file("RG1_UNCR.dcm")
+    pixels = read_pixels(source)
+    assert np.array_equal(pixels, read_dicom(source)) and pixels.max() > 32767
 
 
 def test_the_histogram_shows_a_saturated_frame_spike_at_255_and_says_its_share() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drdaemon.evaluate.run import evaluate, find_dataset, load_frame
+from drdaemon.evaluate.run import evaluate, find_dataset
+from drdaemon.io.readers import read_pixels
 from drdaemon.model.network import ALLOWED_SCALES
 from drdaemon.physics import parse_size
 from trainer.radiograph.oracle import (
@@ -33,7 +34,7 @@ def benchmark_pairs(bench: Path, limit: int | None = None) -> Iterator[tuple[np.
     """(input, label) frames of the benchmark at ``bench``, read as the evaluation reads them."""
     dataset = find_dataset(bench)
     for path, label_path in list(zip(dataset.inputs, dataset.labels or [], strict=False))[:limit]:
-        yield load_frame(path), load_frame(label_path)
+        yield read_pixels(path), read_pixels(label_path)
 
 
 def build_parser() -> argparse.ArgumentParser:

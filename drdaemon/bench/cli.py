@@ -661,10 +661,10 @@ def run_bench(args: argparse.Namespace) -> int:
     for line in machine_description():
         print(line)
     if args.frame is not None:
-        # The evaluation's reading: the daemon's reader, a DICOM frame spread to 16 bits.
-        from drdaemon.evaluate.run import load_frame
+        # As the evaluation reads it: the daemon's reader, a DICOM frame spread to 16 bits.
+        from drdaemon.io.readers import read_pixels
 
-        frame = load_frame(args.frame)
+        frame = read_pixels(args.frame)
         source = f"{args.frame.name}, {frame.dtype}"
     elif args.compression_table:
         from drdaemon.bench.compression import synthetic_part

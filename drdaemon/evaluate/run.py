@@ -47,7 +47,7 @@ from drdaemon.evaluate.report import (
     summarise,
 )
 from drdaemon.io.limits import DEFAULT_LIMITS, ReadLimits
-from drdaemon.io.readers import FRAME_FORMATS, ReaderRegistry, full_range_u16, read_frame, recognised_file
+from drdaemon.io.readers import FRAME_FORMATS, ReaderRegistry, read_pixels, recognised_file
 from drdaemon.kernels.tone import to_u16
 
 
@@ -104,15 +104,6 @@ def find_dataset(root: Path, formats: ReaderRegistry = FRAME_FORMATS) -> Dataset
     return Dataset(inputs, labels, defects, masks)
 
 
-def load_frame(path: Path, limits: ReadLimits = DEFAULT_LIMITS, formats: ReaderRegistry = FRAME_FORMATS) -> np.ndarray:
-    """A frame as the daemon reads it; a DICOM frame spread over the full 16-bit range
-    (:func:`drdaemon.io.readers.read_dicom`)."""
-    frame = read_frame(path, limits, formats)
-    if frame.dicom is not None:
-        return full_range_u16(frame.pixels, frame.dicom.value_range)
-    return frame.pixels
-
-
 @dataclass
 class EvaluationResult:
     summaries: list[MethodSummary]
@@ -156,10 +147,10 @@ def evaluate(
     crop = defect = None
     bar = tqdm(total=len(inputs) * len(methods), desc="evaluate", unit="run", disable=not progress)
     for index, path in enumerate(inputs):
-        frame = load_frame(path, limits)
-        label = to_u16(load_frame(labels[index], limits)) if labels else None
+        frame = read_pixels(path, limits)
+        label = to_u16(read_pixels(labels[index], limits)) if labels else None
         input_u16 = to_u16(frame)
-        mask = load_frame(dataset.masks[index], limits) > 0 if dataset.masks else None
+        mask = read_pixels(dataset.masks[index], limits) > 0 if dataset.masks else None
         context = FrameContext(input_u16, label, mask, dataset.defects.get(path.name, {}).get("defects", []))
         keep = path.name == figure_name
         per_frame[path.name] = {}

@@ -30,6 +30,7 @@ from drdaemon.io.readers.reading import (
     read_frame,
     read_frame_bytes,
     read_frame_file,
+    read_pixels,
     read_regular,
     recognised_file,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "read_frame",
     "read_frame_bytes",
     "read_frame_file",
+    "read_pixels",
     "read_regular",
     "recognised_file",
 ]

@@ -184,6 +184,17 @@ def full_range_u16(pixels: np.ndarray, value_range: tuple[float, float]) -> np.n
     return np.round((np.clip(pixels.astype(np.float64), low, high) - low) * scale).astype(np.uint16)
 
 
+def read_pixels(path: Path, limits: ReadLimits = DEFAULT_LIMITS, formats: ReaderRegistry = FRAME_FORMATS) -> np.ndarray:
+    """A frame's pixels as the daemon reads them, a DICOM frame spread from the range its header
+    allows onto 16 bits (:func:`full_range_u16`). For the evaluation, the bench and the trainer's
+    oracle, which score pixels; raises :class:`FrameError`. 2-D, the file's dtype (uint16 for DICOM).
+    """
+    frame = read_frame(path, limits, formats)
+    if frame.dicom is not None:
+        return full_range_u16(frame.pixels, frame.dicom.value_range)
+    return frame.pixels
+
+
 def read_dicom(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
     """One single-frame gray DICOM image as uint16 over the full range, brighter = more signal.
 
