@@ -108,6 +108,27 @@ def child_peak_rss(code: str) -> dict[str, Any]:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def read_in_child(path: Path, limits: str) -> dict[str, Any]:
+    """``read_frame`` and ``looks_complete`` on ``path`` in a fresh interpreter under ``limits`` (a
+    ``ReadLimits(...)`` expression): the refusal's reason ("read" when it read), whether the file
+    counted as complete (1 or 0), the resident bytes before the read and at its peak."""
+    return child_peak_rss(f"""
+from pathlib import Path
+from drdaemon.errors import FrameError
+from drdaemon.io.readers import ReadLimits, read_frame, looks_complete
+import drdaemon.io.dicom, pydicom.filereader
+import resource
+OUT = {{"base": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
+limits = {limits}
+OUT["complete"] = int(looks_complete(Path({str(path)!r}), limits))
+try:
+    read_frame(Path({str(path)!r}), limits)
+    OUT["reason"] = "read"
+except FrameError as error:
+    OUT["reason"] = error.reason.value
+""")
+
+
 def can_loop_mount() -> str | None:
     """Why a small ext4 filesystem cannot be mounted here (None: it can)."""
     if not ROOT:
@@ -369,21 +390,7 @@ def test_a_deflate_bomb_peaks_under_the_decoded_limit_plus_a_margin(tmp_path: Pa
     bomb.write_bytes(deflated_dicom(64, 64, 600 << 20))  # 600 MB of zeros in about 0.6 MB
     assert bomb.stat().st_size < 2 << 20
     limit, margin = 20 << 20, 64 << 20  # input.max_decoded_bytes, and the stated margin
-    out = child_peak_rss(f"""
-from pathlib import Path
-from drdaemon.errors import FrameError
-from drdaemon.io.readers import ReadLimits, read_frame, looks_complete
-import drdaemon.io.dicom, pydicom.filereader
-import resource
-OUT = {{"base": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
-limits = ReadLimits(max_pixels=20_000_000, max_bytes=100_000_000, max_decoded_bytes={limit})
-OUT["complete"] = int(looks_complete(Path({str(bomb)!r}), limits))
-try:
-    read_frame(Path({str(bomb)!r}), limits)
-    OUT["reason"] = "read"
-except FrameError as error:
-    OUT["reason"] = error.reason.value
-""")
+    out = read_in_child(bomb, f"ReadLimits(max_pixels=20_000_000, max_bytes=100_000_000, max_decoded_bytes={limit})")
     assert out["reason"] == "too_large"
     assert out["complete"] == 1  # the watcher lets it through to be refused with a reason
     assert out["peak"] - out["base"] < limit + margin, (out["peak"] - out["base"]) >> 20
@@ -461,18 +468,7 @@ def test_a_file_whose_header_claims_too_much_is_refused_before_it_is_read_whole(
     with big.open("wb") as fh:  # a 1 GB file (sparse on disk) whose header claims 8x8 pixels...
         fh.write(data)
         fh.truncate(1 << 30)
-    out = child_peak_rss(f"""
-from pathlib import Path
-from drdaemon.errors import FrameError
-from drdaemon.io.readers import ReadLimits, read_frame
-import resource
-OUT = {{"base": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
-try:
-    read_frame(Path({str(big)!r}), ReadLimits(max_pixels=32, max_bytes=2 << 30))
-    OUT["reason"] = "read"
-except FrameError as error:
-    OUT["reason"] = error.reason.value
-""")
+    out = read_in_child(big, "ReadLimits(max_pixels=32, max_bytes=2 << 30)")
     # ...and is refused (a multi-page or oversize claim would be too) without reading its gigabyte.
     assert out["reason"] in ("unsupported", "too_large", "unreadable", "truncated"), out
     assert out["peak"] - out["base"] < 200 << 20, (out["peak"] - out["base"]) >> 20
@@ -489,18 +485,7 @@ def test_a_header_that_claims_too_many_pixels_is_refused_before_the_read(tmp_pat
             fh.seek(offsets[tag])
             fh.write(struct.pack("<H", 60000))
         fh.truncate(1 << 30)
-    out = child_peak_rss(f"""
-from pathlib import Path
-from drdaemon.errors import FrameError
-from drdaemon.io.readers import ReadLimits, read_frame
-import resource
-OUT = {{"base": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
-try:
-    read_frame(Path({str(big)!r}), ReadLimits(max_pixels=20_000_000, max_bytes=2 << 30))
-    OUT["reason"] = "read"
-except FrameError as error:
-    OUT["reason"] = error.reason.value
-""")
+    out = read_in_child(big, "ReadLimits(max_pixels=20_000_000, max_bytes=2 << 30)")
     assert out["reason"] == "too_large", out
     assert out["peak"] - out["base"] < 100 << 20, (out["peak"] - out["base"]) >> 20
 
